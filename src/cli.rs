@@ -1,0 +1,105 @@
+//! Command line: subcommands for operators and developers. Without a
+//! subcommand the binary is the plugin that GitLab Runner starts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
+
+#[derive(Debug, Parser)]
+#[command(name = "fleeting-plugin-proxmox", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert a Proxmox VE API schema dump (apidoc.js or JSON) to OpenAPI 3.0.3.
+    Openapi(OpenapiArgs),
+}
+
+#[derive(Debug, Args)]
+struct OpenapiArgs {
+    /// Schema dump: `apidoc.js` as served by a PVE host at
+    /// /pve-docs/api-viewer/apidoc.js, or the plain JSON array.
+    dump: PathBuf,
+    /// Convert the whole API instead of the operations list.
+    #[arg(long, conflicts_with = "operations")]
+    all: bool,
+    /// Operations list (`METHOD /path` per line); defaults to the built-in
+    /// copy of openapi/operations.txt.
+    #[arg(long, value_name = "FILE")]
+    operations: Option<PathBuf>,
+    /// How to restore collapsed keys such as `net[n]`: `expand` (net0…net31)
+    /// or `map` (an open map, far less generated code).
+    #[arg(long, value_name = "MODE", default_value = "expand")]
+    indexed_keys: String,
+    /// PVE release recorded in the document; defaults to the `X.Y` in a file
+    /// name like `pve-9.1-apidoc.json`.
+    #[arg(long, value_name = "X.Y")]
+    pve_version: Option<String>,
+    /// Where to write the document; standard output when absent.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Openapi(args)) => report(convert(&args)),
+        None => {
+            eprintln!(
+                "fleeting-plugin-proxmox: the plugin server is not built yet; \
+                 run `fleeting-plugin-proxmox --help` for the available commands"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn convert(args: &OpenapiArgs) -> Result<(), String> {
+    let indexed_keys = IndexedKeys::parse(&args.indexed_keys).ok_or_else(|| {
+        format!("could not use --indexed-keys `{}`: expected `expand` or `map`", args.indexed_keys)
+    })?;
+    let selection = if args.all {
+        Selection::All
+    } else {
+        let list = match &args.operations {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|err| format!("could not read operations list {}: {err}", path.display()))?,
+            None => openapi::DEFAULT_OPERATIONS.to_string(),
+        };
+        Selection::parse_list(&list).map_err(|err| err.to_string())?
+    };
+    let pve_version = args
+        .pve_version
+        .clone()
+        .or_else(|| openapi::version_from_file_name(&args.dump.to_string_lossy()))
+        .unwrap_or_else(|| "unknown".to_string());
+    let text = std::fs::read_to_string(&args.dump)
+        .map_err(|err| format!("could not read schema dump {}: {err}", args.dump.display()))?;
+    let conversion = openapi::convert(&text, &ConvertOptions { selection, indexed_keys, pve_version })
+        .map_err(|err| format!("{err} (in {})", args.dump.display()))?;
+    for (method, path) in &conversion.missing {
+        eprintln!("note: {method} {path} is not in this schema (older PVE release); skipped");
+    }
+    let json = conversion.to_pretty_json();
+    match &args.output {
+        Some(path) => std::fs::write(path, json).map_err(|err| format!("could not write {}: {err}", path.display()))?,
+        None => print!("{json}"),
+    }
+    eprintln!("converted {} operations", conversion.operation_count);
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! fleeting-plugin-proxmox: a GitLab Runner fleeting plugin for Proxmox VE,
+//! and a typed Proxmox VE client usable on its own.
+//!
+//! # Layout
+//! - [`pve`]: the Proxmox VE client: the progenitor-generated API
+//!   (`pve::api`) and the wrapper on top (`pve::PveClient`).
+//! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
+//!   document the client is generated from.
+#![forbid(unsafe_code)]
+#![deny(clippy::print_stdout)]
+
+pub mod openapi;
+pub mod pve;

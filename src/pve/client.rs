@@ -1,0 +1,672 @@
+//! `PveClient`: domain-shaped calls over the generated client. Callers see
+//! `Vmid`, `Upid` and plain structs; generated types stay in this room.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use progenitor_client::ClientInfo;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::api::{self, types};
+use super::credentials::Credentials;
+use super::error::{self, Error, ErrorKind};
+use super::lenient::PveBool;
+use super::session::{RetryPolicy, Session};
+use super::task::{TaskSuccess, Upid, exit_status_outcome};
+use super::tls::{self, TlsOptions};
+use super::version::PveVersion;
+
+/// A VM id (100 – 999 999 999).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vmid(pub u32);
+
+impl std::fmt::Display for Vmid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<Vmid> for i64 {
+    fn from(vmid: Vmid) -> i64 {
+        i64::from(vmid.0)
+    }
+}
+
+/// Everything needed to reach one PVE cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://pve.example.com:8006`; a trailing `/api2/json` is accepted.
+    pub url: String,
+    pub tls: TlsOptions,
+    pub credentials: Credentials,
+    /// Limit for one HTTP request (not for the task it starts).
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>, credentials: Credentials) -> Self {
+        Self {
+            url: url.into(),
+            tls: TlsOptions::default(),
+            credentials,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// One guest as `/cluster/resources` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmResource {
+    pub vmid: Vmid,
+    pub node: String,
+    pub name: Option<String>,
+    /// `running`, `stopped`, or `unknown` while the node's status is stale.
+    pub status: Option<String>,
+    pub template: bool,
+    pub lock: Option<String>,
+    /// As PVE stores them: lower-cased, sorted, de-duplicated.
+    pub tags: Vec<String>,
+    pub pool: Option<String>,
+}
+
+/// `GET …/status/current`, reduced to what decisions need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmStatus {
+    pub status: String,
+    pub qmpstatus: Option<String>,
+    pub lock: Option<String>,
+    pub agent_enabled: bool,
+    pub name: Option<String>,
+    pub template: bool,
+    pub tags: Vec<String>,
+}
+
+/// A clone request; `None` fields are left to PVE.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CloneRequest {
+    pub new_vmid: Option<Vmid>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub pool: Option<String>,
+    /// `Some(true)` full, `Some(false)` linked, `None` PVE's default.
+    pub full: Option<bool>,
+    pub storage: Option<String>,
+    pub target_node: Option<String>,
+}
+
+/// Configuration keys to change with `PUT …/config`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigUpdate {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub ciuser: Option<String>,
+    /// Public keys, one per line; percent-encoded here as PVE requires.
+    pub ssh_public_keys: Option<String>,
+    pub ipconfig0: Option<String>,
+    pub delete: Vec<String>,
+    /// Fails the update if the config changed since it was read.
+    pub digest: Option<String>,
+}
+
+/// One interface reported by the guest agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestInterface {
+    pub name: String,
+    pub mac: Option<String>,
+    pub addresses: Vec<(IpAddr, u8)>,
+}
+
+/// Task state as PVE reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskStatus {
+    pub running: bool,
+    pub exit_status: Option<String>,
+}
+
+/// One member of a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolMember {
+    pub id: String,
+    pub kind: String,
+    pub vmid: Option<Vmid>,
+    pub node: Option<String>,
+}
+
+/// The Proxmox VE client.
+#[derive(Clone)]
+pub struct PveClient {
+    api: api::Client,
+    version: Arc<OnceCell<PveVersion>>,
+}
+
+impl PveClient {
+    /// Builds the client and, for password credentials, logs in.
+    pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
+        let client = Self::new(config)?;
+        client.api.inner().login().await?;
+        Ok(client)
+    }
+
+    /// Builds the client without contacting PVE (a ticket login then happens
+    /// on the first request).
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        let base_url = api_base_url(&config.url)?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("fleeting-plugin-proxmox/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls_config) = tls::client_config(&config.tls)? {
+            builder = builder.tls_backend_preconfigured(tls_config);
+        }
+        let http = builder.build().map_err(|err| Error::setup("build the HTTP client", err.to_string()))?;
+        let login_client = api::Client::new_with_client(&base_url, http.clone(), Session::anonymous(config.retry));
+        let session = Session::new(&config.credentials, config.retry, login_client)?;
+        Ok(Self { api: api::Client::new_with_client(&base_url, http, session), version: Arc::new(OnceCell::new()) })
+    }
+
+    /// The generated client, for operations this wrapper does not cover. It
+    /// shares authentication, retries and timeouts with the wrapper.
+    pub fn api(&self) -> &api::Client {
+        &self.api
+    }
+
+    /// The PVE release (`GET /version`), read once and cached.
+    pub async fn version(&self) -> Result<PveVersion, Error> {
+        self.version
+            .get_or_try_init(|| async {
+                let action = "read the PVE version";
+                let data = data(self.api.get_version().await, action).await?;
+                let text = data.version.or(data.release).unwrap_or_default();
+                PveVersion::parse(&text).ok_or_else(|| invalid(action, format!("unrecognised version `{text}`")))
+            })
+            .await
+            .cloned()
+    }
+
+    /// All QEMU guests of the cluster in one request.
+    pub async fn cluster_vms(&self) -> Result<Vec<VmResource>, Error> {
+        let action = "list the cluster's VMs";
+        let items = data(self.api.get_cluster_resources(Some(types::GetClusterResourcesType::Vm)).await, action).await?;
+        let mut vms = Vec::new();
+        for item in items {
+            if item.type_.as_deref() != Some("qemu") {
+                continue;
+            }
+            let vmid = match (item.vmid, item.id.as_deref().and_then(|id| id.strip_prefix("qemu/"))) {
+                (Some(vmid), _) => vmid_from(vmid.0, action)?,
+                (None, Some(id)) => vmid_from(id.parse().unwrap_or(-1), action)?,
+                (None, None) => return Err(invalid(action, "a guest has neither `vmid` nor `id`")),
+            };
+            vms.push(VmResource {
+                vmid,
+                node: item.node.unwrap_or_default(),
+                name: item.name,
+                status: item.status,
+                template: item.template.is_some_and(|t| t.0),
+                lock: item.lock.filter(|l| !l.is_empty()),
+                tags: split_tags(item.tags.as_deref()),
+                pool: item.pool,
+            });
+        }
+        Ok(vms)
+    }
+
+    /// The lowest free VMID, or checks that `candidate` is free. PVE
+    /// reserves nothing: a clone may still find it taken.
+    pub async fn next_vmid(&self, candidate: Option<Vmid>) -> Result<Vmid, Error> {
+        let action = match candidate {
+            Some(vmid) => format!("check that VMID {vmid} is free"),
+            None => "get the next free VMID".to_string(),
+        };
+        let vmid = data(self.api.get_cluster_nextid(candidate.map(i64::from)).await, &action).await?;
+        vmid_from(vmid.0, &action)
+    }
+
+    /// Starts a clone task of `source` on `node`.
+    pub async fn clone_vm(&self, node: &str, source: Vmid, request: &CloneRequest) -> Result<Upid, Error> {
+        let action = match request.new_vmid {
+            Some(new) => format!("clone VM {source} to {new}"),
+            None => format!("clone VM {source}"),
+        };
+        let newid = match request.new_vmid {
+            Some(vmid) => vmid,
+            None => return Err(Error::setup(action, "the clone request has no new VMID")),
+        };
+        let body = types::PostNodesNodeQemuVmidCloneBody {
+            newid: newid.into(),
+            name: request.name.clone(),
+            description: request.description.clone(),
+            pool: request.pool.clone(),
+            full: request.full.map(PveBool),
+            storage: request.storage.clone(),
+            target: request.target_node.clone(),
+            bwlimit: None,
+            format: None,
+            snapname: None,
+        };
+        upid(self.api.post_nodes_node_qemu_vmid_clone(node, source.into(), &body).await, &action).await
+    }
+
+    /// The VM's configuration as key → value strings (pending changes applied).
+    pub async fn vm_config(&self, node: &str, vmid: Vmid) -> Result<BTreeMap<String, String>, Error> {
+        let action = format!("read the configuration of VM {vmid}");
+        let config = data(self.api.get_nodes_node_qemu_vmid_config(node, vmid.into(), None, None).await, &action).await?;
+        let value = serde_json::to_value(config).map_err(|err| invalid(&action, err.to_string()))?;
+        let mut entries = BTreeMap::new();
+        if let Value::Object(map) = value {
+            for (key, value) in map {
+                let text = match value {
+                    Value::Null => continue,
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                entries.insert(key, text);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Changes configuration keys synchronously.
+    pub async fn update_vm_config(&self, node: &str, vmid: Vmid, update: &ConfigUpdate) -> Result<(), Error> {
+        let action = format!("update the configuration of VM {vmid}");
+        let body = types::PutNodesNodeQemuVmidConfigBody {
+            name: update.name.clone(),
+            description: update.description.clone(),
+            tags: update.tags.as_ref().map(|tags| tags.join(";")),
+            ciuser: update.ciuser.clone(),
+            sshkeys: update.ssh_public_keys.as_deref().map(encode_ssh_keys),
+            ipconfig0: update.ipconfig0.clone(),
+            delete: (!update.delete.is_empty()).then(|| update.delete.join(",")),
+            digest: update.digest.clone(),
+            ..Default::default()
+        };
+        match self.api.put_nodes_node_qemu_vmid_config(node, vmid.into(), &body).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(error::from_api(action, err).await),
+        }
+    }
+
+    pub async fn vm_status(&self, node: &str, vmid: Vmid) -> Result<VmStatus, Error> {
+        let action = format!("read the status of VM {vmid}");
+        let status = data(self.api.get_nodes_node_qemu_vmid_status_current(node, vmid.into()).await, &action).await?;
+        Ok(VmStatus {
+            status: status.status.unwrap_or_else(|| "unknown".into()),
+            qmpstatus: status.qmpstatus,
+            lock: status.lock.filter(|l| !l.is_empty()),
+            agent_enabled: status.agent.is_some_and(|a| a.0),
+            name: status.name,
+            template: status.template.is_some_and(|t| t.0),
+            tags: split_tags(status.tags.as_deref()),
+        })
+    }
+
+    pub async fn start_vm(&self, node: &str, vmid: Vmid) -> Result<Upid, Error> {
+        let action = format!("start VM {vmid}");
+        let body = types::PostNodesNodeQemuVmidStatusStartBody::default();
+        upid(self.api.post_nodes_node_qemu_vmid_status_start(node, vmid.into(), &body).await, &action).await
+    }
+
+    /// Hard stop; `timeout` bounds PVE's wait for the QEMU process.
+    pub async fn stop_vm(&self, node: &str, vmid: Vmid, timeout: Option<Duration>) -> Result<Upid, Error> {
+        let action = format!("stop VM {vmid}");
+        let body = types::PostNodesNodeQemuVmidStatusStopBody {
+            timeout: timeout.map(|t| t.as_secs() as i64),
+            ..Default::default()
+        };
+        upid(self.api.post_nodes_node_qemu_vmid_status_stop(node, vmid.into(), &body).await, &action).await
+    }
+
+    /// ACPI/agent shutdown; with `force_stop`, a hard stop after `timeout`.
+    pub async fn shutdown_vm(&self, node: &str, vmid: Vmid, timeout: Duration, force_stop: bool) -> Result<Upid, Error> {
+        let action = format!("shut down VM {vmid}");
+        let body = types::PostNodesNodeQemuVmidStatusShutdownBody {
+            timeout: Some(timeout.as_secs() as i64),
+            force_stop: Some(PveBool(force_stop)),
+            ..Default::default()
+        };
+        upid(self.api.post_nodes_node_qemu_vmid_status_shutdown(node, vmid.into(), &body).await, &action).await
+    }
+
+    pub async fn suspend_vm(&self, node: &str, vmid: Vmid) -> Result<Upid, Error> {
+        let action = format!("suspend VM {vmid}");
+        let body = types::PostNodesNodeQemuVmidStatusSuspendBody::default();
+        upid(self.api.post_nodes_node_qemu_vmid_status_suspend(node, vmid.into(), &body).await, &action).await
+    }
+
+    pub async fn resume_vm(&self, node: &str, vmid: Vmid) -> Result<Upid, Error> {
+        let action = format!("resume VM {vmid}");
+        let body = types::PostNodesNodeQemuVmidStatusResumeBody::default();
+        upid(self.api.post_nodes_node_qemu_vmid_status_resume(node, vmid.into(), &body).await, &action).await
+    }
+
+    /// Deletes a stopped VM with `purge` and `destroy-unreferenced-disks`, so
+    /// no orphaned disk can collide with a later VM of the same id.
+    pub async fn delete_vm(&self, node: &str, vmid: Vmid) -> Result<Upid, Error> {
+        let action = format!("delete VM {vmid}");
+        let yes = PveBool(true);
+        upid(self.api.delete_nodes_node_qemu_vmid(node, vmid.into(), Some(&yes), Some(&yes), None).await, &action).await
+    }
+
+    /// Whether the guest agent answers.
+    pub async fn agent_ping(&self, node: &str, vmid: Vmid) -> Result<(), Error> {
+        let action = format!("ping the guest agent of VM {vmid}");
+        match self.api.post_nodes_node_qemu_vmid_agent_ping(node, vmid.into()).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(error::from_api(action, err).await),
+        }
+    }
+
+    /// The guest's interfaces as its agent reports them.
+    pub async fn guest_interfaces(&self, node: &str, vmid: Vmid) -> Result<Vec<GuestInterface>, Error> {
+        let action = format!("read the network interfaces of VM {vmid}");
+        let data = data(self.api.get_nodes_node_qemu_vmid_agent_network_get_interfaces(node, vmid.into()).await, &action).await?;
+        parse_guest_interfaces(&Value::Object(data)).map_err(|message| invalid(&action, message))
+    }
+
+    pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, Error> {
+        let action = format!("read the status of task {upid}");
+        let status = data(self.api.get_nodes_node_tasks_upid_status(&upid.node, &upid.to_string()).await, &action).await?;
+        Ok(TaskStatus {
+            running: status.status.as_deref() != Some("stopped"),
+            exit_status: status.exitstatus,
+        })
+    }
+
+    /// The last `lines` lines of a task's log.
+    pub async fn task_log_tail(&self, upid: &Upid, lines: u32) -> Result<Vec<String>, Error> {
+        let action = format!("read the log of task {upid}");
+        let text = upid.to_string();
+        let first = self
+            .api
+            .get_nodes_node_tasks_upid_log(&upid.node, &text, None, Some(i64::from(lines)), Some(0))
+            .await;
+        let first = match first {
+            Ok(response) => response.into_inner(),
+            Err(err) => return Err(error::from_api(action, err).await),
+        };
+        let total = first.total.map_or(0, |t| t.0);
+        let entries = if total > i64::from(lines) {
+            data(
+                self.api
+                    .get_nodes_node_tasks_upid_log(&upid.node, &text, None, Some(i64::from(lines)), Some(total - i64::from(lines)))
+                    .await,
+                &action,
+            )
+            .await?
+        } else {
+            first.data
+        };
+        Ok(entries.into_iter().filter_map(|line| line.t).collect())
+    }
+
+    /// Polls a task until it stops or `timeout` passes. `OK` and
+    /// `WARNINGS: n` are success; errors carry the last lines of the log.
+    pub async fn wait_task(&self, upid: &Upid, timeout: Duration) -> Result<TaskSuccess, Error> {
+        let started = Instant::now();
+        let mut interval = Duration::from_millis(200);
+        loop {
+            let status = self.task_status(upid).await?;
+            if !status.running {
+                let exit_status = status.exit_status.unwrap_or_else(|| "unexpected status".into());
+                return match exit_status_outcome(&exit_status) {
+                    Ok(success) => Ok(success),
+                    Err(()) => {
+                        let log_tail = self.task_log_tail(upid, 10).await.unwrap_or_default();
+                        Err(Error::new(
+                            format!("complete task {} of {}", upid.task_type, describe_task_object(upid)),
+                            ErrorKind::TaskFailed { upid: upid.clone(), exit_status, log_tail },
+                        ))
+                    }
+                };
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= timeout {
+                return Err(Error::new(
+                    format!("complete task {} of {}", upid.task_type, describe_task_object(upid)),
+                    ErrorKind::TaskTimeout { upid: upid.clone(), waited_secs: elapsed.as_secs() },
+                ));
+            }
+            tokio::time::sleep(interval.min(timeout - elapsed)).await;
+            interval = (interval * 3 / 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The pool's members, with the API form this PVE release offers
+    /// (`GET /pools?poolid=` since 8.1, `GET /pools/{poolid}` before).
+    pub async fn pool_members(&self, pool: &str) -> Result<Vec<PoolMember>, Error> {
+        let action = format!("list the members of pool {pool}");
+        let members = if self.version().await?.has_nested_pools() {
+            let pools = data(self.api.get_pools(Some(pool), None).await, &action).await?;
+            let entry = pools
+                .into_iter()
+                .find(|p| p.poolid.as_deref() == Some(pool))
+                .ok_or_else(|| Error::new(&action, ErrorKind::NotFound { message: format!("pool '{pool}' does not exist") }))?;
+            to_values(&entry.members)
+        } else {
+            let pool_data = data(self.api.get_pools_poolid(pool, None).await, &action).await?;
+            to_values(&pool_data.members)
+        };
+        Ok(members.iter().map(pool_member).collect())
+    }
+
+    /// The privileges the caller holds: path → privilege → propagates.
+    pub async fn permissions(&self, path: Option<&str>) -> Result<BTreeMap<String, BTreeMap<String, bool>>, Error> {
+        let action = "read the caller's permissions";
+        let map = data(self.api.get_access_permissions(path, None).await, action).await?;
+        let mut out = BTreeMap::new();
+        for (path, privileges) in map {
+            let mut entry = BTreeMap::new();
+            if let Value::Object(privileges) = privileges {
+                for (privilege, propagate) in privileges {
+                    let propagate = match propagate {
+                        Value::Bool(b) => b,
+                        Value::Number(n) => n.as_i64() != Some(0),
+                        Value::String(s) => s != "0",
+                        _ => false,
+                    };
+                    entry.insert(privilege, propagate);
+                }
+            }
+            out.insert(path, entry);
+        }
+        Ok(out)
+    }
+}
+
+fn api_base_url(url: &str) -> Result<String, Error> {
+    let action = "use the PVE URL";
+    let trimmed = url.trim().trim_end_matches('/');
+    let parsed = reqwest::Url::parse(trimmed)
+        .map_err(|err| Error::setup(action, format!("`url` {url:?} is not a URL ({err}); write it like https://pve.example.com:8006")))?;
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
+        return Err(Error::setup(action, format!("`url` {url:?} must start with https:// and name a host, like https://pve.example.com:8006")));
+    }
+    let base = trimmed.strip_suffix("/api2/json").unwrap_or(trimmed);
+    Ok(format!("{base}/api2/json"))
+}
+
+/// PVE requires `sshkeys` percent-encoded inside the value (space → %20).
+fn encode_ssh_keys(keys: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'!')
+        .remove(b'~')
+        .remove(b'*')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')');
+    percent_encoding::utf8_percent_encode(keys, KEEP).to_string()
+}
+
+fn split_tags(tags: Option<&str>) -> Vec<String> {
+    tags.unwrap_or_default()
+        .split([';', ',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn vmid_from(value: i64, action: &str) -> Result<Vmid, Error> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| *v >= 100)
+        .map(Vmid)
+        .ok_or_else(|| invalid(action, format!("`{value}` is not a VMID")))
+}
+
+fn invalid(action: impl Into<String>, message: impl Into<String>) -> Error {
+    Error::new(action, ErrorKind::InvalidResponse { message: message.into() })
+}
+
+fn describe_task_object(upid: &Upid) -> String {
+    if upid.id.is_empty() { format!("node {}", upid.node) } else { format!("VM {} on {}", upid.id, upid.node) }
+}
+
+/// Anything with a `data` envelope field.
+trait Envelope {
+    type Data;
+    fn into_data(self) -> Option<Self::Data>;
+}
+
+/// typify turns optional arrays and maps into plain ones with a serde
+/// default (`always`); other `data` fields stay `Option`.
+macro_rules! envelope {
+    ($($response:ident => $kind:ident $data:ty),* $(,)?) => {
+        $(impl Envelope for types::$response {
+            type Data = $data;
+            fn into_data(self) -> Option<$data> {
+                envelope!(@take $kind self.data)
+            }
+        })*
+    };
+    (@take optional $value:expr) => { $value };
+    (@take always $value:expr) => { Some($value) };
+}
+
+envelope! {
+    GetVersionResponse => optional types::GetVersionResponseData,
+    GetClusterResourcesResponse => always Vec<types::GetClusterResourcesResponseDataItem>,
+    GetClusterNextidResponse => optional super::lenient::PveInt,
+    PostNodesNodeQemuVmidCloneResponse => optional String,
+    GetNodesNodeQemuVmidConfigResponse => optional types::GetNodesNodeQemuVmidConfigResponseData,
+    GetNodesNodeQemuVmidStatusCurrentResponse => optional types::GetNodesNodeQemuVmidStatusCurrentResponseData,
+    PostNodesNodeQemuVmidStatusStartResponse => optional String,
+    PostNodesNodeQemuVmidStatusStopResponse => optional String,
+    PostNodesNodeQemuVmidStatusShutdownResponse => optional String,
+    PostNodesNodeQemuVmidStatusSuspendResponse => optional String,
+    PostNodesNodeQemuVmidStatusResumeResponse => optional String,
+    DeleteNodesNodeQemuVmidResponse => optional String,
+    GetNodesNodeQemuVmidAgentNetworkGetInterfacesResponse => always serde_json::Map<String, Value>,
+    GetNodesNodeTasksUpidStatusResponse => optional types::GetNodesNodeTasksUpidStatusResponseData,
+    GetNodesNodeTasksUpidLogResponse => always Vec<types::GetNodesNodeTasksUpidLogResponseDataItem>,
+    GetPoolsResponse => always Vec<types::GetPoolsResponseDataItem>,
+    GetPoolsPoolidResponse => optional types::GetPoolsPoolidResponseData,
+    GetAccessPermissionsResponse => always serde_json::Map<String, Value>,
+}
+
+async fn data<T: Envelope>(
+    result: Result<progenitor_client::ResponseValue<T>, progenitor_client::Error<()>>,
+    action: &str,
+) -> Result<T::Data, Error> {
+    match result {
+        Ok(response) => response
+            .into_inner()
+            .into_data()
+            .ok_or_else(|| invalid(action, "the answer has no `data`")),
+        Err(err) => Err(error::from_api(action, err).await),
+    }
+}
+
+async fn upid<T: Envelope<Data = String>>(
+    result: Result<progenitor_client::ResponseValue<T>, progenitor_client::Error<()>>,
+    action: &str,
+) -> Result<Upid, Error> {
+    let text = data(result, action).await?;
+    text.parse().map_err(|err: super::task::UpidParseError| invalid(action, err.to_string()))
+}
+
+fn to_values<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
+    items.iter().filter_map(|item| serde_json::to_value(item).ok()).collect()
+}
+
+fn pool_member(member: &Value) -> PoolMember {
+    let text = |key: &str| member.get(key).and_then(Value::as_str).map(str::to_string);
+    PoolMember {
+        id: text("id").unwrap_or_default(),
+        kind: text("type").unwrap_or_default(),
+        vmid: member
+            .get("vmid")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|v| u32::try_from(v).ok())
+            .map(Vmid),
+        node: text("node"),
+    }
+}
+
+/// Reads QGA's `guest-network-get-interfaces` answer (`{"result": [...]}`).
+pub fn parse_guest_interfaces(data: &Value) -> Result<Vec<GuestInterface>, String> {
+    let list = data
+        .get("result")
+        .and_then(Value::as_array)
+        .ok_or_else(|| "the agent answer has no `result` list".to_string())?;
+    let mut interfaces = Vec::new();
+    for entry in list {
+        let Some(name) = entry.get("name").and_then(Value::as_str) else { continue };
+        let mac = entry.get("hardware-address").and_then(Value::as_str).map(str::to_ascii_lowercase);
+        let mut addresses = Vec::new();
+        for address in entry.get("ip-addresses").and_then(Value::as_array).into_iter().flatten() {
+            let ip = address.get("ip-address").and_then(Value::as_str).and_then(|ip| ip.split('%').next()?.parse::<IpAddr>().ok());
+            let prefix = address.get("prefix").and_then(Value::as_u64).and_then(|p| u8::try_from(p).ok()).unwrap_or(0);
+            if let Some(ip) = ip {
+                addresses.push((ip, prefix));
+            }
+        }
+        interfaces.push(GuestInterface { name: name.to_string(), mac, addresses });
+    }
+    Ok(interfaces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_accepts_seed_forms() {
+        assert_eq!(api_base_url("https://pve:8006").unwrap(), "https://pve:8006/api2/json");
+        assert_eq!(api_base_url("https://pve:8006/api2/json/").unwrap(), "https://pve:8006/api2/json");
+        assert!(api_base_url("pve:8006").unwrap_err().to_string().contains("must start with https://"));
+        assert!(api_base_url("not a url").is_err());
+    }
+
+    #[test]
+    fn ssh_keys_are_encoded_inside_the_value() {
+        assert_eq!(encode_ssh_keys("ssh-ed25519 AAAA me@host\n"), "ssh-ed25519%20AAAA%20me%40host%0A");
+    }
+
+    #[test]
+    fn guest_interfaces_keep_macs_and_addresses() {
+        let data = serde_json::json!({ "result": [
+            { "name": "lo", "hardware-address": "00:00:00:00:00:00",
+              "ip-addresses": [{ "ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8 }] },
+            { "name": "ens18", "hardware-address": "BC:24:11:00:00:01",
+              "ip-addresses": [{ "ip-address": "10.0.0.5", "prefix": 24 }, { "ip-address": "fe80::1%ens18", "prefix": 64 }] },
+            { "name": "tun0" }
+        ]});
+        let interfaces = parse_guest_interfaces(&data).unwrap();
+        assert_eq!(interfaces.len(), 3);
+        assert_eq!(interfaces[1].mac.as_deref(), Some("bc:24:11:00:00:01"));
+        assert_eq!(interfaces[1].addresses[0], ("10.0.0.5".parse().unwrap(), 24));
+        assert_eq!(interfaces[1].addresses[1].0, "fe80::1".parse::<IpAddr>().unwrap());
+        assert!(interfaces[2].addresses.is_empty());
+    }
+}

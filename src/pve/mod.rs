@@ -1,0 +1,28 @@
+//! The Proxmox VE client room: the only code that sees the generated API
+//! types (`api`). Everything above it talks in `Vmid`, `Upid` and the plain
+//! structs of [`client`].
+//!
+//! - [`api`]: the progenitor-generated client (from `openapi/pve.json`);
+//! - [`session`]: authentication (token, ticket with TFA), retries, timeouts
+//!   and request logging, applied to every generated call through hooks;
+//! - [`client`]: [`PveClient`], domain-shaped calls;
+//! - [`error`]: errors classified once into kinds a caller can act on.
+
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod credentials;
+pub mod error;
+pub mod lenient;
+pub mod session;
+pub mod task;
+pub mod tls;
+pub mod version;
+
+pub use client::{ClientConfig, CloneRequest, ConfigUpdate, GuestInterface, PoolMember, PveClient, TaskStatus, VmResource, VmStatus, Vmid};
+pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
+pub use error::{Error, ErrorKind};
+pub use session::RetryPolicy;
+pub use task::{TaskSuccess, Upid};
+pub use tls::{Fingerprint, TlsOptions};
+pub use version::PveVersion;
