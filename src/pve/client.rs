@@ -141,7 +141,7 @@ pub struct PoolMember {
 }
 
 /// The Proxmox VE client.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PveClient {
     api: api::Client,
     version: Arc<OnceCell<PveVersion>>,
