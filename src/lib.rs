@@ -11,3 +11,8 @@
 
 pub mod openapi;
 pub mod pve;
+
+/// Compiles the README's Rust examples as doctests, so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

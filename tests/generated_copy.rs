@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-const FILES: &[&str] = &["pve_api.rs"];
+const FILES: &[&str] = &["pve_api.rs", "proto.rs", "plugin.rs", "grpc.health.v1.rs"];
 
 #[test]
 fn generated_copy_matches_build_output() {
