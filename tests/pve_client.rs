@@ -125,6 +125,12 @@ async fn api(State(state): State<Shared>, method: Method, uri: Uri, RawQuery(que
     let query = form(&query.unwrap_or_default());
     let body = form(&body);
     match (method.as_str(), path.as_str()) {
+        ("GET", "/pools") if query.get("poolid").map(String::as_str) == Some("ci") => ok(json!([
+            { "poolid": "ci", "members": [
+                { "id": "qemu/105", "type": "qemu", "vmid": 105, "node": "pve2", "status": "running" },
+                { "id": "storage/pve1/local-lvm", "type": "storage", "storage": "local-lvm", "node": "pve1" }
+            ]}
+        ])),
         ("GET", "/version") => ok(json!({ "version": "9.1.3", "release": "9.1", "repoid": "0123abcd" })),
         ("GET", "/cluster/resources") => ok(json!([
             { "id": "qemu/9000", "vmid": 9000, "node": "pve1", "type": "qemu", "status": "stopped", "template": 1, "name": "tpl" },
@@ -203,17 +209,42 @@ async fn serve_http(state: Shared) -> SocketAddr {
     addr
 }
 
-/// HTTPS with a fresh self-signed certificate; returns its SHA-256 fingerprint.
-async fn serve_https(state: Shared) -> (SocketAddr, String) {
+/// A certificate for the test server: self-signed, or signed by a fresh CA
+/// whose PEM is returned.
+struct TestCertificate {
+    der: rustls::pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
+    ca_pem: Option<String>,
+}
+
+fn self_signed_certificate() -> TestCertificate {
     let certified = rcgen::generate_simple_self_signed(vec!["pve1.example".to_string()]).unwrap();
-    let der = certified.cert.der().clone();
-    let fingerprint = fleeting_plugin_proxmox::pve::Fingerprint::of_certificate(&der).to_string();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    TestCertificate { der: certified.cert.der().clone(), key: certified.signing_key.serialize_der(), ca_pem: None }
+}
+
+fn ca_signed_certificate() -> TestCertificate {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Test PVE Cluster CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    TestCertificate { der: server_cert.der().clone(), key: server_key.serialize_der(), ca_pem: Some(ca_cert.pem()) }
+}
+
+/// HTTPS with the given certificate; returns the address and the
+/// certificate's SHA-256 fingerprint.
+async fn serve_https(state: Shared, certificate: &TestCertificate) -> (SocketAddr, String) {
+    let fingerprint = fleeting_plugin_proxmox::pve::Fingerprint::of_certificate(&certificate.der).to_string();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certificate.key.clone()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![der], key)
+        .with_single_cert(vec![certificate.der.clone()], key)
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -437,7 +468,7 @@ async fn tasks_are_awaited_and_failures_carry_the_log_tail() {
 #[tokio::test]
 async fn tls_pinned_by_fingerprint() {
     let state = shared();
-    let (addr, fingerprint) = serve_https(state.clone()).await;
+    let (addr, fingerprint) = serve_https(state.clone(), &self_signed_certificate()).await;
     let url = format!("https://127.0.0.1:{}", addr.port());
     let mut config = token_config(addr);
     config.url = url.clone();
@@ -459,4 +490,57 @@ async fn tls_pinned_by_fingerprint() {
 
     config.tls = TlsOptions { insecure_skip_verify: true, ..Default::default() };
     assert_eq!(PveClient::connect(config).await.unwrap().cluster_vms().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn rejected_token_is_final_and_not_retried() {
+    let state = shared();
+    let addr = serve_http(state.clone()).await;
+    let credentials = Credentials::parse(r#"{"token_id":"ci@pve!fleeting","token_secret":"wrong-secret"}"#, "test").unwrap();
+    let config = ClientConfig { retry: fast_retry(), ..ClientConfig::new(format!("http://{addr}"), credentials) };
+    let err = PveClient::connect(config).await.unwrap().cluster_vms().await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Unauthorized { .. }), "{err:?}");
+    assert!(!err.to_string().contains("wrong-secret"), "{err}");
+    assert_eq!(state.lock().unwrap().requests.len(), 1, "a 401 for a token is not retried");
+}
+
+#[tokio::test]
+async fn tls_with_the_cluster_ca_file() {
+    let state = shared();
+    let certificate = ca_signed_certificate();
+    let (addr, _) = serve_https(state.clone(), &certificate).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("pve-root-ca.pem");
+    std::fs::write(&ca_file, certificate.ca_pem.as_deref().unwrap()).unwrap();
+    let mut config = token_config(addr);
+    config.url = format!("https://localhost:{}", addr.port());
+    config.tls = TlsOptions { ca_file: Some(ca_file), ..Default::default() };
+    assert_eq!(PveClient::connect(config.clone()).await.unwrap().cluster_vms().await.unwrap().len(), 2);
+
+    // A different CA does not vouch for this server.
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, ca_signed_certificate().ca_pem.unwrap()).unwrap();
+    config.tls = TlsOptions { ca_file: Some(other), ..Default::default() };
+    let err = PveClient::connect(config.clone()).await.unwrap().cluster_vms().await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Tls { .. }), "{err:?}");
+
+    // A file without certificates is a setup error naming the setting.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate").unwrap();
+    config.tls = TlsOptions { ca_file: Some(empty), ..Default::default() };
+    let err = PveClient::connect(config).await.unwrap_err();
+    assert!(err.to_string().contains("holds no PEM certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn pool_members_use_the_api_form_of_the_release() {
+    let state = shared();
+    let addr = serve_http(state.clone()).await;
+    let client = PveClient::connect(token_config(addr)).await.unwrap();
+    let members = client.pool_members("ci").await.unwrap();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[0].vmid, Some(Vmid(105)));
+    assert_eq!(members[1].kind, "storage");
+    let requests = state.lock().unwrap().requests.clone();
+    assert!(requests.iter().any(|r| r.starts_with("GET /pools?poolid=ci")), "9.1 uses the 8.1+ form: {requests:?}");
 }

@@ -250,11 +250,14 @@ fn describe_json_error(err: &serde_json::Error) -> String {
             );
         }
     }
-    format!("not valid credentials JSON at line {} column {}: {}", err.line(), err.column(), strip_position(&text))
-}
-
-fn strip_position(text: &str) -> &str {
-    text.rsplit_once(" at line ").map_or(text, |(head, _)| head)
+    // serde's own text may quote the offending value, which could be a
+    // secret; only the position and the kind of problem are reported.
+    let problem = match err.classify() {
+        serde_json::error::Category::Data => "a value has the wrong type (every field is a JSON string)",
+        serde_json::error::Category::Eof => "the file ends too early",
+        serde_json::error::Category::Syntax | serde_json::error::Category::Io => "syntax error",
+    };
+    format!("not valid credentials JSON at line {} column {}: {problem}", err.line(), err.column())
 }
 
 fn closest_field(field: &str) -> Option<&'static str> {
@@ -327,6 +330,9 @@ mod tests {
         assert!(err.to_string().contains("did you mean `username`?"), "{err}");
         let err = parse(r#"{"username": "ci@pam", "password": "x" "#).unwrap_err();
         assert!(err.to_string().contains("not valid credentials JSON at line 1"), "{err}");
+        let err = parse(r#"{"username": "ci@pam", "password": 987654}"#).unwrap_err();
+        assert!(err.to_string().contains("wrong type"), "{err}");
+        assert!(!err.to_string().contains("987654"), "a mistyped secret must not be echoed: {err}");
     }
 
     #[test]

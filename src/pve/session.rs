@@ -164,15 +164,15 @@ impl Session {
             let can_repeat = template.is_some();
             match &result {
                 Ok(response) if response.status() == 401 && !is_login && !relogged_in && can_repeat => {
-                    if let Auth::Ticket(login) = &self.auth {
-                        relogged_in = true;
-                        tracing::info!(user = %login.userid, "PVE answered 401; logging in again");
-                        if let Err(err) = login.refresh(generation, true).await {
-                            tracing::warn!(error = %err, "re-login after 401 failed");
-                            return result;
-                        }
-                        continue;
+                    // Only a ticket can be renewed; a rejected token is final.
+                    let Auth::Ticket(login) = &self.auth else { return result };
+                    relogged_in = true;
+                    tracing::info!(user = %login.userid, "PVE answered 401; logging in again");
+                    if let Err(err) = login.refresh(generation, true).await {
+                        tracing::warn!(error = %err, "re-login after 401 failed");
+                        return result;
                     }
+                    continue;
                 }
                 Ok(response) if is_transient_status(response.status().as_u16()) && idempotent => {}
                 Err(err) if is_retryable_transport(err, idempotent) => {}
