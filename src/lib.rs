@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`pve`]: the Proxmox VE client: the progenitor-generated API
 //!   (`pve::api`) and the wrapper on top (`pve::PveClient`).
+//! - [`sim`]: a Proxmox VE simulator for tests and demos.
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@
 
 pub mod openapi;
 pub mod pve;
+pub mod sim;
 
 /// Compiles the README's Rust examples as doctests, so they cannot rot.
 #[cfg(doctest)]
