@@ -23,7 +23,60 @@ fn main() -> Result<(), Box<dyn Error>> {
     let code = generate_pve_client(spec, "crate::pve::lenient", Some("std::sync::Arc<crate::pve::session::Session>"))?;
     fs::write(out_dir.join("pve_api.rs"), code)?;
     compile_protos(&out_dir)?;
+    emit_version_info();
     Ok(())
+}
+
+/// Git revision, ref and build time for `--version` and ProviderInfo, like
+/// Go plugins' VersionInfo. `SOURCE_DATE_EPOCH` makes the date reproducible.
+fn emit_version_info() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|text| !text.is_empty())
+    };
+    let revision = git(&["rev-parse", "--short=8", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let reference = git(&["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let built_at = match std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse::<i64>().ok()) {
+        Some(epoch) => format_utc(epoch),
+        None => format_utc(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
+        ),
+    };
+    println!("cargo:rustc-env=FPP_GIT_REVISION={revision}");
+    println!("cargo:rustc-env=FPP_GIT_REF={reference}");
+    println!("cargo:rustc-env=FPP_BUILT_AT={built_at}");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "rustc".into());
+    println!("cargo:rustc-env=FPP_RUSTC_VERSION={rustc_version}");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SS+0000`, as Go plugins' Makefiles write it.
+fn format_utc(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let seconds = epoch.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+0000", seconds / 3600, seconds / 60 % 60, seconds % 60)
 }
 
 /// The `.proto` files, relative to `proto/`. Each include root below makes a
@@ -44,6 +97,13 @@ fn compile_protos(out_dir: &Path) -> Result<(), Box<dyn Error>> {
     // Order matters: protox names a file after the first root containing it.
     let includes = [root.join("fleeting"), root.join("plugin"), root.clone()];
     let descriptors = protox::compile(&files, includes)?;
+    // Served by gRPC reflection, like go-plugin's Go servers do; the
+    // conformance suite compares it with upstream's registered descriptors.
+    let mut stripped = descriptors.clone();
+    for file in &mut stripped.file {
+        file.source_code_info = None;
+    }
+    fs::write(out_dir.join("proto_descriptors.bin"), prost::Message::encode_to_vec(&stripped))?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -5,17 +5,26 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use fleeting_plugin_proxmox::group::unavailable::EngineUnavailable;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
+use fleeting_plugin_proxmox::{plugin, version};
 
 #[derive(Debug, Parser)]
-#[command(name = "fleeting-plugin-proxmox", version, about, long_about = None)]
+#[command(name = "fleeting-plugin-proxmox", about, long_about = None, disable_version_flag = true)]
 struct Cli {
+    /// Print name, version, git revision and build date, then exit.
+    #[arg(long, short = 'V')]
+    version: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Print name, version, git revision and build date (as Go plugins do).
+    Version,
+    /// Serve the plugin to GitLab Runner (the default without a subcommand).
+    Serve,
     /// Convert a Proxmox VE API schema dump (apidoc.js or JSON) to OpenAPI 3.0.3.
     Openapi(OpenapiArgs),
 }
@@ -46,16 +55,24 @@ struct OpenapiArgs {
 }
 
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    // Go plugins accept the single-dash `-version` of Go's flag package.
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 2 && args[1] == "-version" {
+        print!("{}", version::full());
+        return ExitCode::SUCCESS;
+    }
+    let cli = Cli::parse_from(args);
+    if cli.version {
+        print!("{}", version::full());
+        return ExitCode::SUCCESS;
+    }
     match cli.command {
-        Some(Command::Openapi(args)) => report(convert(&args)),
-        None => {
-            eprintln!(
-                "fleeting-plugin-proxmox: the plugin server is not built yet; \
-                 run `fleeting-plugin-proxmox --help` for the available commands"
-            );
-            ExitCode::FAILURE
+        Some(Command::Version) => {
+            print!("{}", version::full());
+            ExitCode::SUCCESS
         }
+        Some(Command::Openapi(args)) => report(convert(&args)),
+        Some(Command::Serve) | None => plugin::run(EngineUnavailable),
     }
 }
 

@@ -2,6 +2,11 @@
 //! and a typed Proxmox VE client usable on its own.
 //!
 //! # Layout
+//! Rooms, each depending only on the ones after it:
+//! - [`goplugin`]: the go-plugin transport (handshake, socket, AutoMTLS,
+//!   health/controller/stdio, hclog logging). Knows nothing of fleeting.
+//! - [`fleeting`]: the adapter from fleeting's gRPC service to [`group`].
+//! - [`group`]: the instance-group domain contract.
 //! - [`pve`]: the Proxmox VE client: the progenitor-generated API
 //!   (`pve::api`) and the wrapper on top (`pve::PveClient`).
 //! - [`sim`]: a Proxmox VE simulator for tests and demos.
@@ -10,9 +15,14 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout)]
 
+pub mod fleeting;
+pub mod goplugin;
+pub mod group;
 pub mod openapi;
+pub mod plugin;
 pub mod pve;
 pub mod sim;
+pub mod version;
 
 /// Compiles the README's Rust examples as doctests, so they cannot rot.
 #[cfg(doctest)]

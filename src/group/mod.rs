@@ -1,0 +1,123 @@
+//! The instance-group room: the domain behind fleeting's calls. It knows
+//! instances, their states and how to reach them; it knows nothing about
+//! gRPC, protobuf or go-plugin (the fleeting adapter converts at its edge).
+//!
+//! [`InstanceGroup`] is the contract the adapter drives. The Proxmox
+//! provisioning engine implements it.
+
+pub mod unavailable;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// What Runner hands to `Init` besides the plugin config: how it connects to
+/// instances (`[runners.autoscaler.connector_config]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectorSettings {
+    pub os: String,
+    pub arch: String,
+    /// `ssh`, `winrm`, `winrm+https`, or empty.
+    pub protocol: String,
+    /// 0: the protocol's default port.
+    pub protocol_port: u16,
+    pub username: String,
+    pub password: String,
+    /// PEM private key.
+    pub key: Vec<u8>,
+    pub use_static_credentials: bool,
+    pub keepalive: Duration,
+    pub timeout: Duration,
+}
+
+/// What `Init` reports back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderInfo {
+    /// Identifies the group in Runner's logs, e.g. `proxmox/<cluster>/<pool>/<group>`.
+    pub id: String,
+    pub max_size: u32,
+    pub version: String,
+    pub build_info: String,
+    /// Optional features, e.g. [`CAPABILITY_SUSPEND_RESUME`].
+    pub capabilities: Vec<String>,
+}
+
+/// The capability that makes Runner call `suspend`/`resume`.
+pub const CAPABILITY_SUSPEND_RESUME: &str = "suspend_resume";
+
+/// An instance's state as fleeting knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceState {
+    Creating,
+    Running,
+    Deleting,
+    Deleted,
+    /// The instance is broken; Runner removes it.
+    Timeout,
+    Suspending,
+    Suspended,
+    Resuming,
+}
+
+/// How to reach one instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectInfo {
+    pub connector: ConnectorSettings,
+    pub external_addr: String,
+    pub internal_addr: String,
+    /// When these credentials stop working, as Unix seconds.
+    pub expires_unix: Option<i64>,
+}
+
+/// The result of a call that works on several instances: some may succeed
+/// while others fail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partial<T> {
+    pub succeeded: T,
+    /// One message per failure, for the log and for Runner.
+    pub failures: Vec<String>,
+}
+
+/// Errors the domain reports to Runner.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// A call arrived before a successful `init`.
+    #[error("the plugin is not initialised: Runner must call Init first")]
+    NotInitialised,
+    /// `Heartbeat`: the instance is gone, stopped, or its agent is dead.
+    #[error("instance is unhealthy: {0}")]
+    Unhealthy(String),
+    /// The group does not offer this optional call.
+    #[error("not supported: {0}")]
+    NotSupported(&'static str),
+    /// Anything else, already worded for the operator.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The contract between the fleeting adapter and the domain. Every method
+/// may be called concurrently; implementations keep their own locking.
+pub trait InstanceGroup: Send + Sync + 'static {
+    /// Validates `config` (the JSON of `plugin_config`) and prepares the group.
+    fn init(&self, config: &[u8], settings: ConnectorSettings) -> impl Future<Output = Result<ProviderInfo, GroupError>> + Send;
+
+    /// Every instance of the group with its current state.
+    fn update(&self) -> impl Future<Output = Result<Vec<(String, InstanceState)>, GroupError>> + Send;
+
+    /// Requests `count` more instances; returns how many were accepted.
+    fn increase(&self, count: u32) -> impl Future<Output = Result<Partial<u32>, GroupError>> + Send;
+
+    /// Requests removal; returns the ids whose removal was accepted.
+    fn decrease(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, GroupError>> + Send;
+
+    fn connect_info(&self, id: &str) -> impl Future<Output = Result<ConnectInfo, GroupError>> + Send;
+
+    /// `Ok` when healthy, [`GroupError::Unhealthy`] when not.
+    fn heartbeat(&self, id: &str) -> impl Future<Output = Result<(), GroupError>> + Send;
+
+    fn suspend(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, GroupError>> + Send;
+
+    fn resume(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, GroupError>> + Send;
+
+    /// Stops background work; deletes nothing.
+    fn shutdown(&self) -> impl Future<Output = Result<(), GroupError>> + Send;
+}
