@@ -8,6 +8,7 @@
 //! `GRPCController.Shutdown`, SIGTERM or SIGINT; in-flight calls finish first.
 
 pub mod handshake;
+mod inflight;
 pub mod listener;
 pub mod log;
 pub mod proto;
@@ -25,8 +26,9 @@ pub use handshake::{HandshakeEnv, HandshakeError};
 pub use services::ShutdownSignal;
 
 /// How long in-flight calls may run after a shutdown request. go-plugin's
-/// host kills the process 2 s after its Shutdown call anyway.
-const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// host kills the process 2 s after its Shutdown call, so the plugin ends
+/// itself before that.
+const GRACE_PERIOD: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,7 +60,9 @@ pub async fn serve(handshake: HandshakeEnv, app: Routes, shutdown: ShutdownSigna
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|err| Error::Serve(format!("could not set up reflection: {err}")))?;
+    let in_flight = inflight::InFlight::default();
     let router = Server::builder()
+        .layer(in_flight.clone())
         .add_routes(app)
         .add_service(proto::health::health_server::HealthServer::new(services::HealthService { shutdown: shutdown.clone() }))
         .add_service(proto::plugin::grpc_controller_server::GrpcControllerServer::new(services::ControllerService {
@@ -68,6 +72,8 @@ pub async fn serve(handshake: HandshakeEnv, app: Routes, shutdown: ShutdownSigna
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
+    // Before the handshake line: a signal right after it must already count.
+    spawn_signal_handlers(shutdown.clone());
     let line = handshake::handshake_line(
         handshake.app_protocol_version,
         &socket.path,
@@ -83,7 +89,6 @@ pub async fn serve(handshake: HandshakeEnv, app: Routes, shutdown: ShutdownSigna
     }
     tracing::debug!(socket = %socket.path.display(), tls = auto_mtls.is_some(), "plugin serving");
 
-    spawn_signal_handlers(shutdown.clone());
     let stop = shutdown.clone();
     let stopped = async move { stop.wait().await };
     let listener = socket.take_listener();
@@ -101,10 +106,19 @@ pub async fn serve(handshake: HandshakeEnv, app: Routes, shutdown: ShutdownSigna
         }
     };
     tokio::pin!(serving);
+    // After a shutdown request the process ends as soon as no call is in
+    // progress (idle connections do not count), or after the grace period.
+    let drained = async {
+        shutdown.wait().await;
+        if tokio::time::timeout(GRACE_PERIOD, in_flight.idle()).await.is_err() {
+            tracing::warn!("calls still in progress {} ms after shutdown; exiting anyway", GRACE_PERIOD.as_millis());
+        }
+    };
     tokio::select! {
         result = &mut serving => result.map_err(|err| Error::Serve(err.to_string()))?,
-        () = async { shutdown.wait().await; tokio::time::sleep(GRACE_PERIOD).await } => {
-            tracing::warn!("in-flight calls did not finish within {} s of shutdown; exiting", GRACE_PERIOD.as_secs());
+        () = drained => {
+            // Let the last replies (e.g. to Shutdown itself) reach the wire.
+            let _ = tokio::time::timeout(Duration::from_millis(100), &mut serving).await;
         }
     }
     Ok(())

@@ -350,3 +350,39 @@ func childPID(t *testing.T, path string) int {
 	}
 	return best
 }
+
+// SIGTERM (and SIGINT) let a call in progress finish, then the plugin exits.
+func TestSigtermFinishesTheCallInProgress(t *testing.T) {
+	path := binary(t, "FAKE_PLUGIN_BINARY")
+	runner := runFake(t, map[string]any{"ssh_addr": "127.0.0.1:1", "update_delay_ms": 600}, nil)
+	group := runner.InstanceGroup()
+	if _, err := group.Init(context.Background(), hclog.NewNullLogger(), provider.Settings{ConnectorConfig: staticSSH}); err != nil {
+		t.Fatal(err)
+	}
+	pid := childPID(t, path)
+	done := make(chan error, 1)
+	go func() { done <- group.Update(context.Background(), func(string, provider.State) {}) }()
+	time.Sleep(200 * time.Millisecond)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the call in progress must complete after SIGTERM, got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the call hung after SIGTERM")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(pid, 0); err != nil {
+			return // exited
+		}
+		if status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil && strings.Contains(string(status), "State:\tZ") {
+			return // exited, not yet reaped by go-plugin
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("the plugin did not exit after SIGTERM")
+}
