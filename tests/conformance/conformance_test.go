@@ -1,3 +1,5 @@
+//go:build !oldhost
+
 package conformance
 
 import (

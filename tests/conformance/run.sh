@@ -42,4 +42,19 @@ for version in $versions; do
         go test -count=1 -timeout 10m ./...
     ) || status=1
 done
+
+# An older Runner: fleeting as pinned by Runner 17.5/17.6, with go-plugin v1.6.1.
+echo "== older host: fleeting v0.0.0-20240911165028-a0ce7d6c3260 (Runner 17.5), go-plugin v1.6.1"
+copy="$work/oldhost"
+mkdir -p "$copy"
+cp "$here"/*.go "$here/go.mod" "$here/go.sum" "$copy/"
+(
+    cd "$copy"
+    go mod edit -require "gitlab.com/gitlab-org/fleeting/fleeting@v0.0.0-20240911165028-a0ce7d6c3260"
+    go mod edit -replace "gitlab.com/gitlab-org/fleeting/fleeting=gitlab.com/gitlab-org/fleeting/fleeting@v0.0.0-20240911165028-a0ce7d6c3260"
+    go mod edit -replace "github.com/hashicorp/go-plugin=github.com/hashicorp/go-plugin@v1.6.1"
+    go mod tidy >/dev/null
+    go list -m gitlab.com/gitlab-org/fleeting/fleeting github.com/hashicorp/go-plugin
+    go test -tags oldhost -count=1 -timeout 10m ./...
+) || status=1
 exit $status
