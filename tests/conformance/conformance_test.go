@@ -388,3 +388,35 @@ func TestSigtermFinishesTheCallInProgress(t *testing.T) {
 	}
 	t.Fatal("the plugin did not exit after SIGTERM")
 }
+
+// A partial Suspend/Resume travels in the status details, as fleeting's Go
+// server sends it: the host gets the succeeded ids and the error.
+func TestSuspendResumePartialResults(t *testing.T) {
+	ctx := context.Background()
+	runner := runFake(t, map[string]any{"ssh_addr": "127.0.0.1:1", "suspend": true, "creating_ms": 0}, nil)
+	group := runner.InstanceGroup()
+	info, err := group.Init(ctx, hclog.NewNullLogger(), provider.Settings{ConnectorConfig: staticSSH})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Capabilities) != 1 || info.Capabilities[0] != provider.CapabilitySuspendResume {
+		t.Fatalf("capabilities %v", info.Capabilities)
+	}
+	if _, err := group.Increase(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, group, func(s map[string]provider.State) bool { return s["fake-1"] == provider.StateRunning })
+	succeeded, err := group.Suspend(ctx, []string{"fake-1", "fake-404"})
+	if err == nil || !strings.Contains(err.Error(), "could not suspend instance fake-404") {
+		t.Fatalf("want the failure for fake-404, got %v", err)
+	}
+	if len(succeeded) != 1 || succeeded[0] != "fake-1" {
+		t.Fatalf("the succeeded ids must survive the error: %v", succeeded)
+	}
+	states := waitFor(t, group, func(s map[string]provider.State) bool { return s["fake-1"] == provider.StateSuspended })
+	t.Logf("after suspend: %v", states)
+	resumed, err := group.Resume(ctx, []string{"fake-1"})
+	if err != nil || len(resumed) != 1 {
+		t.Fatalf("Resume: %v %v", resumed, err)
+	}
+}

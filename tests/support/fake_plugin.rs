@@ -34,6 +34,9 @@ struct FakeConfig {
     /// Log a line at this level on Init (for the log-visibility case).
     #[serde(default)]
     init_log_level: Option<String>,
+    /// Offer Suspend/Resume (advertised as the `suspend_resume` capability).
+    #[serde(default)]
+    suspend: bool,
 }
 
 fn default_max_size() -> u32 {
@@ -66,6 +69,32 @@ impl FakeGroup {
     }
 }
 
+impl FakeGroup {
+    fn transition(
+        &self,
+        ids: Vec<String>,
+        from: InstanceState,
+        to: InstanceState,
+        verb: &'static str,
+    ) -> Result<Partial<Vec<String>>, GroupError> {
+        if !self.config()?.suspend {
+            return Err(GroupError::NotSupported(verb));
+        }
+        let mut inner = self.inner.lock().unwrap();
+        let mut partial: Partial<Vec<String>> = Partial::default();
+        for id in ids {
+            match inner.instances.get_mut(&id) {
+                Some((state, _)) if *state == from => {
+                    *state = to;
+                    partial.succeeded.push(id);
+                }
+                _ => partial.failures.push(format!("could not {verb} instance {id}: it is not {from:?}")),
+            }
+        }
+        Ok(partial)
+    }
+}
+
 impl InstanceGroup for FakeGroup {
     async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
         let config: FakeConfig = serde_json::from_slice(config)
@@ -77,6 +106,8 @@ impl InstanceGroup for FakeGroup {
             _ => tracing::info!(marker = "fake-init", "fake group initialised"),
         }
         let max_size = config.max_size;
+        let capabilities =
+            if config.suspend { vec![fleeting_plugin_proxmox::group::CAPABILITY_SUSPEND_RESUME.to_string()] } else { Vec::new() };
         let mut inner = self.inner.lock().unwrap();
         inner.config = Some(config);
         inner.settings = settings;
@@ -85,7 +116,7 @@ impl InstanceGroup for FakeGroup {
             max_size,
             version: fleeting_plugin_proxmox::version::VERSION.into(),
             build_info: fleeting_plugin_proxmox::version::build_info(),
-            capabilities: Vec::new(),
+            capabilities,
         })
     }
 
@@ -174,12 +205,12 @@ impl InstanceGroup for FakeGroup {
         }
     }
 
-    async fn suspend(&self, _ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
-        Err(GroupError::NotSupported("suspend"))
+    async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+        self.transition(ids, InstanceState::Running, InstanceState::Suspended, "suspend")
     }
 
-    async fn resume(&self, _ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
-        Err(GroupError::NotSupported("resume"))
+    async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+        self.transition(ids, InstanceState::Suspended, InstanceState::Running, "resume")
     }
 
     async fn shutdown(&self) -> Result<(), GroupError> {
