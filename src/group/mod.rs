@@ -5,6 +5,7 @@
 //! [`InstanceGroup`] is the contract the adapter drives. The Proxmox
 //! provisioning engine implements it.
 
+pub mod config;
 pub mod unavailable;
 
 use std::future::Future;
