@@ -6,6 +6,7 @@
 //! provisioning engine implements it.
 
 pub mod config;
+pub mod naming;
 pub mod unavailable;
 
 use std::future::Future;
