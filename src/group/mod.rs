@@ -5,8 +5,13 @@
 //! [`InstanceGroup`] is the contract the adapter drives. The Proxmox
 //! provisioning engine implements it.
 
+pub mod address;
 pub mod config;
+pub mod engine;
+pub mod limiter;
 pub mod naming;
+mod provision;
+pub mod ssh_key;
 pub mod unavailable;
 
 use std::future::Future;

@@ -131,6 +131,22 @@ pub struct TaskStatus {
     pub exit_status: Option<String>,
 }
 
+/// A storage as `GET /storage/{storage}` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageInfo {
+    /// `dir`, `nfs`, `cifs`, `lvm`, `lvmthin`, `zfspool`, `rbd`, `iscsi`, …
+    pub kind: String,
+    pub shared: bool,
+}
+
+impl StorageInfo {
+    /// Whether PVE can make linked clones of a template disk on this storage
+    /// (pve-storage's `clone` feature for `base` volumes).
+    pub fn supports_linked_clones(&self) -> bool {
+        matches!(self.kind.as_str(), "dir" | "nfs" | "cifs" | "glusterfs" | "cephfs" | "lvmthin" | "zfspool" | "zfs" | "rbd" | "btrfs")
+    }
+}
+
 /// One member of a pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolMember {
@@ -457,6 +473,20 @@ impl PveClient {
         Ok(members.iter().map(pool_member).collect())
     }
 
+    /// A storage's type (`lvmthin`, `dir`, `nfs`, …) and whether it is shared.
+    pub async fn storage_info(&self, storage: &str) -> Result<StorageInfo, Error> {
+        let action = format!("read storage {storage}");
+        let data = data(self.api.get_storage_storage(storage).await, &action).await?;
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
+        let shared = match data.get("shared") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Number(n)) => n.as_i64() != Some(0),
+            Some(Value::String(s)) => s == "1",
+            _ => false,
+        };
+        Ok(StorageInfo { kind, shared })
+    }
+
     /// The privileges the caller holds: path → privilege → propagates.
     pub async fn permissions(&self, path: Option<&str>) -> Result<BTreeMap<String, BTreeMap<String, bool>>, Error> {
         let action = "read the caller's permissions";
@@ -572,6 +602,7 @@ envelope! {
     GetPoolsResponse => always Vec<types::GetPoolsResponseDataItem>,
     GetPoolsPoolidResponse => optional types::GetPoolsPoolidResponseData,
     GetAccessPermissionsResponse => always serde_json::Map<String, Value>,
+    GetStorageStorageResponse => always serde_json::Map<String, Value>,
 }
 
 async fn data<T: Envelope>(

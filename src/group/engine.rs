@@ -1,0 +1,493 @@
+//! The Proxmox instance group: fleeting's calls turned into clones, starts,
+//! address lookups and deletions.
+//!
+//! - `update` is a reconcile from one `/cluster/resources` request merged with
+//!   what the engine is doing right now; it never waits for provisioning.
+//! - `increase` returns once Proxmox accepted the clone requests; the rest
+//!   (wait, configure, start, wait for the agent's address) runs in the
+//!   background, bounded, with cleanup on failure (see `provision`).
+//! - `decrease` returns at once; deletion runs in the background.
+//! - Ownership: pool + not a template + our tag; the description marker is
+//!   re-checked before anything destructive.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::address::{self, Addresses};
+use super::config::{CloneMode, GroupConfig, PluginConfig};
+use super::limiter::FailureLimiter;
+use super::naming::{InstanceId, Naming};
+use super::ssh_key::GeneratedKey;
+use super::{
+    CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial,
+    ProviderInfo,
+};
+use crate::pve::{ClientConfig, Credentials, PveClient, RetryPolicy, TlsOptions, VmResource, Vmid};
+
+/// Where one instance is in its life, as the engine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Clone requested, configuring, starting or waiting for the agent.
+    Creating,
+    /// Ready: the agent reported an address.
+    Running,
+    Suspending,
+    Suspended,
+    Resuming,
+    /// Removal requested or cleanup after a failure.
+    Deleting,
+    /// Found at start-up; being checked before it is adopted or cleaned up.
+    Adopting,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Tracked {
+    pub node: String,
+    pub phase: Phase,
+    pub addresses: Addresses,
+    /// When the engine stopped seeing the VM in `/cluster/resources`
+    /// while it expected it (used to forget finished deletions).
+    pub missing_since: Option<Instant>,
+}
+
+/// Everything `init` sets up.
+pub(crate) struct Engine {
+    pub config: GroupConfig,
+    pub naming: Naming,
+    pub pve: PveClient,
+    pub settings: ConnectorSettings,
+    pub key: Option<GeneratedKey>,
+    pub template_node: String,
+    /// Linked clones when `clone_mode` allows and the template's storage can.
+    pub linked: bool,
+    pub instances: Mutex<BTreeMap<InstanceId, Tracked>>,
+    /// VMs in the pool without our tag whose description says they are not
+    /// ours: checked once, not on every Update.
+    pub foreign: Mutex<HashSet<Vmid>>,
+    pub limiter: Mutex<FailureLimiter>,
+    pub clone_slots: Semaphore,
+    pub delete_slots: Semaphore,
+    pub background: TaskTracker,
+    pub cancel: CancellationToken,
+    /// Next VMID to try inside `vmid_range`.
+    pub range_cursor: Mutex<u32>,
+}
+
+/// The `InstanceGroup` for Proxmox VE.
+#[derive(Default)]
+pub struct ProxmoxGroup {
+    engine: OnceCell<Arc<Engine>>,
+}
+
+impl ProxmoxGroup {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, GroupError> {
+        self.engine.get().ok_or(GroupError::NotInitialised)
+    }
+}
+
+fn failed(message: impl Into<String>) -> GroupError {
+    GroupError::Failed(message.into())
+}
+
+impl Engine {
+    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, GroupError> {
+        let credentials = Credentials::load(&config.credentials_file_path).map_err(|err| failed(err.to_string()))?;
+        let client_config = ClientConfig {
+            url: config.url.clone(),
+            tls: TlsOptions {
+                ca_file: config.ca_file.clone(),
+                fingerprint: config.tls_fingerprint.clone(),
+                insecure_skip_verify: config.insecure_skip_tls_verify,
+            },
+            credentials,
+            request_timeout: config.request_timeout,
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        };
+        let pve = PveClient::connect(client_config).await.map_err(|err| failed(err.to_string()))?;
+        let version = pve.version().await.map_err(|err| failed(err.to_string()))?;
+
+        // The template: where it is, that it is one, and what it can do.
+        let vms = pve.cluster_vms().await.map_err(|err| failed(err.to_string()))?;
+        let template = vms.iter().find(|vm| vm.vmid == config.template_id).ok_or_else(|| {
+            failed(format!(
+                "could not find template {} (template_id): no such VM, or the user lacks VM.Audit on /vms/{}",
+                config.template_id, config.template_id
+            ))
+        })?;
+        let template_node = template.node.clone();
+        let template_config = pve
+            .vm_config(&template_node, config.template_id)
+            .await
+            .map_err(|err| failed(err.to_string()))?;
+        let mut problems = Vec::new();
+        if template_config.get("template").map(String::as_str) != Some("1") && !template.template {
+            problems.push(format!(
+                "VM {} (template_id) is not a template; convert it in the GUI (More → Convert to template) or with `qm template {}`",
+                config.template_id, config.template_id
+            ));
+        }
+        if !agent_enabled(template_config.get("agent").map(String::as_str)) {
+            problems.push(format!(
+                "template {} has no guest agent enabled, so instance addresses cannot be found; enable it with `qm set {} --agent enabled=1` and install qemu-guest-agent in the template",
+                config.template_id, config.template_id
+            ));
+        }
+        let generate_credentials = !settings.use_static_credentials;
+        if generate_credentials && !has_cloud_init_drive(&template_config) {
+            problems.push(format!(
+                "template {} has no cloud-init drive, which the plugin needs to install the SSH key it generates; add one with `qm set {} --ide2 <storage>:cloudinit`, or set use_static_credentials = true with your own key in [runners.autoscaler.connector_config]",
+                config.template_id, config.template_id
+            ));
+        }
+        if !template_config.contains_key("net0") {
+            problems.push(format!("template {} has no net0 network interface; add one", config.template_id));
+        }
+        if !problems.is_empty() {
+            return Err(failed(format!("could not use template {}: {}", config.template_id, problems.join("; "))));
+        }
+
+        let linked = match config.clone_mode {
+            CloneMode::Full => false,
+            CloneMode::Linked => true,
+            CloneMode::Auto => match template_disk_storage(&template_config) {
+                Some(storage) => match pve.storage_info(&storage).await {
+                    Ok(info) => info.supports_linked_clones(),
+                    Err(err) => {
+                        tracing::warn!(storage, error = %err, "could not read the template's storage; using full clones");
+                        false
+                    }
+                },
+                None => false,
+            },
+        };
+
+        let key = if generate_credentials { Some(GeneratedKey::generate().map_err(failed)?) } else { None };
+        tracing::info!(
+            pve = %version,
+            template = %config.template_id,
+            node = %template_node,
+            clone = if linked { "linked" } else { "full" },
+            pool = %config.pool,
+            group = %config.group,
+            "Proxmox instance group ready"
+        );
+        let first = config.vmid_range.map_or(0, |(first, _)| first.0);
+        Ok(Self {
+            naming: Naming::new(&config.group),
+            clone_slots: Semaphore::new(config.max_parallel_clones as usize),
+            delete_slots: Semaphore::new(config.max_parallel_deletes as usize),
+            limiter: Mutex::new(FailureLimiter::new(Duration::from_secs(10), Duration::from_secs(300))),
+            config,
+            pve,
+            settings,
+            key,
+            template_node,
+            linked,
+            instances: Mutex::new(BTreeMap::new()),
+            foreign: Mutex::new(HashSet::new()),
+            background: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            range_cursor: Mutex::new(first),
+        })
+    }
+
+    /// Whether `vm` is one of the group's, judged from the cheap listing.
+    pub fn owned(&self, vm: &VmResource) -> Option<InstanceId> {
+        if vm.template || vm.vmid == self.config.template_id {
+            return None;
+        }
+        let in_pool = vm.pool.as_deref().is_none_or(|pool| pool == self.config.pool);
+        if !in_pool {
+            return None;
+        }
+        self.naming.owner_of_tags(vm.vmid, &vm.tags)
+    }
+
+    fn count_active(&self) -> u32 {
+        let instances = self.instances.lock().unwrap();
+        instances.values().filter(|t| t.phase != Phase::Deleting).count() as u32
+    }
+}
+
+fn agent_enabled(value: Option<&str>) -> bool {
+    let Some(value) = value else { return false };
+    value.split(',').any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
+}
+
+fn has_cloud_init_drive(config: &BTreeMap<String, String>) -> bool {
+    config.iter().any(|(key, value)| {
+        let is_disk = ["ide", "sata", "scsi", "virtio"].iter().any(|bus| key.starts_with(bus));
+        is_disk && value.contains("cloudinit")
+    })
+}
+
+/// The storage of the template's first disk (`local-lvm:base-9000-disk-0,…`).
+fn template_disk_storage(config: &BTreeMap<String, String>) -> Option<String> {
+    ["scsi0", "virtio0", "sata0", "ide0"]
+        .iter()
+        .filter_map(|key| config.get(*key))
+        .find(|value| !value.contains("media=cdrom") && !value.contains("cloudinit"))
+        .and_then(|value| value.split([':', ',']).next())
+        .map(str::to_string)
+}
+
+fn state_of(phase: &Phase) -> InstanceState {
+    match phase {
+        Phase::Creating | Phase::Adopting => InstanceState::Creating,
+        Phase::Running => InstanceState::Running,
+        Phase::Suspending => InstanceState::Suspending,
+        Phase::Suspended => InstanceState::Suspended,
+        Phase::Resuming => InstanceState::Resuming,
+        Phase::Deleting => InstanceState::Deleting,
+    }
+}
+
+/// How long a VM under deletion may be absent from the listing before it
+/// counts as gone (the listing itself can lag behind).
+const GONE_AFTER: Duration = Duration::from_secs(2);
+
+impl InstanceGroup for ProxmoxGroup {
+    async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
+        let config = PluginConfig::parse(config).map_err(|err| failed(err.to_string()))?;
+        if let Some(engine) = self.engine.get() {
+            return Ok(provider_info(engine));
+        }
+        let engine = Arc::new(Engine::start(config, settings).await?);
+        let engine = self.engine.get_or_init(|| async { engine }).await;
+        Ok(provider_info(engine))
+    }
+
+    async fn update(&self) -> Result<Vec<(String, InstanceState)>, GroupError> {
+        let engine = self.engine()?;
+        let vms = engine.pve.cluster_vms().await.map_err(|err| failed(err.to_string()))?;
+        let now = Instant::now();
+        let mut adopt = Vec::new();
+        let mut check_foreign = Vec::new();
+        let states = {
+            let mut instances = engine.instances.lock().unwrap();
+            let mut seen = HashSet::new();
+            for vm in &vms {
+                match engine.owned(vm) {
+                    Some(id) => {
+                        seen.insert(id.clone());
+                        match instances.get_mut(&id) {
+                            Some(tracked) => {
+                                tracked.node.clone_from(&vm.node);
+                                tracked.missing_since = None;
+                            }
+                            None => {
+                                instances.insert(
+                                    id.clone(),
+                                    Tracked { node: vm.node.clone(), phase: Phase::Adopting, addresses: Addresses::default(), missing_since: None },
+                                );
+                                adopt.push((id, vm.clone()));
+                            }
+                        }
+                    }
+                    None => {
+                        // An untagged VM in our pool: a crash between clone and
+                        // tagging leaves one; its description decides.
+                        let in_pool = vm.pool.as_deref() == Some(engine.config.pool.as_str());
+                        let tracked = instances.keys().any(|id| id.vmid == vm.vmid);
+                        if in_pool && !vm.template && vm.vmid != engine.config.template_id && vm.lock.is_none() && !tracked
+                            && !engine.foreign.lock().unwrap().contains(&vm.vmid)
+                        {
+                            check_foreign.push(vm.clone());
+                        }
+                    }
+                }
+            }
+            // Deletions finish when the VM has been gone for a moment.
+            instances.retain(|id, tracked| {
+                if seen.contains(id) || tracked.phase != Phase::Deleting {
+                    return true;
+                }
+                let since = *tracked.missing_since.get_or_insert(now);
+                now.duration_since(since) < GONE_AFTER
+            });
+            instances.iter().map(|(id, tracked)| (id.to_string(), state_of(&tracked.phase))).collect()
+        };
+        for (id, vm) in adopt {
+            super::provision::spawn_adoption(engine.clone(), id, vm);
+        }
+        for vm in check_foreign {
+            super::provision::spawn_untagged_check(engine.clone(), vm);
+        }
+        Ok(states)
+    }
+
+    async fn increase(&self, count: u32) -> Result<Partial<u32>, GroupError> {
+        let engine = self.engine()?;
+        if let Some(reason) = engine.limiter.lock().unwrap().blocked(Instant::now()) {
+            return Ok(Partial { succeeded: 0, failures: vec![reason] });
+        }
+        let room = engine.config.max_instances.saturating_sub(engine.count_active());
+        let wanted = count.min(room);
+        let mut failures = Vec::new();
+        if wanted < count {
+            failures.push(format!(
+                "could not create {} of {count} instances: max_instances is {}",
+                count - wanted,
+                engine.config.max_instances
+            ));
+        }
+        let results = futures::future::join_all((0..wanted).map(|_| super::provision::request_clone(engine.clone()))).await;
+        let mut accepted = 0;
+        for result in results {
+            match result {
+                Ok(()) => accepted += 1,
+                Err(message) => failures.push(message),
+            }
+        }
+        Ok(Partial { succeeded: accepted, failures })
+    }
+
+    async fn decrease(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+        let engine = self.engine()?;
+        let mut partial: Partial<Vec<String>> = Partial::default();
+        for text in ids {
+            let Ok(id) = text.parse::<InstanceId>() else {
+                partial.failures.push(format!("could not remove instance {text}: it is not an instance of this plugin"));
+                continue;
+            };
+            let start = {
+                let mut instances = engine.instances.lock().unwrap();
+                match instances.get_mut(&id) {
+                    Some(tracked) if tracked.phase == Phase::Deleting => false,
+                    Some(tracked) => {
+                        tracked.phase = Phase::Deleting;
+                        true
+                    }
+                    None => {
+                        partial.failures.push(format!("could not remove instance {text}: this group does not own it"));
+                        continue;
+                    }
+                }
+            };
+            if start {
+                super::provision::spawn_deletion(engine.clone(), id, "removal requested by Runner".into());
+            }
+            partial.succeeded.push(text);
+        }
+        Ok(partial)
+    }
+
+    async fn connect_info(&self, id: &str) -> Result<ConnectInfo, GroupError> {
+        let engine = self.engine()?;
+        let parsed: InstanceId = id.parse().map_err(|err: super::naming::InstanceIdError| failed(err.to_string()))?;
+        let tracked = engine
+            .instances
+            .lock()
+            .unwrap()
+            .get(&parsed)
+            .cloned()
+            .ok_or_else(|| failed(format!("could not get connect info for instance {id}: this group does not own it")))?;
+        if tracked.phase != Phase::Running || tracked.addresses.is_empty() {
+            return Err(failed(format!("could not get connect info for instance {id}: it is not running yet")));
+        }
+        let mut connector = engine.settings.clone();
+        if connector.protocol.is_empty() {
+            connector.protocol = "ssh".into();
+        }
+        if connector.os.is_empty() {
+            connector.os = "linux".into();
+        }
+        if connector.arch.is_empty() {
+            connector.arch = "amd64".into();
+        }
+        if let Some(key) = &engine.key {
+            connector.username = engine.config.cloud_init_user.clone();
+            connector.key = key.private_pem.expose().as_bytes().to_vec();
+            connector.password.clear();
+        }
+        let text = |ip: Option<std::net::IpAddr>| ip.map(|ip| ip.to_string()).unwrap_or_default();
+        Ok(ConnectInfo {
+            connector,
+            internal_addr: text(tracked.addresses.internal.or(tracked.addresses.external)),
+            external_addr: text(tracked.addresses.external.or(tracked.addresses.internal)),
+            expires_unix: None,
+        })
+    }
+
+    /// One request: the agent's ping fails when the VM is gone, stopped or
+    /// its agent is dead.
+    async fn heartbeat(&self, id: &str) -> Result<(), GroupError> {
+        let engine = self.engine()?;
+        let parsed: InstanceId = id.parse().map_err(|_| GroupError::Unhealthy(format!("{id} is not an instance of this plugin")))?;
+        let node = engine.instances.lock().unwrap().get(&parsed).map(|t| t.node.clone());
+        let Some(node) = node else {
+            return Err(GroupError::Unhealthy(format!("instance {id} is gone")));
+        };
+        engine
+            .pve
+            .agent_ping(&node, parsed.vmid)
+            .await
+            .map_err(|err| GroupError::Unhealthy(format!("instance {id}: {}", err.kind())))
+    }
+
+    async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+        let engine = self.engine()?;
+        Ok(super::provision::power(engine, ids, true).await)
+    }
+
+    async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+        let engine = self.engine()?;
+        Ok(super::provision::power(engine, ids, false).await)
+    }
+
+    async fn shutdown(&self) -> Result<(), GroupError> {
+        if let Some(engine) = self.engine.get() {
+            // Background work stops; nothing is deleted (Runner decides that).
+            engine.cancel.cancel();
+            engine.background.close();
+            let _ = tokio::time::timeout(Duration::from_secs(1), engine.background.wait()).await;
+        }
+        Ok(())
+    }
+}
+
+fn provider_info(engine: &Engine) -> ProviderInfo {
+    ProviderInfo {
+        id: format!("proxmox/{}/{}", engine.config.pool, engine.config.group),
+        max_size: engine.config.max_instances,
+        version: crate::version::VERSION.into(),
+        build_info: crate::version::build_info(),
+        capabilities: vec![CAPABILITY_SUSPEND_RESUME.to_string()],
+    }
+}
+
+/// The address of an instance from its agent, per the group's rules.
+pub(crate) fn choose_addresses(engine: &Engine, interfaces: &[crate::pve::GuestInterface], net0: Option<&str>) -> Addresses {
+    let mac = net0.and_then(address::mac_of_net0);
+    address::select(interfaces, mac.as_deref(), &engine.config.instance_network_interface, engine.config.instance_network_protocol)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_checks_read_pve_config_values() {
+        assert!(agent_enabled(Some("1")));
+        assert!(agent_enabled(Some("enabled=1,fstrim_cloned_disks=1")));
+        assert!(!agent_enabled(Some("0")));
+        assert!(!agent_enabled(None));
+        let config: BTreeMap<String, String> = [
+            ("scsi0".to_string(), "local-lvm:base-9000-disk-0,size=8G".to_string()),
+            ("ide2".to_string(), "local-lvm:vm-9000-cloudinit,media=cdrom".to_string()),
+        ]
+        .into();
+        assert!(has_cloud_init_drive(&config));
+        assert_eq!(template_disk_storage(&config).as_deref(), Some("local-lvm"));
+    }
+}
