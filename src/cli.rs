@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use fleeting_plugin_proxmox::group::unavailable::EngineUnavailable;
+use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
 use fleeting_plugin_proxmox::{plugin, version};
 
@@ -72,7 +72,7 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Openapi(args)) => report(convert(&args)),
-        Some(Command::Serve) | None => plugin::run(EngineUnavailable),
+        Some(Command::Serve) | None => plugin::run(ProxmoxGroup::new()),
     }
 }
 

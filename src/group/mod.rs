@@ -12,7 +12,6 @@ pub mod limiter;
 pub mod naming;
 mod provision;
 pub mod ssh_key;
-pub mod unavailable;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,167 @@
+//! The Proxmox instance group against the simulator: scale up and down,
+//! one PVE request per Update, ownership, invalid config, generated
+//! credentials. (Through the fleeting adapter's domain contract; the Go
+//! conformance suite covers the wire.)
+
+use std::time::{Duration, Instant};
+
+use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
+use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
+use fleeting_plugin_proxmox::sim::config::defaults;
+use fleeting_plugin_proxmox::sim::{Scenario, SimConfig, SimHandle, Simulator};
+
+struct Setup {
+    sim: SimHandle,
+    _dir: tempfile::TempDir,
+    config: serde_json::Value,
+}
+
+async fn setup(scenario: Scenario) -> Setup {
+    let sim = Simulator::start(SimConfig::new(scenario)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("pve.json");
+    std::fs::write(
+        &credentials,
+        serde_json::json!({ "token_id": defaults::TOKEN_ID, "token_secret": defaults::TOKEN_SECRET }).to_string(),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config = serde_json::json!({
+        "url": sim.base_url(),
+        "tls_fingerprint": sim.fingerprint(),
+        "credentials_file_path": credentials,
+        "pool": defaults::POOL,
+        "template_id": defaults::TEMPLATE_VMID,
+        "max_instances": 10,
+        "boot_timeout": "60s",
+        "clone_timeout": "60s",
+    });
+    Setup { sim, _dir: dir, config }
+}
+
+fn fast_scenario() -> Scenario {
+    let mut scenario = Scenario::default();
+    scenario.time_scale = 50.0;
+    scenario.timings.resources_staleness = 0.5;
+    scenario.timings.unauthorized_delay = 0.0;
+    scenario
+}
+
+async fn states(group: &ProxmoxGroup) -> Vec<(String, InstanceState)> {
+    group.update().await.unwrap()
+}
+
+async fn wait_until(group: &ProxmoxGroup, what: &str, done: impl Fn(&[(String, InstanceState)]) -> bool) -> Vec<(String, InstanceState)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = states(group).await;
+        if done(&current) {
+            return current;
+        }
+        assert!(Instant::now() < deadline, "{what}: not reached; last Update: {current:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn static_credentials() -> ConnectorSettings {
+    ConnectorSettings { username: "runner".into(), use_static_credentials: true, ..ConnectorSettings::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_up_and_down_with_one_request_per_update() {
+    let setup = setup(fast_scenario()).await;
+    let group = ProxmoxGroup::new();
+    let info = group.init(setup.config.to_string().as_bytes(), ConnectorSettings::default()).await.unwrap();
+    assert_eq!(info.max_size, 10);
+    assert_eq!(info.id, "proxmox/ci/fleeting");
+
+    let accepted = group.increase(10).await.unwrap();
+    assert_eq!(accepted.succeeded, 10, "{:?}", accepted.failures);
+    let running = wait_until(&group, "10 running", |s| s.len() == 10 && s.iter().all(|(_, st)| *st == InstanceState::Running)).await;
+
+    // Steady state: exactly one PVE request per Update.
+    let admin = setup.sim.admin();
+    admin.reset_counters();
+    for _ in 0..5 {
+        group.update().await.unwrap();
+    }
+    let counters = admin.counters();
+    assert_eq!(counters.requests_total, 5, "one request per Update: {:?}", counters.by_operation);
+
+    // Generated credentials: the key went in with cloud-init; ConnectInfo hands it out.
+    let (first, _) = &running[0];
+    let info = group.connect_info(first).await.unwrap();
+    assert_eq!(info.connector.username, "fleeting");
+    assert!(String::from_utf8_lossy(&info.connector.key).starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert!(!info.internal_addr.is_empty(), "{info:?}");
+    let vmid: u32 = first.split('-').next().unwrap().parse().unwrap();
+    let vm = admin.vm(vmid).unwrap();
+    assert_eq!(vm.config.get("ciuser").map(String::as_str), Some("fleeting"));
+    assert!(vm.config.get("sshkeys").is_some_and(|k| k.starts_with("ssh-ed25519%20")), "{:?}", vm.config.get("sshkeys"));
+    assert!(vm.tags.iter().any(|t| t == "fleeting-fleeting"), "{:?}", vm.tags);
+    group.heartbeat(first).await.unwrap();
+
+    let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
+    let removed = group.decrease(ids).await.unwrap();
+    assert_eq!(removed.succeeded.len(), 10);
+    wait_until(&group, "all gone", |s| s.is_empty()).await;
+    let inventory = admin.inventory();
+    let leftovers: Vec<u32> = inventory.vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect();
+    assert!(leftovers.is_empty(), "leaked VMs: {leftovers:?}");
+    assert!(inventory.orphaned_disks.is_empty(), "orphaned disks: {:?}", inventory.orphaned_disks);
+    group.shutdown().await.unwrap();
+    setup.sim.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increase_returns_while_clones_still_run() {
+    let mut scenario = fast_scenario();
+    scenario.time_scale = 1.0;
+    scenario.timings.clone_linked = 30.0;
+    let setup = setup(scenario).await;
+    let group = ProxmoxGroup::new();
+    let mut config = setup.config.clone();
+    config["max_instances"] = 20.into();
+    config["max_parallel_clones"] = 20.into();
+    group.init(config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let started = Instant::now();
+    let accepted = group.increase(20).await.unwrap();
+    assert_eq!(accepted.succeeded, 20, "{:?}", accepted.failures);
+    let clones = setup.sim.admin().tasks().iter().filter(|t| t.task_type == "qmclone" && t.running).count();
+    assert_eq!(clones, 20, "Increase returned after {:?} with {clones} clone tasks running", started.elapsed());
+    assert!(states(&group).await.iter().all(|(_, s)| *s == InstanceState::Creating));
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_vms_and_the_template_are_never_touched() {
+    let setup = setup(fast_scenario()).await;
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let template = setup.sim.admin().vm(defaults::TEMPLATE_VMID).unwrap();
+    // Asking to remove the template or an unknown VM does nothing.
+    let answer = group.decrease(vec![format!("{}-abcdef", defaults::TEMPLATE_VMID), "not-an-id".into()]).await.unwrap();
+    assert!(answer.succeeded.is_empty());
+    assert_eq!(answer.failures.len(), 2, "{:?}", answer.failures);
+    assert!(states(&group).await.is_empty(), "the template is not an instance");
+    assert_eq!(setup.sim.admin().vm(defaults::TEMPLATE_VMID).unwrap(), template, "the template is unchanged");
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_config_lists_every_problem_in_one_init_error() {
+    let setup = setup(fast_scenario()).await;
+    let group = ProxmoxGroup::new();
+    let mut config = setup.config.clone();
+    config["template_id"] = "abc".into();
+    config["max_instancs"] = 3.into();
+    config["pool"] = "bad pool".into();
+    let err = group.init(config.to_string().as_bytes(), static_credentials()).await.unwrap_err().to_string();
+    assert!(err.contains("`template_id`"), "{err}");
+    assert!(err.contains("did you mean `max_instances`?"), "{err}");
+    assert!(err.contains("`pool`"), "{err}");
+}
