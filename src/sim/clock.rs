@@ -26,17 +26,8 @@ impl Clock {
         Self { origin: Instant::now(), epoch_origin: epoch_origin.map_or(real_now, |e| e as f64), scale }
     }
 
-    pub fn scale(&self) -> f64 {
-        self.scale
-    }
-
     pub fn now(&self) -> SimTime {
         self.epoch_origin + self.origin.elapsed().as_secs_f64() * self.scale
-    }
-
-    /// Whole seconds since the epoch, as UPIDs and tickets carry them.
-    pub fn epoch_secs(&self) -> u64 {
-        self.now().max(0.0) as u64
     }
 
     /// The real duration of `sim_secs` simulated seconds.
@@ -64,8 +55,7 @@ mod tests {
         let clock = Clock::new(10.0, Some(1_700_000_000));
         assert_eq!(clock.real(5.0), Duration::from_millis(500));
         assert_eq!(clock.real(-1.0), Duration::ZERO);
-        assert!(clock.epoch_secs() >= 1_700_000_000);
-        assert!(clock.now() - 1_700_000_000.0 < 5.0);
-        assert_eq!(Clock::new(0.0, None).scale(), 1.0, "a zero scale falls back to real time");
+        assert!(clock.now() >= 1_700_000_000.0 && clock.now() - 1_700_000_000.0 < 5.0);
+        assert_eq!(Clock::new(0.0, None).real(2.0), Duration::from_secs(2), "a zero scale falls back to real time");
     }
 }

@@ -1,0 +1,399 @@
+//! The simulator's control room, in process ([`Admin`]) and over HTTP
+//! under `/_sim/` (JSON, no authentication: bind the simulator to loopback).
+//!
+//! | Method and path | Body | Effect |
+//! |---|---|---|
+//! | `GET /_sim/counters` | | requests per operationId, statuses, faults, tasks |
+//! | `POST /_sim/counters/reset` | | zeroes the counters |
+//! | `GET /_sim/inventory` | | VMs (config, status, lock, pool, agent), orphaned disks, pools, nodes |
+//! | `GET /_sim/vms/{vmid}` | | one VM |
+//! | `GET /_sim/tasks` | | every task, newest first |
+//! | `GET /_sim/faults` | | active fault rules with ids |
+//! | `POST /_sim/faults` | a [`FaultRule`] | adds a rule; answers `{"id": n}` |
+//! | `DELETE /_sim/faults[/{id}]` | | removes all rules, or one |
+//! | `POST /_sim/vms/{vmid}/lock` | `{"lock": "backup"}` or `{"flock": true}` | sets a config lock, or holds the config file lock |
+//! | `DELETE /_sim/vms/{vmid}/lock` | | releases both |
+//! | `POST /_sim/vms/{vmid}/agent` | `{"state": "running" \| "killed" \| "never-up"}` | breaks or repairs the guest agent |
+//! | `POST /_sim/nodes/{node}` | `{"online": false}` | takes a node offline (or back) |
+//! | `POST /_sim/unreachable` | `{"seconds": 5}` | refuses every connection for that long (simulated seconds) |
+//! | `POST /_sim/orphans` | `{"storage": "local-lvm", "vmid": 105}` | creates an orphaned disk `vm-105-disk-N` |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::SimError;
+use super::counters::Counters;
+use super::faults::FaultRule;
+use super::simulator::Shared;
+
+/// In-process control of a running simulator.
+#[derive(Clone)]
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+/// One VM as the admin sees it: everything, current (no staleness).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmView {
+    pub vmid: u32,
+    pub node: String,
+    pub name: Option<String>,
+    /// `running` or `stopped`.
+    pub status: String,
+    pub lock: Option<String>,
+    pub pool: Option<String>,
+    pub template: bool,
+    pub tags: Vec<String>,
+    /// Whether `agent/ping` would answer now.
+    pub agent_running: bool,
+    pub config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub volid: String,
+    pub storage: String,
+    /// The VMID in the volume's name.
+    pub vmid: u32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub online: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub vms: Vec<VmView>,
+    /// Volumes no VM config references.
+    pub orphaned_disks: Vec<VolumeView>,
+    /// Pool → member VMIDs.
+    pub pools: BTreeMap<String, Vec<u32>>,
+    pub nodes: Vec<NodeView>,
+    pub running_tasks: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub upid: String,
+    pub node: String,
+    pub task_type: String,
+    pub id: String,
+    pub user: String,
+    pub running: bool,
+    pub exit_status: Option<String>,
+    pub log: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultEntry {
+    pub id: u64,
+    #[serde(flatten)]
+    pub rule: FaultRule,
+}
+
+/// The guest agent's condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentState {
+    /// Answers once the VM has booted (the default).
+    Running,
+    /// Stopped answering (qemu-ga crashed).
+    Killed,
+    /// Never answers (a broken image); inherited by clones.
+    NeverUp,
+}
+
+impl Admin {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn reset_counters(&self) {
+        self.shared.counters.reset();
+    }
+
+    pub fn add_fault(&self, rule: FaultRule) -> u64 {
+        self.shared.faults().add(rule)
+    }
+
+    pub fn remove_fault(&self, id: u64) -> bool {
+        self.shared.faults().remove(id)
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.faults().clear();
+    }
+
+    pub fn faults(&self) -> Vec<FaultEntry> {
+        self.shared.faults().list().into_iter().map(|(id, rule)| FaultEntry { id, rule }).collect()
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        let cluster = self.shared.cluster();
+        let vms = cluster.vms.keys().filter_map(|vmid| self.view(&cluster, *vmid)).collect();
+        let orphaned_disks = cluster
+            .orphaned_volumes()
+            .into_iter()
+            .map(|v| VolumeView { volid: v.volid.clone(), storage: v.storage.clone(), vmid: v.owner, size: v.size })
+            .collect();
+        let pools = cluster.pools.values().map(|p| (p.id.clone(), p.vms.iter().copied().collect())).collect();
+        let nodes = cluster.nodes.values().map(|n| NodeView { name: n.name.clone(), online: n.online }).collect();
+        Inventory { vms, orphaned_disks, pools, nodes, running_tasks: cluster.tasks.running() }
+    }
+
+    pub fn vm(&self, vmid: u32) -> Option<VmView> {
+        let cluster = self.shared.cluster();
+        self.view(&cluster, vmid)
+    }
+
+    fn view(&self, cluster: &super::cluster::Cluster, vmid: u32) -> Option<VmView> {
+        let guest = cluster.vms.get(&vmid)?;
+        let agent_running = super::agent::check_available(guest, self.shared.clock.now(), &self.shared.timings).is_ok();
+        Some(VmView {
+            vmid,
+            node: guest.node.clone(),
+            name: guest.name().map(str::to_string),
+            status: guest.status().to_string(),
+            lock: guest.lock().map(str::to_string),
+            pool: guest.pool.clone(),
+            template: guest.is_template(),
+            tags: guest.config.get("tags").map(|t| t.split(';').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+            agent_running,
+            config: guest.config.clone(),
+        })
+    }
+
+    pub fn tasks(&self) -> Vec<TaskView> {
+        let cluster = self.shared.cluster();
+        cluster
+            .tasks
+            .newest_first()
+            .map(|task| TaskView {
+                upid: task.text.clone(),
+                node: task.upid.node.clone(),
+                task_type: task.upid.task_type.clone(),
+                id: task.upid.id.clone(),
+                user: task.upid.user.clone(),
+                running: task.is_running(),
+                exit_status: task.exit_status.clone(),
+                log: task.log.clone(),
+            })
+            .collect()
+    }
+
+    /// Sets (`Some`) or clears the `lock` property of a VM's config.
+    pub fn set_config_lock(&self, vmid: u32, lock: Option<&str>) -> Result<(), SimError> {
+        let mut cluster = self.shared.cluster();
+        let guest = cluster.vms.get_mut(&vmid).ok_or_else(|| no_vm(vmid))?;
+        match lock {
+            Some(lock) => guest.config.insert("lock".into(), lock.to_string()),
+            None => guest.config.remove("lock"),
+        };
+        Ok(())
+    }
+
+    /// Holds (or releases) the VM's config file lock, as a long backup or
+    /// a stuck `qm` process would: clones of it and power actions time out.
+    pub fn hold_lock(&self, vmid: u32, held: bool) -> Result<(), SimError> {
+        let mut cluster = self.shared.cluster();
+        if !cluster.vms.contains_key(&vmid) && held {
+            return Err(no_vm(vmid));
+        }
+        cluster.hold_flock(vmid, held);
+        Ok(())
+    }
+
+    pub fn set_agent(&self, vmid: u32, state: AgentState) -> Result<(), SimError> {
+        let mut cluster = self.shared.cluster();
+        let guest = cluster.vms.get_mut(&vmid).ok_or_else(|| no_vm(vmid))?;
+        guest.agent_killed = state == AgentState::Killed;
+        guest.agent.never_up = state == AgentState::NeverUp;
+        Ok(())
+    }
+
+    pub fn set_node_online(&self, node: &str, online: bool) -> Result<(), SimError> {
+        let mut cluster = self.shared.cluster();
+        let entry = cluster
+            .nodes
+            .get_mut(node)
+            .ok_or_else(|| SimError::Admin(format!("could not change node {node}: it does not exist")))?;
+        entry.online = online;
+        Ok(())
+    }
+
+    /// Refuses every connection for `sim_seconds` (simulated time).
+    pub fn make_unreachable(&self, sim_seconds: f64) {
+        let until = tokio::time::Instant::now() + self.shared.clock.real(sim_seconds);
+        *self.shared.unreachable_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(until);
+    }
+
+    /// Creates a disk named for `vmid` that no config references, as a crash
+    /// in the middle of a clone leaves behind.
+    pub fn add_orphaned_disk(&self, storage: &str, vmid: u32) -> Result<String, SimError> {
+        let mut cluster = self.shared.cluster();
+        let problem = |cause: String| SimError::Admin(format!("could not create an orphaned disk on {storage}: {cause}"));
+        let name = cluster.free_disk_name(storage, vmid, None).ok_or_else(|| problem("the storage does not exist".into()))?;
+        cluster.create_volume(storage, name, vmid, 1 << 30, None).map_err(problem)
+    }
+
+    /// The simulated time (Unix seconds).
+    pub fn now(&self) -> f64 {
+        self.shared.clock.now()
+    }
+}
+
+fn no_vm(vmid: u32) -> SimError {
+    SimError::Admin(format!("could not change VM {vmid}: it does not exist"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockRequest {
+    lock: Option<String>,
+    #[serde(default)]
+    flock: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentRequest {
+    state: AgentState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRequest {
+    online: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnreachableRequest {
+    seconds: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrphanRequest {
+    storage: String,
+    vmid: u32,
+}
+
+/// Answers one `/_sim/…` request.
+pub(crate) async fn respond(shared: &Arc<Shared>, request: Request<Body>) -> Response<Body> {
+    let admin = Admin::new(shared.clone());
+    let method = request.method().clone();
+    let path = request.uri().path().trim_end_matches('/').to_string();
+    let body = match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+        Ok(body) => body,
+        Err(err) => return reply(StatusCode::BAD_REQUEST, &error_body(format!("could not read the request body: {err}"))),
+    };
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
+    let parse = |what: &str| -> Result<Value, Response<Body>> {
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&body).map_err(|err| reply(StatusCode::BAD_REQUEST, &error_body(format!("could not parse the {what}: {err}"))))
+    };
+    macro_rules! body_as {
+        ($type:ty, $what:expr) => {
+            match parse($what).and_then(|value| {
+                serde_json::from_value::<$type>(value)
+                    .map_err(|err| reply(StatusCode::BAD_REQUEST, &error_body(format!("could not read the {}: {err}", $what))))
+            }) {
+                Ok(parsed) => parsed,
+                Err(response) => return response,
+            }
+        };
+    }
+    let vmid = |text: &str| text.parse::<u32>().ok();
+    let done = |result: Result<(), SimError>| match result {
+        Ok(()) => reply(StatusCode::OK, &serde_json::json!({})),
+        Err(err) => reply(StatusCode::NOT_FOUND, &error_body(err.to_string())),
+    };
+    match (method, segments.as_slice()) {
+        (Method::GET, ["counters"]) => reply(StatusCode::OK, &admin.counters()),
+        (Method::POST, ["counters", "reset"]) => {
+            admin.reset_counters();
+            reply(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::GET, ["inventory"]) => reply(StatusCode::OK, &admin.inventory()),
+        (Method::GET, ["tasks"]) => reply(StatusCode::OK, &admin.tasks()),
+        (Method::GET, ["vms", id]) => match vmid(id).and_then(|v| admin.vm(v)) {
+            Some(view) => reply(StatusCode::OK, &view),
+            None => reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}"))),
+        },
+        (Method::GET, ["faults"]) => reply(StatusCode::OK, &admin.faults()),
+        (Method::POST, ["faults"]) => {
+            let rule = body_as!(FaultRule, "fault rule");
+            reply(StatusCode::OK, &serde_json::json!({ "id": admin.add_fault(rule) }))
+        }
+        (Method::DELETE, ["faults"]) => {
+            admin.clear_faults();
+            reply(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::DELETE, ["faults", id]) => match id.parse().ok().filter(|id| admin.remove_fault(*id)) {
+            Some(_) => reply(StatusCode::OK, &serde_json::json!({})),
+            None => reply(StatusCode::NOT_FOUND, &error_body(format!("could not find fault {id}"))),
+        },
+        (Method::POST, ["vms", id, "lock"]) => {
+            let request = body_as!(LockRequest, "lock request");
+            let Some(vmid) = vmid(id) else { return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}"))) };
+            let result = match request.lock.as_deref() {
+                Some(lock) => admin.set_config_lock(vmid, Some(lock)),
+                None => Ok(()),
+            };
+            done(result.and_then(|()| if request.flock { admin.hold_lock(vmid, true) } else { Ok(()) }))
+        }
+        (Method::DELETE, ["vms", id, "lock"]) => {
+            let Some(vmid) = vmid(id) else { return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}"))) };
+            done(admin.set_config_lock(vmid, None).and_then(|()| admin.hold_lock(vmid, false)))
+        }
+        (Method::POST, ["vms", id, "agent"]) => {
+            let request = body_as!(AgentRequest, "agent request");
+            let Some(vmid) = vmid(id) else { return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}"))) };
+            done(admin.set_agent(vmid, request.state))
+        }
+        (Method::POST, ["nodes", node]) => {
+            let request = body_as!(NodeRequest, "node request");
+            done(admin.set_node_online(node, request.online))
+        }
+        (Method::POST, ["unreachable"]) => {
+            let request = body_as!(UnreachableRequest, "unreachable request");
+            admin.make_unreachable(request.seconds);
+            reply(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::POST, ["orphans"]) => {
+            let request = body_as!(OrphanRequest, "orphan request");
+            match admin.add_orphaned_disk(&request.storage, request.vmid) {
+                Ok(volid) => reply(StatusCode::OK, &serde_json::json!({ "volid": volid })),
+                Err(err) => reply(StatusCode::BAD_REQUEST, &error_body(err.to_string())),
+            }
+        }
+        (method, _) => reply(StatusCode::NOT_FOUND, &error_body(format!("could not find {method} {path} in the simulator's admin API"))),
+    }
+}
+
+fn error_body(message: String) -> Value {
+    serde_json::json!({ "error": message })
+}
+
+fn reply<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
