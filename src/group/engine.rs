@@ -160,7 +160,7 @@ impl Engine {
             CloneMode::Full => false,
             CloneMode::Linked => true,
             CloneMode::Auto => match template_disk_storage(&template_config) {
-                Some(storage) => match pve.storage_info(&storage).await {
+                Some(storage) => match pve.storage_info(&template_node, &storage).await {
                     Ok(info) => info.supports_linked_clones(),
                     Err(err) => {
                         tracing::warn!(storage, error = %err, "could not read the template's storage; using full clones");

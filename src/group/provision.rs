@@ -138,7 +138,7 @@ async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, starte
                 instance = %id,
                 vmid = %id.vmid,
                 node,
-                address = ?addresses.internal.or(addresses.external),
+                address = %addresses.internal.or(addresses.external).map(|ip| ip.to_string()).unwrap_or_default(),
                 duration_ms = started.elapsed().as_millis() as u64,
                 "instance running"
             );

@@ -473,18 +473,22 @@ impl PveClient {
         Ok(members.iter().map(pool_member).collect())
     }
 
-    /// A storage's type (`lvmthin`, `dir`, `nfs`, …) and whether it is shared.
-    pub async fn storage_info(&self, storage: &str) -> Result<StorageInfo, Error> {
-        let action = format!("read storage {storage}");
-        let data = data(self.api.get_storage_storage(storage).await, &action).await?;
-        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
-        let shared = match data.get("shared") {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Number(n)) => n.as_i64() != Some(0),
-            Some(Value::String(s)) => s == "1",
-            _ => false,
-        };
-        Ok(StorageInfo { kind, shared })
+    /// A storage's type (`lvmthin`, `dir`, `nfs`, …) and whether it is
+    /// shared, as `node` sees it. Read from the node's storage list, which
+    /// needs only `Datastore.Audit`/`AllocateSpace` (`GET /storage/{id}`
+    /// needs `Datastore.Allocate`, more than a least-privilege token has).
+    pub async fn storage_info(&self, node: &str, storage: &str) -> Result<StorageInfo, Error> {
+        let action = format!("read storage {storage} on node {node}");
+        let items = data(self.api.get_nodes_node_storage(node, None, None, None, Some(storage), None).await, &action).await?;
+        let item = items.into_iter().find(|item| item.storage.as_deref() == Some(storage)).ok_or_else(|| {
+            Error::new(
+                &action,
+                ErrorKind::NotFound {
+                    message: format!("storage '{storage}' does not exist on node {node} or the user lacks Datastore.Audit on /storage/{storage}"),
+                },
+            )
+        })?;
+        Ok(StorageInfo { kind: item.type_.unwrap_or_default(), shared: item.shared.is_some_and(|s| s.0) })
     }
 
     /// The privileges the caller holds: path → privilege → propagates.
@@ -602,7 +606,7 @@ envelope! {
     GetPoolsResponse => always Vec<types::GetPoolsResponseDataItem>,
     GetPoolsPoolidResponse => optional types::GetPoolsPoolidResponseData,
     GetAccessPermissionsResponse => always serde_json::Map<String, Value>,
-    GetStorageStorageResponse => always serde_json::Map<String, Value>,
+    GetNodesNodeStorageResponse => always Vec<types::GetNodesNodeStorageResponseDataItem>,
 }
 
 async fn data<T: Envelope>(

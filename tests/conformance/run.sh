@@ -4,8 +4,8 @@
 # v1.7.0 (18.3–19.2) and v1.8.0 (19.3). The fleeting module stays at the
 # newest version the Go module proxy serves (see proto/README.md).
 #
-# Usage: tests/conformance/run.sh [PLUGIN_BINARY FAKE_PLUGIN_BINARY]
-# Without arguments it builds both with cargo (debug profile).
+# Usage: tests/conformance/run.sh [PLUGIN_BINARY FAKE_PLUGIN_BINARY [PVE_SIM_BINARY]]
+# Without arguments it builds all three with cargo (debug profile).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -13,17 +13,19 @@ root="$(cd "$here/../.." && pwd)"
 if [ $# -ge 2 ]; then
     plugin="$(realpath "$1")"
     fake="$(realpath "$2")"
+    sim="$(realpath "${3:-$(dirname "$1")/pve-sim}")"
 else
-    (cd "$root" && cargo build --locked --quiet --bin fleeting-plugin-proxmox --example fleeting-plugin-fake)
+    (cd "$root" && cargo build --locked --quiet --bin fleeting-plugin-proxmox --bin pve-sim --example fleeting-plugin-fake)
     target="${CARGO_TARGET_DIR:-$root/target}"
     plugin="$target/debug/fleeting-plugin-proxmox"
     fake="$target/debug/examples/fleeting-plugin-fake"
+    sim="$target/debug/pve-sim"
 fi
 
 # The fleeting pseudo-versions are not in the public checksum database.
 export GONOSUMDB="gitlab.com/gitlab-org/fleeting"
 export GOFLAGS="-mod=mod"
-export PLUGIN_BINARY="$plugin" FAKE_PLUGIN_BINARY="$fake"
+export PLUGIN_BINARY="$plugin" FAKE_PLUGIN_BINARY="$fake" PVE_SIM_BINARY="$sim"
 
 versions="${GO_PLUGIN_VERSIONS:-v1.6.1 v1.6.2 v1.7.0 v1.8.0}"
 work="$(mktemp -d)"
