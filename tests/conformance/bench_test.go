@@ -7,6 +7,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -80,6 +81,10 @@ func runFakeB(b *testing.B, path string) interface {
 // rssKB reads VmRSS of this process's child running path.
 func rssKB(b *testing.B, path string) int {
 	b.Helper()
+	if resolved, err := filepath.EvalSymlinks(path); err == nil {
+		path = resolved
+	}
+	path, _ = filepath.Abs(path)
 	entries, _ := os.ReadDir("/proc")
 	for _, entry := range entries {
 		status, err := os.ReadFile("/proc/" + entry.Name() + "/status")
