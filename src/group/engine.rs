@@ -255,6 +255,9 @@ fn state_of(phase: &Phase) -> InstanceState {
 /// How long a VM under deletion may be absent from the listing before it
 /// counts as gone (the listing itself can lag behind).
 const GONE_AFTER: Duration = Duration::from_secs(2);
+/// How long a ready instance may be missing from the listing (e.g. deleted
+/// by hand) before the engine forgets it.
+const VANISHED_AFTER: Duration = Duration::from_secs(30);
 
 impl InstanceGroup for ProxmoxGroup {
     async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
@@ -307,13 +310,21 @@ impl InstanceGroup for ProxmoxGroup {
                     }
                 }
             }
-            // Deletions finish when the VM has been gone for a moment.
+            // A deletion finishes when the VM has been gone for a moment; a VM
+            // that vanished otherwise (removed by hand) is forgotten after a
+            // longer grace, so Runner stops seeing it. VMs being created are
+            // not listed until they are tagged, so they are kept.
             instances.retain(|id, tracked| {
-                if seen.contains(id) || tracked.phase != Phase::Deleting {
+                if seen.contains(id) {
                     return true;
                 }
+                let grace = match tracked.phase {
+                    Phase::Creating => return true,
+                    Phase::Deleting => GONE_AFTER,
+                    _ => VANISHED_AFTER,
+                };
                 let since = *tracked.missing_since.get_or_insert(now);
-                now.duration_since(since) < GONE_AFTER
+                now.duration_since(since) < grace
             });
             instances.iter().map(|(id, tracked)| (id.to_string(), state_of(&tracked.phase))).collect()
         };
