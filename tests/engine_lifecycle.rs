@@ -165,3 +165,48 @@ async fn bad_config_lists_every_problem_in_one_init_error() {
     assert!(err.contains("did you mean `max_instances`?"), "{err}");
     assert!(err.contains("`pool`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_clone_is_cleaned_up_and_backs_off_scale_up() {
+    let setup = setup(fast_scenario()).await;
+    let admin = setup.sim.admin();
+    admin.add_fault(fleeting_plugin_proxmox::sim::FaultRule {
+        operation: "post_nodes_node_qemu_vmid_clone".into(),
+        task_failure_rate: 1.0,
+        remaining: Some(1),
+        ..Default::default()
+    });
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    assert_eq!(group.increase(1).await.unwrap().succeeded, 1, "the clone request itself is accepted");
+    wait_until(&group, "failed instance removed", |s| s.is_empty()).await;
+    let leftovers: Vec<u32> = admin.inventory().vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect();
+    assert!(leftovers.is_empty(), "a failed clone must not leave a VM: {leftovers:?}");
+    // Right after a failure, scale-up waits and says why.
+    let blocked = group.increase(1).await.unwrap();
+    assert_eq!(blocked.succeeded, 0);
+    assert!(blocked.failures[0].contains("failed attempt"), "{:?}", blocked.failures);
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_vmid_is_retried_invisibly() {
+    let setup = setup(fast_scenario()).await;
+    let admin = setup.sim.admin();
+    // Someone else's clone answers "already exists" once, as in a VMID race.
+    admin.add_fault(fleeting_plugin_proxmox::sim::FaultRule {
+        operation: "post_nodes_node_qemu_vmid_clone".into(),
+        error_rate: 1.0,
+        status: 500,
+        message: Some("unable to create VM 100: config file already exists".into()),
+        remaining: Some(1),
+        ..Default::default()
+    });
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let accepted = group.increase(1).await.unwrap();
+    assert_eq!(accepted.succeeded, 1, "{:?}", accepted.failures);
+    assert!(accepted.failures.is_empty(), "the race stays invisible: {:?}", accepted.failures);
+    wait_until(&group, "running", |s| s.len() == 1 && s[0].1 == InstanceState::Running).await;
+    group.shutdown().await.unwrap();
+}
