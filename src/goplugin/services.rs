@@ -33,10 +33,6 @@ impl ShutdownSignal {
         self.sender.send_replace(true);
     }
 
-    pub fn is_triggered(&self) -> bool {
-        *self.sender.borrow()
-    }
-
     /// Resolves once [`ShutdownSignal::trigger`] was called.
     pub async fn wait(&self) {
         let mut receiver = self.sender.subscribe();

@@ -74,7 +74,7 @@ pub fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig
             "insecure_skip_tls_verify is on: the PVE server's certificate is NOT verified, so anyone on the network path \
              can read the API credentials; set `tls_fingerprint` or `ca_file` instead"
         );
-        let verifier = AcceptAnyCertificate { algorithms: provider.signature_verification_algorithms };
+        let verifier = ServerCertificate { pinned: None, algorithms: provider.signature_verification_algorithms };
         return Ok(Some(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()));
     }
     if let Some(text) = &options.fingerprint {
@@ -82,7 +82,7 @@ pub fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig
             tracing::warn!("both tls_fingerprint and ca_file are set; the fingerprint pin decides, ca_file is ignored");
         }
         let pinned = Fingerprint::parse(text).map_err(|problem| Error::setup(action, format!("tls_fingerprint {problem}")))?;
-        let verifier = PinnedCertificate { pinned, algorithms: provider.signature_verification_algorithms };
+        let verifier = ServerCertificate { pinned: Some(pinned), algorithms: provider.signature_verification_algorithms };
         return Ok(Some(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()));
     }
     if let Some(path) = &options.ca_file {
@@ -108,16 +108,19 @@ pub fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig
     Ok(None)
 }
 
-/// Trusts exactly one end-entity certificate, by its SHA-256 fingerprint.
-/// Names and expiry are not checked: PVE's self-signed node certificates
-/// rarely match the address users connect to, and the pin is the identity.
+/// A verifier for the two cases PVE's self-signed certificates call for:
+/// `pinned` trusts exactly one end-entity certificate by its SHA-256
+/// fingerprint (names and expiry are not checked: node certificates rarely
+/// match the address users connect to, and the pin is the identity); `None`
+/// is `insecure_skip_tls_verify` and accepts any certificate. Either way the
+/// handshake signature is checked, so the peer holds the key it shows.
 #[derive(Debug)]
-struct PinnedCertificate {
-    pinned: Fingerprint,
+struct ServerCertificate {
+    pinned: Option<Fingerprint>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for PinnedCertificate {
+impl ServerCertVerifier for ServerCertificate {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -126,62 +129,20 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pinned) = self.pinned else { return Ok(ServerCertVerified::assertion()) };
         let actual = Fingerprint::of_certificate(end_entity);
-        if actual == self.pinned {
+        if actual == pinned {
             Ok(ServerCertVerified::assertion())
         } else {
             tracing::error!(
-                expected = %self.pinned,
+                expected = %pinned,
                 actual = %actual,
                 "the PVE server's certificate does not match tls_fingerprint; if the certificate was renewed, update tls_fingerprint"
             );
             Err(rustls::Error::General(format!(
-                "server certificate fingerprint {actual} does not match tls_fingerprint {}",
-                self.pinned
+                "server certificate fingerprint {actual} does not match tls_fingerprint {pinned}"
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `insecure_skip_tls_verify`: accepts any certificate. The handshake
-/// signature is still checked, so the peer at least holds the key it shows.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
