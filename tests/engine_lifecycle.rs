@@ -3,73 +3,15 @@
 //! credentials. (Through the fleeting adapter's domain contract; the Go
 //! conformance suite covers the wire.)
 
-use std::time::{Duration, Instant};
+#[path = "support/engine_setup.rs"]
+mod engine_setup;
 
+use std::time::Instant;
+
+use engine_setup::*;
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
 use fleeting_plugin_proxmox::sim::config::defaults;
-use fleeting_plugin_proxmox::sim::{Scenario, SimConfig, SimHandle, Simulator};
-
-struct Setup {
-    sim: SimHandle,
-    _dir: tempfile::TempDir,
-    config: serde_json::Value,
-}
-
-async fn setup(scenario: Scenario) -> Setup {
-    let sim = Simulator::start(SimConfig::new(scenario)).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let credentials = dir.path().join("pve.json");
-    std::fs::write(
-        &credentials,
-        serde_json::json!({ "token_id": defaults::TOKEN_ID, "token_secret": defaults::TOKEN_SECRET }).to_string(),
-    )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let config = serde_json::json!({
-        "url": sim.base_url(),
-        "tls_fingerprint": sim.fingerprint(),
-        "credentials_file_path": credentials,
-        "pool": defaults::POOL,
-        "template_id": defaults::TEMPLATE_VMID,
-        "max_instances": 10,
-        "boot_timeout": "60s",
-        "clone_timeout": "60s",
-    });
-    Setup { sim, _dir: dir, config }
-}
-
-fn fast_scenario() -> Scenario {
-    let mut scenario = Scenario::default();
-    scenario.time_scale = 50.0;
-    scenario.timings.resources_staleness = 0.5;
-    scenario.timings.unauthorized_delay = 0.0;
-    scenario
-}
-
-async fn states(group: &ProxmoxGroup) -> Vec<(String, InstanceState)> {
-    group.update().await.unwrap()
-}
-
-async fn wait_until(group: &ProxmoxGroup, what: &str, done: impl Fn(&[(String, InstanceState)]) -> bool) -> Vec<(String, InstanceState)> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let current = states(group).await;
-        if done(&current) {
-            return current;
-        }
-        assert!(Instant::now() < deadline, "{what}: not reached; last Update: {current:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn static_credentials() -> ConnectorSettings {
-    ConnectorSettings { username: "runner".into(), use_static_credentials: true, ..ConnectorSettings::default() }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scales_up_and_down_with_one_request_per_update() {
@@ -81,7 +23,7 @@ async fn scales_up_and_down_with_one_request_per_update() {
 
     let accepted = group.increase(10).await.unwrap();
     assert_eq!(accepted.succeeded, 10, "{:?}", accepted.failures);
-    let running = wait_until(&group, "10 running", |s| s.len() == 10 && s.iter().all(|(_, st)| *st == InstanceState::Running)).await;
+    let running = wait_until(&group, "10 running", all_running(10)).await;
 
     // Steady state: exactly one PVE request per Update.
     let admin = setup.sim.admin();
@@ -98,7 +40,7 @@ async fn scales_up_and_down_with_one_request_per_update() {
     assert_eq!(info.connector.username, "fleeting");
     assert!(String::from_utf8_lossy(&info.connector.key).starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
     assert!(!info.internal_addr.is_empty(), "{info:?}");
-    let vmid: u32 = first.split('-').next().unwrap().parse().unwrap();
+    let vmid = vmid_of(first);
     let vm = admin.vm(vmid).unwrap();
     assert_eq!(vm.config.get("ciuser").map(String::as_str), Some("fleeting"));
     assert!(vm.config.get("sshkeys").is_some_and(|k| k.starts_with("ssh-ed25519%20")), "{:?}", vm.config.get("sshkeys"));
@@ -109,10 +51,8 @@ async fn scales_up_and_down_with_one_request_per_update() {
     let removed = group.decrease(ids).await.unwrap();
     assert_eq!(removed.succeeded.len(), 10);
     wait_until(&group, "all gone", |s| s.is_empty()).await;
-    let inventory = admin.inventory();
-    let leftovers: Vec<u32> = inventory.vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect();
-    assert!(leftovers.is_empty(), "leaked VMs: {leftovers:?}");
-    assert!(inventory.orphaned_disks.is_empty(), "orphaned disks: {:?}", inventory.orphaned_disks);
+    setup.assert_no_leaks();
+    setup.assert_untouched();
     group.shutdown().await.unwrap();
     setup.sim.shutdown().await.unwrap();
 }
@@ -149,6 +89,12 @@ async fn foreign_vms_and_the_template_are_never_touched() {
     assert_eq!(answer.failures.len(), 2, "{:?}", answer.failures);
     assert!(states(&group).await.is_empty(), "the template is not an instance");
     assert_eq!(setup.sim.admin().vm(defaults::TEMPLATE_VMID).unwrap(), template, "the template is unchanged");
+    // Nor are the foreign VMs in the pool, even the copy carrying our tags.
+    let foreign = group.decrease(vec![format!("{STRANGER_VMID}-abcdef"), format!("{COPY_VMID}-abcdef")]).await.unwrap();
+    assert!(!foreign.succeeded.contains(&format!("{STRANGER_VMID}-abcdef")), "{foreign:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(states(&group).await.is_empty());
+    setup.assert_untouched();
     group.shutdown().await.unwrap();
 }
 
@@ -180,8 +126,8 @@ async fn a_failed_clone_is_cleaned_up_and_backs_off_scale_up() {
     group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
     assert_eq!(group.increase(1).await.unwrap().succeeded, 1, "the clone request itself is accepted");
     wait_until(&group, "failed instance removed", |s| s.is_empty()).await;
-    let leftovers: Vec<u32> = admin.inventory().vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect();
-    assert!(leftovers.is_empty(), "a failed clone must not leave a VM: {leftovers:?}");
+    setup.assert_no_leaks();
+    setup.assert_untouched();
     // Right after a failure, scale-up waits and says why.
     let blocked = group.increase(1).await.unwrap();
     assert_eq!(blocked.succeeded, 0);
@@ -207,6 +153,7 @@ async fn a_taken_vmid_is_retried_invisibly() {
     let accepted = group.increase(1).await.unwrap();
     assert_eq!(accepted.succeeded, 1, "{:?}", accepted.failures);
     assert!(accepted.failures.is_empty(), "the race stays invisible: {:?}", accepted.failures);
-    wait_until(&group, "running", |s| s.len() == 1 && s[0].1 == InstanceState::Running).await;
+    wait_until(&group, "running", all_running(1)).await;
+    setup.assert_untouched();
     group.shutdown().await.unwrap();
 }

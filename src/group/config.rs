@@ -53,7 +53,7 @@ pub struct PluginConfig {
     pub group: Option<String>,
     /// `auto` (linked clones where the template's storage allows them, else full), `linked` or `full`. Default `auto`.
     pub clone_mode: Option<CloneMode>,
-    /// Nodes to spread full clones over (the template's disks must be on shared storage). Default: the template's node.
+    /// Nodes to spread clones over, each new VM going to the one with the fewest instances; a node whose clone fails is skipped for a minute. Cloning to another node needs the template's disks on shared storage (or `storage` set to a shared one for full clones). Default: the template's node.
     pub target_nodes: Option<Vec<String>>,
     /// VMIDs the plugin may use, as `first-last`, e.g. `9100-9199`. Default: any free VMID.
     pub vmid_range: Option<String>,
@@ -319,6 +319,15 @@ impl PluginConfig {
         if !valid_user {
             problems.push(format!("`cloud_init_user` {cloud_init_user:?} is not a Linux user name (lower-case letters, digits, `-`, `_`)"));
         }
+        let mut target_nodes: Vec<String> = Vec::new();
+        for node in self.target_nodes.unwrap_or_default() {
+            let node = node.trim().to_string();
+            if !is_dns_name(&node) || node.contains('.') {
+                problems.push(format!("`target_nodes` entry {node:?} is not a Proxmox node name (letters, digits and `-`)"));
+            } else if !target_nodes.contains(&node) {
+                target_nodes.push(node);
+            }
+        }
         let interface = self.instance_network_interface.unwrap_or_else(|| "ens18".into());
         if interface.is_empty() {
             problems.push("`instance_network_interface` must not be empty".into());
@@ -345,7 +354,7 @@ impl PluginConfig {
             tls_fingerprint: self.tls_fingerprint,
             group,
             clone_mode: self.clone_mode.unwrap_or_default(),
-            target_nodes: self.target_nodes.unwrap_or_default(),
+            target_nodes,
             vmid_range,
             tags: tags.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
             max_parallel_clones,

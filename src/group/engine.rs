@@ -10,7 +10,7 @@
 //! - Ownership: pool + not a template + our tag; the description marker is
 //!   re-checked before anything destructive.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,10 +65,17 @@ pub(crate) struct Engine {
     pub template_node: String,
     /// Linked clones when `clone_mode` allows and the template's storage can.
     pub linked: bool,
+    /// What ConnectInfo reports when Runner's connector_config leaves it empty.
+    pub guest: GuestDefaults,
+    /// Target nodes whose last clone failed, until when they are skipped.
+    pub node_penalties: Mutex<HashMap<String, Instant>>,
     pub instances: Mutex<BTreeMap<InstanceId, Tracked>>,
     /// VMs in the pool without our tag whose description says they are not
     /// ours: checked once, not on every Update.
     pub foreign: Mutex<HashSet<Vmid>>,
+    /// VMs with our tags whose description names another instance (a copy
+    /// made by hand, or another tool's): checked once, then ignored.
+    pub impostors: Mutex<HashSet<InstanceId>>,
     pub limiter: Mutex<FailureLimiter>,
     pub clone_slots: Semaphore,
     pub delete_slots: Semaphore,
@@ -156,20 +163,23 @@ impl Engine {
             return Err(failed(format!("could not use template {}: {}", config.template_id, problems.join("; "))));
         }
 
+        let template_storage = template_disk_storage(&template_config);
+        let storage_info = match &template_storage {
+            Some(storage) => match pve.storage_info(&template_node, storage).await {
+                Ok(info) => Some(info),
+                Err(err) => {
+                    tracing::warn!(storage, error = %err, "could not read the template's storage");
+                    None
+                }
+            },
+            None => None,
+        };
         let linked = match config.clone_mode {
             CloneMode::Full => false,
             CloneMode::Linked => true,
-            CloneMode::Auto => match template_disk_storage(&template_config) {
-                Some(storage) => match pve.storage_info(&template_node, &storage).await {
-                    Ok(info) => info.supports_linked_clones(),
-                    Err(err) => {
-                        tracing::warn!(storage, error = %err, "could not read the template's storage; using full clones");
-                        false
-                    }
-                },
-                None => false,
-            },
+            CloneMode::Auto => storage_info.as_ref().is_some_and(|info| info.supports_linked_clones()),
         };
+        check_target_nodes(&pve, &config, &template_node, template_storage.as_deref(), storage_info.as_ref()).await?;
 
         let key = if generate_credentials { Some(GeneratedKey::generate().map_err(failed)?) } else { None };
         tracing::info!(
@@ -191,10 +201,13 @@ impl Engine {
             pve,
             settings,
             key,
+            guest: GuestDefaults::from_template(&template_config),
             template_node,
             linked,
+            node_penalties: Mutex::new(HashMap::new()),
             instances: Mutex::new(BTreeMap::new()),
             foreign: Mutex::new(HashSet::new()),
+            impostors: Mutex::new(HashSet::new()),
             background: TaskTracker::new(),
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
@@ -213,9 +226,105 @@ impl Engine {
         self.naming.owner_of_tags(vm.vmid, &vm.tags)
     }
 
+    /// The node for the next clone: the template's, or the target node with
+    /// the fewest instances that has not just failed a clone.
+    pub fn pick_node(&self) -> String {
+        let targets = &self.config.target_nodes;
+        if targets.is_empty() {
+            return self.template_node.clone();
+        }
+        let now = Instant::now();
+        let penalised: HashSet<String> = {
+            let mut penalties = self.node_penalties.lock().unwrap();
+            penalties.retain(|_, until| *until > now);
+            penalties.keys().cloned().collect()
+        };
+        let healthy: Vec<&String> = targets.iter().filter(|node| !penalised.contains(*node)).collect();
+        let candidates = if healthy.is_empty() { targets.iter().collect() } else { healthy };
+        let instances = self.instances.lock().unwrap();
+        let load = |node: &str| instances.values().filter(|t| t.node == node && t.phase != Phase::Deleting).count();
+        // min_by_key keeps the first of equals: the configured order breaks ties.
+        candidates.into_iter().min_by_key(|node| load(node)).cloned().unwrap_or_else(|| self.template_node.clone())
+    }
+
+    /// Skips `node` for new clones for a while after a clone there failed.
+    pub fn penalise_node(&self, node: &str) {
+        if self.config.target_nodes.len() > 1 {
+            self.node_penalties.lock().unwrap().insert(node.to_string(), Instant::now() + NODE_PENALTY);
+        }
+    }
+
     fn count_active(&self) -> u32 {
         let instances = self.instances.lock().unwrap();
         instances.values().filter(|t| t.phase != Phase::Deleting).count() as u32
+    }
+}
+
+/// `target_nodes` must name online nodes of the cluster, and cloning to a
+/// node other than the template's needs its disks on shared storage.
+async fn check_target_nodes(
+    pve: &PveClient,
+    config: &GroupConfig,
+    template_node: &str,
+    template_storage: Option<&str>,
+    storage_info: Option<&crate::pve::StorageInfo>,
+) -> Result<(), GroupError> {
+    if config.target_nodes.is_empty() {
+        return Ok(());
+    }
+    let nodes = pve.nodes().await.map_err(|err| failed(err.to_string()))?;
+    let mut problems = Vec::new();
+    for target in &config.target_nodes {
+        match nodes.iter().find(|node| &node.name == target) {
+            None => {
+                let known: Vec<&str> = nodes.iter().map(|node| node.name.as_str()).collect();
+                problems.push(format!(
+                    "`target_nodes` names {target}, which is not a node of this cluster (nodes: {}); fix the name or remove it",
+                    known.join(", ")
+                ));
+            }
+            Some(node) if !node.online => {
+                tracing::warn!(node = target, "target node is offline; clones go to the other target nodes until it is back");
+            }
+            Some(_) => {}
+        }
+    }
+    let elsewhere = config.target_nodes.iter().any(|node| node != template_node);
+    if elsewhere && !storage_info.is_some_and(|info| info.shared) {
+        problems.push(format!(
+            "`target_nodes` includes nodes other than {template_node}, but template {}'s disks are on {} storage {}, and Proxmox clones to another node only from shared storage; move the template's disks to shared storage (e.g. Ceph/NFS) or list only {template_node}",
+            config.template_id,
+            if storage_info.is_some() { "local" } else { "unreadable" },
+            template_storage.unwrap_or("(none found)"),
+        ));
+    }
+    if problems.is_empty() { Ok(()) } else { Err(failed(format!("could not use target_nodes: {}", problems.join("; ")))) }
+}
+
+/// The guest's OS, architecture and connection protocol, read from the
+/// template (`ostype`, `arch`), for when Runner's connector_config is silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDefaults {
+    pub os: &'static str,
+    pub arch: &'static str,
+}
+
+impl GuestDefaults {
+    pub fn from_template(config: &BTreeMap<String, String>) -> Self {
+        let ostype = config.get("ostype").map(String::as_str).unwrap_or("l26");
+        let os = if ostype.starts_with('w') { "windows" } else if ostype == "solaris" { "solaris" } else { "linux" };
+        let arch = match config.get("arch").map(String::as_str) {
+            Some("aarch64") => "arm64",
+            _ => "amd64",
+        };
+        Self { os, arch }
+    }
+
+    /// WinRM for Windows guests reached with a password; SSH otherwise
+    /// (generated credentials are always an SSH key).
+    pub fn protocol(&self, settings: &ConnectorSettings, generated_key: bool) -> &'static str {
+        let password_only = settings.key.is_empty() && !settings.password.is_empty();
+        if self.os == "windows" && !generated_key && password_only { "winrm" } else { "ssh" }
     }
 }
 
@@ -258,6 +367,8 @@ const GONE_AFTER: Duration = Duration::from_secs(2);
 /// How long a ready instance may be missing from the listing (e.g. deleted
 /// by hand) before the engine forgets it.
 const VANISHED_AFTER: Duration = Duration::from_secs(30);
+/// How long a target node whose clone failed is skipped.
+const NODE_PENALTY: Duration = Duration::from_secs(60);
 
 impl InstanceGroup for ProxmoxGroup {
     async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
@@ -279,8 +390,9 @@ impl InstanceGroup for ProxmoxGroup {
         let states = {
             let mut instances = engine.instances.lock().unwrap();
             let mut seen = HashSet::new();
+            let impostors = engine.impostors.lock().unwrap().clone();
             for vm in &vms {
-                match engine.owned(vm) {
+                match engine.owned(vm).filter(|id| !impostors.contains(id)) {
                     Some(id) => {
                         seen.insert(id.clone());
                         match instances.get_mut(&id) {
@@ -302,7 +414,7 @@ impl InstanceGroup for ProxmoxGroup {
                         // tagging leaves one; its description decides.
                         let in_pool = vm.pool.as_deref() == Some(engine.config.pool.as_str());
                         let tracked = instances.keys().any(|id| id.vmid == vm.vmid);
-                        if in_pool && !vm.template && vm.vmid != engine.config.template_id && vm.lock.is_none() && !tracked
+                        if in_pool && !vm.template && vm.vmid != engine.config.template_id && !tracked
                             && !engine.foreign.lock().unwrap().contains(&vm.vmid)
                         {
                             check_foreign.push(vm.clone());
@@ -326,7 +438,17 @@ impl InstanceGroup for ProxmoxGroup {
                 let since = *tracked.missing_since.get_or_insert(now);
                 now.duration_since(since) < grace
             });
-            instances.iter().map(|(id, tracked)| (id.to_string(), state_of(&tracked.phase))).collect()
+            // Forget foreign VMs that are gone, so a recycled VMID is judged afresh.
+            let listed: HashSet<Vmid> = vms.iter().map(|vm| vm.vmid).collect();
+            engine.foreign.lock().unwrap().retain(|vmid| listed.contains(vmid));
+            engine.impostors.lock().unwrap().retain(|id| listed.contains(&id.vmid));
+            // VMs found but not yet verified stay hidden: Runner must not
+            // count or remove what may turn out not to be ours.
+            instances
+                .iter()
+                .filter(|(_, tracked)| tracked.phase != Phase::Adopting)
+                .map(|(id, tracked)| (id.to_string(), state_of(&tracked.phase)))
+                .collect()
         };
         for (id, vm) in adopt {
             super::provision::spawn_adoption(engine.clone(), id, vm);
@@ -386,6 +508,7 @@ impl InstanceGroup for ProxmoxGroup {
                 }
             };
             if start {
+                tracing::info!(instance = %id, vmid = %id.vmid, "instance deleting: removal requested by Runner");
                 super::provision::spawn_deletion(engine.clone(), id, "removal requested by Runner".into());
             }
             partial.succeeded.push(text);
@@ -407,14 +530,14 @@ impl InstanceGroup for ProxmoxGroup {
             return Err(failed(format!("could not get connect info for instance {id}: it is not running yet")));
         }
         let mut connector = engine.settings.clone();
-        if connector.protocol.is_empty() {
-            connector.protocol = "ssh".into();
-        }
         if connector.os.is_empty() {
-            connector.os = "linux".into();
+            connector.os = engine.guest.os.into();
         }
         if connector.arch.is_empty() {
-            connector.arch = "amd64".into();
+            connector.arch = engine.guest.arch.into();
+        }
+        if connector.protocol.is_empty() {
+            connector.protocol = engine.guest.protocol(&engine.settings, engine.key.is_some()).into();
         }
         if let Some(key) = &engine.key {
             connector.username = engine.config.cloud_init_user.clone();

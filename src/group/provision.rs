@@ -27,7 +27,7 @@ pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
     for attempt in 0..CLONE_ATTEMPTS {
         let vmid = allocate_vmid(&engine).await?;
         let id = InstanceId::generate(vmid);
-        let node = engine.template_node.clone();
+        let node = engine.pick_node();
         engine.instances.lock().unwrap().insert(
             id.clone(),
             Tracked { node: node.clone(), phase: Phase::Creating, addresses: Addresses::default(), missing_since: None },
@@ -39,11 +39,11 @@ pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
             pool: Some(engine.config.pool.clone()),
             full: Some(!engine.linked),
             storage: if engine.linked { None } else { engine.config.storage.clone() },
-            target_node: None,
+            target_node: (node != engine.template_node).then(|| node.clone()),
         };
-        match engine.pve.clone_vm(&node, engine.config.template_id, &request).await {
+        match engine.pve.clone_vm(&engine.template_node, engine.config.template_id, &request).await {
             Ok(upid) => {
-                tracing::debug!(instance = %id, vmid = %vmid, node, "clone accepted");
+                tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
                 let started = Instant::now();
                 let task_engine = engine.clone();
                 let cancel = engine.cancel.clone();
@@ -65,6 +65,14 @@ pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
                 }
                 if err.is_retryable() && attempt + 1 < CLONE_ATTEMPTS {
                     tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt + 1))).await;
+                    continue;
+                }
+                // Another target node may still take it (this one is offline,
+                // full, or misconfigured); permission problems are the same everywhere.
+                let node_specific = !matches!(err.kind(), ErrorKind::PermissionDenied { .. } | ErrorKind::Unauthorized { .. });
+                if node_specific && engine.config.target_nodes.len() > 1 && attempt + 1 < CLONE_ATTEMPTS {
+                    tracing::warn!(node, error = %err, "could not clone to node {node}; trying another target node");
+                    engine.penalise_node(&node);
                     continue;
                 }
                 engine.limiter.lock().unwrap().failure(&last_error, Instant::now());
@@ -221,23 +229,29 @@ async fn wait_for_address(engine: &Engine, node: &str, vmid: Vmid, net0: Option<
     }
 }
 
-/// Retries a call while the VM is locked or PVE is briefly unavailable.
+/// How long a step keeps retrying while the VM is locked or PVE is
+/// unavailable (long enough to ride out a pveproxy restart or a short outage).
+const RETRY_WINDOW: Duration = Duration::from_secs(90);
+
+/// Retries a call while the VM is locked or PVE is briefly unavailable;
+/// permanent errors return at once.
 async fn retry_locked<T, F, Fut>(mut call: F) -> Result<T, PveError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, PveError>>,
 {
+    let deadline = Instant::now() + RETRY_WINDOW;
     let mut delay = Duration::from_millis(300);
-    for _ in 0..8 {
+    loop {
         match call().await {
-            Err(err) if err.is_retryable() => {
+            Err(err) if err.is_retryable() && Instant::now() + delay < deadline => {
+                tracing::debug!(error = %err, "retrying in {} ms", delay.as_millis());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             other => return other,
         }
     }
-    call().await
 }
 
 /// Starts a deletion in the background.
@@ -330,20 +344,40 @@ pub(crate) fn spawn_adoption(engine: Arc<Engine>, id: InstanceId, vm: VmResource
     });
 }
 
+/// Why a found instance is not adopted.
+enum NotAdopted {
+    /// PVE could not be asked (its answer says nothing about the VM); decide later.
+    Undecided(PveError),
+    /// Ours but not ready: remove it.
+    Leftover(String),
+}
+use NotAdopted::{Leftover, Undecided};
+
 async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
     let pve = &engine.pve;
     let verdict = async {
-        let config = pve.vm_config(&vm.node, id.vmid).await.map_err(|err| err.to_string())?;
+        // A transient error says nothing about the VM: never remove a
+        // possibly healthy instance because the API hiccuped.
+        let config = match retry_locked(|| pve.vm_config(&vm.node, id.vmid)).await {
+            Ok(config) => config,
+            Err(err) => return Err(Undecided(err)),
+        };
         let marker = config.get("description").map(String::as_str).unwrap_or_default();
         if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
             return Ok(None);
         }
-        let status = pve.vm_status(&vm.node, id.vmid).await.map_err(|err| err.to_string())?;
+        let status = retry_locked(|| pve.vm_status(&vm.node, id.vmid)).await.map_err(Undecided)?;
         if status.status != "running" || status.lock.is_some() {
-            return Err(format!("found {} after a restart, not ready", status.status));
+            return Err(Leftover(format!("found {} after a restart, not ready", status.status)));
+        }
+        // The running name is set only after the address was known: a VM
+        // still named otherwise never finished provisioning.
+        let running_name = &engine.config.instance_name_running;
+        if config.get("name") != Some(running_name) {
+            return Err(Leftover("found half-provisioned after a restart".into()));
         }
         let deadline = Instant::now() + engine.config.boot_timeout.min(Duration::from_secs(60));
-        wait_for_address(&engine, &vm.node, id.vmid, config.get("net0").map(String::as_str), deadline).await.map(Some)
+        wait_for_address(&engine, &vm.node, id.vmid, config.get("net0").map(String::as_str), deadline).await.map(Some).map_err(Leftover)
     };
     match verdict.await {
         Ok(Some(addresses)) => {
@@ -353,13 +387,26 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
                     tracked.addresses = addresses;
                 }
             }
-            tracing::info!(instance = %id, vmid = %id.vmid, node = vm.node, "adopted running instance after restart");
+            tracing::info!(instance = %id, vmid = %id.vmid, node = vm.node, "instance running: adopted after a restart");
         }
         Ok(None) => {
+            tracing::warn!(instance = %id, vmid = %id.vmid, "VM {} carries this group's tags but not its marker; ignoring it", id.vmid);
             engine.instances.lock().unwrap().remove(&id);
-            engine.foreign.lock().unwrap().insert(id.vmid);
+            engine.impostors.lock().unwrap().insert(id);
         }
-        Err(reason) => {
+        Err(Undecided(err)) => {
+            // Forget it; the next Update finds it again and retries.
+            if err.is_retryable() || err.is_not_found() {
+                tracing::debug!(instance = %id, error = %err, "could not check a found instance yet");
+            } else {
+                tracing::warn!(instance = %id, error = %err, "could not check a found instance; leaving it alone");
+            }
+            let mut instances = engine.instances.lock().unwrap();
+            if instances.get(&id).is_some_and(|t| t.phase == Phase::Adopting) {
+                instances.remove(&id);
+            }
+        }
+        Err(Leftover(reason)) => {
             let proceed = match engine.instances.lock().unwrap().get_mut(&id) {
                 Some(tracked) if tracked.phase == Phase::Adopting => {
                     tracked.phase = Phase::Deleting;

@@ -147,6 +147,13 @@ impl StorageInfo {
     }
 }
 
+/// One node of the cluster (`GET /nodes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub online: bool,
+}
+
 /// One member of a pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolMember {
@@ -233,6 +240,19 @@ impl PveClient {
             });
         }
         Ok(vms)
+    }
+
+    /// The cluster's nodes and whether each is online.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        let action = "list the cluster's nodes";
+        let items = data(self.api.get_nodes().await, action).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let name = item.node?;
+                Some(NodeInfo { online: item.status.as_deref() == Some("online"), name })
+            })
+            .collect())
     }
 
     /// The lowest free VMID, or checks that `candidate` is free. PVE
@@ -429,7 +449,18 @@ impl PveClient {
         let started = Instant::now();
         let mut interval = Duration::from_millis(200);
         loop {
-            let status = self.task_status(upid).await?;
+            // A task runs on regardless of the API: ride out an outage or a
+            // restarting pveproxy until the deadline instead of giving up.
+            let status = match self.task_status(upid).await {
+                Ok(status) => status,
+                Err(err) if err.is_retryable() && started.elapsed() + interval < timeout => {
+                    tracing::debug!(upid = %upid, error = %err, "could not read task status; polling on");
+                    tokio::time::sleep(interval).await;
+                    interval = (interval * 3 / 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             if !status.running {
                 let exit_status = status.exit_status.unwrap_or_else(|| "unexpected status".into());
                 return match exit_status_outcome(&exit_status) {
@@ -607,6 +638,7 @@ envelope! {
     GetPoolsPoolidResponse => optional types::GetPoolsPoolidResponseData,
     GetAccessPermissionsResponse => always serde_json::Map<String, Value>,
     GetNodesNodeStorageResponse => always Vec<types::GetNodesNodeStorageResponseDataItem>,
+    GetNodesResponse => always Vec<types::GetNodesResponseDataItem>,
 }
 
 async fn data<T: Envelope>(
