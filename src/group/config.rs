@@ -49,7 +49,7 @@ pub struct PluginConfig {
     pub ca_file: Option<String>,
     /// SHA-256 fingerprint of the PVE server certificate, as shown under Node → System → Certificates.
     pub tls_fingerprint: Option<String>,
-    /// Name that marks this runner's VMs; set a different one for each runner sharing a pool. Lower-case letters, digits, `-`, `_`, `.`; default `fleeting`.
+    /// Name that marks this runner's VMs; set a different one for each runner sharing a pool (lower-case letters, digits, `-`, `_`, `.`). Default `fleeting`.
     pub group: Option<String>,
     /// `auto` (linked clones where the template's storage allows them, else full), `linked` or `full`. Default `auto`.
     pub clone_mode: Option<CloneMode>,
@@ -64,12 +64,16 @@ pub struct PluginConfig {
     /// Deletions running at the same time. Default `4`.
     pub max_parallel_deletes: Option<u32>,
     /// Longest wait for a clone task, e.g. `10m`. Default `10m`.
+    #[schemars(extend("x-format" = "duration"))]
     pub clone_timeout: Option<String>,
     /// Longest wait from start until the guest agent reports an address, e.g. `5m`. Default `5m`.
+    #[schemars(extend("x-format" = "duration"))]
     pub boot_timeout: Option<String>,
     /// Longest wait for stopping and deleting a VM, e.g. `5m`. Default `5m`.
+    #[schemars(extend("x-format" = "duration"))]
     pub delete_timeout: Option<String>,
     /// Longest wait for one Proxmox API request, e.g. `30s`. Default `30s`.
+    #[schemars(extend("x-format" = "duration"))]
     pub request_timeout: Option<String>,
     /// User that cloud-init creates with the generated SSH key (when Runner does not pass static credentials). Default `fleeting`.
     pub cloud_init_user: Option<String>,
@@ -146,6 +150,72 @@ pub fn known_keys() -> Vec<String> {
 /// The JSON Schema of `plugin_config`, pretty-printed.
 pub fn json_schema() -> String {
     serde_json::to_string_pretty(&schemars::schema_for!(PluginConfig)).unwrap_or_default()
+}
+
+/// The `plugin_config` reference as a Markdown table (key, type, default,
+/// meaning), generated from the doc comments of [`PluginConfig`] so the
+/// README cannot drift from the code.
+pub fn reference_markdown() -> String {
+    let schema = serde_json::to_value(schemars::schema_for!(PluginConfig)).unwrap_or_default();
+    let definitions = schema.get("$defs").cloned().unwrap_or_default();
+    let mut out = String::from("| Key | Type | Default | Meaning |\n|---|---|---|---|\n");
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return out };
+    // Declaration order (schemars keeps it), which groups seed keys first.
+    for (key, property) in properties {
+        let description = property.get("description").and_then(Value::as_str).unwrap_or_default().replace('\n', " ");
+        let (meaning, default) = split_default(&description);
+        let kind = type_name(property, &definitions);
+        out.push_str(&format!("| `{key}` | {kind} | {default} | {} |\n", meaning.replace('|', "\\|")));
+    }
+    out
+}
+
+/// Splits "… Default `x`." (or "… Required.") off a key's description.
+fn split_default(description: &str) -> (String, String) {
+    if let Some(meaning) = description.strip_suffix(" Required.") {
+        return (meaning.to_string(), "required".into());
+    }
+    match description.rfind(" Default") {
+        Some(at) => {
+            let default = description[at + " Default".len()..].trim_start_matches(':').trim().trim_end_matches('.');
+            (description[..at].to_string(), default.to_string())
+        }
+        None => (description.to_string(), "none".into()),
+    }
+}
+
+fn type_name(property: &Value, definitions: &Value) -> String {
+    if let Some(reference) = property.get("$ref").and_then(Value::as_str) {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        return type_name(&definitions[name], definitions);
+    }
+    if let Some(any_of) = property.get("anyOf").and_then(Value::as_array) {
+        let names: Vec<String> = any_of.iter().filter(|v| v.get("type") != Some(&Value::from("null"))).map(|v| type_name(v, definitions)).collect();
+        return names.join(" or ");
+    }
+    if let Some(values) = property.get("enum").and_then(Value::as_array) {
+        let names: Vec<String> = values.iter().filter_map(Value::as_str).map(|v| format!("`{v}`")).collect();
+        return names.join(" / ");
+    }
+    if let Some(values) = property.get("oneOf").and_then(Value::as_array) {
+        let names: Vec<String> =
+            values.iter().filter_map(|v| v.get("const").or_else(|| v.get("enum").and_then(|e| e.get(0)))).filter_map(Value::as_str).map(|v| format!("`{v}`")).collect();
+        return names.join(" / ");
+    }
+    let types: Vec<&str> = match property.get("type") {
+        Some(Value::String(kind)) => vec![kind.as_str()],
+        Some(Value::Array(kinds)) => kinds.iter().filter_map(Value::as_str).filter(|k| *k != "null").collect(),
+        _ => Vec::new(),
+    };
+    match types.first().copied() {
+        Some("string") if property.get("x-format") == Some(&Value::from("duration")) => "duration".into(),
+        Some("string") => "text".into(),
+        Some("boolean") => "`true` / `false`".into(),
+        Some("integer") => "whole number".into(),
+        Some("array") => format!("list of {}", property.get("items").map(|items| type_name(items, definitions)).unwrap_or_else(|| "values".into())),
+        Some(other) => other.to_string(),
+        None => "value".into(),
+    }
 }
 
 impl PluginConfig {
@@ -493,6 +563,17 @@ mod tests {
         assert!(parse("{").unwrap_err().to_string().contains("not valid JSON"));
         let err = parse("{}").unwrap_err();
         assert_eq!(err.problems.len(), 5, "url, credentials_file_path, pool, template_id, max_instances: {err}");
+    }
+
+    #[test]
+    fn reference_has_a_row_per_key_with_type_and_default() {
+        let table = reference_markdown();
+        assert_eq!(table.lines().count(), known_keys().len() + 2, "{table}");
+        assert!(table.contains("| `url` | text | required | Proxmox VE API address"), "{table}");
+        assert!(table.contains("| `instance_network_interface` | text | `ens18` |"), "{table}");
+        assert!(table.contains("| `instance_network_protocol` | `ipv4` / `ipv6` / `any` | `ipv4` |"), "{table}");
+        assert!(table.contains("| `target_nodes` | list of text | the template's node |"), "{table}");
+        assert!(table.contains("| `max_instances` | whole number | required |"), "{table}");
     }
 
     #[test]
