@@ -157,3 +157,45 @@ async fn a_taken_vmid_is_retried_invisibly() {
     setup.assert_untouched();
     group.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_login_with_totp_drives_the_whole_lifecycle() {
+    let mut setup = setup(fast_scenario()).await;
+    // The seed's file format: realm + username + password, plus a TOTP secret for fresh codes.
+    setup.use_credentials(serde_json::json!({
+        "realm": "pve",
+        "username": "tfa",
+        "password": defaults::TFA_PASSWORD,
+        "totp_secret": defaults::TFA_TOTP_SECRET,
+    }));
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    group.increase(1).await.unwrap();
+    let running = wait_until(&group, "running", all_running(1)).await;
+    group.decrease(vec![running[0].0.clone()]).await.unwrap();
+    wait_until(&group, "removed", |s| s.is_empty()).await;
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_use_proxmox_suspend() {
+    let setup = setup(fast_scenario()).await;
+    let group = ProxmoxGroup::new();
+    let info = group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    assert!(info.capabilities.iter().any(|c| c == "suspend_resume"), "{:?}", info.capabilities);
+    group.increase(1).await.unwrap();
+    let running = wait_until(&group, "running", all_running(1)).await;
+    let id = running[0].0.clone();
+    assert_eq!(group.suspend(vec![id.clone()]).await.unwrap().succeeded, [id.clone()]);
+    wait_until(&group, "suspended", |s| s == [(id.clone(), InstanceState::Suspended)]).await;
+    assert_eq!(setup.sim.admin().vm(vmid_of(&id)).unwrap().status, "running", "a suspended (paused) VM stays running in PVE's listing");
+    assert_eq!(group.resume(vec![id.clone()]).await.unwrap().succeeded, [id.clone()]);
+    wait_until(&group, "running again", all_running(1)).await;
+    // Not ours: refused.
+    let refused = group.suspend(vec![format!("{STRANGER_VMID}-abcdef")]).await.unwrap();
+    assert!(refused.succeeded.is_empty() && refused.failures.len() == 1, "{refused:?}");
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
