@@ -199,3 +199,26 @@ async fn suspend_and_resume_use_proxmox_suspend() {
     setup.assert_untouched();
     group.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_is_one_request_and_reports_a_dead_agent_or_a_gone_vm() {
+    let setup = setup(fast_scenario()).await;
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    group.increase(2).await.unwrap();
+    let running = wait_until(&group, "running", all_running(2)).await;
+    let (healthy, broken) = (&running[0].0, &running[1].0);
+    let admin = setup.sim.admin();
+    admin.reset_counters();
+    group.heartbeat(healthy).await.unwrap();
+    assert_eq!(admin.counters().requests_total, 1, "one request per heartbeat");
+    admin.set_agent(vmid_of(broken), fleeting_plugin_proxmox::sim::AgentState::Killed).unwrap();
+    let err = group.heartbeat(broken).await.unwrap_err();
+    assert!(matches!(err, fleeting_plugin_proxmox::group::GroupError::Unhealthy(_)), "{err:?}");
+    assert!(group.heartbeat("4242-abcdef").await.is_err(), "an unknown instance is not healthy");
+    group.decrease(vec![broken.clone()]).await.unwrap();
+    wait_until(&group, "broken one removed", |s| s.len() == 1).await;
+    assert!(group.heartbeat(broken).await.is_err(), "a removed instance is not healthy");
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
