@@ -113,7 +113,7 @@ fn compile_protos(out_dir: &Path) -> Result<(), Box<dyn Error>> {
 }
 
 /// Generates the client for `spec`. `lenient_path` is the module holding
-/// `PveBool`, `PveInt` and `PveNumber`; `inner` is the per-client state type
+/// `PveBool`, `PveInt`, `PveNumber` and `PveText`; `inner` is the per-client state type
 /// the request hooks see (our crate implements the hooks, so it is required).
 pub fn generate_pve_client(spec_path: &Path, lenient_path: &str, inner: Option<&str>) -> Result<String, Box<dyn Error>> {
     let spec_text = fs::read_to_string(spec_path)
@@ -126,7 +126,7 @@ pub fn generate_pve_client(spec_path: &Path, lenient_path: &str, inner: Option<&
         .with_interface(progenitor::InterfaceStyle::Positional)
         .with_tag(progenitor::TagStyle::Merged)
         .with_derive("PartialEq");
-    for name in ["PveBool", "PveInt", "PveNumber"] {
+    for name in ["PveBool", "PveInt", "PveNumber", "PveText"] {
         settings.with_replacement(
             name,
             format!("{lenient_path}::{name}"),

@@ -222,3 +222,23 @@ async fn heartbeat_is_one_request_and_reports_a_dead_agent_or_a_gone_vm() {
     setup.assert_untouched();
     group.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_releases_run_the_whole_lifecycle() {
+    // 7.x and 8.0 send config `memory` as a number, VM.Monitor guards the agent.
+    for version in ["7.0.15", "7.4.19", "8.0.4", "8.4.1"] {
+        let mut scenario = fast_scenario();
+        scenario.pve_version = version.into();
+        let setup = setup(scenario).await;
+        let group = ProxmoxGroup::new();
+        group.init(setup.config.to_string().as_bytes(), ConnectorSettings::default()).await.unwrap_or_else(|err| panic!("{version}: {err}"));
+        group.increase(2).await.unwrap();
+        let running = wait_until(&group, version, all_running(2)).await;
+        assert!(group.connect_info(&running[0].0).await.is_ok(), "{version}");
+        group.decrease(running.into_iter().map(|(id, _)| id).collect()).await.unwrap();
+        wait_until(&group, version, |s| s.is_empty()).await;
+        setup.assert_no_leaks();
+        setup.assert_untouched();
+        group.shutdown().await.unwrap();
+    }
+}

@@ -11,7 +11,8 @@
 //! - no `default`, `pattern`, `maxLength`/`minLength`/`minimum`/`maximum`: they
 //!   are documentation in PVE and would become wire values or newtypes;
 //! - booleans (everywhere) and response integers/numbers are `$ref`s to the
-//!   lenient `PveBool`/`PveInt`/`PveNumber`, because PVE sends `0`/`1` and
+//!   lenient `PveBool`/`PveInt`/`PveNumber` (and `PveText` for property strings
+//!   that older releases sent as numbers), because PVE sends `0`/`1` and
 //!   numbers as strings;
 //! - response enums are dropped (PVE adds values), request enums are kept;
 //! - collapsed indexed keys such as `net[n]` are expanded again;

@@ -9,6 +9,7 @@ use super::ConvertError;
 const PVE_BOOL: &str = "#/components/schemas/PveBool";
 const PVE_INT: &str = "#/components/schemas/PveInt";
 const PVE_NUMBER: &str = "#/components/schemas/PveNumber";
+const PVE_TEXT: &str = "#/components/schemas/PveText";
 
 /// Whether a schema describes what the client sends or what it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,7 @@ pub fn lenient_scalar_components() -> Value {
         "PveBool": { "type": "boolean", "x-pve-wire": "0/1 on the wire; read from bool, number or string" },
         "PveInt": { "type": "integer", "format": "int64", "x-pve-wire": "read from number or numeric string" },
         "PveNumber": { "type": "number", "format": "double", "x-pve-wire": "read from number or numeric string" },
+        "PveText": { "type": "string", "x-pve-wire": "read from string or number (a property string that was a bare number in older releases)" },
     })
 }
 
@@ -237,6 +239,14 @@ fn is_truthy(value: Option<&Value>) -> bool {
     }
 }
 
+/// Whether a string's property-string format has a numeric default key.
+fn has_numeric_default_key(object: &Map<String, Value>) -> bool {
+    let Some(Value::Object(keys)) = object.get("format") else { return false };
+    keys.values().any(|key| {
+        is_truthy(key.get("default_key")) && matches!(key.get("type").and_then(Value::as_str), Some("integer" | "number"))
+    })
+}
+
 fn convert_schema(schema: &Value, direction: Direction, location: &str, indexed: IndexedKeys) -> Result<Value, ConvertError> {
     let object = match schema {
         Value::Object(object) => object,
@@ -266,6 +276,9 @@ fn convert_schema(schema: &Value, direction: Direction, location: &str, indexed:
             out.insert("format".into(), "double".into());
             keep_bounds(object, &mut out);
         }
+        // A property string whose default key is a number (config `memory`
+        // since 8.1) was a bare number before: older releases send a number.
+        ("string", Direction::Response) if has_numeric_default_key(object) => return Ok(json!({ "$ref": PVE_TEXT })),
         ("string", _) => {
             out.insert("type".into(), "string".into());
             match object.get("format") {

@@ -24,6 +24,70 @@ pub struct PveInt(pub i64);
 #[derive(Debug, Clone, Copy, Default, PartialEq, PartialOrd)]
 pub struct PveNumber(pub f64);
 
+/// Text that older PVE releases may send as a bare number (config `memory`
+/// was an integer before 8.1 made it a property string).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PveText(pub String);
+
+impl std::ops::Deref for PveText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for PveText {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<PveText> for String {
+    fn from(value: PveText) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for PveText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for PveText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PveText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = PveText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PveText, E> {
+                Ok(PveText(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<PveText, E> {
+                Ok(PveText(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PveText, E> {
+                Ok(PveText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PveText, E> {
+                Ok(PveText(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<PveText, E> {
+                Ok(PveText(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
 impl From<bool> for PveBool {
     fn from(value: bool) -> Self {
         Self(value)
@@ -210,6 +274,13 @@ mod tests {
             full: PveBool,
         }
         assert_eq!(serde_urlencoded::to_string(Form { full: PveBool(false) }).unwrap(), "full=0");
+    }
+
+    #[test]
+    fn text_reads_numbers_from_older_releases() {
+        assert_eq!(serde_json::from_str::<PveText>("2048").unwrap(), PveText("2048".into()));
+        assert_eq!(serde_json::from_str::<PveText>("\"current=2048\"").unwrap(), PveText("current=2048".into()));
+        assert_eq!(serde_json::to_string(&PveText("4096".into())).unwrap(), "\"4096\"");
     }
 
     #[test]
