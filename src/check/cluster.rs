@@ -170,18 +170,14 @@ async fn check_login(
         // A preflight answers quickly: one retry, short pauses.
         retry: RetryPolicy { max_attempts: 2, initial_delay: Duration::from_millis(200), max_delay: Duration::from_secs(1) },
     };
-    let pve = match PveClient::new(client_config) {
-        Ok(pve) => pve,
-        Err(err) => {
-            report.fail("TLS", err.to_string(), "fix `ca_file` or `tls_fingerprint`");
-            skip_rest(report, "no usable TLS settings");
-            return None;
-        }
+    // The first requests: TLS trust, then authentication (a ticket login
+    // for passwords, the token header otherwise).
+    let connected = match PveClient::connect(client_config).await {
+        Ok(pve) => pve.version().await.map(|version| (pve, version)),
+        Err(err) => Err(err),
     };
-    // The first request: TLS trust, then authentication (a ticket login for
-    // passwords, the token header otherwise).
-    match pve.version().await {
-        Ok(version) => {
+    match connected {
+        Ok((pve, version)) => {
             report_tls_trust(config, fingerprint, report);
             report.pass("credentials", "accepted by PVE");
             Some((pve, version))
@@ -189,6 +185,7 @@ async fn check_login(
         Err(err) => {
             match err.kind() {
                 ErrorKind::Tls { .. } => report_tls_failure(config, fingerprint, &err.to_string(), report),
+                ErrorKind::Setup { .. } => report.fail("TLS", err.to_string(), "fix `ca_file` or `tls_fingerprint`"),
                 ErrorKind::Unauthorized { .. } | ErrorKind::PermissionDenied { .. } => {
                     report_tls_trust(config, fingerprint, report);
                     report.fail("credentials", err.to_string(), credentials_fix(&credentials, &err.to_string()));
