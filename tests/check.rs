@@ -89,9 +89,7 @@ fn failed_subjects(outcome: &Outcome) -> Vec<String> {
 /// the template outside the pool.
 fn least_privilege(version: &str) -> Scenario {
     let parsed = PveVersion::parse(version).unwrap();
-    let mut scenario = Scenario::default();
-    scenario.pve_version = version.into();
-    scenario.time_scale = 50.0;
+    let mut scenario = Scenario { pve_version: version.into(), time_scale: 50.0, ..Scenario::default() };
     scenario.timings.resources_staleness = 0.5;
     scenario.vms[0].pool = None;
     if (parsed.major, parsed.minor) < (8, 1) {
@@ -125,6 +123,7 @@ async fn a_correct_setup_passes() {
     let setup = Setup::start(Scenario::default()).await;
     let outcome = setup.check(&setup.config, None).await;
     let text = outcome.render();
+    println!("{text}");
     assert!(outcome.passed(), "{text}");
     assert_eq!(outcome.exit_code(), 0);
     for expected in [

@@ -50,18 +50,18 @@ fn check_config(target: &Target, report: &mut Report) -> Option<GroupConfig> {
         Ok(config) => {
             let count = target.plugin_config.as_object().map_or(0, |o| o.len());
             report.pass("plugin_config", format!("{count} settings, all valid"));
-            if let Some(runner_max) = target.runner_max_instances {
-                if runner_max > u64::from(config.max_instances) {
-                    report.warn(
-                        "max_instances",
-                        format!(
-                            "Runner's [runners.autoscaler] max_instances {runner_max} exceeds plugin_config max_instances {}; \
-                             the plugin refuses instances beyond {}",
-                            config.max_instances, config.max_instances
-                        ),
-                        "set both to the same number",
-                    );
-                }
+            if let Some(runner_max) = target.runner_max_instances
+                && runner_max > u64::from(config.max_instances)
+            {
+                report.warn(
+                    "max_instances",
+                    format!(
+                        "Runner's [runners.autoscaler] max_instances {runner_max} exceeds plugin_config max_instances {}; \
+                         the plugin refuses instances beyond {}",
+                        config.max_instances, config.max_instances
+                    ),
+                    "set both to the same number",
+                );
             }
             Some(config)
         }
@@ -340,10 +340,10 @@ impl TemplateFacts {
         for (key, value) in config {
             if is_indexed(key, "net") {
                 facts.has_net0 |= key == "net0";
-                if let Some(bridge) = value.split(',').find_map(|part| part.strip_prefix("bridge=")) {
-                    if !facts.bridges.iter().any(|b| b == bridge) {
-                        facts.bridges.push(bridge.to_string());
-                    }
+                if let Some(bridge) = value.split(',').find_map(|part| part.strip_prefix("bridge="))
+                    && !facts.bridges.iter().any(|b| b == bridge)
+                {
+                    facts.bridges.push(bridge.to_string());
                 }
                 continue;
             }
@@ -358,12 +358,12 @@ impl TemplateFacts {
             if value.contains("cloudinit") {
                 facts.cloud_init_drive = Some(key.clone());
                 facts.cloud_init_storage = storage;
-            } else if !value.contains("media=cdrom") && volume != "none" {
-                if let Some(storage) = storage {
-                    if !facts.disk_storages.contains(&storage) {
-                        facts.disk_storages.push(storage);
-                    }
-                }
+            } else if !value.contains("media=cdrom")
+                && volume != "none"
+                && let Some(storage) = storage
+                && !facts.disk_storages.contains(&storage)
+            {
+                facts.disk_storages.push(storage);
             }
         }
         facts
@@ -425,7 +425,7 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
         );
     }
     match (&facts.cloud_init_drive, generate) {
-        (Some(drive), _) => report.pass(format!("{subject} cloud-init drive"), format!("{drive}")),
+        (Some(drive), _) => report.pass(format!("{subject} cloud-init drive"), drive.clone()),
         (None, true) => report.fail(
             format!("{subject} cloud-init drive"),
             "missing; the plugin needs it to install the SSH key it generates",
