@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
-use fleeting_plugin_proxmox::{plugin, version};
+use fleeting_plugin_proxmox::{check, plugin, version};
 
 #[derive(Debug, Parser)]
 #[command(name = "fleeting-plugin-proxmox", about, long_about = None, disable_version_flag = true)]
@@ -25,8 +25,29 @@ enum Command {
     Version,
     /// Serve the plugin to GitLab Runner (the default without a subcommand).
     Serve,
+    /// Check a plugin_config (or Runner's config.toml) against its Proxmox VE
+    /// cluster: reachability, TLS, credentials, version, pool, storage,
+    /// template, privileges and VMIDs. Exits 0 only when every check passes.
+    Check(CheckArgs),
     /// Convert a Proxmox VE API schema dump (apidoc.js or JSON) to OpenAPI 3.0.3.
     Openapi(OpenapiArgs),
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// plugin_config as JSON, or Runner's config.toml (every runner whose
+    /// [runners.autoscaler] plugin is this one is checked).
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// In a config.toml: check only the [[runners]] entry with this name.
+    #[arg(long, value_name = "NAME")]
+    runner: Option<String>,
+    /// Whether Runner brings its own SSH credentials
+    /// ([runners.autoscaler.connector_config] use_static_credentials); a
+    /// cloud-init drive is required only when it does not. Overrides the
+    /// value read from config.toml.
+    #[arg(long, value_name = "BOOL")]
+    use_static_credentials: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -72,8 +93,23 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Openapi(args)) => report(convert(&args)),
+        Some(Command::Check(args)) => check(args),
         Some(Command::Serve) | None => plugin::run(ProxmoxGroup::new()),
     }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let options = check::CheckOptions { config: args.config, runner: args.runner, use_static_credentials: args.use_static_credentials };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(check::run(&options));
+    print!("{}", outcome.render());
+    ExitCode::from(outcome.exit_code())
 }
 
 fn report(result: Result<(), String>) -> ExitCode {

@@ -10,11 +10,14 @@
 //! - [`pve`]: the Proxmox VE client: the progenitor-generated API
 //!   (`pve::api`) and the wrapper on top (`pve::PveClient`).
 //! - [`sim`]: a Proxmox VE simulator for tests and demos.
+//! - [`check`]: the `check` command, a preflight run of a `plugin_config`
+//!   against its cluster (privileges, template, TLS, credentials).
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout)]
 
+pub mod check;
 pub mod fleeting;
 pub mod goplugin;
 pub mod group;

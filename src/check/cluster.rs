@@ -1,0 +1,706 @@
+//! The checks of one `plugin_config` against its cluster, in the order a
+//! failure makes later ones pointless: configuration, credentials file,
+//! reachability, TLS, login, version, pool, template, storage, privileges,
+//! VMIDs. Later checks are skipped (and say so) when an earlier one leaves
+//! nothing to talk to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::input::Target;
+use super::privileges::{self, AclPlace, Subject};
+use super::probe::{self, Probe};
+use super::Report;
+use crate::group::config::{CloneMode, GroupConfig, PluginConfig};
+use crate::group::naming::Naming;
+use crate::pve::{
+    ClientConfig, Credentials, ErrorKind, Fingerprint, PveClient, PveVersion, RetryPolicy, SecondFactor, TlsOptions, Vmid,
+};
+
+/// Ranges up to this size are probed id by id (VMs the user cannot see
+/// still block an id); larger ones only by the visible VMs.
+const PROBE_RANGE_LIMIT: u32 = 1000;
+
+/// Checks one configuration; the report says what passed and how to fix
+/// what did not.
+pub async fn check_target(target: &Target) -> Report {
+    let mut report = Report::new(&target.label);
+    let Some(config) = check_config(target, &mut report) else { return report };
+    let Some(credentials) = check_credentials_file(&config, &mut report) else { return report };
+    let Some(fingerprint) = check_reachable(&config, &mut report).await else { return report };
+    let Some((pve, version)) = check_login(&config, credentials.clone(), fingerprint, &mut report).await else { return report };
+    check_version(&version, &mut report);
+    check_pool(&pve, &config, &mut report).await;
+    let generate = !target.use_static_credentials;
+    let template = check_template(&pve, &config, generate, &mut report).await;
+    check_privileges(&pve, &config, &version, &credentials, template.as_ref(), generate, &mut report).await;
+    check_vmids(&pve, &config, &mut report).await;
+    report
+}
+
+fn skip_rest(report: &mut Report, reason: &str) {
+    report.skip("remaining checks", format!("not run: {reason}"));
+}
+
+fn check_config(target: &Target, report: &mut Report) -> Option<GroupConfig> {
+    let json = serde_json::to_vec(&target.plugin_config).unwrap_or_default();
+    match PluginConfig::parse(&json) {
+        Ok(config) => {
+            let count = target.plugin_config.as_object().map_or(0, |o| o.len());
+            report.pass("plugin_config", format!("{count} settings, all valid"));
+            if let Some(runner_max) = target.runner_max_instances
+                && runner_max > u64::from(config.max_instances)
+            {
+                report.warn(
+                    "max_instances",
+                    format!(
+                        "Runner's [runners.autoscaler] max_instances {runner_max} exceeds plugin_config max_instances {}; \
+                         the plugin refuses instances beyond {}",
+                        config.max_instances, config.max_instances
+                    ),
+                    "set both to the same number",
+                );
+            }
+            Some(config)
+        }
+        Err(err) => {
+            for problem in err.problems {
+                report.fail("plugin_config", problem, "correct it in [runners.autoscaler.plugin_config] (keys: README, Configuration)");
+            }
+            skip_rest(report, "they need a valid plugin_config");
+            None
+        }
+    }
+}
+
+fn check_credentials_file(config: &GroupConfig, report: &mut Report) -> Option<Credentials> {
+    let path = &config.credentials_file_path;
+    let subject = format!("credentials file {}", path.display());
+    let credentials = match Credentials::load(path) {
+        Ok(credentials) => credentials,
+        Err(err) => {
+            report.fail(
+                &subject,
+                err.problems.join("; "),
+                "fix the file (fields: README, The credentials file); it must be readable by the runner's user",
+            );
+            skip_rest(report, "they need working credentials");
+            return None;
+        }
+    };
+    let description = match &credentials {
+        Credentials::Token { token_id, .. } => format!("API token {token_id}"),
+        Credentials::Password { userid, second_factor, .. } => match second_factor {
+            SecondFactor::None => format!("password login as {userid}"),
+            SecondFactor::TotpSecret(_) => format!("password login as {userid} with a TOTP secret"),
+            SecondFactor::FixedOtp(_) => format!("password login as {userid} with a fixed otp"),
+        },
+    };
+    report.pass(&subject, description);
+    if let Credentials::Password { second_factor: SecondFactor::FixedOtp(_), .. } = &credentials {
+        report.warn(
+            &subject,
+            "a fixed `otp` is valid for one login only; the next ticket renewal after a restart fails",
+            "replace `otp` with `totp_secret` (the base32 secret of the user's TOTP factor), or use an API token",
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                report.warn(
+                    &subject,
+                    format!("others can read it (mode {mode:o})"),
+                    format!("chmod 600 {} (and chown it to the runner's user)", path.display()),
+                );
+            }
+        }
+    }
+    Some(credentials)
+}
+
+/// `Some(None)` for plain HTTP, `Some(Some(fingerprint))` for https.
+async fn check_reachable(config: &GroupConfig, report: &mut Report) -> Option<Option<Fingerprint>> {
+    let subject = format!("reach {}", config.url);
+    match probe::probe(&config.url, Duration::from_secs(10)).await {
+        Ok(Probe::PlainHttp) => {
+            report.warn(
+                &subject,
+                "plain HTTP: credentials and tickets travel unencrypted",
+                "use https://<host>:8006 (PVE serves the API over https)",
+            );
+            Some(None)
+        }
+        Ok(Probe::Tls { fingerprint }) => {
+            report.pass(&subject, "TCP and TLS handshake");
+            Some(Some(fingerprint))
+        }
+        Err(message) => {
+            report.fail(
+                &subject,
+                message,
+                "check `url` (PVE listens on https://<host>:8006), DNS, and firewalls between this machine and PVE",
+            );
+            skip_rest(report, "PVE is not reachable");
+            None
+        }
+    }
+}
+
+async fn check_login(
+    config: &GroupConfig,
+    credentials: Credentials,
+    fingerprint: Option<Fingerprint>,
+    report: &mut Report,
+) -> Option<(PveClient, PveVersion)> {
+    let client_config = ClientConfig {
+        url: config.url.clone(),
+        tls: TlsOptions {
+            ca_file: config.ca_file.clone(),
+            fingerprint: config.tls_fingerprint.clone(),
+            insecure_skip_verify: config.insecure_skip_tls_verify,
+        },
+        credentials: credentials.clone(),
+        request_timeout: config.request_timeout.min(Duration::from_secs(20)),
+        connect_timeout: Duration::from_secs(10),
+        // A preflight answers quickly: one retry, short pauses.
+        retry: RetryPolicy { max_attempts: 2, initial_delay: Duration::from_millis(200), max_delay: Duration::from_secs(1) },
+    };
+    // The first requests: TLS trust, then authentication (a ticket login
+    // for passwords, the token header otherwise).
+    let connected = match PveClient::connect(client_config).await {
+        Ok(pve) => pve.version().await.map(|version| (pve, version)),
+        Err(err) => Err(err),
+    };
+    match connected {
+        Ok((pve, version)) => {
+            report_tls_trust(config, fingerprint, report);
+            report.pass("credentials", "accepted by PVE");
+            Some((pve, version))
+        }
+        Err(err) => {
+            match err.kind() {
+                ErrorKind::Tls { .. } => report_tls_failure(config, fingerprint, &err.to_string(), report),
+                ErrorKind::Setup { .. } => report.fail("TLS", err.to_string(), "fix `ca_file` or `tls_fingerprint`"),
+                ErrorKind::Unauthorized { .. } | ErrorKind::PermissionDenied { .. } => {
+                    report_tls_trust(config, fingerprint, report);
+                    report.fail("credentials", err.to_string(), credentials_fix(&credentials, &err.to_string()));
+                }
+                _ => report.fail(
+                    "PVE API",
+                    err.to_string(),
+                    "check that `url` points at PVE's API (https://<host>:8006) and that pveproxy runs (systemctl status pveproxy)",
+                ),
+            }
+            skip_rest(report, "no authenticated connection to PVE");
+            None
+        }
+    }
+}
+
+fn report_tls_trust(config: &GroupConfig, fingerprint: Option<Fingerprint>, report: &mut Report) {
+    let Some(fingerprint) = fingerprint else { return };
+    if config.insecure_skip_tls_verify && config.tls_fingerprint.is_none() {
+        report.warn(
+            "TLS",
+            format!("the certificate is NOT verified (insecure_skip_tls_verify); the server presents {fingerprint}"),
+            format!(
+                "pin it instead: tls_fingerprint = \"{fingerprint}\" (compare with node → System → Certificates) and remove insecure_skip_tls_verify"
+            ),
+        );
+    } else if config.tls_fingerprint.is_some() {
+        report.pass("TLS", format!("the certificate matches tls_fingerprint ({fingerprint})"));
+    } else if let Some(ca_file) = &config.ca_file {
+        report.pass("TLS", format!("the certificate is signed by ca_file {}", ca_file.display()));
+    } else {
+        report.pass("TLS", "the certificate is trusted by the system's CA roots");
+    }
+}
+
+fn report_tls_failure(config: &GroupConfig, fingerprint: Option<Fingerprint>, error: &str, report: &mut Report) {
+    let presents = fingerprint.map(|f| f.to_string()).unwrap_or_else(|| "<unknown>".into());
+    let (detail, fix) = if let Some(pinned) = &config.tls_fingerprint {
+        (
+            format!("the server's certificate {presents} does not match tls_fingerprint {pinned}"),
+            format!(
+                "if {presents} is your PVE node's certificate (node → System → Certificates, or `pvenode cert info`), \
+                 set tls_fingerprint = \"{presents}\"; if not, something else answers at {}",
+                config.url
+            ),
+        )
+    } else if let Some(ca_file) = &config.ca_file {
+        (
+            format!("the server's certificate ({presents}) is not signed by ca_file {}: {error}", ca_file.display()),
+            format!(
+                "use the cluster's CA (/etc/pve/pve-root-ca.pem) as ca_file, and connect by a name the certificate lists; \
+                 or pin it: tls_fingerprint = \"{presents}\""
+            ),
+        )
+    } else {
+        (
+            format!("the server's certificate ({presents}) is not trusted by the system's CA roots: {error}"),
+            format!(
+                "set ca_file = \"<copy of the cluster's /etc/pve/pve-root-ca.pem>\", or pin the certificate: tls_fingerprint = \"{presents}\" \
+                 (compare with node → System → Certificates)"
+            ),
+        )
+    };
+    report.fail("TLS", detail, fix);
+}
+
+fn credentials_fix(credentials: &Credentials, error: &str) -> String {
+    match credentials {
+        Credentials::Token { token_id, .. } => {
+            let user = token_id.split('!').next().unwrap_or_default();
+            format!(
+                "check `token_id` and `token_secret` (`pveum user token list {user}` shows the token; a lost secret means \
+                 `pveum user token remove` and `add` again), and that the user and token are enabled and not expired"
+            )
+        }
+        Credentials::Password { userid, second_factor, .. } => {
+            if error.contains("second factor") {
+                match second_factor {
+                    SecondFactor::TotpSecret(_) => "check that `totp_secret` is the secret of this user's TOTP factor \
+                                                    (re-enrol it under Datacenter → Permissions → Two Factor if unsure) and that \
+                                                    this machine's clock is right (`timedatectl`)"
+                        .to_string(),
+                    SecondFactor::FixedOtp(_) => {
+                        "a fixed `otp` is valid once; replace it with `totp_secret`, or use an API token".to_string()
+                    }
+                    SecondFactor::None => format!(
+                        "{userid} has two-factor authentication: add its `totp_secret`, or use an API token (no second factor)"
+                    ),
+                }
+            } else {
+                format!("check `username`, `realm` and `password` of {userid}, and that the user is enabled and not expired")
+            }
+        }
+    }
+}
+
+fn check_version(version: &PveVersion, report: &mut Report) {
+    if privileges::is_supported(version) {
+        report.pass("PVE version", format!("{version} (supported: 7.0 to 9.x)"));
+    } else if version.major < 7 {
+        report.fail("PVE version", format!("{version} is older than 7.0, which this plugin does not support"), "upgrade PVE to 8.x or 9.x");
+    } else {
+        report.warn(
+            "PVE version",
+            format!("{version} is newer than the 9.x releases this plugin was tested with"),
+            "watch the first runs closely and report problems with the PVE version",
+        );
+    }
+}
+
+async fn check_pool(pve: &PveClient, config: &GroupConfig, report: &mut Report) {
+    let subject = format!("pool {}", config.pool);
+    match pve.pool_members(&config.pool).await {
+        Ok(members) => {
+            let vms = members.iter().filter(|m| m.kind == "qemu").count();
+            report.pass(&subject, format!("exists ({vms} VM{} in it)", if vms == 1 { "" } else { "s" }));
+        }
+        Err(err) if err.is_not_found() => report.fail(
+            &subject,
+            format!("does not exist, or the user cannot see it (Pool.Audit on /pool/{})", config.pool),
+            format!("pveum pool add {} --comment \"GitLab Runner instances\" (if it exists: see the privileges below)", config.pool),
+        ),
+        Err(err) => report.fail(&subject, err.to_string(), format!("grant Pool.Audit on /pool/{} (see the privileges below)", config.pool)),
+    }
+}
+
+/// What the template tells about clones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateFacts {
+    pub node: String,
+    pub is_template: bool,
+    pub agent_enabled: bool,
+    /// The disk key of the cloud-init drive (`ide2`), if any.
+    pub cloud_init_drive: Option<String>,
+    /// Bridges of the template's NICs (`vmbr0`).
+    pub bridges: Vec<String>,
+    pub has_net0: bool,
+    /// Storages of the template's disks, cloud-init drive excluded.
+    pub disk_storages: Vec<String>,
+    /// Storage of the cloud-init drive (it is always copied in full).
+    pub cloud_init_storage: Option<String>,
+}
+
+impl TemplateFacts {
+    /// Reads a VM configuration (key → value as `GET …/config` returns it).
+    pub fn from_config(node: &str, config: &BTreeMap<String, String>, listed_as_template: bool) -> Self {
+        let mut facts = Self { node: node.to_string(), ..Self::default() };
+        facts.is_template = listed_as_template || config.get("template").is_some_and(|t| t == "1");
+        facts.agent_enabled = config.get("agent").is_some_and(|value| {
+            value.split(',').any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
+        });
+        for (key, value) in config {
+            if is_indexed(key, "net") {
+                facts.has_net0 |= key == "net0";
+                if let Some(bridge) = value.split(',').find_map(|part| part.strip_prefix("bridge="))
+                    && !facts.bridges.iter().any(|b| b == bridge)
+                {
+                    facts.bridges.push(bridge.to_string());
+                }
+                continue;
+            }
+            let is_disk = ["ide", "sata", "scsi", "virtio"].iter().any(|bus| is_indexed(key, bus))
+                || key == "efidisk0"
+                || key == "tpmstate0";
+            if !is_disk {
+                continue;
+            }
+            let volume = value.split(',').next().unwrap_or_default();
+            let storage = volume.split_once(':').map(|(storage, _)| storage.to_string());
+            if value.contains("cloudinit") {
+                facts.cloud_init_drive = Some(key.clone());
+                facts.cloud_init_storage = storage;
+            } else if !value.contains("media=cdrom")
+                && volume != "none"
+                && let Some(storage) = storage
+                && !facts.disk_storages.contains(&storage)
+            {
+                facts.disk_storages.push(storage);
+            }
+        }
+        facts
+    }
+}
+
+fn is_indexed(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The template and its storage: `Some` with the storages clones write to.
+pub struct TemplateOutcome {
+    pub facts: TemplateFacts,
+    pub clone_storages: Vec<String>,
+}
+
+async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, report: &mut Report) -> Option<TemplateOutcome> {
+    let id = config.template_id;
+    let subject = format!("template {id}");
+    let vms = match pve.cluster_vms().await {
+        Ok(vms) => vms,
+        Err(err) => {
+            report.fail(&subject, err.to_string(), "see the privileges below");
+            return None;
+        }
+    };
+    let Some(vm) = vms.iter().find(|vm| vm.vmid == id) else {
+        report.fail(
+            &subject,
+            format!("no such VM, or the user cannot see it (VM.Audit on /vms/{id})"),
+            format!("check `template_id` (`qm list` on the nodes); if it exists, grant VM.Audit on /vms/{id} (see the privileges below)"),
+        );
+        return None;
+    };
+    let vm_config = match pve.vm_config(&vm.node, id).await {
+        Ok(c) => c,
+        Err(err) => {
+            report.fail(&subject, err.to_string(), format!("grant VM.Audit on /vms/{id} (see the privileges below)"));
+            return None;
+        }
+    };
+    let facts = TemplateFacts::from_config(&vm.node, &vm_config, vm.template);
+    if facts.is_template {
+        report.pass(&subject, format!("a template on node {}", facts.node));
+    } else {
+        report.fail(
+            &subject,
+            format!("VM {id} on node {} is not a template", facts.node),
+            format!("convert it: `qm template {id}` (or More → Convert to template in the GUI)"),
+        );
+    }
+    if facts.agent_enabled {
+        report.pass(format!("{subject} guest agent"), "enabled");
+    } else {
+        report.fail(
+            format!("{subject} guest agent"),
+            "not enabled, so the plugin cannot learn the instances' addresses",
+            format!("`qm set {id} --agent enabled=1`, and install and enable qemu-guest-agent inside the template"),
+        );
+    }
+    match (&facts.cloud_init_drive, generate) {
+        (Some(drive), _) => report.pass(format!("{subject} cloud-init drive"), drive.clone()),
+        (None, true) => report.fail(
+            format!("{subject} cloud-init drive"),
+            "missing; the plugin needs it to install the SSH key it generates",
+            format!(
+                "`qm set {id} --ide2 {}:cloudinit` (and cloud-init in the guest), or set use_static_credentials = true \
+                 with your own key in [runners.autoscaler.connector_config]",
+                facts.disk_storages.first().map_or("<storage>", String::as_str)
+            ),
+        ),
+        (None, false) => report.pass(format!("{subject} cloud-init drive"), "none, and none needed (use_static_credentials)"),
+    }
+    if facts.has_net0 {
+        report.pass(format!("{subject} network"), format!("net0 on {}", facts.bridges.join(", ")));
+    } else {
+        report.fail(format!("{subject} network"), "no net0 network interface", format!("`qm set {id} --net0 virtio,bridge=vmbr0`"));
+    }
+
+    // Linked clones need a template whose every disk sits on storage that
+    // can clone a base volume.
+    let mut linkable = facts.is_template && !facts.disk_storages.is_empty();
+    let mut kinds = Vec::new();
+    for storage in &facts.disk_storages {
+        match pve.storage_info(&facts.node, storage).await {
+            Ok(info) => {
+                linkable &= info.supports_linked_clones();
+                kinds.push(format!("{storage} ({})", info.kind));
+            }
+            Err(err) => {
+                linkable = false;
+                report.fail(
+                    format!("storage {storage}"),
+                    err.to_string(),
+                    format!("grant Datastore.AllocateSpace on /storage/{storage} (see the privileges below)"),
+                );
+            }
+        }
+    }
+    let linked = match config.clone_mode {
+        CloneMode::Full => {
+            report.pass("clone mode", format!("full clones (clone_mode = full); linked clones would be {}possible", if linkable { "" } else { "im" }));
+            false
+        }
+        CloneMode::Linked if !linkable => {
+            report.fail(
+                "clone mode",
+                format!("clone_mode = linked, but the template's storage {} cannot make linked clones", kinds.join(", ")),
+                "set clone_mode = \"auto\" or \"full\", or move the template's disks to storage with linked clones \
+                 (LVM-thin, ZFS, Ceph RBD, directory/NFS with qcow2)",
+            );
+            true
+        }
+        _ if linkable => {
+            report.pass("clone mode", format!("linked clones on {}", kinds.join(", ")));
+            true
+        }
+        _ => {
+            report.pass("clone mode", format!("full clones: {} cannot make linked clones (slower, more space)", kinds.join(", ")));
+            false
+        }
+    };
+    let mut clone_storages: Vec<String> = match (&config.storage, linked) {
+        (Some(storage), false) => vec![storage.clone()],
+        _ => {
+            let mut list = facts.disk_storages.clone();
+            list.extend(facts.cloud_init_storage.clone());
+            list
+        }
+    };
+    clone_storages.dedup();
+    if let (Some(storage), false) = (&config.storage, linked) {
+        let subject = format!("storage {storage}");
+        match pve.storage_info(&facts.node, storage).await {
+            Ok(info) => report.pass(&subject, format!("{} on node {}, target of full clones", info.kind, facts.node)),
+            Err(err) => report.fail(
+                &subject,
+                err.to_string(),
+                format!("check `storage` (`pvesm status` on {}); if it exists, see the privileges below", facts.node),
+            ),
+        }
+    } else if config.storage.is_some() {
+        report.pass("storage", "`storage` is ignored: linked clones stay on the template's storage");
+    }
+    Some(TemplateOutcome { facts, clone_storages })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_privileges(
+    pve: &PveClient,
+    config: &GroupConfig,
+    version: &PveVersion,
+    credentials: &Credentials,
+    template: Option<&TemplateOutcome>,
+    generate: bool,
+    report: &mut Report,
+) {
+    let subject = match credentials {
+        Credentials::Token { token_id, .. } => {
+            Subject::Token { user: token_id.split('!').next().unwrap_or_default().to_string(), token: token_id.clone() }
+        }
+        Credentials::Password { userid, .. } => Subject::User(userid.clone()),
+    };
+    let requirements: Vec<_> =
+        privileges::required_privileges(version).into_iter().filter(|r| generate || !r.only_for_generated_credentials).collect();
+    let objects = |place: AclPlace| -> Vec<String> {
+        match place {
+            AclPlace::Pool => vec![config.pool.clone()],
+            AclPlace::Template => vec![config.template_id.to_string()],
+            AclPlace::Storage => template.map(|t| t.clone_storages.clone()).unwrap_or_default(),
+            AclPlace::Bridge => template.map(|t| t.facts.bridges.clone()).unwrap_or_default(),
+        }
+    };
+    if template.is_none() {
+        report.skip("privileges on storage and bridges", "the template's storage and bridges are unknown (see above)");
+    }
+    let mut everything: Option<BTreeMap<String, BTreeMap<String, bool>>> = None;
+    for place in AclPlace::ALL {
+        let wanted: Vec<_> = requirements.iter().filter(|r| r.place == place).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        for object in objects(place) {
+            let path = place.path(&object);
+            let held: BTreeSet<String> = match pve.permissions(Some(&path)).await {
+                Ok(map) => map.into_values().flat_map(BTreeMap::into_keys).collect(),
+                Err(err) => {
+                    report.fail(format!("privileges on {path}"), err.to_string(), "check that the user may read its own permissions");
+                    continue;
+                }
+            };
+            let mut missing: Vec<_> = wanted.iter().filter(|r| !r.satisfied_by(held.iter().map(String::as_str))).collect();
+            if place == AclPlace::Bridge && !missing.is_empty() {
+                // An SDN VNet sits in its own zone: /sdn/zones/<zone>/<vnet>.
+                if everything.is_none() {
+                    everything = pve.permissions(None).await.ok();
+                }
+                let suffix = format!("/{object}");
+                let on_vnet = everything.iter().flatten().any(|(p, privs)| {
+                    p.starts_with("/sdn/zones/") && p.ends_with(&suffix) && privs.contains_key("SDN.Use")
+                });
+                if on_vnet {
+                    missing.clear();
+                }
+            }
+            if missing.is_empty() {
+                let names: Vec<&str> = wanted.iter().map(|r| r.privilege).collect();
+                report.pass(format!("privileges on {path}"), names.join(", "));
+                continue;
+            }
+            for requirement in missing {
+                let fix = if held.is_empty() {
+                    let mut fix = format!("pveum acl modify {path} --roles {} {}", place.role(), privileges::grantee_flags(&subject));
+                    if let Some(add) = privileges::role_add_command(version, place) {
+                        fix.push_str(&format!("\n(create the role first if it does not exist: {add})"));
+                    }
+                    fix
+                } else {
+                    format!(
+                        "pveum role modify {} --append --privs {}\n(or add it to the role you granted on {path}; it holds: {})",
+                        place.role(),
+                        requirement.privilege,
+                        held.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                let fix = if place == AclPlace::Bridge {
+                    format!("{fix}\n(if {object} is an SDN VNet, grant on /sdn/zones/<zone>/{object} instead)")
+                } else {
+                    fix
+                };
+                report.fail(
+                    format!("privilege {} on {path}", requirement.privilege),
+                    format!("missing; the plugin needs it to {}", requirement.why),
+                    fix,
+                );
+            }
+        }
+    }
+}
+
+async fn check_vmids(pve: &PveClient, config: &GroupConfig, report: &mut Report) {
+    let Some((first, last)) = config.vmid_range else {
+        report.pass("max_instances", format!("{}; VMIDs come from the datacenter's next-id range (no vmid_range)", config.max_instances));
+        return;
+    };
+    let subject = format!("vmid_range {first}-{last}");
+    let vms = match pve.cluster_vms().await {
+        Ok(vms) => vms,
+        Err(err) => {
+            report.fail(&subject, err.to_string(), "see the privileges above");
+            return;
+        }
+    };
+    let naming = Naming::new(&config.group);
+    let in_range = |vmid: Vmid| (first.0..=last.0).contains(&vmid.0);
+    let mut ours = 0u32;
+    let mut foreign: Vec<Vmid> = Vec::new();
+    for vm in vms.iter().filter(|vm| in_range(vm.vmid)) {
+        if naming.owner_of_tags(vm.vmid, &vm.tags).is_some() {
+            ours += 1;
+        } else {
+            foreign.push(vm.vmid);
+        }
+    }
+    let size = last.0 - first.0 + 1;
+    if size <= PROBE_RANGE_LIMIT {
+        // VMs the user cannot see still take their id: ask PVE id by id.
+        let visible: BTreeSet<u32> = vms.iter().map(|vm| vm.vmid.0).collect();
+        let unseen: Vec<u32> = (first.0..=last.0).filter(|id| !visible.contains(id)).collect();
+        let taken: Vec<Vmid> = futures::stream::iter(unseen)
+            .map(|id| async move { (id, pve.next_vmid(Some(Vmid(id))).await) })
+            .buffer_unordered(8)
+            .filter_map(|(id, result)| async move { matches!(result, Err(err) if err.is_already_exists()).then_some(Vmid(id)) })
+            .collect()
+            .await;
+        foreign.extend(taken);
+    }
+    foreign.sort();
+    let free = size - ours - foreign.len() as u32;
+    let available = free + ours;
+    let listed = |ids: &[Vmid]| {
+        let mut text: Vec<String> = ids.iter().take(10).map(ToString::to_string).collect();
+        if ids.len() > 10 {
+            text.push(format!("… ({} in all)", ids.len()));
+        }
+        text.join(", ")
+    };
+    if foreign.is_empty() {
+        report.pass(&subject, format!("{free} of {size} free{}", if ours > 0 { format!(", {ours} used by this group") } else { String::new() }));
+    } else {
+        report.warn(
+            &subject,
+            format!("{} id{} taken by other VMs: {}", foreign.len(), if foreign.len() == 1 { "" } else { "s" }, listed(&foreign)),
+            "move the range to free ids, or move those VMs (the plugin skips taken ids)",
+        );
+    }
+    if config.max_instances <= available {
+        report.pass("max_instances", format!("{} fits vmid_range ({available} ids usable)", config.max_instances));
+    } else {
+        report.fail(
+            "max_instances",
+            format!("{} does not fit vmid_range {first}-{last}: only {available} ids are usable", config.max_instances),
+            format!("widen vmid_range, lower max_instances to {available}, or free the ids {}", listed(&foreign)),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn template_facts_from_a_pve_config() {
+        let facts = TemplateFacts::from_config(
+            "pve1",
+            &config(&[
+                ("agent", "1,fstrim_cloned_disks=1"),
+                ("scsi0", "local-lvm:base-9000-disk-0,size=8G"),
+                ("efidisk0", "local-lvm:base-9000-disk-1,size=4M"),
+                ("ide0", "local:iso/debian.iso,media=cdrom"),
+                ("ide2", "ceph:vm-9000-cloudinit,media=cdrom"),
+                ("net0", "virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=1"),
+                ("net1", "virtio=BC:24:11:00:00:02,bridge=vnet7"),
+                ("template", "1"),
+            ]),
+            false,
+        );
+        assert!(facts.is_template && facts.agent_enabled && facts.has_net0);
+        assert_eq!(facts.cloud_init_drive.as_deref(), Some("ide2"));
+        assert_eq!(facts.cloud_init_storage.as_deref(), Some("ceph"));
+        assert_eq!(facts.disk_storages, ["local-lvm"]);
+        assert_eq!(facts.bridges, ["vmbr0", "vnet7"]);
+        let bare = TemplateFacts::from_config("pve1", &config(&[("agent", "enabled=0"), ("scsi0", "local:100/disk.qcow2")]), true);
+        assert!(bare.is_template && !bare.agent_enabled && bare.cloud_init_drive.is_none() && !bare.has_net0);
+    }
+}
