@@ -92,12 +92,6 @@ fn least_privilege(version: &str) -> Scenario {
     let mut scenario = Scenario { pve_version: version.into(), time_scale: 50.0, ..Scenario::default() };
     scenario.timings.resources_staleness = 0.5;
     scenario.vms[0].pool = None;
-    if (parsed.major, parsed.minor) < (8, 1) {
-        // Before 8.1 PVE returns `memory` as a number, which the generated
-        // client (9.1 schema: a string) rejects in `vm_config`; kept out
-        // here so this test is about privileges (reported separately).
-        scenario.vms[0].config.remove("memory");
-    }
     scenario.roles = AclPlace::ALL
         .iter()
         .map(|place| (place.role().to_string(), privileges::role_privileges(&parsed, *place).iter().map(|p| p.to_string()).collect::<Vec<_>>()))
