@@ -402,31 +402,34 @@ tags = ["ci", "team-a"]
 /// Refresh with `UPDATE_DOCS=1 cargo test --test check docs_match`.
 #[test]
 fn docs_match_the_privilege_list() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/proxmox-setup.md");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut expected = text.clone();
     let blocks = [
         ("privilege-table", privileges::privilege_table()),
         ("setup-pve7", format!("```sh\n{}```\n", privileges::setup_script(7))),
         ("setup-pve8", format!("```sh\n{}```\n", privileges::setup_script(8))),
         ("setup-pve9", format!("```sh\n{}```\n", privileges::setup_script(9))),
     ];
-    for (name, content) in blocks {
-        let start = format!("<!-- generated:{name} -->\n");
-        let end = format!("<!-- end:{name} -->");
-        let from = expected.find(&start).unwrap_or_else(|| panic!("{} lacks the marker {start:?}", path.display())) + start.len();
-        let to = from + expected[from..].find(&end).unwrap_or_else(|| panic!("{} lacks the marker {end:?}", path.display()));
-        expected.replace_range(from..to, &content);
-    }
-    if expected != text {
-        if std::env::var_os("UPDATE_DOCS").is_some() {
-            std::fs::write(&path, &expected).unwrap();
-            return;
+    // docs/proxmox-setup.md holds every block; the README the table and PVE 9.
+    for (file, required) in [("docs/proxmox-setup.md", 4), ("README.md", 2)] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut expected = text.clone();
+        let mut found = 0;
+        for (name, content) in &blocks {
+            let start = format!("<!-- generated:{name} -->\n");
+            let end = format!("<!-- end:{name} -->");
+            let Some(from) = expected.find(&start).map(|at| at + start.len()) else { continue };
+            let to = from + expected[from..].find(&end).unwrap_or_else(|| panic!("{file} lacks the marker {end:?}"));
+            expected.replace_range(from..to, content);
+            found += 1;
         }
-        let diff = similar::TextDiff::from_lines(&text, &expected);
-        panic!(
-            "docs/proxmox-setup.md differs from the code; refresh with `UPDATE_DOCS=1 cargo test --test check docs_match`:\n{}",
-            diff.unified_diff()
-        );
+        assert_eq!(found, required, "{file} must hold {required} generated privilege blocks");
+        if expected != text {
+            if std::env::var_os("UPDATE_DOCS").is_some() || std::env::var_os("UPDATE_GENERATED").is_some() {
+                std::fs::write(&path, &expected).unwrap();
+                continue;
+            }
+            let diff = similar::TextDiff::from_lines(&text, &expected);
+            panic!("{file} differs from the code; refresh with `UPDATE_DOCS=1 cargo test --test check docs_match`:\n{}", diff.unified_diff());
+        }
     }
 }
