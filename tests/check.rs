@@ -433,3 +433,22 @@ fn docs_match_the_privilege_list() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_nodes_must_exist_and_be_reachable_from_the_template_storage() {
+    let setup = Setup::start(Scenario::default()).await;
+    let mut config = setup.config.clone();
+    config["target_nodes"] = json!(["pve1", "pve9"]);
+    let outcome = setup.check(&config, None).await;
+    assert_eq!(outcome.exit_code(), 1);
+    let (detail, _) = failure(&outcome, "target_nodes");
+    assert!(detail.contains("pve9, which is not a node of this cluster (nodes: pve1, pve2)"), "{detail}");
+    // The default template sits on local-lvm: another node cannot clone it.
+    config["target_nodes"] = json!(["pve1", "pve2"]);
+    let outcome = setup.check(&config, None).await;
+    let (detail, _) = failure(&outcome, "target_nodes");
+    assert!(detail.contains("only from shared storage"), "{detail}");
+    config["target_nodes"] = json!(["pve1"]);
+    assert_eq!(setup.check(&config, None).await.exit_code(), 0);
+    setup.sim.shutdown().await.unwrap();
+}

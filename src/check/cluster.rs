@@ -35,6 +35,9 @@ pub async fn check_target(target: &Target) -> Report {
     check_pool(&pve, &config, &mut report).await;
     let generate = !target.use_static_credentials;
     let template = check_template(&pve, &config, generate, &mut report).await;
+    if let Some(template) = &template {
+        check_target_nodes(&pve, &config, template, &mut report).await;
+    }
     check_privileges(&pve, &config, &version, &credentials, template.as_ref(), generate, &mut report).await;
     check_vmids(&pve, &config, &mut report).await;
     report
@@ -509,6 +512,34 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
         report.pass("storage", "`storage` is ignored: linked clones stay on the template's storage");
     }
     Some(TemplateOutcome { facts, clone_storages })
+}
+
+/// `target_nodes`: known, online, and reachable from the template's storage.
+async fn check_target_nodes(pve: &PveClient, config: &GroupConfig, template: &TemplateOutcome, report: &mut Report) {
+    if config.target_nodes.is_empty() {
+        return;
+    }
+    let facts = &template.facts;
+    let storage = facts.disk_storages.first().map(String::as_str);
+    let info = match storage {
+        Some(storage) => pve.storage_info(&facts.node, storage).await.ok(),
+        None => None,
+    };
+    let subject = "target_nodes";
+    match crate::group::engine::inspect_target_nodes(pve, config, &facts.node, storage, info.as_ref()).await {
+        Ok(findings) => {
+            for problem in &findings.problems {
+                report.fail(subject, problem.clone(), "fix `target_nodes` as the message says");
+            }
+            for node in &findings.offline {
+                report.warn(subject, format!("{node} is offline"), "clones go to the other target nodes until it is back");
+            }
+            if findings.problems.is_empty() {
+                report.pass(subject, format!("{} reachable for clones of template {}", config.target_nodes.join(", "), config.template_id));
+            }
+        }
+        Err(err) => report.fail(subject, err.to_string(), "check that the user can list the cluster's nodes"),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -260,8 +260,54 @@ impl Engine {
     }
 }
 
-/// `target_nodes` must name online nodes of the cluster, and cloning to a
-/// node other than the template's needs its disks on shared storage.
+/// What is wrong with `target_nodes`: problems refuse the configuration,
+/// offline nodes are only skipped until they are back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TargetNodeFindings {
+    pub problems: Vec<String>,
+    pub offline: Vec<String>,
+}
+
+/// `target_nodes` must name nodes of the cluster, and cloning to a node other
+/// than the template's needs its disks on shared storage. Used by Init and
+/// by `check`.
+pub async fn inspect_target_nodes(
+    pve: &PveClient,
+    config: &GroupConfig,
+    template_node: &str,
+    template_storage: Option<&str>,
+    storage_info: Option<&crate::pve::StorageInfo>,
+) -> Result<TargetNodeFindings, crate::pve::Error> {
+    let mut findings = TargetNodeFindings::default();
+    if config.target_nodes.is_empty() {
+        return Ok(findings);
+    }
+    let nodes = pve.nodes().await?;
+    for target in &config.target_nodes {
+        match nodes.iter().find(|node| &node.name == target) {
+            None => {
+                let known: Vec<&str> = nodes.iter().map(|node| node.name.as_str()).collect();
+                findings.problems.push(format!(
+                    "`target_nodes` names {target}, which is not a node of this cluster (nodes: {}); fix the name or remove it",
+                    known.join(", ")
+                ));
+            }
+            Some(node) if !node.online => findings.offline.push(target.clone()),
+            Some(_) => {}
+        }
+    }
+    let elsewhere = config.target_nodes.iter().any(|node| node != template_node);
+    if elsewhere && !storage_info.is_some_and(|info| info.shared) {
+        findings.problems.push(format!(
+            "`target_nodes` includes nodes other than {template_node}, but template {}'s disks are on {} storage {}, and Proxmox clones to another node only from shared storage; move the template's disks to shared storage (e.g. Ceph/NFS) or list only {template_node}",
+            config.template_id,
+            if storage_info.is_some() { "local" } else { "unreadable" },
+            template_storage.unwrap_or("(none found)"),
+        ));
+    }
+    Ok(findings)
+}
+
 async fn check_target_nodes(
     pve: &PveClient,
     config: &GroupConfig,
@@ -269,36 +315,17 @@ async fn check_target_nodes(
     template_storage: Option<&str>,
     storage_info: Option<&crate::pve::StorageInfo>,
 ) -> Result<(), GroupError> {
-    if config.target_nodes.is_empty() {
-        return Ok(());
+    let findings = inspect_target_nodes(pve, config, template_node, template_storage, storage_info)
+        .await
+        .map_err(|err| failed(err.to_string()))?;
+    for node in &findings.offline {
+        tracing::warn!(node, "target node is offline; clones go to the other target nodes until it is back");
     }
-    let nodes = pve.nodes().await.map_err(|err| failed(err.to_string()))?;
-    let mut problems = Vec::new();
-    for target in &config.target_nodes {
-        match nodes.iter().find(|node| &node.name == target) {
-            None => {
-                let known: Vec<&str> = nodes.iter().map(|node| node.name.as_str()).collect();
-                problems.push(format!(
-                    "`target_nodes` names {target}, which is not a node of this cluster (nodes: {}); fix the name or remove it",
-                    known.join(", ")
-                ));
-            }
-            Some(node) if !node.online => {
-                tracing::warn!(node = target, "target node is offline; clones go to the other target nodes until it is back");
-            }
-            Some(_) => {}
-        }
+    if findings.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(failed(format!("could not use target_nodes: {}", findings.problems.join("; "))))
     }
-    let elsewhere = config.target_nodes.iter().any(|node| node != template_node);
-    if elsewhere && !storage_info.is_some_and(|info| info.shared) {
-        problems.push(format!(
-            "`target_nodes` includes nodes other than {template_node}, but template {}'s disks are on {} storage {}, and Proxmox clones to another node only from shared storage; move the template's disks to shared storage (e.g. Ceph/NFS) or list only {template_node}",
-            config.template_id,
-            if storage_info.is_some() { "local" } else { "unreadable" },
-            template_storage.unwrap_or("(none found)"),
-        ));
-    }
-    if problems.is_empty() { Ok(()) } else { Err(failed(format!("could not use target_nodes: {}", problems.join("; ")))) }
 }
 
 /// The guest's OS, architecture and connection protocol, read from the
