@@ -38,6 +38,16 @@ pub struct Vm {
     pub agent_killed: bool,
     pub created: SimTime,
     observations: VecDeque<Observation>,
+    /// Sizes derived from the config, refreshed with every observation
+    /// (listing 2,000 VMs must not re-parse 2,000 configs).
+    facts: Facts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Facts {
+    cpus: u64,
+    max_memory: u64,
+    max_disk: u64,
 }
 
 impl Vm {
@@ -53,6 +63,7 @@ impl Vm {
             agent_killed: false,
             created: now,
             observations: VecDeque::new(),
+            facts: Facts::default(),
         };
         vm.observe(now, f64::INFINITY);
         vm
@@ -103,12 +114,24 @@ impl Vm {
     }
 
     pub fn cpus(&self) -> u64 {
+        self.facts.cpus
+    }
+
+    pub fn max_memory(&self) -> u64 {
+        self.facts.max_memory
+    }
+
+    pub fn max_disk(&self) -> u64 {
+        self.facts.max_disk
+    }
+
+    fn count_cpus(&self) -> u64 {
         let number = |key: &str, default: u64| self.config.get(key).and_then(|v| v.parse().ok()).unwrap_or(default);
         number("cores", 1).saturating_mul(number("sockets", 1))
     }
 
     /// Memory in bytes (`memory` is `[current=]<MiB>` since 8.1).
-    pub fn max_memory(&self) -> u64 {
+    fn count_memory(&self) -> u64 {
         let mib = self
             .config
             .get("memory")
@@ -119,7 +142,7 @@ impl Vm {
     }
 
     /// The boot disk's size in bytes (the first disk with a `size`).
-    pub fn max_disk(&self) -> u64 {
+    fn count_disk(&self) -> u64 {
         self.config
             .iter()
             .filter(|(key, value)| is_disk_key(key) && !is_cdrom(value))
@@ -135,6 +158,7 @@ impl Vm {
     /// Records what pvestatd would broadcast now; keeps what is still
     /// needed to answer with a `staleness` lag.
     pub fn observe(&mut self, now: SimTime, staleness: f64) {
+        self.facts = Facts { cpus: self.count_cpus(), max_memory: self.count_memory(), max_disk: self.count_disk() };
         let observation = Observation { at: now, status: self.status(), name: self.name().map(str::to_string), template: self.is_template() };
         if self.observations.back().is_some_and(|last| last.status == observation.status && last.name == observation.name && last.template == observation.template) {
             return;

@@ -1,8 +1,6 @@
 //! `/version`, `/cluster/status`, `/cluster/resources`, `/cluster/nextid`,
 //! `/cluster/tasks`.
 
-use std::collections::HashMap;
-
 use serde_json::{Value, json};
 
 use super::Call;
@@ -93,29 +91,32 @@ pub fn vm_resource(cluster: &Cluster, guest: &Vm, now: f64, show_pool: bool) -> 
 struct Visibility<'a> {
     cluster: &'a Cluster,
     caller: &'a Caller,
-    by_pool: HashMap<Option<String>, (bool, bool)>,
+    /// Whether any ACL names a single VM (then those VMs are checked alone).
+    per_vm_acls: bool,
+    /// Pool → answer; pools are few, so a list beats hashing.
+    by_pool: Vec<(Option<&'a str>, (bool, bool))>,
 }
 
 impl<'a> Visibility<'a> {
     fn new(cluster: &'a Cluster, caller: &'a Caller) -> Self {
-        Self { cluster, caller, by_pool: HashMap::new() }
+        Self { cluster, caller, per_vm_acls: cluster.access.has_entries_below("/vms/"), by_pool: Vec::new() }
     }
 
-    fn of(&mut self, guest: &Vm) -> (bool, bool) {
-        let path = format!("/vms/{}", guest.vmid);
+    fn of(&mut self, guest: &'a Vm) -> (bool, bool) {
         let compute = |cluster: &Cluster, caller: &Caller| {
-            let audit = cluster.privileges(caller, &path).contains("VM.Audit");
+            let audit = cluster.privileges(caller, &format!("/vms/{}", guest.vmid)).contains("VM.Audit");
             let pool_audit = guest.pool.as_ref().is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
             (audit, pool_audit)
         };
-        if self.cluster.access.has_entries(&path) {
+        if self.per_vm_acls && self.cluster.access.has_entries(&format!("/vms/{}", guest.vmid)) {
             return compute(self.cluster, self.caller);
         }
-        if let Some(known) = self.by_pool.get(&guest.pool) {
+        let pool = guest.pool.as_deref();
+        if let Some((_, known)) = self.by_pool.iter().find(|(p, _)| *p == pool) {
             return *known;
         }
         let answer = compute(self.cluster, self.caller);
-        self.by_pool.insert(guest.pool.clone(), answer);
+        self.by_pool.push((pool, answer));
         answer
     }
 }
