@@ -15,6 +15,16 @@ pub enum Power {
     Running { since: SimTime, paused: bool },
 }
 
+impl Power {
+    /// Whole seconds since the start; 0 when stopped.
+    pub fn uptime(self, now: SimTime) -> u64 {
+        match self {
+            Power::Running { since, .. } => (now - since).max(0.0) as u64,
+            Power::Stopped => 0,
+        }
+    }
+}
+
 /// What pvestatd saw at `at`: the source of `/cluster/resources`' stale
 /// `status`, `name` and `template`.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +49,8 @@ pub struct Vm {
     pub created: SimTime,
     observations: VecDeque<Observation>,
     /// Sizes derived from the config, refreshed with every observation
-    /// (listing 2,000 VMs must not re-parse 2,000 configs).
+    /// (every config change is observed, see `Cluster::touch`; listing
+    /// 2,000 VMs must not re-parse 2,000 configs).
     facts: Facts,
 }
 
@@ -103,10 +114,7 @@ impl Vm {
     }
 
     pub fn uptime(&self, now: SimTime) -> u64 {
-        match self.power {
-            Power::Running { since, .. } => (now - since).max(0.0) as u64,
-            Power::Stopped => 0,
-        }
+        self.power.uptime(now)
     }
 
     pub fn agent_enabled(&self) -> bool {
@@ -180,6 +188,12 @@ impl Vm {
     /// What pvestatd had broadcast at `at`; `None` for a guest younger than that.
     pub fn observed_at(&self, at: SimTime) -> Option<&Observation> {
         self.observations.iter().rev().find(|o| o.at <= at)
+    }
+
+    /// When the next recorded observation after `at` happened: until then,
+    /// `observed_at(t)` answers the same for every `t >= at`.
+    pub fn next_observation_after(&self, at: SimTime) -> Option<SimTime> {
+        self.observations.iter().find(|o| o.at > at).map(|o| o.at)
     }
 }
 

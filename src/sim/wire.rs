@@ -67,6 +67,11 @@ impl Reply {
         Self { data: perl_json(value), total: None }
     }
 
+    /// `data` already serialised the Perl way (see `write_perl_json`).
+    pub fn serialized(data: Vec<u8>) -> Self {
+        Self { data, total: None }
+    }
+
     pub fn null() -> Self {
         Self { data: b"null".to_vec(), total: None }
     }
@@ -90,12 +95,16 @@ pub enum Format {
 /// floats with 15 significant digits (`0.3`, not `0.30000000000000004`).
 pub fn perl_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PerlFormatter);
-    if value.serialize(&mut serializer).is_err() {
-        // Only maps with non-string keys fail; no answer type has them.
+    if write_perl_json(&mut out, value).is_err() {
         return b"null".to_vec();
     }
     out
+}
+
+/// Appends `value` serialised like `perl_json`. Only maps with non-string
+/// keys fail; no answer type has them.
+pub fn write_perl_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
+    value.serialize(&mut serde_json::Serializer::with_formatter(out, PerlFormatter))
 }
 
 struct PerlFormatter;

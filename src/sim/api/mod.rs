@@ -9,6 +9,9 @@ mod cluster;
 mod nodes;
 mod pools;
 mod qemu;
+mod resources;
+
+pub use resources::ResourcesCache;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -297,7 +300,7 @@ fn dispatch(call: &Call<'_>) -> Result<Reply, ApiError> {
         "get_access_permissions" => access::permissions(call),
         "get_version" => cluster::version(call),
         "get_cluster_status" => cluster::status(call),
-        "get_cluster_resources" => cluster::resources(call),
+        "get_cluster_resources" => resources::resources(call),
         "get_cluster_nextid" => cluster::next_id(call),
         "get_cluster_tasks" => cluster::tasks(call),
         "get_nodes" => nodes::list(call),
