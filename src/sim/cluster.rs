@@ -469,10 +469,10 @@ impl Cluster {
     }
 
     pub fn leave_pool(&mut self, vmid: u32) {
-        if let Some(pool) = self.vms.get_mut(&vmid).and_then(|vm| vm.pool.take()) {
-            if let Some(entry) = self.pools.get_mut(&pool) {
-                entry.vms.remove(&vmid);
-            }
+        if let Some(pool) = self.vms.get_mut(&vmid).and_then(|vm| vm.pool.take())
+            && let Some(entry) = self.pools.get_mut(&pool)
+        {
+            entry.vms.remove(&vmid);
         }
         for pool in self.pools.values_mut() {
             pool.vms.remove(&vmid);

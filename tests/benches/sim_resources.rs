@@ -51,7 +51,10 @@ fn ms(duration: Duration) -> String {
 }
 
 /// Times `count` calls of `request`, each after an untimed `prepare`.
-async fn sequential<P, PF, R, RF>(count: usize, mut prepare: P, mut request: R) -> Vec<Duration>
+/// Also returns the process's CPU time per request (client and server
+/// together, `prepare` included): unlike wall time, it barely moves when
+/// other work shares the machine.
+async fn sequential<P, PF, R, RF>(count: usize, mut prepare: P, mut request: R) -> (Vec<Duration>, Duration)
 where
     P: FnMut() -> PF,
     PF: std::future::Future<Output = ()>,
@@ -59,17 +62,30 @@ where
     RF: std::future::Future<Output = usize>,
 {
     let mut latencies = Vec::with_capacity(count);
+    let cpu_before = process_cpu_time();
     for _ in 0..count {
         prepare().await;
         let request_start = Instant::now();
         request().await;
         latencies.push(request_start.elapsed());
     }
+    let cpu = process_cpu_time().saturating_sub(cpu_before) / count as u32;
     latencies.sort();
-    latencies
+    (latencies, cpu)
 }
 
-fn report(label: &str, sorted: &[Duration], reused: u64) {
+/// User plus system time of this process so far (`/proc/self/stat`, in
+/// clock ticks of 10 ms).
+fn process_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn report(label: &str, (sorted, cpu): &(Vec<Duration>, Duration), reused: u64) {
     let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
     let under_5ms = sorted.iter().filter(|l| **l < Duration::from_millis(5)).count();
     println!("sim_resources: GET /cluster/resources, {} sequential requests over keep-alive, {label}:", sorted.len());
@@ -82,7 +98,7 @@ fn report(label: &str, sorted: &[Duration], reused: u64) {
         ms(sorted[sorted.len() - 1]),
         ms(mean)
     );
-    println!("sim_resources:   {under_5ms} of {} under 5 ms; {reused} answered from kept bytes", sorted.len());
+    println!("sim_resources:   {under_5ms} of {} under 5 ms; {reused} answered from kept bytes; CPU {} per request (client + server)", sorted.len(), ms(*cpu));
 }
 
 /// The machine is shared: the load says how much to trust the numbers.
