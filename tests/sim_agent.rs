@@ -140,6 +140,8 @@ async fn a_broken_agent_never_answers() {
 
 #[tokio::test]
 async fn a_seed_makes_macs_and_leases_reproducible() {
+    /// The MACs of three clones and the pids of their tasks' UPIDs (the
+    /// start times follow the real clock, so they are left out).
     async fn macs(seed: u64) -> Vec<String> {
         let mut scenario = fast_scenario();
         scenario.seed = Some(seed);
@@ -148,8 +150,10 @@ async fn a_seed_makes_macs_and_leases_reproducible() {
         let mut macs = Vec::new();
         for vmid in [400, 401, 402] {
             let request = CloneRequest { new_vmid: Some(Vmid(vmid)), pool: Some("ci".into()), ..Default::default() };
-            wait(&pve, &pve.clone_vm("pve1", Vmid(9000), &request).await.unwrap()).await.unwrap();
+            let upid = pve.clone_vm("pve1", Vmid(9000), &request).await.unwrap();
+            wait(&pve, &upid).await.unwrap();
             macs.push(sim.admin().vm(vmid).unwrap().config["net0"].clone());
+            macs.push(format!("UPID pid {}", upid.pid));
         }
         macs
     }

@@ -121,6 +121,38 @@ async fn pools_answer_with_the_api_of_the_release() {
     assert_eq!(reason(&response), "Method 'PUT /pools' not implemented");
 }
 
+/// A real PVE filters `/cluster/resources` per caller on every call; the
+/// simulator keeps serialised answers, which must never leak across callers
+/// or outlive a change.
+#[tokio::test]
+async fn kept_answers_stay_per_caller_and_follow_changes() {
+    let mut scenario = fast_scenario();
+    let mut outside = scenario.vms[0].clone();
+    outside.vmid = 700;
+    outside.template = false;
+    outside.pool = None;
+    outside.config.insert("scsi0".into(), "local-lvm:vm-700-disk-0,size=8G".into());
+    outside.config.insert("ide2".into(), "local-lvm:vm-700-cloudinit,media=cdrom".into());
+    outside.config.remove("net0");
+    scenario.vms.push(outside);
+    let sim = start(scenario).await;
+    let (token, root) = (token_client(&sim), root_client(&sim));
+    let vmids = |vms: Vec<fleeting_plugin_proxmox::pve::VmResource>| vms.into_iter().map(|vm| vm.vmid.0).collect::<Vec<_>>();
+
+    let before = sim.admin().counters();
+    for _ in 0..3 {
+        assert_eq!(vmids(token.cluster_vms().await.unwrap()), [9000], "the pool's token sees its pool only");
+        assert_eq!(vmids(root.cluster_vms().await.unwrap()), [700, 9000], "root sees everything");
+    }
+    let after = sim.admin().counters();
+    assert_eq!(after.resources_answers_built - before.resources_answers_built, 2, "one answer per caller");
+    assert_eq!(after.resources_answers_reused - before.resources_answers_reused, 4, "then kept");
+
+    sim.admin().set_config_lock(9000, Some("backup")).unwrap();
+    let template = token.cluster_vms().await.unwrap().into_iter().find(|vm| vm.vmid == Vmid(9000)).unwrap();
+    assert_eq!(template.lock.as_deref(), Some("backup"), "a change shows at once");
+}
+
 /// The default cluster plus `count` stopped VMs in pool `ci`.
 pub fn many_vms(count: u32) -> Scenario {
     let mut scenario = fast_scenario();

@@ -135,5 +135,6 @@ async fn the_pve_sim_binary_serves_a_scenario() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(&format!("listening on {url}")), "{stdout}");
     assert!(stdout.contains(&format!("certificate SHA-256 fingerprint: {fingerprint}")), "{stdout}");
+    assert!(stdout.contains(&format!("CA certificate: {ca_file}")), "the CA path is printed for pinning: {stdout}");
     assert!(!stdout.contains("0c7a2f6e"), "no secret is printed");
 }

@@ -320,6 +320,11 @@ impl Access {
         self.acl.contains_key(path)
     }
 
+    /// Whether any ACL entry sits below `prefix` (`/vms/`).
+    pub fn has_entries_below(&self, prefix: &str) -> bool {
+        self.acl.keys().any(|path| path.starts_with(prefix))
+    }
+
     /// The ACL paths of interest for `GET /access/permissions`: every path
     /// with an entry, and `/`.
     pub fn acl_paths(&self) -> Vec<String> {

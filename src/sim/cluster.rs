@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::{Deref, DerefMut};
+use std::sync::MutexGuard;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -139,9 +141,18 @@ pub struct Cluster {
     /// Every MAC handed out or configured (never reused in a run).
     macs: HashSet<String>,
     random: StdRng,
+    /// Bumped by every mutable access through `ClusterGuard`, so answers
+    /// derived from the state (the `/cluster/resources` cache) know when
+    /// they went stale.
+    generation: u64,
 }
 
 impl Cluster {
+    /// Changes on every mutable access through a `ClusterGuard`.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn from_scenario(scenario: &Scenario, version: PveVersion, now: SimTime) -> Result<Self, SimError> {
         let mut problems = Vec::new();
         let mut random = match scenario.seed {
@@ -252,6 +263,7 @@ impl Cluster {
             leases: HashMap::new(),
             macs: HashSet::new(),
             random: StdRng::seed_from_u64(0),
+            generation: 0,
         };
         cluster.random = StdRng::seed_from_u64(random.random());
 
@@ -457,10 +469,10 @@ impl Cluster {
     }
 
     pub fn leave_pool(&mut self, vmid: u32) {
-        if let Some(pool) = self.vms.get_mut(&vmid).and_then(|vm| vm.pool.take()) {
-            if let Some(entry) = self.pools.get_mut(&pool) {
-                entry.vms.remove(&vmid);
-            }
+        if let Some(pool) = self.vms.get_mut(&vmid).and_then(|vm| vm.pool.take())
+            && let Some(entry) = self.pools.get_mut(&pool)
+        {
+            entry.vms.remove(&vmid);
         }
         for pool in self.pools.values_mut() {
             pool.vms.remove(&vmid);
@@ -614,6 +626,32 @@ fn eui64(mac: &str) -> Option<[u16; 4]> {
         u16::from_be_bytes([eui[4], eui[5]]),
         u16::from_be_bytes([eui[6], eui[7]]),
     ])
+}
+
+/// The locked cluster as handlers hold it. Every mutable access counts as
+/// a change (`Cluster::generation`): no handler can change the state
+/// without invalidating what was derived from it.
+pub struct ClusterGuard<'a>(MutexGuard<'a, Cluster>);
+
+impl<'a> ClusterGuard<'a> {
+    pub fn new(guard: MutexGuard<'a, Cluster>) -> Self {
+        Self(guard)
+    }
+}
+
+impl Deref for ClusterGuard<'_> {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl DerefMut for ClusterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        self.0.generation = self.0.generation.wrapping_add(1);
+        &mut self.0
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,12 @@ pub struct Counters {
     /// Worker tasks started, per task type (`qmclone`, `qmstart`, …).
     pub tasks_started: BTreeMap<String, u64>,
     pub tasks_failed: u64,
+    /// `/cluster/resources` answers serialised afresh, and answers served
+    /// from kept bytes (the cluster had not changed since).
+    #[serde(default)]
+    pub resources_answers_built: u64,
+    #[serde(default)]
+    pub resources_answers_reused: u64,
 }
 
 impl Counters {

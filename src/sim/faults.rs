@@ -144,10 +144,8 @@ impl Faults {
                 decision.task_failure = Some(TaskFailure { message: rule.task_error.clone(), leave_orphans: rule.leave_orphans });
                 applied = true;
             }
-            if applied {
-                if let Some(remaining) = rule.remaining.as_mut() {
-                    *remaining = remaining.saturating_sub(1);
-                }
+            if applied && let Some(remaining) = rule.remaining.as_mut() {
+                *remaining = remaining.saturating_sub(1);
             }
         }
         rules.retain(|(_, rule)| rule.remaining != Some(0));

@@ -7,7 +7,7 @@ use crate::pve::PveVersion;
 
 /// The privilege names and the releases that know them (`since` inclusive,
 /// `until` exclusive, as (major, minor)).
-const PRIVILEGES: &[(&str, (u32, u32), (u32, u32))] = &[
+const PRIVILEGES: &[(&str, Release, Release)] = &[
     ("Datastore.Allocate", ALWAYS, NEVER),
     ("Datastore.AllocateSpace", ALWAYS, NEVER),
     ("Datastore.AllocateTemplate", ALWAYS, NEVER),
@@ -58,8 +58,11 @@ const PRIVILEGES: &[(&str, (u32, u32), (u32, u32))] = &[
     ("VM.Snapshot.Rollback", ALWAYS, NEVER),
 ];
 
-const ALWAYS: (u32, u32) = (0, 0);
-const NEVER: (u32, u32) = (u32::MAX, 0);
+/// A PVE release as (major, minor).
+type Release = (u32, u32);
+
+const ALWAYS: Release = (0, 0);
+const NEVER: Release = (u32::MAX, 0);
 
 /// A set of privileges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -336,10 +336,10 @@ impl Api {
                         .join(","),
                     other => scalar_text(other, "string")?,
                 };
-                if let Some(values) = enumeration {
-                    if !values.iter().any(|v| *v == text) {
-                        return Err(format!("value '{text}' does not have a value in the enumeration '{}'", values.join(", ")));
-                    }
+                if let Some(values) = enumeration
+                    && !values.contains(&text)
+                {
+                    return Err(format!("value '{text}' does not have a value in the enumeration '{}'", values.join(", ")));
                 }
                 if let Some(format) = format {
                     check_format(format, &text).map_err(|problem| format!("invalid format - {problem}\n"))?;

@@ -13,7 +13,8 @@ use super::SimError;
 use super::admin::Admin;
 use super::certificate::ServerCertificate;
 use super::clock::Clock;
-use super::cluster::Cluster;
+use super::cluster::{Cluster, ClusterGuard};
+use super::api::ResourcesCache;
 use super::config::{SimConfig, Timings, TlsMode};
 use super::counters::CounterSet;
 use super::faults::Faults;
@@ -31,7 +32,10 @@ pub(crate) struct Shared {
     pub timings: Timings,
     pub api: Api,
     pub clock: Clock,
-    pub cluster: Mutex<Cluster>,
+    /// Reached through `cluster()`, which notes every change.
+    cluster: Mutex<Cluster>,
+    /// Serialised `/cluster/resources` answers (see `api/resources.rs`).
+    pub resources_cache: Mutex<ResourcesCache>,
     pub tickets: TicketKey,
     pub faults: Mutex<Faults>,
     pub counters: CounterSet,
@@ -47,8 +51,8 @@ pub(crate) struct Shared {
 impl Shared {
     /// The cluster state. A handler that panicked cannot leave it half
     /// changed in a way later requests trip over, so poisoning is ignored.
-    pub fn cluster(&self) -> MutexGuard<'_, Cluster> {
-        self.cluster.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub fn cluster(&self) -> ClusterGuard<'_> {
+        ClusterGuard::new(self.cluster.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     pub fn faults(&self) -> MutexGuard<'_, Faults> {
@@ -185,6 +189,7 @@ impl Simulator {
             api,
             clock,
             cluster: Mutex::new(cluster),
+            resources_cache: Mutex::new(ResourcesCache::default()),
             tickets: TicketKey::new(ticket_key),
             faults: Mutex::new(Faults::new(scenario.faults.clone(), scenario.seed)),
             counters: CounterSet::default(),

@@ -15,6 +15,16 @@ pub enum Power {
     Running { since: SimTime, paused: bool },
 }
 
+impl Power {
+    /// Whole seconds since the start; 0 when stopped.
+    pub fn uptime(self, now: SimTime) -> u64 {
+        match self {
+            Power::Running { since, .. } => (now - since).max(0.0) as u64,
+            Power::Stopped => 0,
+        }
+    }
+}
+
 /// What pvestatd saw at `at`: the source of `/cluster/resources`' stale
 /// `status`, `name` and `template`.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +48,17 @@ pub struct Vm {
     pub agent_killed: bool,
     pub created: SimTime,
     observations: VecDeque<Observation>,
+    /// Sizes derived from the config, refreshed with every observation
+    /// (every config change is observed, see `Cluster::touch`; listing
+    /// 2,000 VMs must not re-parse 2,000 configs).
+    facts: Facts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Facts {
+    cpus: u64,
+    max_memory: u64,
+    max_disk: u64,
 }
 
 impl Vm {
@@ -53,6 +74,7 @@ impl Vm {
             agent_killed: false,
             created: now,
             observations: VecDeque::new(),
+            facts: Facts::default(),
         };
         vm.observe(now, f64::INFINITY);
         vm
@@ -92,10 +114,7 @@ impl Vm {
     }
 
     pub fn uptime(&self, now: SimTime) -> u64 {
-        match self.power {
-            Power::Running { since, .. } => (now - since).max(0.0) as u64,
-            Power::Stopped => 0,
-        }
+        self.power.uptime(now)
     }
 
     pub fn agent_enabled(&self) -> bool {
@@ -103,12 +122,24 @@ impl Vm {
     }
 
     pub fn cpus(&self) -> u64 {
+        self.facts.cpus
+    }
+
+    pub fn max_memory(&self) -> u64 {
+        self.facts.max_memory
+    }
+
+    pub fn max_disk(&self) -> u64 {
+        self.facts.max_disk
+    }
+
+    fn count_cpus(&self) -> u64 {
         let number = |key: &str, default: u64| self.config.get(key).and_then(|v| v.parse().ok()).unwrap_or(default);
         number("cores", 1).saturating_mul(number("sockets", 1))
     }
 
     /// Memory in bytes (`memory` is `[current=]<MiB>` since 8.1).
-    pub fn max_memory(&self) -> u64 {
+    fn count_memory(&self) -> u64 {
         let mib = self
             .config
             .get("memory")
@@ -119,7 +150,7 @@ impl Vm {
     }
 
     /// The boot disk's size in bytes (the first disk with a `size`).
-    pub fn max_disk(&self) -> u64 {
+    fn count_disk(&self) -> u64 {
         self.config
             .iter()
             .filter(|(key, value)| is_disk_key(key) && !is_cdrom(value))
@@ -135,6 +166,7 @@ impl Vm {
     /// Records what pvestatd would broadcast now; keeps what is still
     /// needed to answer with a `staleness` lag.
     pub fn observe(&mut self, now: SimTime, staleness: f64) {
+        self.facts = Facts { cpus: self.count_cpus(), max_memory: self.count_memory(), max_disk: self.count_disk() };
         let observation = Observation { at: now, status: self.status(), name: self.name().map(str::to_string), template: self.is_template() };
         if self.observations.back().is_some_and(|last| last.status == observation.status && last.name == observation.name && last.template == observation.template) {
             return;
@@ -156,6 +188,12 @@ impl Vm {
     /// What pvestatd had broadcast at `at`; `None` for a guest younger than that.
     pub fn observed_at(&self, at: SimTime) -> Option<&Observation> {
         self.observations.iter().rev().find(|o| o.at <= at)
+    }
+
+    /// When the next recorded observation after `at` happened: until then,
+    /// `observed_at(t)` answers the same for every `t >= at`.
+    pub fn next_observation_after(&self, at: SimTime) -> Option<SimTime> {
+        self.observations.iter().find(|o| o.at > at).map(|o| o.at)
     }
 }
 

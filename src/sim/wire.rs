@@ -67,6 +67,11 @@ impl Reply {
         Self { data: perl_json(value), total: None }
     }
 
+    /// `data` already serialised the Perl way (see `write_perl_json`).
+    pub fn serialized(data: Vec<u8>) -> Self {
+        Self { data, total: None }
+    }
+
     pub fn null() -> Self {
         Self { data: b"null".to_vec(), total: None }
     }
@@ -90,22 +95,34 @@ pub enum Format {
 /// floats with 15 significant digits (`0.3`, not `0.30000000000000004`).
 pub fn perl_json<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PerlFormatter);
-    if value.serialize(&mut serializer).is_err() {
-        // Only maps with non-string keys fail; no answer type has them.
+    if write_perl_json(&mut out, value).is_err() {
         return b"null".to_vec();
     }
     out
+}
+
+/// Appends `value` serialised like `perl_json`. Only maps with non-string
+/// keys fail; no answer type has them.
+pub fn write_perl_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> serde_json::Result<()> {
+    value.serialize(&mut serde_json::Serializer::with_formatter(out, PerlFormatter))
 }
 
 struct PerlFormatter;
 
 impl Formatter for PerlFormatter {
     fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
-        if value.is_finite() && value.fract() == 0.0 && value.abs() < 1e15 {
-            return write!(writer, "{}", value as i64);
+        if !value.is_finite() {
+            return CompactFormatter.write_f64(writer, value);
         }
-        let rounded: f64 = format!("{value:.14e}").parse().unwrap_or(value);
+        // The nearest double to a decimal with at most 12 places and 15
+        // digits (0.0125) already is Perl's `%.15g`. The division proves
+        // `value` is that double, not one a rounding multiplication merely
+        // made look so (0.1 + 0.2).
+        let scaled = (value * 1e12).round();
+        let rounded = if scaled.abs() < 1e15 && scaled / 1e12 == value { value } else { format!("{value:.14e}").parse().unwrap_or(value) };
+        if rounded.fract() == 0.0 && rounded.abs() < 1e15 {
+            return write!(writer, "{}", rounded as i64);
+        }
         CompactFormatter.write_f64(writer, rounded)
     }
 
@@ -218,6 +235,13 @@ mod tests {
     fn numbers_print_like_perl() {
         let value = serde_json::json!({ "maxcpu": 2.0, "cpu": 0.1 + 0.2, "big": 1.5e20, "n": 7 });
         assert_eq!(String::from_utf8(perl_json(&value)).unwrap(), r#"{"big":1.5e+20,"cpu":0.3,"maxcpu":2,"n":7}"#);
+        let perl = |value: f64| String::from_utf8(perl_json(&value)).unwrap();
+        assert_eq!(perl(0.0125), "0.0125");
+        assert_eq!(perl(-2.5), "-2.5");
+        assert_eq!(perl(0.7 + 0.1), "0.8", "0.7999999999999999 in 15 digits");
+        assert_eq!(perl(1.0 / 3.0), "0.333333333333333");
+        assert_eq!(perl(100.0 / 3.0), "33.3333333333333");
+        assert_eq!(perl(4.35 * 100.0), "435", "434.99999999999994 in 15 digits");
     }
 
     #[test]

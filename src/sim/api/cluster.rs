@@ -1,16 +1,11 @@
-//! `/version`, `/cluster/status`, `/cluster/resources`, `/cluster/nextid`,
-//! `/cluster/tasks`.
-
-use std::collections::HashMap;
+//! `/version`, `/cluster/status`, `/cluster/nextid`, `/cluster/tasks`
+//! (`/cluster/resources` has its own file).
 
 use serde_json::{Value, json};
 
 use super::Call;
 use crate::pve::api::types;
-use crate::pve::lenient::{PveBool, PveInt, PveNumber};
-use crate::sim::access::Caller;
-use crate::sim::cluster::Cluster;
-use crate::sim::vm::Vm;
+use crate::pve::lenient::{PveBool, PveInt};
 use crate::sim::wire::{ApiError, Reply};
 
 pub fn version(call: &Call<'_>) -> Result<Reply, ApiError> {
@@ -49,151 +44,6 @@ pub fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
             type_: Some("node".into()),
             ..Default::default()
         });
-    }
-    Ok(Reply::data(&items))
-}
-
-/// The stale view pvestatd gives: `status`, `name`, `template` as they were
-/// `staleness` seconds ago ("unknown" for a guest younger than that, or on
-/// an offline node); `lock` and `tags` from the current config.
-pub fn vm_resource(cluster: &Cluster, guest: &Vm, now: f64, show_pool: bool) -> types::GetClusterResourcesResponseDataItem {
-    let node_online = cluster.nodes.get(&guest.node).is_some_and(|n| n.online);
-    let seen = if node_online { guest.observed_at(now - cluster.staleness) } else { None };
-    let running = seen.is_some_and(|o| o.status == "running");
-    let max_memory = guest.max_memory();
-    types::GetClusterResourcesResponseDataItem {
-        id: Some(format!("qemu/{}", guest.vmid)),
-        type_: Some("qemu".into()),
-        vmid: Some(PveInt(i64::from(guest.vmid))),
-        node: Some(guest.node.clone()),
-        name: seen.and_then(|o| o.name.clone()),
-        status: Some(seen.map_or("unknown", |o| o.status).to_string()),
-        template: Some(PveBool(seen.is_some_and(|o| o.template))),
-        uptime: Some(PveInt(if running { guest.uptime(now) as i64 } else { 0 })),
-        cpu: Some(PveNumber(if running { 0.0125 } else { 0.0 })),
-        maxcpu: Some(PveNumber(guest.cpus() as f64)),
-        mem: Some(PveInt(if running { (max_memory / 3) as i64 } else { 0 })),
-        maxmem: Some(PveInt(max_memory as i64)),
-        disk: Some(PveInt(0)),
-        maxdisk: Some(PveInt(guest.max_disk() as i64)),
-        netin: Some(PveInt(if running { i64::from(guest.vmid) * 1024 } else { 0 })),
-        netout: Some(PveInt(if running { i64::from(guest.vmid) * 512 } else { 0 })),
-        diskread: Some(PveInt(0)),
-        diskwrite: Some(PveInt(0)),
-        lock: guest.lock().map(str::to_string),
-        tags: guest.config.get("tags").filter(|t| !t.is_empty()).cloned(),
-        pool: if show_pool { guest.pool.clone() } else { None },
-        hastate: guest.ha_managed.then(|| if guest.is_running() { "started" } else { "stopped" }.to_string()),
-        ..Default::default()
-    }
-}
-
-/// Whether the caller may see a VM (`VM.Audit`) and its pool (`Pool.Audit`).
-/// VMs without an ACL of their own share the answer of their pool.
-struct Visibility<'a> {
-    cluster: &'a Cluster,
-    caller: &'a Caller,
-    by_pool: HashMap<Option<String>, (bool, bool)>,
-}
-
-impl<'a> Visibility<'a> {
-    fn new(cluster: &'a Cluster, caller: &'a Caller) -> Self {
-        Self { cluster, caller, by_pool: HashMap::new() }
-    }
-
-    fn of(&mut self, guest: &Vm) -> (bool, bool) {
-        let path = format!("/vms/{}", guest.vmid);
-        let compute = |cluster: &Cluster, caller: &Caller| {
-            let audit = cluster.privileges(caller, &path).contains("VM.Audit");
-            let pool_audit = guest.pool.as_ref().is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
-            (audit, pool_audit)
-        };
-        if self.cluster.access.has_entries(&path) {
-            return compute(self.cluster, self.caller);
-        }
-        if let Some(known) = self.by_pool.get(&guest.pool) {
-            return *known;
-        }
-        let answer = compute(self.cluster, self.caller);
-        self.by_pool.insert(guest.pool.clone(), answer);
-        answer
-    }
-}
-
-pub fn resources(call: &Call<'_>) -> Result<Reply, ApiError> {
-    let caller = call.caller()?;
-    let kind = call.params.get("type");
-    let cluster = call.shared.cluster();
-    let now = call.shared.clock.now();
-    let wants = |what: &str| kind.is_none_or(|k| k == what);
-    let mut items = Vec::with_capacity(cluster.vms.len() + 8);
-    if wants("vm") {
-        let mut visibility = Visibility::new(&cluster, caller);
-        for guest in cluster.vms.values() {
-            let (audit, pool_audit) = visibility.of(guest);
-            if audit {
-                items.push(vm_resource(&cluster, guest, now, pool_audit));
-            }
-        }
-    }
-    if wants("node") {
-        for node in cluster.nodes.values() {
-            if !cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit") {
-                continue;
-            }
-            items.push(types::GetClusterResourcesResponseDataItem {
-                id: Some(format!("node/{}", node.name)),
-                type_: Some("node".into()),
-                node: Some(node.name.clone()),
-                status: Some(if node.online { "online" } else { "offline" }.into()),
-                level: Some(String::new()),
-                cgroup_mode: Some(PveInt(2)),
-                cpu: node.online.then_some(PveNumber(0.03)),
-                maxcpu: Some(PveNumber(f64::from(node.cpus))),
-                mem: node.online.then_some(PveInt((node.memory / 4) as i64)),
-                maxmem: Some(PveInt(node.memory as i64)),
-                disk: node.online.then_some(PveInt(12 << 30)),
-                maxdisk: Some(PveInt(100 << 30)),
-                uptime: Some(PveInt(if node.online { (now - node.boot_time) as i64 } else { 0 })),
-                ..Default::default()
-            });
-        }
-    }
-    if wants("storage") {
-        for node in cluster.nodes.values() {
-            for storage in cluster.storages.values().filter(|s| s.available_on(&node.name)) {
-                let held = cluster.privileges(caller, &format!("/storage/{}", storage.id));
-                if !held.contains("Datastore.Audit") && !held.contains("Datastore.AllocateSpace") {
-                    continue;
-                }
-                let used: u64 = cluster.volumes.values().filter(|v| v.storage == storage.id).map(|v| v.size).sum();
-                items.push(types::GetClusterResourcesResponseDataItem {
-                    id: Some(format!("storage/{}/{}", node.name, storage.id)),
-                    type_: Some("storage".into()),
-                    node: Some(node.name.clone()),
-                    storage: Some(storage.id.clone()),
-                    status: Some(if node.online { "available" } else { "unknown" }.into()),
-                    plugintype: Some(storage.kind.clone()),
-                    content: Some(storage.content.clone()),
-                    shared: Some(PveBool(storage.shared)),
-                    disk: Some(PveInt(used as i64)),
-                    maxdisk: Some(PveInt(storage.total as i64)),
-                    ..Default::default()
-                });
-            }
-        }
-    }
-    if kind.is_none() {
-        for pool in cluster.pools.values() {
-            if cluster.privileges(caller, &format!("/pool/{}", pool.id)).contains("Pool.Audit") {
-                items.push(types::GetClusterResourcesResponseDataItem {
-                    id: Some(format!("/pool/{}", pool.id)),
-                    type_: Some("pool".into()),
-                    pool: Some(pool.id.clone()),
-                    ..Default::default()
-                });
-            }
-        }
     }
     Ok(Reply::data(&items))
 }

@@ -9,6 +9,9 @@ mod cluster;
 mod nodes;
 mod pools;
 mod qemu;
+mod resources;
+
+pub use resources::ResourcesCache;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -199,13 +202,13 @@ fn authenticate(shared: &Shared, method: &Method, headers: &axum::http::HeaderMa
     let now = shared.clock.now();
     let lifetime = shared.timings.ticket_lifetime;
     let cluster = shared.cluster();
-    if let Some(authorization) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if authorization.starts_with("PVEAPIToken") {
-            return cluster.access.authenticate_token(authorization, now).map_err(|failure| match failure {
-                AuthFailure::NoTicket => "No ticket",
-                AuthFailure::Invalid => "Authentication failed!",
-            });
-        }
+    if let Some(authorization) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && authorization.starts_with("PVEAPIToken")
+    {
+        return cluster.access.authenticate_token(authorization, now).map_err(|failure| match failure {
+            AuthFailure::NoTicket => "No ticket",
+            AuthFailure::Invalid => "Authentication failed!",
+        });
     }
     // pveproxy also accepts the cookie syntax in the Authorization header.
     let cookie = headers
@@ -243,10 +246,10 @@ pub(crate) fn check_permissions(cluster: &Cluster, caller: &Caller, permissions:
 fn evaluate(cluster: &Cluster, caller: &Caller, check: &PermCheck, params: &Params, quiet: bool) -> Result<bool, ApiError> {
     match check {
         PermCheck::Perm { path, privileges, any, require_param } => {
-            if let Some(required) = require_param {
-                if !params.has(required) {
-                    return if quiet { Ok(false) } else { Err(ApiError::permission(None)) };
-                }
+            if let Some(required) = require_param
+                && !params.has(required)
+            {
+                return if quiet { Ok(false) } else { Err(ApiError::permission(None)) };
             }
             let path = super::access::normalize_path(&fill_template(path, params));
             let privileges: Vec<&str> = privileges.iter().map(String::as_str).collect();
@@ -297,7 +300,7 @@ fn dispatch(call: &Call<'_>) -> Result<Reply, ApiError> {
         "get_access_permissions" => access::permissions(call),
         "get_version" => cluster::version(call),
         "get_cluster_status" => cluster::status(call),
-        "get_cluster_resources" => cluster::resources(call),
+        "get_cluster_resources" => resources::resources(call),
         "get_cluster_nextid" => cluster::next_id(call),
         "get_cluster_tasks" => cluster::tasks(call),
         "get_nodes" => nodes::list(call),

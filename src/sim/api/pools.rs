@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::Call;
-use super::cluster::vm_resource;
+use super::resources::guest_item;
 use crate::pve::api::types;
 use crate::sim::access::Caller;
 use crate::sim::cluster::{Cluster, Pool};
@@ -22,7 +22,7 @@ fn members(cluster: &Cluster, pool: &Pool, kind: Option<&str>, now: f64) -> Vec<
     if kind.is_none_or(|k| k == "qemu") {
         for vmid in &pool.vms {
             if let Some(guest) = cluster.vms.get(vmid) {
-                members.push(serde_json::to_value(vm_resource(cluster, guest, now, true)).unwrap_or_default());
+                members.push(guest_item(cluster, guest, now, true));
             }
         }
     }

@@ -178,10 +178,12 @@ fn check_config_permissions(call: &Call<'_>, cluster: &Cluster, caller: &Caller)
             None if caller.is_root() => {}
             None => return Err(ApiError::internal(format!("only root can set '{key}' config"))),
         }
-        if key.starts_with("net") && call.shared.version.requires_sdn_use() && !caller.is_root() {
-            if let Some(bridge) = value.as_deref().and_then(vm::net_bridge) {
-                cluster.require(caller, &format!("/sdn/zones/localnetwork/{bridge}"), &["SDN.Use"], false)?;
-            }
+        if key.starts_with("net")
+            && call.shared.version.requires_sdn_use()
+            && !caller.is_root()
+            && let Some(bridge) = value.as_deref().and_then(vm::net_bridge)
+        {
+            cluster.require(caller, &format!("/sdn/zones/localnetwork/{bridge}"), &["SDN.Use"], false)?;
         }
     }
     Ok(())
@@ -217,10 +219,10 @@ fn apply_config(cluster: &mut Cluster, vmid: u32, params: &Params) -> Result<(),
         } else if key.starts_with("net") && !key.starts_with("netw") && vm::net_mac(&value).is_none() {
             let mac = cluster.new_mac();
             value = vm::net_with_mac(&value, &mac);
-        } else if vm::is_disk_key(key) {
-            if let Some(allocated) = allocate_disk(cluster, vmid, &value)? {
-                value = allocated;
-            }
+        } else if vm::is_disk_key(key)
+            && let Some(allocated) = allocate_disk(cluster, vmid, &value)?
+        {
+            value = allocated;
         }
         config.insert(key.to_string(), value);
     }
@@ -361,10 +363,10 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
             format!("VM {newid} already exists on node '{}'", existing.node)
         }));
     }
-    if let Some(pool) = params.get("pool") {
-        if !cluster.pools.contains_key(pool) {
-            return Err(ApiError::internal(format!("pool '{pool}' does not exist")));
-        }
+    if let Some(pool) = params.get("pool")
+        && !cluster.pools.contains_key(pool)
+    {
+        return Err(ApiError::internal(format!("pool '{pool}' does not exist")));
     }
     let target_storage = params.text("storage");
     if let Some(storage) = &target_storage {
@@ -379,7 +381,8 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
         let Some((storage_id, _)) = volid.split_once(':') else { continue };
         let storage = cluster.storages.get(storage_id).ok_or_else(|| ApiError::internal(format!("storage '{storage_id}' does not exist")))?;
         let cloudinit = value.contains("cloudinit");
-        if !full && !cloudinit && !(guest.is_template() && storage.supports_linked_clone()) {
+        let linkable = guest.is_template() && storage.supports_linked_clone();
+        if !(full || cloudinit || linkable) {
             return Err(ApiError::internal(format!("Linked clone feature is not supported for '{volid}' ({key})")));
         }
         if target != node && !storage.shared {
@@ -541,10 +544,10 @@ async fn clone_body(task: &mut TaskContext, plan: &ClonePlan, duration: f64, loc
                 guest.config.remove("lock");
                 guest.node = plan.target.clone();
             }
-            if let Some(pool) = &plan.pool {
-                if let Err(err) = cluster.join_pool(plan.newid, pool) {
-                    cluster.tasks.log(&task.upid, format!("WARN: {}", err.message));
-                }
+            if let Some(pool) = &plan.pool
+                && let Err(err) = cluster.join_pool(plan.newid, pool)
+            {
+                cluster.tasks.log(&task.upid, format!("WARN: {}", err.message));
             }
             cluster.touch(plan.newid, shared.clock.now());
             Ok(())

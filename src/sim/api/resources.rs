@@ -1,0 +1,695 @@
+//! `GET /cluster/resources`: every guest, node, storage and pool the caller
+//! may see, as pvestatd's broadcast and the config files describe them.
+//!
+//! PVE's semantics: a guest's `status`, `name` and `template` are as they
+//! were `staleness` seconds ago ("unknown" for a guest younger than that, or
+//! on an offline node); `lock`, `tags` and `hastate` are current.
+//!
+//! The answer is large (about 290 bytes per guest) and polled often, so it
+//! is serialised from borrowed views straight into bytes, and kept per
+//! (caller, `type`) until the cluster changes (`Cluster::generation`) or a
+//! recorded observation comes of age. Between those instants only `uptime`
+//! moves with the clock: the kept bytes leave a gap for it, filled on every
+//! answer.
+
+use std::fmt;
+use std::io::Write;
+
+use serde::{Serialize, Serializer};
+
+use super::Call;
+use crate::pve::lenient::PveBool;
+use crate::sim::access::Caller;
+use crate::sim::clock::SimTime;
+use crate::sim::cluster::Cluster;
+use crate::sim::vm::{Power, Vm};
+use crate::sim::wire::{ApiError, Reply, write_perl_json};
+
+/// Answers kept at once: a few callers times the five `type` filters
+/// (at most 32 x ~600 KB for 2,000 guests).
+const CACHED_ANSWERS: usize = 32;
+
+pub fn resources(call: &Call<'_>) -> Result<Reply, ApiError> {
+    let caller = call.caller()?;
+    let kind = call.params.get("type");
+    let cluster = call.shared.cluster();
+    let mut cache = call.shared.resources_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let now = call.shared.clock.now();
+    let (answer, reused) = cache.answer(&cluster, caller, kind, now);
+    call.shared.counters.update(|c| {
+        if reused {
+            c.resources_answers_reused += 1;
+        } else {
+            c.resources_answers_built += 1;
+        }
+    });
+    Ok(Reply::serialized(answer))
+}
+
+/// Serialised `/cluster/resources` answers of the current cluster state.
+#[derive(Default)]
+pub struct ResourcesCache {
+    generation: u64,
+    answers: Vec<KeptAnswer>,
+}
+
+struct KeptAnswer {
+    caller: Caller,
+    kind: Option<String>,
+    built_at: SimTime,
+    /// The first instant an observation recorded before `built_at` shows
+    /// through the lag.
+    valid_until: SimTime,
+    template: Template,
+}
+
+impl ResourcesCache {
+    /// The answer's `data` for `caller` with the `type` filter `kind` at
+    /// `now`, and whether kept bytes were reused.
+    pub fn answer(&mut self, cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -> (Vec<u8>, bool) {
+        if self.generation != cluster.generation() {
+            self.answers.clear();
+            self.generation = cluster.generation();
+        }
+        let same_question = |kept: &KeptAnswer| kept.caller == *caller && kept.kind.as_deref() == kind;
+        if let Some(kept) = self.answers.iter().find(|kept| same_question(kept) && kept.built_at <= now && now < kept.valid_until) {
+            return (kept.template.render(now), true);
+        }
+        self.answers.retain(|kept| !same_question(kept));
+        if self.answers.len() >= CACHED_ANSWERS {
+            self.answers.remove(0);
+        }
+        let template = build(cluster, caller, kind, now);
+        let answer = template.render(now);
+        self.answers.push(KeptAnswer { caller: caller.clone(), kind: kind.map(str::to_string), built_at: now, valid_until: next_coming_of_age(cluster, now), template });
+        (answer, false)
+    }
+}
+
+/// When the stale view next changes by the clock alone: the earliest
+/// observation newer than `now - staleness`, plus `staleness`.
+fn next_coming_of_age(cluster: &Cluster, now: SimTime) -> SimTime {
+    let horizon = now - cluster.staleness;
+    cluster.vms.values().filter_map(|guest| guest.next_observation_after(horizon)).fold(f64::INFINITY, f64::min) + cluster.staleness
+}
+
+/// The answer's bytes with gaps where an `uptime` goes.
+struct Template {
+    bytes: Vec<u8>,
+    gaps: Vec<(usize, Uptime)>,
+}
+
+/// An uptime that grows with the clock.
+#[derive(Debug, Clone, Copy)]
+enum Uptime {
+    Guest(Power),
+    Node { boot_time: SimTime },
+}
+
+impl Uptime {
+    fn at(self, now: SimTime) -> i64 {
+        match self {
+            Uptime::Guest(power) => power.uptime(now) as i64,
+            Uptime::Node { boot_time } => (now - boot_time) as i64,
+        }
+    }
+}
+
+impl Template {
+    fn render(&self, now: SimTime) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + self.gaps.len() * 8);
+        let mut from = 0;
+        for &(at, uptime) in &self.gaps {
+            out.extend_from_slice(&self.bytes[from..at]);
+            write_integer(&mut out, uptime.at(now));
+            from = at;
+        }
+        out.extend_from_slice(&self.bytes[from..]);
+        out
+    }
+
+    /// Appends one item: `entry`'s fields, then `uptime` and `vmid`, the
+    /// keys that sort after `type`.
+    fn push(&mut self, entry: &Entry<'_>, uptime: Option<UptimeField>, vmid: Option<u32>) {
+        if self.bytes.len() > 1 {
+            self.bytes.push(b',');
+        }
+        let start = self.bytes.len();
+        // Serialising borrowed strings and numbers into a Vec cannot fail.
+        let _ = write_perl_json(&mut self.bytes, entry);
+        self.bytes.pop(); // its `}`: the item goes on
+        let mut empty = self.bytes.len() == start + 1;
+        let mut key = |bytes: &mut Vec<u8>, name: &str| {
+            if !empty {
+                bytes.push(b',');
+            }
+            empty = false;
+            bytes.extend_from_slice(b"\"");
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.extend_from_slice(b"\":");
+        };
+        match uptime {
+            Some(UptimeField::Fixed(seconds)) => {
+                key(&mut self.bytes, "uptime");
+                write_integer(&mut self.bytes, seconds);
+            }
+            Some(UptimeField::Growing(uptime)) => {
+                key(&mut self.bytes, "uptime");
+                self.gaps.push((self.bytes.len(), uptime));
+            }
+            None => {}
+        }
+        if let Some(vmid) = vmid {
+            key(&mut self.bytes, "vmid");
+            write_integer(&mut self.bytes, i64::from(vmid));
+        }
+        self.bytes.push(b'}');
+    }
+}
+
+enum UptimeField {
+    Fixed(i64),
+    Growing(Uptime),
+}
+
+fn write_integer(out: &mut Vec<u8>, value: i64) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{value}");
+}
+
+/// One item up to `type`, borrowed from the cluster. Keys, their order and
+/// the omitted empties are those of the generated
+/// `GetClusterResourcesResponseDataItem` (a test holds the bytes equal).
+#[derive(Serialize, Default)]
+struct Entry<'a> {
+    #[serde(rename = "cgroup-mode", skip_serializing_if = "Option::is_none")]
+    cgroup_mode: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diskread: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diskwrite: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hastate: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<ResourceId<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    level: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maxcpu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maxdisk: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maxmem: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mem: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netin: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugintype: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared: Option<PveBool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template: Option<PveBool>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+}
+
+/// `id`, written without building a string first.
+enum ResourceId<'a> {
+    Guest(u32),
+    Node(&'a str),
+    Storage { node: &'a str, storage: &'a str },
+    Pool(&'a str),
+}
+
+impl fmt::Display for ResourceId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceId::Guest(vmid) => write!(f, "qemu/{vmid}"),
+            ResourceId::Node(node) => write!(f, "node/{node}"),
+            ResourceId::Storage { node, storage } => write!(f, "storage/{node}/{storage}"),
+            ResourceId::Pool(pool) => write!(f, "/pool/{pool}"),
+        }
+    }
+}
+
+impl Serialize for ResourceId<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Whether the caller may see a VM (`VM.Audit`) and its pool (`Pool.Audit`).
+/// VMs without an ACL of their own share the answer of their pool.
+struct Visibility<'a> {
+    cluster: &'a Cluster,
+    caller: &'a Caller,
+    /// Whether any ACL names a single VM (then those VMs are checked alone).
+    per_vm_acls: bool,
+    /// Pool → answer; pools are few, so a list beats hashing.
+    by_pool: Vec<(Option<&'a str>, (bool, bool))>,
+}
+
+impl<'a> Visibility<'a> {
+    fn new(cluster: &'a Cluster, caller: &'a Caller) -> Self {
+        Self { cluster, caller, per_vm_acls: cluster.access.has_entries_below("/vms/"), by_pool: Vec::new() }
+    }
+
+    fn of(&mut self, guest: &'a Vm) -> (bool, bool) {
+        let compute = |cluster: &Cluster, caller: &Caller| {
+            let audit = cluster.privileges(caller, &format!("/vms/{}", guest.vmid)).contains("VM.Audit");
+            let pool_audit = guest.pool.as_ref().is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
+            (audit, pool_audit)
+        };
+        if self.per_vm_acls && self.cluster.access.has_entries(&format!("/vms/{}", guest.vmid)) {
+            return compute(self.cluster, self.caller);
+        }
+        let pool = guest.pool.as_deref();
+        if let Some((_, known)) = self.by_pool.iter().find(|(p, _)| *p == pool) {
+            return *known;
+        }
+        let answer = compute(self.cluster, self.caller);
+        self.by_pool.push((pool, answer));
+        answer
+    }
+}
+
+/// The answer at `now`, uptimes left as gaps.
+fn build(cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -> Template {
+    let wants = |what: &str| kind.is_none_or(|k| k == what);
+    let mut template = Template { bytes: Vec::with_capacity(64 + cluster.vms.len() * 320), gaps: Vec::new() };
+    template.bytes.push(b'[');
+    if wants("vm") {
+        let mut visibility = Visibility::new(cluster, caller);
+        for guest in cluster.vms.values() {
+            let (audit, pool_audit) = visibility.of(guest);
+            if audit {
+                push_guest(&mut template, cluster, guest, now, pool_audit);
+            }
+        }
+    }
+    if wants("node") {
+        for node in cluster.nodes.values() {
+            if !cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit") {
+                continue;
+            }
+            let entry = Entry {
+                id: Some(ResourceId::Node(&node.name)),
+                kind: Some("node"),
+                node: Some(&node.name),
+                status: Some(if node.online { "online" } else { "offline" }),
+                level: Some(""),
+                cgroup_mode: Some(2),
+                cpu: node.online.then_some(0.03),
+                maxcpu: Some(f64::from(node.cpus)),
+                mem: node.online.then_some((node.memory / 4) as i64),
+                maxmem: Some(node.memory as i64),
+                disk: node.online.then_some(12 << 30),
+                maxdisk: Some(100 << 30),
+                ..Entry::default()
+            };
+            let uptime = if node.online { UptimeField::Growing(Uptime::Node { boot_time: node.boot_time }) } else { UptimeField::Fixed(0) };
+            template.push(&entry, Some(uptime), None);
+        }
+    }
+    if wants("storage") {
+        for node in cluster.nodes.values() {
+            for storage in cluster.storages.values().filter(|s| s.available_on(&node.name)) {
+                let held = cluster.privileges(caller, &format!("/storage/{}", storage.id));
+                if !held.contains("Datastore.Audit") && !held.contains("Datastore.AllocateSpace") {
+                    continue;
+                }
+                let used: u64 = cluster.volumes.values().filter(|v| v.storage == storage.id).map(|v| v.size).sum();
+                let entry = Entry {
+                    id: Some(ResourceId::Storage { node: &node.name, storage: &storage.id }),
+                    kind: Some("storage"),
+                    node: Some(&node.name),
+                    storage: Some(&storage.id),
+                    status: Some(if node.online { "available" } else { "unknown" }),
+                    plugintype: Some(&storage.kind),
+                    content: Some(&storage.content),
+                    shared: Some(PveBool(storage.shared)),
+                    disk: Some(used as i64),
+                    maxdisk: Some(storage.total as i64),
+                    ..Entry::default()
+                };
+                template.push(&entry, None, None);
+            }
+        }
+    }
+    if kind.is_none() {
+        for pool in cluster.pools.values() {
+            if cluster.privileges(caller, &format!("/pool/{}", pool.id)).contains("Pool.Audit") {
+                let entry = Entry { id: Some(ResourceId::Pool(&pool.id)), kind: Some("pool"), pool: Some(&pool.id), ..Entry::default() };
+                template.push(&entry, None, None);
+            }
+        }
+    }
+    template.bytes.push(b']');
+    template
+}
+
+/// One guest's item as a JSON value (pool members carry the same fields).
+pub fn guest_item(cluster: &Cluster, guest: &Vm, now: SimTime, show_pool: bool) -> serde_json::Value {
+    let mut template = Template { bytes: vec![b'['], gaps: Vec::new() };
+    push_guest(&mut template, cluster, guest, now, show_pool);
+    template.bytes.push(b']');
+    let item = serde_json::from_slice::<Vec<serde_json::Value>>(&template.render(now)).ok().and_then(|mut items| items.pop());
+    item.unwrap_or_default()
+}
+
+/// The stale view pvestatd gives of one guest (see the module comment).
+fn push_guest(template: &mut Template, cluster: &Cluster, guest: &Vm, now: SimTime, show_pool: bool) {
+    let node_online = cluster.nodes.get(&guest.node).is_some_and(|n| n.online);
+    let seen = if node_online { guest.observed_at(now - cluster.staleness) } else { None };
+    let running = seen.is_some_and(|o| o.status == "running");
+    let max_memory = guest.max_memory();
+    let counter = |value: i64| if running { value } else { 0 };
+    let entry = Entry {
+        id: Some(ResourceId::Guest(guest.vmid)),
+        kind: Some("qemu"),
+        node: Some(&guest.node),
+        name: seen.and_then(|o| o.name.as_deref()),
+        status: Some(seen.map_or("unknown", |o| o.status)),
+        template: Some(PveBool(seen.is_some_and(|o| o.template))),
+        cpu: Some(if running { 0.0125 } else { 0.0 }),
+        maxcpu: Some(guest.cpus() as f64),
+        mem: Some(counter((max_memory / 3) as i64)),
+        maxmem: Some(max_memory as i64),
+        disk: Some(0),
+        maxdisk: Some(guest.max_disk() as i64),
+        netin: Some(counter(i64::from(guest.vmid) * 1024)),
+        netout: Some(counter(i64::from(guest.vmid) * 512)),
+        diskread: Some(0),
+        diskwrite: Some(0),
+        lock: guest.lock(),
+        tags: guest.config.get("tags").map(String::as_str).filter(|t| !t.is_empty()),
+        pool: if show_pool { guest.pool.as_deref() } else { None },
+        hastate: guest.ha_managed.then_some(if guest.is_running() { "started" } else { "stopped" }),
+        ..Entry::default()
+    };
+    let uptime = if running { UptimeField::Growing(Uptime::Guest(guest.power)) } else { UptimeField::Fixed(0) };
+    template.push(&entry, Some(uptime), Some(guest.vmid));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::pve::PveVersion;
+    use crate::pve::api::types::GetClusterResourcesResponseDataItem as Item;
+    use crate::pve::lenient::{PveInt, PveNumber};
+    use crate::sim::config::{AclSpec, PoolSpec, Scenario, VmSpec, defaults};
+    use crate::sim::cluster::ClusterGuard;
+    use crate::sim::wire::perl_json;
+
+    const START: SimTime = 1_700_000_000.0;
+
+    /// The answer built the plain way, through the generated type, without
+    /// borrowing or keeping anything: what the kept answers must equal.
+    fn reference(cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -> Vec<u8> {
+        let wants = |what: &str| kind.is_none_or(|k| k == what);
+        let mut items = Vec::new();
+        if wants("vm") {
+            for guest in cluster.vms.values() {
+                if !cluster.privileges(caller, &format!("/vms/{}", guest.vmid)).contains("VM.Audit") {
+                    continue;
+                }
+                let show_pool = guest.pool.as_ref().is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
+                let node_online = cluster.nodes.get(&guest.node).is_some_and(|n| n.online);
+                let seen = if node_online { guest.observed_at(now - cluster.staleness) } else { None };
+                let running = seen.is_some_and(|o| o.status == "running");
+                let max_memory = guest.max_memory();
+                items.push(Item {
+                    id: Some(format!("qemu/{}", guest.vmid)),
+                    type_: Some("qemu".into()),
+                    vmid: Some(PveInt(i64::from(guest.vmid))),
+                    node: Some(guest.node.clone()),
+                    name: seen.and_then(|o| o.name.clone()),
+                    status: Some(seen.map_or("unknown", |o| o.status).to_string()),
+                    template: Some(PveBool(seen.is_some_and(|o| o.template))),
+                    uptime: Some(PveInt(if running { guest.uptime(now) as i64 } else { 0 })),
+                    cpu: Some(PveNumber(if running { 0.0125 } else { 0.0 })),
+                    maxcpu: Some(PveNumber(guest.cpus() as f64)),
+                    mem: Some(PveInt(if running { (max_memory / 3) as i64 } else { 0 })),
+                    maxmem: Some(PveInt(max_memory as i64)),
+                    disk: Some(PveInt(0)),
+                    maxdisk: Some(PveInt(guest.max_disk() as i64)),
+                    netin: Some(PveInt(if running { i64::from(guest.vmid) * 1024 } else { 0 })),
+                    netout: Some(PveInt(if running { i64::from(guest.vmid) * 512 } else { 0 })),
+                    diskread: Some(PveInt(0)),
+                    diskwrite: Some(PveInt(0)),
+                    lock: guest.lock().map(str::to_string),
+                    tags: guest.config.get("tags").filter(|t| !t.is_empty()).cloned(),
+                    pool: if show_pool { guest.pool.clone() } else { None },
+                    hastate: guest.ha_managed.then(|| if guest.is_running() { "started" } else { "stopped" }.to_string()),
+                    ..Default::default()
+                });
+            }
+        }
+        if wants("node") {
+            for node in cluster.nodes.values().filter(|node| cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit")) {
+                items.push(Item {
+                    id: Some(format!("node/{}", node.name)),
+                    type_: Some("node".into()),
+                    node: Some(node.name.clone()),
+                    status: Some(if node.online { "online" } else { "offline" }.into()),
+                    level: Some(String::new()),
+                    cgroup_mode: Some(PveInt(2)),
+                    cpu: node.online.then_some(PveNumber(0.03)),
+                    maxcpu: Some(PveNumber(f64::from(node.cpus))),
+                    mem: node.online.then_some(PveInt((node.memory / 4) as i64)),
+                    maxmem: Some(PveInt(node.memory as i64)),
+                    disk: node.online.then_some(PveInt(12 << 30)),
+                    maxdisk: Some(PveInt(100 << 30)),
+                    uptime: Some(PveInt(if node.online { (now - node.boot_time) as i64 } else { 0 })),
+                    ..Default::default()
+                });
+            }
+        }
+        if wants("storage") {
+            for node in cluster.nodes.values() {
+                for storage in cluster.storages.values().filter(|s| s.available_on(&node.name)) {
+                    let held = cluster.privileges(caller, &format!("/storage/{}", storage.id));
+                    if !held.contains("Datastore.Audit") && !held.contains("Datastore.AllocateSpace") {
+                        continue;
+                    }
+                    let used: u64 = cluster.volumes.values().filter(|v| v.storage == storage.id).map(|v| v.size).sum();
+                    items.push(Item {
+                        id: Some(format!("storage/{}/{}", node.name, storage.id)),
+                        type_: Some("storage".into()),
+                        node: Some(node.name.clone()),
+                        storage: Some(storage.id.clone()),
+                        status: Some(if node.online { "available" } else { "unknown" }.into()),
+                        plugintype: Some(storage.kind.clone()),
+                        content: Some(storage.content.clone()),
+                        shared: Some(PveBool(storage.shared)),
+                        disk: Some(PveInt(used as i64)),
+                        maxdisk: Some(PveInt(storage.total as i64)),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        if kind.is_none() {
+            for pool in cluster.pools.values().filter(|pool| cluster.privileges(caller, &format!("/pool/{}", pool.id)).contains("Pool.Audit")) {
+                items.push(Item { id: Some(format!("/pool/{}", pool.id)), type_: Some("pool".into()), pool: Some(pool.id.clone()), ..Default::default() });
+            }
+        }
+        perl_json(&items)
+    }
+
+    /// The default cluster plus running, stopped, HA-managed and poolless
+    /// guests on both nodes, a second pool, and a user who sees one VM.
+    fn scenario() -> Scenario {
+        let mut scenario = Scenario { seed: Some(7), ..Scenario::default() };
+        scenario.pools.push(PoolSpec { id: "other".into(), ..PoolSpec::default() });
+        let template = scenario.vms[0].config.clone();
+        for (index, vmid) in (100..112).enumerate() {
+            let mut config = template.clone();
+            config.insert("name".into(), format!("runner-{vmid}"));
+            config.insert("scsi0".into(), format!("local-lvm:vm-{vmid}-disk-0,size={}G", 4 + index));
+            config.insert("ide2".into(), format!("local-lvm:vm-{vmid}-cloudinit,media=cdrom"));
+            config.insert("net0".into(), "virtio,bridge=vmbr0".into());
+            config.insert("memory".into(), format!("{}", 512 * (1 + index % 3)));
+            config.insert("tags".into(), if index % 4 == 0 { String::new() } else { "ci;runner".into() });
+            scenario.vms.push(VmSpec {
+                vmid,
+                node: if index % 2 == 0 { "pve1" } else { "pve2" }.into(),
+                pool: match index % 3 {
+                    0 => Some(defaults::POOL.into()),
+                    1 => Some("other".into()),
+                    _ => None,
+                },
+                running: index % 2 == 1,
+                ha: index == 5,
+                config,
+                ..VmSpec::default()
+            });
+        }
+        scenario.acl.push(AclSpec { path: "/vms/101".into(), roles: vec!["PVEAuditor".into()], users: vec![defaults::TFA_USER.into()], ..AclSpec::default() });
+        scenario
+    }
+
+    fn callers() -> Vec<Caller> {
+        vec![
+            Caller::User { userid: "root@pam".into() },
+            Caller::Token { userid: defaults::USER.into(), tokenid: defaults::TOKEN_ID.into() },
+            Caller::User { userid: defaults::TFA_USER.into() },
+            Caller::User { userid: "nobody@pve".into() },
+        ]
+    }
+
+    struct Check {
+        cache: ResourcesCache,
+        reused: usize,
+        built: usize,
+    }
+
+    impl Check {
+        /// Every caller and filter: the (possibly kept) answer equals the
+        /// reference, byte for byte.
+        fn at(&mut self, cluster: &Cluster, now: SimTime, step: &str) {
+            for caller in callers() {
+                for kind in [None, Some("vm"), Some("node"), Some("storage"), Some("sdn")] {
+                    let (answer, reused) = self.cache.answer(cluster, &caller, kind, now);
+                    let expected = reference(cluster, &caller, kind, now);
+                    assert!(
+                        answer == expected,
+                        "{step}: {caller:?} type={kind:?} (reused: {reused})\n  got: {}\n want: {}",
+                        String::from_utf8_lossy(&answer),
+                        String::from_utf8_lossy(&expected)
+                    );
+                    if reused {
+                        self.reused += 1;
+                    } else {
+                        self.built += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kept_answers_equal_fresh_ones_across_changes_and_time() {
+        let state = Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+        let cluster = || ClusterGuard::new(state.lock().unwrap());
+        let mut check = Check { cache: ResourcesCache::default(), reused: 0, built: 0 };
+        let staleness = cluster().staleness;
+        assert!(staleness > 1.0, "the default lag is PVE's ~10 s");
+
+        check.at(&cluster(), START, "first answers");
+        assert_eq!((check.reused, check.built), (0, 20));
+        check.at(&cluster(), START + 0.7, "uptimes grow, nothing else changed");
+        check.at(&cluster(), START + 3.2, "uptimes grow further");
+        assert_eq!((check.reused, check.built), (40, 20), "an unchanged cluster reuses every answer");
+
+        // A start: the lag hides it until `staleness` has passed.
+        let started = START + 4.0;
+        {
+            let mut cluster = cluster();
+            cluster.vms.get_mut(&100).unwrap().power = Power::Running { since: started, paused: false };
+            cluster.touch(100, started);
+        }
+        check.at(&cluster(), started, "just started");
+        check.at(&cluster(), started + staleness - 0.01, "still inside the lag");
+        check.at(&cluster(), started + staleness, "the start comes of age");
+        check.at(&cluster(), started + staleness + 0.5, "after it");
+
+        // A rename and a stop, recorded; lock and tags current at once.
+        let now = started + staleness + 1.0;
+        {
+            let mut cluster = cluster();
+            let guest = cluster.vms.get_mut(&103).unwrap();
+            guest.config.insert("name".into(), "renamed".into());
+            guest.power = Power::Stopped;
+            cluster.touch(103, now);
+        }
+        check.at(&cluster(), now, "renamed and stopped");
+        cluster().vms.get_mut(&104).unwrap().config.insert("lock".into(), "clone".into());
+        check.at(&cluster(), now + 0.1, "a lock");
+        cluster().vms.get_mut(&102).unwrap().config.insert("tags".into(), "busy".into());
+        check.at(&cluster(), now + 0.2, "new tags");
+        check.at(&cluster(), now + staleness - 0.5, "rename still lagging");
+        check.at(&cluster(), now + staleness + 0.5, "rename of age");
+
+        // Nodes, pools, ACLs and the inventory itself.
+        let now = now + staleness + 1.0;
+        cluster().nodes.get_mut("pve2").unwrap().online = false;
+        check.at(&cluster(), now, "pve2 offline");
+        cluster().nodes.get_mut("pve2").unwrap().online = true;
+        check.at(&cluster(), now + 0.5, "pve2 back");
+        {
+            let mut cluster = cluster();
+            cluster.leave_pool(101);
+            cluster.join_pool(101, defaults::POOL).unwrap();
+        }
+        check.at(&cluster(), now + 1.0, "101 moved to ci");
+        let acl = AclSpec { path: "/pool/other".into(), roles: vec!["PVEAuditor".into()], users: vec![defaults::TFA_USER.into()], ..AclSpec::default() };
+        cluster().access.add_acl(&acl).unwrap();
+        check.at(&cluster(), now + 1.5, "tfa@pve audits pool other");
+        cluster().vms.remove(&107);
+        check.at(&cluster(), now + 2.0, "107 gone");
+        {
+            let mut cluster = cluster();
+            let mut guest = Vm::new(150, "pve2".into(), BTreeMap::from([("name".to_string(), "fresh".to_string())]), now + 2.5);
+            guest.power = Power::Running { since: now + 2.5, paused: false };
+            cluster.vms.insert(150, guest);
+            cluster.touch(150, now + 2.5);
+            cluster.join_pool(150, defaults::POOL).unwrap();
+        }
+        check.at(&cluster(), now + 2.5, "a new guest, unknown for now");
+        check.at(&cluster(), now + 2.5 + staleness, "the new guest seen");
+        check.at(&cluster(), now + 3600.0, "an hour later");
+
+        assert!(check.reused >= 100, "kept answers were used: {} reused, {} built", check.reused, check.built);
+        assert!(check.built >= 200, "changes and coming-of-age rebuilt answers: {} reused, {} built", check.reused, check.built);
+    }
+
+    #[test]
+    fn reading_the_cluster_keeps_answers() {
+        let state = Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+        let before = ClusterGuard::new(state.lock().unwrap()).generation();
+        let cluster = ClusterGuard::new(state.lock().unwrap());
+        let _ = (cluster.vms.len(), cluster.privileges(&callers()[1], "/vms/100"));
+        assert_eq!(cluster.generation(), before, "reads are not changes");
+        drop(cluster);
+        let mut cluster = ClusterGuard::new(state.lock().unwrap());
+        cluster.staleness = 5.0;
+        assert_ne!(cluster.generation(), before, "a mutable access is a change");
+    }
+
+    #[test]
+    fn pool_members_carry_the_resources_item() {
+        let cluster = Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap();
+        let root = Caller::User { userid: "root@pam".into() };
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&reference(&cluster, &root, Some("vm"), START + 5.0)).unwrap();
+        let item = guest_item(&cluster, &cluster.vms[&101], START + 5.0, true);
+        assert_eq!(all.iter().find(|i| i["vmid"] == 101), Some(&item));
+        assert!(item["uptime"].as_i64().unwrap() > 0, "a running guest's uptime is filled in: {item}");
+    }
+}
