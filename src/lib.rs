@@ -10,6 +10,8 @@
 //! - [`pve`]: the Proxmox VE client: the progenitor-generated API
 //!   (`pve::api`) and the wrapper on top (`pve::PveClient`).
 //! - [`sim`]: a Proxmox VE simulator for tests and demos.
+//! - [`simulate`]: the `simulate` command: an autoscaling session of the
+//!   real plugin against the simulator, with a summary an operator can read.
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod openapi;
 pub mod plugin;
 pub mod pve;
 pub mod sim;
+pub mod simulate;
 pub mod version;
 
 /// Compiles the README's Rust examples as doctests, so they cannot rot.
