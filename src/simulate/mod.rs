@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use progress::{Progress, install_logging};
 pub use session::run;
-pub use summary::{InstanceReport, Summary, TimeStats};
+pub use summary::{FaultCounts, InstanceReport, Summary, TimeStats};
 
 use crate::sim::{Scenario, SimError};
 

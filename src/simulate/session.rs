@@ -8,7 +8,7 @@ use tonic::Request;
 
 use super::faults::{self, SLOW_AGENT_SECONDS};
 use super::progress::Progress;
-use super::summary::{InstanceReport, Summary, TimeStats};
+use super::summary::{FaultCounts, InstanceReport, Summary, TimeStats};
 use super::{FaultMode, Options, SimulateError, real_time};
 use crate::fleeting::FleetingService;
 use crate::fleeting::proto::instance_group_server::InstanceGroup as _;
@@ -39,10 +39,13 @@ struct Tracked {
 struct Tally {
     updates: u64,
     requests_before_reset: u64,
-    injected_before_reset: u64,
+    faults_before_reset: FaultCounts,
     requests_per_update: f64,
     instances_replaced: u32,
     increase_shortfalls: u32,
+    unhealthy_removed: u32,
+    /// Most instances running (and not being removed) at once.
+    peak_running: u32,
     slow_agents: u64,
     connect_errors: Vec<String>,
     not_removed: Vec<String>,
@@ -127,12 +130,14 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
         .into_inner();
     progress.phase(&format!("plugin {} {} ready: group {}, max size {}", crate::version::NAME, init.version, init.id, init.max_size));
     if options.faults == FaultMode::Flaky {
-        faults::inject_flaky(&admin);
-        progress.phase("injecting faults: 5% transient API errors, 2% dropped connections, one failing clone, one slow guest agent");
+        progress.phase("faults: the first clone fails, then 5% transient API errors and 2% dropped connections, and one slow guest agent");
     }
 
     let poll = real_time(1.0, time_scale, Duration::from_millis(50));
-    let mut driver = Driver { plugin: &plugin, admin: admin.clone(), tracked: BTreeMap::new(), tally: Tally::default(), last_increase: (Instant::now(), admin.now()), last_note: String::new(), slow_agent: None, wants_slow_agent: options.faults == FaultMode::Flaky };
+    let mut driver = Driver { plugin: &plugin, admin: admin.clone(), tracked: BTreeMap::new(), tally: Tally::default(), last_increase: (Instant::now(), admin.now()), last_note: String::new(), slow_agent: None, wants_slow_agent: options.faults == FaultMode::Flaky, clone_fault: None };
+    if options.faults == FaultMode::Flaky {
+        driver.clone_fault = Some(faults::inject_clone_failure(&admin));
+    }
 
     // Scale up until the target runs, as Runner's scaler would.
     let target = options.instances;
@@ -140,8 +145,13 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
     let up_deadline = Instant::now() + real_time(900.0, time_scale, Duration::from_secs(180));
     loop {
         driver.update(progress).await;
-        let running = driver.tracked.values().filter(|t| t.listed && t.report.is_some()).count() as u32;
-        let alive = driver.tracked.values().filter(|t| t.listed && matches!(t.state, State::Creating | State::Running)).count() as u32;
+        let running = driver.tracked.values().filter(|t| t.listed && t.report.is_some() && !t.decrease_sent).count() as u32;
+        driver.tally.peak_running = driver.tally.peak_running.max(running);
+        let alive = driver
+            .tracked
+            .values()
+            .filter(|t| t.listed && !t.decrease_sent && matches!(t.state, State::Creating | State::Running))
+            .count() as u32;
         progress.counts("scaling up", &format!("{running}/{target} running, {} creating", alive.saturating_sub(running)));
         if running >= target {
             break;
@@ -161,7 +171,12 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
     tokio::time::sleep(poll * 2).await;
     let before = admin.counters();
     driver.tally.requests_before_reset = before.requests_total;
-    driver.tally.injected_before_reset = before.injected_errors + before.dropped_connections + before.tasks_failed;
+    driver.tally.faults_before_reset = FaultCounts {
+        api_errors: before.injected_errors,
+        dropped_connections: before.dropped_connections,
+        failed_tasks: before.tasks_failed,
+        slow_agents: 0,
+    };
     admin.reset_counters();
     for _ in 0..STEADY_UPDATES {
         driver.update(progress).await;
@@ -217,6 +232,7 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
         time_scale,
         target,
         reached_running: instances.len() as u32,
+        peak_running: tally.peak_running,
         sim_seconds_to_running: TimeStats::of(instances.iter().map(|i| i.sim_seconds_to_running)),
         wall_seconds_to_running: TimeStats::of(instances.iter().map(|i| i.wall_seconds_to_running)),
         instances,
@@ -224,13 +240,15 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
         updates: tally.updates,
         requests_per_update: tally.requests_per_update,
         requests_total: tally.requests_before_reset + counters.requests_total,
-        faults_injected: tally.injected_before_reset
-            + counters.injected_errors
-            + counters.dropped_connections
-            + counters.tasks_failed
-            + tally.slow_agents,
+        faults_injected: FaultCounts {
+            api_errors: tally.faults_before_reset.api_errors + counters.injected_errors,
+            dropped_connections: tally.faults_before_reset.dropped_connections + counters.dropped_connections,
+            failed_tasks: tally.faults_before_reset.failed_tasks + counters.tasks_failed,
+            slow_agents: tally.slow_agents,
+        },
         instances_replaced: tally.instances_replaced,
         increase_shortfalls: tally.increase_shortfalls,
+        unhealthy_removed: tally.unhealthy_removed,
         connect_errors: tally.connect_errors,
         vms_leaked: inventory.vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect(),
         orphaned_disks: inventory.orphaned_disks.iter().map(|disk| disk.volid.clone()).collect(),
@@ -251,6 +269,9 @@ struct Driver<'a> {
     /// (simulated seconds).
     slow_agent: Option<(u32, f64)>,
     wants_slow_agent: bool,
+    /// The failing-clone rule, until it has struck; the transient faults
+    /// start then.
+    clone_fault: Option<u64>,
 }
 
 impl Driver<'_> {
@@ -272,6 +293,12 @@ impl Driver<'_> {
             }
         };
         self.release_slow_agent(progress);
+        if let Some(rule) = self.clone_fault
+            && !self.admin.faults().iter().any(|entry| entry.id == rule)
+        {
+            self.clone_fault = None;
+            faults::inject_transient(&self.admin);
+        }
         for entry in self.tracked.values_mut() {
             entry.listed = false;
         }
@@ -322,7 +349,7 @@ impl Driver<'_> {
             if entry.report.is_none() && !entry.replaced {
                 entry.replaced = true;
                 self.tally.instances_replaced += 1;
-                progress.instance(id, "gone", "never reached running; the plugin removed it (a new one is asked for)");
+                progress.instance(id, "gone", "never reached running; the plugin removed it");
             } else {
                 progress.instance(id, "deleted", "");
             }
@@ -340,9 +367,15 @@ impl Driver<'_> {
                 return;
             }
         };
-        if let Err(status) = self.plugin.heartbeat(Request::new(wire::HeartbeatRequest { instance: id.to_string() })).await {
-            self.tally.connect_errors.push(format!("Heartbeat for running instance {id} failed: {}", status.message()));
-        }
+        let healthy = match self.plugin.heartbeat(Request::new(wire::HeartbeatRequest { instance: id.to_string() })).await {
+            Ok(_) => true,
+            Err(status) => {
+                // Runner removes an instance whose Heartbeat fails.
+                progress.note(&format!("Heartbeat for {id} failed; removing it as Runner would: {}", status.message()));
+                self.tally.unhealthy_removed += 1;
+                false
+            }
+        };
         let connector = info.connector.unwrap_or_default();
         let vmid = vmid_of(id);
         let node = vmid.and_then(|vmid| self.admin.vm(vmid)).map(|vm| vm.node).unwrap_or_default();
@@ -365,6 +398,9 @@ impl Driver<'_> {
             &format!("{} on {} as {} ({:.1} s simulated)", report.address, report.node, report.username, report.sim_seconds_to_running),
         );
         entry.report = Some(report);
+        if !healthy {
+            self.decrease(vec![id.to_string()], progress).await;
+        }
     }
 
     async fn increase(&mut self, count: u32, progress: &mut Progress) {

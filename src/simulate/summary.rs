@@ -43,6 +43,25 @@ impl TimeStats {
     }
 }
 
+/// Faults the simulator injected during a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultCounts {
+    /// Requests answered with an injected error (503).
+    pub api_errors: u64,
+    /// Connections closed without an answer.
+    pub dropped_connections: u64,
+    /// Worker tasks (clone, start, …) that failed on the node.
+    pub failed_tasks: u64,
+    /// Guest agents held silent for a while after boot.
+    pub slow_agents: u64,
+}
+
+impl FaultCounts {
+    pub fn total(&self) -> u64 {
+        self.api_errors + self.dropped_connections + self.failed_tasks + self.slow_agents
+    }
+}
+
 /// Everything a session measured. The leak and disk numbers come from the
 /// simulator's inventory after Shutdown, the request numbers from its
 /// counters.
@@ -57,6 +76,9 @@ pub struct Summary {
     /// Distinct instances that Update reported `running` (and whose
     /// ConnectInfo worked).
     pub reached_running: u32,
+    /// Most instances running at once (healthy, not being removed); the
+    /// session passes only if this reached `target`.
+    pub peak_running: u32,
     pub instances: Vec<InstanceReport>,
     pub sim_seconds_to_running: Option<TimeStats>,
     pub wall_seconds_to_running: Option<TimeStats>,
@@ -68,15 +90,15 @@ pub struct Summary {
     pub requests_per_update: f64,
     /// Every PVE request of the session.
     pub requests_total: u64,
-    /// Faults the simulator injected: error answers, dropped connections,
-    /// failed worker tasks, and guest agents held silent.
-    pub faults_injected: u64,
+    pub faults_injected: FaultCounts,
     /// Instances that never reached `running` and were replaced (a failed
     /// clone, a `timeout` state, an instance the plugin gave up on).
     pub instances_replaced: u32,
     /// Increase calls that accepted fewer instances than asked (the plugin
     /// said why; the session, like Runner, asked again later).
     pub increase_shortfalls: u32,
+    /// Running instances whose Heartbeat failed, removed as Runner does.
+    pub unhealthy_removed: u32,
     /// ConnectInfo or Heartbeat calls that failed for a running instance.
     pub connect_errors: Vec<String>,
     /// VMs other than the template left in the cluster after scale-down.
@@ -91,8 +113,8 @@ impl Summary {
     /// The problems that make the session fail; empty when it passed.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.reached_running < self.target {
-            problems.push(format!("only {} of {} instances reached running", self.reached_running, self.target));
+        if self.peak_running < self.target {
+            problems.push(format!("only {} of {} instances were running at once", self.peak_running, self.target));
         }
         if !self.vms_leaked.is_empty() {
             problems.push(format!("{} VMs leaked: {:?}", self.vms_leaked.len(), self.vms_leaked));
@@ -136,12 +158,25 @@ impl Summary {
         };
         let rows: Vec<(&str, String)> = vec![
             ("profile", format!("{} (time scale {}x), faults: {}", self.profile, self.time_scale, self.faults)),
-            ("instances running", format!("{} of {}", self.reached_running, self.target)),
+            ("instances running", format!("{} of {} at once ({} reached running in all)", self.peak_running, self.target, self.reached_running)),
             ("time to running (simulated)", times(self.sim_seconds_to_running, 1)),
             ("time to running (wall clock)", times(self.wall_seconds_to_running, 2)),
             ("API requests per Update", format!("{:.2} (steady state; {} Updates, {} PVE requests in all)", self.requests_per_update, self.updates, self.requests_total)),
-            ("faults injected", self.faults_injected.to_string()),
-            ("failures handled", format!("{} instances replaced, {} Increase shortfalls", self.instances_replaced, self.increase_shortfalls)),
+            (
+                "faults injected",
+                format!(
+                    "{} ({} API errors, {} dropped connections, {} failed tasks, {} slow agents)",
+                    self.faults_injected.total(),
+                    self.faults_injected.api_errors,
+                    self.faults_injected.dropped_connections,
+                    self.faults_injected.failed_tasks,
+                    self.faults_injected.slow_agents
+                ),
+            ),
+            ("failures handled", format!(
+                    "{} instances replaced, {} removed after a failed Heartbeat, {} Increase shortfalls",
+                    self.instances_replaced, self.unhealthy_removed, self.increase_shortfalls
+                )),
             ("VMs leaked", self.vms_leaked.len().to_string()),
             ("orphaned disks", self.orphaned_disks.len().to_string()),
             ("session (wall clock)", format!("{:.1} s", self.wall_seconds_total)),
@@ -175,6 +210,7 @@ mod tests {
             time_scale: 50.0,
             target: 2,
             reached_running: 2,
+            peak_running: 2,
             instances: Vec::new(),
             sim_seconds_to_running: TimeStats::of([3.0, 1.0, 2.0]),
             wall_seconds_to_running: None,
@@ -182,9 +218,10 @@ mod tests {
             updates: 10,
             requests_per_update: 1.0,
             requests_total: 40,
-            faults_injected: 0,
+            faults_injected: FaultCounts::default(),
             instances_replaced: 0,
             increase_shortfalls: 0,
+            unhealthy_removed: 0,
             connect_errors: Vec::new(),
             vms_leaked: Vec::new(),
             orphaned_disks: Vec::new(),
@@ -207,8 +244,8 @@ mod tests {
         assert!(!leaked.passed());
         assert!(leaked.render().contains("1 VMs leaked: [101]"), "{}", leaked.render());
         let mut short = passing();
-        short.reached_running = 1;
-        assert_eq!(short.problems(), vec!["only 1 of 2 instances reached running".to_string()]);
+        short.peak_running = 1;
+        assert_eq!(short.problems(), vec!["only 1 of 2 instances were running at once".to_string()]);
         let mut disks = passing();
         disks.orphaned_disks = vec!["local-lvm:vm-101-disk-0".into()];
         assert!(!disks.passed());
