@@ -83,20 +83,21 @@ struct OpenapiArgs {
 }
 
 pub fn run() -> ExitCode {
-    // Go plugins accept the single-dash `-version` of Go's flag package.
+    // Go plugins accept the single-dash `-version` of Go's flag package, and
+    // print with fmt.Println (Full's newline plus one: an empty last line).
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 2 && args[1] == "-version" {
-        print!("{}", version::full());
+        println!("{}", version::full());
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse_from(args);
     if cli.version {
-        print!("{}", version::full());
+        println!("{}", version::full());
         return ExitCode::SUCCESS;
     }
     match cli.command {
         Some(Command::Version) => {
-            print!("{}", version::full());
+            println!("{}", version::full());
             ExitCode::SUCCESS
         }
         Some(Command::Openapi(args)) => report(convert(&args)),

@@ -43,7 +43,9 @@ use crate::sim::{Scenario, SimError};
 pub struct Options {
     /// How many instances to scale up to.
     pub instances: u32,
+    /// How long things take in the simulated cluster.
     pub profile: Profile,
+    /// Faults to inject.
     pub faults: FaultMode,
     /// Simulated seconds per real second; `None` takes the profile's.
     pub time_scale: Option<f64>,
@@ -69,6 +71,7 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// `realistic` or `short`.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "realistic" => Some(Self::Realistic),
@@ -77,6 +80,7 @@ impl Profile {
         }
     }
 
+    /// The name `parse` accepts.
     pub fn name(self) -> &'static str {
         match self {
             Self::Realistic => "realistic",
@@ -106,6 +110,7 @@ impl Profile {
 /// Faults injected into the simulated cluster after Init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultMode {
+    /// A healthy cluster.
     None,
     /// Transient API errors (503) and dropped connections on a share of
     /// requests, one failing clone task, and one instance whose guest agent
@@ -114,6 +119,7 @@ pub enum FaultMode {
 }
 
 impl FaultMode {
+    /// `none` or `flaky`.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "none" => Some(Self::None),
@@ -122,6 +128,7 @@ impl FaultMode {
         }
     }
 
+    /// The name `parse` accepts.
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
@@ -134,14 +141,19 @@ impl FaultMode {
 /// found problems, which its [`Summary`] reports).
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
+    /// The simulator did not start.
     #[error("could not start the simulator: {0}")]
     Simulator(#[from] SimError),
+    /// The temporary credentials file could not be written.
     #[error("could not write the simulator's credentials file: {0}")]
     Credentials(std::io::Error),
+    /// The plugin refused Init (a bug: the configuration is built in).
     #[error("could not initialise the plugin against the simulator: {0}")]
     Init(String),
+    /// `--time-scale` was zero, negative or not a number.
     #[error("could not use --time-scale {0}: expected a number above 0 (simulated seconds per real second)")]
     TimeScale(f64),
+    /// `--instances 0`.
     #[error("could not use --instances 0: expected at least 1")]
     NoInstances,
 }

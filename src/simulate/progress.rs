@@ -14,6 +14,7 @@ use tracing_subscriber::prelude::*;
 /// header still counts them).
 const MAX_ROWS: usize = 24;
 
+/// Where a session reports what it is doing (stderr, or nowhere).
 pub struct Progress {
     started: Instant,
     mode: Mode,
@@ -31,6 +32,7 @@ impl Progress {
         if std::io::stderr().is_terminal() { Self::live() } else { Self::lines() }
     }
 
+    /// The indicatif display (for a terminal).
     pub fn live() -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let header = multi.add(ProgressBar::new_spinner());
@@ -39,6 +41,7 @@ impl Progress {
         Self { started: Instant::now(), mode: Mode::Live { multi, header, rows: BTreeMap::new() } }
     }
 
+    /// Plain timestamped lines (for logs and pipes).
     pub fn lines() -> Self {
         Self { started: Instant::now(), mode: Mode::Lines }
     }
