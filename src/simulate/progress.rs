@@ -96,8 +96,12 @@ impl Progress {
                     }
                     None => return,
                 };
-                row.reset_elapsed();
-                row.set_message(format!("{state:<9} {detail}"));
+                if matches!(state, "deleted" | "gone") {
+                    row.finish_with_message(format!("{state:<9} {detail}"));
+                } else {
+                    row.reset_elapsed();
+                    row.set_message(format!("{state:<9} {detail}"));
+                }
             }
             Mode::Lines => eprintln!("{stamp} {id:<16} {state:<9} {detail}"),
             Mode::Quiet => {}

@@ -263,7 +263,8 @@ struct Driver<'a> {
     tracked: BTreeMap<String, Tracked>,
     tally: Tally,
     last_increase: (Instant, f64),
-    /// The last Increase shortfall note, so a back-off is reported once.
+    /// The last Increase shortfall note without its numbers, so a back-off
+    /// is reported once.
     last_note: String,
     /// The instance whose agent is held silent, and when it is let go
     /// (simulated seconds).
@@ -411,9 +412,11 @@ impl Driver<'_> {
             Err(status) => format!("Increase({count}) refused: {}", status.message()),
         };
         self.tally.increase_shortfalls += 1;
-        if note != self.last_note {
+        // A back-off repeats with a shrinking countdown: say it once.
+        let gist: String = note.chars().filter(|c| !c.is_ascii_digit()).collect();
+        if gist != self.last_note {
             progress.note(&note);
-            self.last_note = note;
+            self.last_note = gist;
         }
     }
 
