@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
+use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Profile, Progress};
 use fleeting_plugin_proxmox::{check, plugin, version};
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,33 @@ enum Command {
     Check(CheckArgs),
     /// Convert a Proxmox VE API schema dump (apidoc.js or JSON) to OpenAPI 3.0.3.
     Openapi(OpenapiArgs),
+    /// Run an autoscaling session of the real plugin against the built-in
+    /// Proxmox VE simulator: scale up, connect, scale down, then summarise.
+    /// Exits non-zero when an instance never ran or anything leaked.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// How many instances to scale up to.
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 10)]
+    instances: u32,
+    /// `realistic` (PVE-like durations at 10x speed) or `short` (for CI).
+    #[arg(long, value_name = "PROFILE", default_value = "realistic")]
+    profile: String,
+    /// `none`, or `flaky`: transient API errors, dropped connections, a
+    /// failing clone and a slow guest agent.
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    faults: String,
+    /// Simulated seconds per real second (overrides the profile's).
+    #[arg(long, value_name = "FACTOR")]
+    time_scale: Option<f64>,
+    /// Seed for reproducible addresses, VMIDs and faults.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the summary as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -76,24 +104,26 @@ struct OpenapiArgs {
 }
 
 pub fn run() -> ExitCode {
-    // Go plugins accept the single-dash `-version` of Go's flag package.
+    // Go plugins accept the single-dash `-version` of Go's flag package, and
+    // print with fmt.Println (Full's newline plus one: an empty last line).
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 2 && args[1] == "-version" {
-        print!("{}", version::full());
+        println!("{}", version::full());
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse_from(args);
     if cli.version {
-        print!("{}", version::full());
+        println!("{}", version::full());
         return ExitCode::SUCCESS;
     }
     match cli.command {
         Some(Command::Version) => {
-            print!("{}", version::full());
+            println!("{}", version::full());
             ExitCode::SUCCESS
         }
         Some(Command::Openapi(args)) => report(convert(&args)),
         Some(Command::Check(args)) => check(args),
+        Some(Command::Simulate(args)) => simulate(&args),
         Some(Command::Serve) | None => plugin::run(ProxmoxGroup::new()),
     }
 }
@@ -155,4 +185,46 @@ fn convert(args: &OpenapiArgs) -> Result<(), String> {
     }
     eprintln!("converted {} operations", conversion.operation_count);
     Ok(())
+}
+
+fn simulate(args: &SimulateArgs) -> ExitCode {
+    let Some(profile) = Profile::parse(&args.profile) else {
+        eprintln!("error: could not use --profile `{}`: expected `realistic` or `short`", args.profile);
+        return ExitCode::from(2);
+    };
+    let Some(faults) = FaultMode::parse(&args.faults) else {
+        eprintln!("error: could not use --faults `{}`: expected `none` or `flaky`", args.faults);
+        return ExitCode::from(2);
+    };
+    let options = session::Options { instances: args.instances, profile, faults, time_scale: args.time_scale, seed: args.seed };
+    let mut progress = Progress::for_stderr();
+    session::install_logging(&progress);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(session::run(&options, &mut progress));
+    progress.finish();
+    // The engine's background work must not hold the process open.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(summary) => {
+            if args.json {
+                match serde_json::to_string_pretty(&summary) {
+                    Ok(json) => println!("{json}"),
+                    Err(err) => eprintln!("error: could not write the summary as JSON: {err}"),
+                }
+            } else {
+                print!("{}", summary.render());
+            }
+            if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }

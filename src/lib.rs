@@ -12,6 +12,8 @@
 //! - [`sim`]: a Proxmox VE simulator for tests and demos.
 //! - [`check`]: the `check` command, a preflight run of a `plugin_config`
 //!   against its cluster (privileges, template, TLS, credentials).
+//! - [`simulate`]: the `simulate` command: an autoscaling session of the
+//!   real plugin against the simulator, with a summary an operator can read.
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
 #![forbid(unsafe_code)]
@@ -25,6 +27,7 @@ pub mod openapi;
 pub mod plugin;
 pub mod pve;
 pub mod sim;
+pub mod simulate;
 pub mod version;
 
 /// Compiles the README's Rust examples as doctests, so they cannot rot.

@@ -131,7 +131,9 @@ fn version_prints_go_plugin_layout() {
         let output = Command::new(env!("CARGO_BIN_EXE_fleeting-plugin-proxmox")).args(args).output().unwrap();
         assert!(output.status.success());
         let text = String::from_utf8(output.stdout).unwrap();
-        let labels: Vec<&str> = text.lines().map(|l| l.split(':').next().unwrap_or_default()).collect();
+        // fmt.Println(v.Full()): Full's own newline plus Println's.
+        assert!(text.ends_with("\n\n"), "{args:?}: {text:?}");
+        let labels: Vec<&str> = text.trim_end().lines().map(|l| l.split(':').next().unwrap_or_default()).collect();
         assert_eq!(labels, ["Name", "Version", "Git revision", "Git ref", "Rust version", "Built", "OS/Arch"], "{args:?}: {text}");
         assert!(text.starts_with("Name:         fleeting-plugin-proxmox\n"), "{text}");
     }

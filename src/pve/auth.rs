@@ -28,10 +28,15 @@ pub fn totp_from_base32(secret: &str) -> Result<TOTP, String> {
 /// The factors a TFA challenge offers, as PVE lists them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TfaChallenge {
+    /// A TOTP code (what `totp_secret` and `otp` answer).
     pub totp: bool,
+    /// A Yubico OTP.
     pub yubico: bool,
+    /// A recovery key.
     pub recovery: bool,
+    /// WebAuthn (needs a browser; not answerable here).
     pub webauthn: bool,
+    /// Legacy U2F (needs a browser; not answerable here).
     pub u2f: bool,
 }
 
@@ -53,6 +58,7 @@ impl TfaChallenge {
         })
     }
 
+    /// The offered factors by PVE's names (`totp`, `yubico`, …), for error messages.
     pub fn offered(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
         for (on, name) in [

@@ -40,15 +40,20 @@ impl From<Vmid> for i64 {
 pub struct ClientConfig {
     /// `https://pve.example.com:8006`; a trailing `/api2/json` is accepted.
     pub url: String,
+    /// Which certificates to trust.
     pub tls: TlsOptions,
+    /// API token or password login.
     pub credentials: Credentials,
     /// Limit for one HTTP request (not for the task it starts).
     pub request_timeout: Duration,
+    /// Limit for opening a connection.
     pub connect_timeout: Duration,
+    /// Backoff for requests that are safe to retry.
     pub retry: RetryPolicy,
 }
 
 impl ClientConfig {
+    /// System roots, 30 s per request, 10 s to connect, the default retry policy.
     pub fn new(url: impl Into<String>, credentials: Credentials) -> Self {
         Self {
             url: url.into(),
@@ -64,53 +69,78 @@ impl ClientConfig {
 /// One guest as `/cluster/resources` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmResource {
+    /// The guest's id.
     pub vmid: Vmid,
+    /// The node it lives on.
     pub node: String,
+    /// Its name, if it has one.
     pub name: Option<String>,
     /// `running`, `stopped`, or `unknown` while the node's status is stale.
     pub status: Option<String>,
+    /// Whether it is a template.
     pub template: bool,
+    /// A config lock such as `clone`, `backup` or `migrate`.
     pub lock: Option<String>,
     /// As PVE stores them: lower-cased, sorted, de-duplicated.
     pub tags: Vec<String>,
+    /// The pool it belongs to.
     pub pool: Option<String>,
 }
 
 /// `GET …/status/current`, reduced to what decisions need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmStatus {
+    /// `running` or `stopped`.
     pub status: String,
+    /// QEMU's own view (`running`, `paused`, `prelaunch`, …).
     pub qmpstatus: Option<String>,
+    /// A config lock such as `clone` or `backup`.
     pub lock: Option<String>,
+    /// Whether the VM's config enables the guest agent (`agent: 1`).
     pub agent_enabled: bool,
+    /// Its name, if it has one.
     pub name: Option<String>,
+    /// Whether it is a template.
     pub template: bool,
+    /// Its tags, as PVE stores them.
     pub tags: Vec<String>,
 }
 
 /// A clone request; `None` fields are left to PVE.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CloneRequest {
+    /// The new VM's id (PVE requires one; see [`PveClient::next_vmid`]).
     pub new_vmid: Option<Vmid>,
+    /// The new VM's name.
     pub name: Option<String>,
+    /// The new VM's description, written atomically with the clone.
     pub description: Option<String>,
+    /// The pool the new VM joins.
     pub pool: Option<String>,
     /// `Some(true)` full, `Some(false)` linked, `None` PVE's default.
     pub full: Option<bool>,
+    /// Target storage for a full clone.
     pub storage: Option<String>,
+    /// Target node (full clones on shared storage only).
     pub target_node: Option<String>,
 }
 
 /// Configuration keys to change with `PUT …/config`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigUpdate {
+    /// A new name.
     pub name: Option<String>,
+    /// A new description.
     pub description: Option<String>,
+    /// The complete new tag list.
     pub tags: Option<Vec<String>>,
+    /// cloud-init's user.
     pub ciuser: Option<String>,
     /// Public keys, one per line; percent-encoded here as PVE requires.
     pub ssh_public_keys: Option<String>,
+    /// cloud-init's network config of net0, e.g. `ip=dhcp`.
     pub ipconfig0: Option<String>,
+    /// Keys to remove from the config.
     pub delete: Vec<String>,
     /// Fails the update if the config changed since it was read.
     pub digest: Option<String>,
@@ -119,15 +149,20 @@ pub struct ConfigUpdate {
 /// One interface reported by the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestInterface {
+    /// The guest's name for it (`ens18`, `eth0`, `lo`).
     pub name: String,
+    /// Its hardware address, lower-case.
     pub mac: Option<String>,
+    /// Addresses with their prefix lengths.
     pub addresses: Vec<(IpAddr, u8)>,
 }
 
 /// Task state as PVE reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskStatus {
+    /// Whether the task still runs.
     pub running: bool,
+    /// `OK`, `WARNINGS: n`, or the error text, once it ended.
     pub exit_status: Option<String>,
 }
 
@@ -136,6 +171,7 @@ pub struct TaskStatus {
 pub struct StorageInfo {
     /// `dir`, `nfs`, `cifs`, `lvm`, `lvmthin`, `zfspool`, `rbd`, `iscsi`, …
     pub kind: String,
+    /// Whether every node sees the same storage.
     pub shared: bool,
 }
 
@@ -157,9 +193,13 @@ pub struct NodeInfo {
 /// One member of a pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolMember {
+    /// `qemu/101`, `storage/pve1/local-lvm`, …
     pub id: String,
+    /// `qemu`, `lxc` or `storage`.
     pub kind: String,
+    /// The guest's id, for guests.
     pub vmid: Option<Vmid>,
+    /// The node, where PVE names one.
     pub node: Option<String>,
 }
 
@@ -330,6 +370,7 @@ impl PveClient {
         }
     }
 
+    /// The VM's current state and the config flags decisions need.
     pub async fn vm_status(&self, node: &str, vmid: Vmid) -> Result<VmStatus, Error> {
         let action = format!("read the status of VM {vmid}");
         let status = data(self.api.get_nodes_node_qemu_vmid_status_current(node, vmid.into()).await, &action).await?;
@@ -344,6 +385,7 @@ impl PveClient {
         })
     }
 
+    /// Starts the VM; returns the start task.
     pub async fn start_vm(&self, node: &str, vmid: Vmid) -> Result<Upid, Error> {
         let action = format!("start VM {vmid}");
         let body = types::PostNodesNodeQemuVmidStatusStartBody::default();
@@ -371,12 +413,14 @@ impl PveClient {
         upid(self.api.post_nodes_node_qemu_vmid_status_shutdown(node, vmid.into(), &body).await, &action).await
     }
 
+    /// Pauses the VM (in memory); returns the task.
     pub async fn suspend_vm(&self, node: &str, vmid: Vmid) -> Result<Upid, Error> {
         let action = format!("suspend VM {vmid}");
         let body = types::PostNodesNodeQemuVmidStatusSuspendBody::default();
         upid(self.api.post_nodes_node_qemu_vmid_status_suspend(node, vmid.into(), &body).await, &action).await
     }
 
+    /// Resumes a paused VM; returns the task.
     pub async fn resume_vm(&self, node: &str, vmid: Vmid) -> Result<Upid, Error> {
         let action = format!("resume VM {vmid}");
         let body = types::PostNodesNodeQemuVmidStatusResumeBody::default();
@@ -407,6 +451,7 @@ impl PveClient {
         parse_guest_interfaces(&Value::Object(data)).map_err(|message| invalid(&action, message))
     }
 
+    /// Whether a task still runs, and how it ended.
     pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, Error> {
         let action = format!("read the status of task {upid}");
         let status = data(self.api.get_nodes_node_tasks_upid_status(&upid.node, &upid.to_string()).await, &action).await?;

@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
@@ -38,12 +39,19 @@ impl fmt::Display for Secret {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
     /// `Authorization: PVEAPIToken=<token_id>=<secret>`; no ticket, no TFA.
-    Token { token_id: String, secret: Secret },
+    Token {
+        /// `user@realm!tokenid`.
+        token_id: String,
+        /// The token's secret (a UUID).
+        secret: Secret,
+    },
     /// Ticket login with a password, optionally with a second factor.
     Password {
         /// `user@realm`.
         userid: String,
+        /// The user's password.
         password: Secret,
+        /// How to answer a TFA challenge, if PVE sends one.
         second_factor: SecondFactor,
         /// The seed's `path` + `privs`: after login, PVE is asked to verify
         /// that the user holds `privs` on `path` (`POST /access/ticket`'s
@@ -55,6 +63,7 @@ pub enum Credentials {
 /// The second factor for PVE's TFA challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecondFactor {
+    /// No second factor configured (a TFA challenge fails the login).
     None,
     /// A fixed one-time code (seed compatibility): valid only for one login.
     FixedOtp(Secret),
@@ -62,9 +71,12 @@ pub enum SecondFactor {
     TotpSecret(Secret),
 }
 
+/// Privileges to verify right after login (the seed plugin's `path` and `privs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrivilegeCheck {
+    /// An ACL path such as `/pool/ci`.
     pub path: String,
+    /// Comma-separated privileges such as `VM.Allocate,VM.Clone`.
     pub privs: String,
 }
 
@@ -90,7 +102,9 @@ const FIELDS: &[&str] =
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("could not load credentials file {source_name}: {}", problems.join("; "))]
 pub struct CredentialsError {
+    /// The file's path, as given.
     pub source_name: String,
+    /// One message per problem.
     pub problems: Vec<String>,
 }
 

@@ -17,59 +17,119 @@ pub struct Error {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ErrorKind {
     /// The VM, task, pool or node does not exist (anymore).
-    NotFound { message: String },
+    NotFound {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
     /// The object is locked or busy (`VM is locked (clone)`, `can't lock file … got timeout`).
-    Locked { message: String },
+    Locked {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
     /// The object already exists; for clones, the VMID was taken meanwhile.
-    AlreadyExists { message: String },
+    AlreadyExists {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
     /// 403: the user or token lacks a privilege.
-    PermissionDenied { message: String, path: Option<String>, privilege: Option<String> },
+    PermissionDenied {
+        /// PVE's text.
+        message: String,
+        /// The ACL path PVE named.
+        path: Option<String>,
+        /// The missing privilege PVE named.
+        privilege: Option<String>,
+    },
     /// 401: credentials were rejected or the ticket expired.
-    Unauthorized { message: String },
+    Unauthorized {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
     /// 400: PVE rejected parameters; `errors` maps each parameter to its problem.
-    InvalidParameter { message: String, errors: BTreeMap<String, String> },
+    InvalidParameter {
+        /// PVE's summary.
+        message: String,
+        /// Parameter → problem.
+        errors: BTreeMap<String, String>,
+    },
     /// Worth retrying: 502/503/504, PVE's proxy errors 595/596, connection
     /// failures and timeouts.
-    Transient { message: String },
+    Transient {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
     /// A worker task ended with an error.
-    TaskFailed { upid: Upid, exit_status: String, log_tail: Vec<String> },
+    TaskFailed {
+        /// The task.
+        upid: Upid,
+        /// Its exit status, PVE's error text.
+        exit_status: String,
+        /// The last lines of its log.
+        log_tail: Vec<String>,
+    },
     /// A worker task did not finish before its deadline.
-    TaskTimeout { upid: Upid, waited_secs: u64 },
+    TaskTimeout {
+        /// The task, still running.
+        upid: Upid,
+        /// How long the client waited.
+        waited_secs: u64,
+    },
     /// Any other error status from PVE.
-    Api { status: u16, message: String },
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// PVE's text.
+        message: String,
+    },
     /// PVE answered, but not in the shape the schema promises.
-    InvalidResponse { message: String },
+    InvalidResponse {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
     /// The server's certificate was not trusted (wrong fingerprint, unknown CA).
-    Tls { message: String },
+    Tls {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
     /// The client was set up wrongly (bad URL, unreadable file, bad TLS pin).
-    Setup { message: String },
+    Setup {
+        /// The error text (PVE's own where it answered).
+        message: String,
+    },
 }
 
 impl Error {
+    /// An error of `kind` while doing `action` (`clone VM 9000`).
     pub fn new(action: impl Into<String>, kind: ErrorKind) -> Self {
         Self { action: action.into(), kind }
     }
 
+    /// A setup error (bad URL, unreadable file, bad TLS pin).
     pub fn setup(action: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(action, ErrorKind::Setup { message: message.into() })
     }
 
+    /// What went wrong.
     pub fn kind(&self) -> &ErrorKind {
         &self.kind
     }
 
+    /// What the client was doing, as in `could not <action>: …`.
     pub fn action(&self) -> &str {
         &self.action
     }
 
+    /// The object does not exist (anymore).
     pub fn is_not_found(&self) -> bool {
         matches!(self.kind, ErrorKind::NotFound { .. })
     }
 
+    /// The object is locked or busy; retrying later may work.
     pub fn is_locked(&self) -> bool {
         matches!(self.kind, ErrorKind::Locked { .. })
     }
 
+    /// The object exists already (for clones: the VMID was taken).
     pub fn is_already_exists(&self) -> bool {
         matches!(self.kind, ErrorKind::AlreadyExists { .. })
     }

@@ -27,7 +27,9 @@ const LOGIN_OPERATION: &str = "post_access_ticket";
 pub struct RetryPolicy {
     /// Attempts in total, the first included.
     pub max_attempts: u32,
+    /// The wait before the second attempt (then doubled, with jitter).
     pub initial_delay: Duration,
+    /// The longest wait between attempts.
     pub max_delay: Duration,
 }
 

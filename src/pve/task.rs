@@ -11,12 +11,19 @@ use std::str::FromStr;
 /// A PVE task id: `UPID:<node>:<pid>:<pstart>:<starttime>:<type>:<id>:<user>:`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upid {
+    /// The node the task runs on.
     pub node: String,
+    /// The worker's process id (hex in the UPID).
     pub pid: u32,
+    /// The process start time in clock ticks (hex in the UPID).
     pub pstart: u64,
+    /// Unix seconds when the task started (hex in the UPID).
     pub starttime: u32,
+    /// `qmclone`, `qmstart`, `qmdestroy`, …
     pub task_type: String,
+    /// The object, usually a VMID.
     pub id: String,
+    /// Who started it: `user@realm` or `user@realm!token`.
     pub user: String,
 }
 

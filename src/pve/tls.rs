@@ -33,6 +33,8 @@ pub struct TlsOptions {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    /// Parses hex with or without `:` separators, as PVE shows it; the error
+    /// says what a fingerprint looks like.
     pub fn parse(text: &str) -> Result<Self, String> {
         let hex_text: String = text.chars().filter(|c| !matches!(c, ':' | ' ' | '-')).collect();
         let bytes = hex::decode(&hex_text).map_err(|_| {
@@ -44,6 +46,7 @@ impl Fingerprint {
         Ok(Self(bytes))
     }
 
+    /// The fingerprint of a DER-encoded certificate.
     pub fn of_certificate(der: &[u8]) -> Self {
         Self(Sha256::digest(der).into())
     }

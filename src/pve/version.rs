@@ -3,12 +3,16 @@
 /// A PVE release, from `GET /version` (`9.1.3`, or `release` `9.1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PveVersion {
+    /// `9` in 9.1.3.
     pub major: u32,
+    /// `1` in 9.1.3.
     pub minor: u32,
+    /// `3` in 9.1.3 (0 when absent).
     pub patch: u32,
 }
 
 impl PveVersion {
+    /// Parses `9.1.3`, `9.1`, `8.4-1` and the like; `None` without a major number.
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.trim().split(['.', '-', '~']);
         let major = parts.next()?.parse().ok()?;
