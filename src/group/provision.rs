@@ -144,6 +144,13 @@ async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, starte
             );
         }
         Err(reason) => {
+            // Runner removed it while it was being created: the deletion
+            // under way ends it, and nothing failed (no warning, no backoff).
+            let removal_requested = engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
+            if removal_requested {
+                tracing::debug!(instance = %id, vmid = %id.vmid, reason, "provisioning stopped: removal was requested");
+                return;
+            }
             tracing::warn!(instance = %id, vmid = %id.vmid, reason, "could not provision instance; removing it");
             engine.limiter.lock().unwrap().failure(&reason, Instant::now());
             let proceed = {
