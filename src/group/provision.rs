@@ -269,7 +269,11 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
     let mut delay = Duration::from_millis(500);
     loop {
         let node = engine.instances.lock().unwrap().get(&id).map(|t| t.node.clone());
-        let Some(node) = node else { return };
+        let Some(node) = node else {
+            // Update forgot it after its VM had left the listing: done.
+            tracing::info!(instance = %id, vmid = %id.vmid, reason, duration_ms = started.elapsed().as_millis() as u64, confirmed_by = "listing", "instance deleted");
+            return;
+        };
         let attempt = async {
             let config = match pve.vm_config(&node, id.vmid).await {
                 Ok(config) => config,
@@ -306,7 +310,10 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
                 engine.instances.lock().unwrap().remove(&id);
                 return;
             }
-            Err(err) if err.is_not_found() => return,
+            Err(err) if err.is_not_found() => {
+                tracing::info!(instance = %id, vmid = %id.vmid, node, reason, duration_ms = started.elapsed().as_millis() as u64, "instance deleted");
+                return;
+            }
             Err(err) => {
                 if Instant::now() + delay > deadline {
                     tracing::error!(instance = %id, vmid = %id.vmid, error = %err, "could not delete instance within delete_timeout; Runner will ask again");
