@@ -352,6 +352,10 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
             return Ok(None);
         }
+        // Renamed for removal before the restart: finish the removal.
+        if config.get("name") == Some(&engine.config.instance_name_removing) {
+            return Err("its removal was under way before the restart".to_string());
+        }
         let status = pve.vm_status(&vm.node, id.vmid).await.map_err(|err| err.to_string())?;
         if status.status != "running" || status.lock.is_some() {
             return Err(format!("found {} after a restart, not ready", status.status));
