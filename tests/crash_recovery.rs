@@ -47,7 +47,7 @@ enum KillPoint {
 /// What the simulator held when the plugin was killed.
 #[derive(Debug, Default)]
 struct AtKill {
-    /// Running, agent up, fully provisioned, not asked to be removed.
+    /// Tagged, running, agent up, not being removed.
     ready: BTreeSet<u32>,
     /// Being removed (renamed, stopping, destroying).
     removing: BTreeSet<u32>,
@@ -68,7 +68,7 @@ fn classify(admin: &Admin, naming: &Naming) -> AtKill {
         let named = vm.name.as_deref().unwrap_or_default();
         if named == "fleeting-removing" || vm.lock.as_deref() == Some("destroyed") {
             at_kill.removing.insert(vm.vmid);
-        } else if tagged && vm.status == "running" && vm.agent_running && named == "fleeting-running" && vm.lock.is_none() {
+        } else if tagged && vm.status == "running" && vm.agent_running && vm.lock.is_none() {
             // (Also when Runner asked for its removal and the plugin had not
             // started it: Runner asks again after the restart.)
             at_kill.ready.insert(vm.vmid);
