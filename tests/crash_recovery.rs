@@ -242,7 +242,9 @@ async fn killed_plugin_converges_after_one_update() {
         loop {
             match converged(&admin) {
                 Ok(()) => break,
-                Err(problem) if problem.starts_with("ready VMs were removed") => panic!("round {round} ({point:?}): {problem}"),
+                Err(problem) if problem.starts_with("ready VMs were removed") => {
+                    panic!("round {round} ({point:?}): {problem}\nplugin log:\n{}", plugin.stderr())
+                }
                 Err(problem) => assert!(
                     Instant::now() < deadline,
                     "round {round} ({point:?}): no convergence {CONVERGE_WITHIN:?} after the one Update: {problem}\nplugin log:\n{}",
