@@ -191,8 +191,9 @@ async fn killed_plugin_converges_after_one_update() {
         }
 
         // kill -9, and look at what it left.
-        let at_kill = classify(&admin, &naming);
         all_logs.extend(logs::parse_lines(&plugin.kill9()));
+        // After the kill: until then the plugin was still at work.
+        let at_kill = classify(&admin, &naming);
         *kills.entry(point).or_default() += 1;
         eprintln!("crash_recovery: round {round}: killed {point:?}; at kill {at_kill:?}");
 
