@@ -7,8 +7,8 @@
 //! never written to, and every accepted instance either reached running or
 //! was cleaned up with a logged reason.
 //!
-//! Short profile by default (CI); `RELIABILITY_PROFILE=long` runs 200
-//! cycles; `RELIABILITY_CYCLES=n` sets any number; `RELIABILITY_SEED=n`
+//! Short profile by default (CI: 40 cycles, ~15 s); `RELIABILITY_PROFILE=long`
+//! runs 200 cycles paced about a second apart (~4 min); `RELIABILITY_CYCLES=n` sets any number; `RELIABILITY_SEED=n`
 //! replays a run (the engine's own timing still varies, so a replay repeats
 //! the same faults and actions, not the same interleaving).
 
@@ -57,6 +57,14 @@ struct Tally {
 async fn chaos_soak_leaves_nothing_behind() {
     let profile = Profile::from_env();
     let cycles = profile.pick(40, 200, "RELIABILITY_CYCLES");
+    // Milliseconds between cycles. The engine's scale-up backoff runs on
+    // wall time (10 s doubling to 5 min), so the long profile paces its
+    // cycles nearer to Runner's (an Update every few seconds) to leave room
+    // for provisioning between backoffs.
+    let pause = match profile {
+        Profile::Short => 50..250,
+        Profile::Long => 500..1500,
+    };
     let seed = reliability::seed("chaos_soak");
     let capture = logs::capture("fleeting_plugin_proxmox=debug,fleeting_plugin_proxmox::sim=info");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -189,7 +197,7 @@ async fn chaos_soak_leaves_nothing_behind() {
             }
             Err(_) => tally.update_errors += 1,
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..250))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(pause.clone()))).await;
     }
     let soak_time = started.elapsed();
 
