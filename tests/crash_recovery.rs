@@ -272,6 +272,12 @@ async fn killed_plugin_converges_after_one_update() {
             assert!(Instant::now() < wait_logged, "round {round}: instances never logged as adopted: {missing:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Adopted instances carry the running name like any other (seed
+        // behaviour: the VM name tells the state).
+        wait_for("adopted VMs renamed to fleeting-running", Duration::from_secs(5), || {
+            reliability::instance_vms(&admin).iter().all(|vm| vm.name.as_deref() == Some("fleeting-running"))
+        })
+        .await;
         let states = plugin.update().await.expect("second Update");
         // Exactly the adopted VMs as running; a removed one may still show
         // as deleting until the listing has missed it for a moment.
