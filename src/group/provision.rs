@@ -361,7 +361,15 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
             return Err(format!("found {} after a restart, not ready", status.status));
         }
         let deadline = Instant::now() + engine.config.boot_timeout.min(Duration::from_secs(60));
-        wait_for_address(&engine, &vm.node, id.vmid, config.get("net0").map(String::as_str), deadline).await.map(Some)
+        let addresses = wait_for_address(&engine, &vm.node, id.vmid, config.get("net0").map(String::as_str), deadline).await?;
+        // Killed before its rename: the name tells the state, as for any instance.
+        if config.get("name") != Some(&engine.config.instance_name_running) {
+            let rename = ConfigUpdate { name: Some(engine.config.instance_name_running.clone()), ..Default::default() };
+            if let Err(err) = retry_locked(|| pve.update_vm_config(&vm.node, id.vmid, &rename)).await {
+                tracing::warn!(vmid = %id.vmid, error = %err, "could not rename the adopted VM; it is running anyway");
+            }
+        }
+        Ok(Some(addresses))
     };
     match verdict.await {
         Ok(Some(addresses)) => {
