@@ -98,7 +98,8 @@ async fn chaos_soak_leaves_nothing_behind() {
     let mut seen: BTreeMap<String, InstanceState> = BTreeMap::new();
     let mut known_vms: HashSet<u32> = HashSet::new();
     let mut offline_until: Option<Instant> = None;
-    let mut held: Vec<(u32, Instant, bool)> = Vec::new();
+    // Locks taken (VMID, config lock or flock), all released before the drain.
+    let mut held: Vec<(u32, bool)> = Vec::new();
     let started = Instant::now();
 
     for cycle in 0..cycles {
@@ -137,14 +138,18 @@ async fn chaos_soak_leaves_nothing_behind() {
             tally.outages += 1;
             admin.make_unreachable(30.0);
         }
-        if offline_until.is_none() && rng.random_bool(0.03) {
+        if offline_until.is_none_or(|until| now >= until) && rng.random_bool(0.03) {
             tally.node_offline += 1;
             admin.set_node_online(NODE, false).unwrap();
-            offline_until = Some(now + Duration::from_secs_f64(30.0 / TIME_SCALE));
-        }
-        if offline_until.is_some_and(|until| now >= until) {
-            admin.set_node_online(NODE, true).unwrap();
-            offline_until = None;
+            // Back after 30 simulated seconds, whatever the driver is doing
+            // (an Increase may take seconds while clones fail).
+            let offline = Duration::from_secs_f64(30.0 / TIME_SCALE);
+            offline_until = Some(now + offline);
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(offline).await;
+                admin.set_node_online(NODE, true).unwrap();
+            });
         }
         let instances = reliability::instance_vms(&admin);
         for vm in &instances {
@@ -158,14 +163,16 @@ async fn chaos_soak_leaves_nothing_behind() {
         if rng.random_bool(0.05) {
             if let Some(vm) = instances.choose(&mut rng) {
                 // A stuck `qm` or a long backup: the config file lock is held.
-                if rng.random_bool(0.5) {
-                    if admin.hold_lock(vm.vmid, true).is_ok() {
+                let config_lock = rng.random_bool(0.5);
+                let locked = if config_lock { admin.set_config_lock(vm.vmid, Some("backup")) } else { admin.hold_lock(vm.vmid, true) };
+                if locked.is_ok() {
+                    if config_lock {
+                        tally.config_locks += 1;
+                    } else {
                         tally.vm_lock_holds += 1;
-                        held.push((vm.vmid, now + Duration::from_millis(rng.random_range(300..2000)), false));
                     }
-                } else if admin.set_config_lock(vm.vmid, Some("backup")).is_ok() {
-                    tally.config_locks += 1;
-                    held.push((vm.vmid, now + Duration::from_millis(rng.random_range(300..2000)), true));
+                    release_later(&admin, vm.vmid, config_lock, Duration::from_millis(rng.random_range(300..2000)));
+                    held.push((vm.vmid, config_lock));
                 }
             }
         }
@@ -173,19 +180,9 @@ async fn chaos_soak_leaves_nothing_behind() {
             // Clones of the template time out on its lock (clone's flock).
             admin.hold_lock(defaults::TEMPLATE_VMID, true).unwrap();
             tally.template_lock_holds += 1;
-            held.push((defaults::TEMPLATE_VMID, now + Duration::from_millis(rng.random_range(200..800)), false));
+            release_later(&admin, defaults::TEMPLATE_VMID, false, Duration::from_millis(rng.random_range(200..800)));
+            held.push((defaults::TEMPLATE_VMID, false));
         }
-        held.retain(|(vmid, until, config_lock)| {
-            if now < *until {
-                return true;
-            }
-            if *config_lock {
-                let _ = admin.set_config_lock(*vmid, None);
-            } else {
-                let _ = admin.hold_lock(*vmid, false);
-            }
-            false
-        });
 
         // Update, as Runner does every few seconds (compressed here).
         tally.updates += 1;
@@ -206,7 +203,7 @@ async fn chaos_soak_leaves_nothing_behind() {
     admin.remove_fault(clone_failures);
     admin.clear_faults();
     admin.set_node_online(NODE, true).unwrap();
-    for (vmid, _, config_lock) in held.drain(..) {
+    for (vmid, config_lock) in held.drain(..) {
         if config_lock {
             let _ = admin.set_config_lock(vmid, None);
         } else {
@@ -303,6 +300,15 @@ async fn chaos_soak_leaves_nothing_behind() {
     );
     assert!(tally.accepted > 0, "the soak never got an instance accepted; it tested nothing");
     sim.shutdown().await.unwrap();
+}
+
+/// Releases a lock after `after`, independent of the driver's pace.
+fn release_later(admin: &fleeting_plugin_proxmox::sim::Admin, vmid: u32, config_lock: bool, after: Duration) {
+    let admin = admin.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        let _ = if config_lock { admin.set_config_lock(vmid, None) } else { admin.hold_lock(vmid, false) };
+    });
 }
 
 /// A short label for a failure reason, for the summary.
