@@ -96,7 +96,7 @@ async fn chaos_soak_leaves_nothing_behind() {
 
     let mut tally = Tally::default();
     let mut seen: BTreeMap<String, InstanceState> = BTreeMap::new();
-    let mut known_vms: HashSet<u32> = HashSet::new();
+    let mut known_vms: HashSet<(u32, String)> = HashSet::new();
     let mut offline_until: Option<Instant> = None;
     // Locks taken (VMID, config lock or flock), all released before the drain.
     let mut held: Vec<(u32, bool)> = Vec::new();
@@ -153,7 +153,9 @@ async fn chaos_soak_leaves_nothing_behind() {
         }
         let instances = reliability::instance_vms(&admin);
         for vm in &instances {
-            if known_vms.insert(vm.vmid) && rng.random_bool(0.08) {
+            // VMIDs are reused; the description (our marker) names one instance.
+            let instance = (vm.vmid, vm.config.get("description").cloned().unwrap_or_default());
+            if known_vms.insert(instance) && rng.random_bool(0.08) {
                 // A broken image: this instance's agent never answers.
                 if admin.set_agent(vm.vmid, AgentState::NeverUp).is_ok() {
                     tally.agents_never_up += 1;
