@@ -217,6 +217,34 @@ fn fuzzed_credentials_file_never_panics_nor_echoes_a_secret() {
             Ok(())
         })
         .unwrap();
+    // Valid files with one field changed: accepted and rejected mixed.
+    let valid_files = vec![
+        serde_json::json!({ "token_id": "fleeting@pve!ci", "token_secret": "S3CRETTOKEN" }),
+        serde_json::json!({ "username": "fleeting", "realm": "pve", "password": "S3CRETPASS" }),
+        serde_json::json!({ "username": "fleeting@pve", "password": "S3CRETPASS", "totp_secret": "JBSWY3DPEHPK3PXP" }),
+    ];
+    for valid in &valid_files {
+        assert!(Credentials::parse(&valid.to_string(), "valid").is_ok(), "{valid}");
+    }
+    let field = prop::sample::select(CREDENTIAL_KEYS.to_vec());
+    let change = prop_oneof![
+        "[A-Za-z0-9@!._-]{0,16}".prop_map(|s| Some(Value::String(s))),
+        json_value().prop_map(Some),
+        Just(None),
+    ];
+    runner()
+        .run(&(prop::sample::select(valid_files), field, change), |(mut file, key, change)| {
+            match change {
+                Some(Value::String(text)) if SECRET_KEYS.contains(&key) => file[key] = Value::String(format!("S3CRET{text}")),
+                Some(value) => file[key] = value,
+                None => {
+                    file.as_object_mut().unwrap().remove(key);
+                }
+            }
+            check(&file.to_string());
+            Ok(())
+        })
+        .unwrap();
     eprintln!(
         "bad_input: credentials file: {} inputs tried, {} rejected with a clear error, 0 panics, 0 secrets echoed",
         tried.load(Ordering::Relaxed),
