@@ -328,3 +328,44 @@ async fn killed_plugin_converges_after_one_update() {
     );
     sim.shutdown().await.unwrap();
 }
+
+/// Seed configs may give all three states the same VM name. A restart must
+/// then still adopt a ready instance, not take its name for a removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_ready_instances_when_all_names_are_equal() {
+    use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
+    use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
+
+    let mut scenario = reliability::scenario_with_foreign_vms(20.0);
+    scenario.timings.resources_staleness = 0.5;
+    let sim = reliability::start_sim(scenario, 3).await;
+    let admin = sim.admin();
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = reliability::write_credentials(dir.path(), Login::Token);
+    let mut config = reliability::plugin_config(&sim, &credentials, 2);
+    for key in ["instance_name_creating", "instance_name_running", "instance_name_removing"] {
+        config[key] = "ci-runner".into();
+    }
+    let settings = ConnectorSettings { use_static_credentials: true, ..Default::default() };
+    let first = ProxmoxGroup::new();
+    first.init(config.to_string().as_bytes(), settings.clone()).await.unwrap();
+    assert_eq!(first.increase(1).await.unwrap().succeeded, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        let states = first.update().await.unwrap();
+        if let Some((id, InstanceState::Running)) = states.first() {
+            break id.clone();
+        }
+        assert!(Instant::now() < deadline, "never running: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The plugin goes away (Shutdown deletes nothing) and a new one starts.
+    first.shutdown().await.unwrap();
+    let second = ProxmoxGroup::new();
+    second.init(config.to_string().as_bytes(), settings).await.unwrap();
+    second.update().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reliability::instance_vms(&admin).len(), 1, "the ready instance was removed after the restart");
+    assert_eq!(second.update().await.unwrap(), vec![(id, InstanceState::Running)]);
+    second.shutdown().await.unwrap();
+}
