@@ -352,8 +352,12 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
             return Ok(None);
         }
-        // Renamed for removal before the restart: finish the removal.
-        if config.get("name") == Some(&engine.config.instance_name_removing) {
+        // Renamed for removal before the restart: finish the removal (only
+        // when the removal name is distinct; seed configs may use one name).
+        let names = &engine.config;
+        let removal_name_distinct =
+            names.instance_name_removing != names.instance_name_running && names.instance_name_removing != names.instance_name_creating;
+        if removal_name_distinct && config.get("name") == Some(&names.instance_name_removing) {
             return Err("its removal was under way before the restart".to_string());
         }
         let status = pve.vm_status(&vm.node, id.vmid).await.map_err(|err| err.to_string())?;
