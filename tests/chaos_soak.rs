@@ -162,20 +162,20 @@ async fn chaos_soak_leaves_nothing_behind() {
                 }
             }
         }
-        if rng.random_bool(0.05) {
-            if let Some(vm) = instances.choose(&mut rng) {
-                // A stuck `qm` or a long backup: the config file lock is held.
-                let config_lock = rng.random_bool(0.5);
-                let locked = if config_lock { admin.set_config_lock(vm.vmid, Some("backup")) } else { admin.hold_lock(vm.vmid, true) };
-                if locked.is_ok() {
-                    if config_lock {
-                        tally.config_locks += 1;
-                    } else {
-                        tally.vm_lock_holds += 1;
-                    }
-                    release_later(&admin, vm.vmid, config_lock, Duration::from_millis(rng.random_range(300..2000)));
-                    held.push((vm.vmid, config_lock));
+        if rng.random_bool(0.05)
+            && let Some(vm) = instances.choose(&mut rng)
+        {
+            // A stuck `qm` or a long backup: the config file lock is held.
+            let config_lock = rng.random_bool(0.5);
+            let locked = if config_lock { admin.set_config_lock(vm.vmid, Some("backup")) } else { admin.hold_lock(vm.vmid, true) };
+            if locked.is_ok() {
+                if config_lock {
+                    tally.config_locks += 1;
+                } else {
+                    tally.vm_lock_holds += 1;
                 }
+                release_later(&admin, vm.vmid, config_lock, Duration::from_millis(rng.random_range(300..2000)));
+                held.push((vm.vmid, config_lock));
             }
         }
         if rng.random_bool(0.03) {

@@ -39,9 +39,9 @@ const CONVERGE_WITHIN: Duration = Duration::from_secs(40);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum KillPoint {
-    MidClone,
-    MidBoot,
-    MidDelete,
+    Cloning,
+    Booting,
+    Deleting,
 }
 
 /// What the simulator held when the plugin was killed.
@@ -118,7 +118,7 @@ async fn killed_plugin_converges_after_one_update() {
     let mut adopted = 0usize;
     let mut updates_after_clone_end = 0usize;
     let mut removal_requested: BTreeSet<u32> = BTreeSet::new();
-    let points = [KillPoint::MidClone, KillPoint::MidBoot, KillPoint::MidDelete];
+    let points = [KillPoint::Cloning, KillPoint::Booting, KillPoint::Deleting];
 
     let mut plugin = PluginProcess::start(dir.path(), "debug").await;
     plugin.init(&config, true).await.expect("Init");
@@ -132,7 +132,7 @@ async fn killed_plugin_converges_after_one_update() {
         };
         let before: BTreeSet<u32> = reliability::instance_vms(&admin).iter().map(|vm| vm.vmid).collect();
         match point {
-            KillPoint::MidClone | KillPoint::MidBoot => {
+            KillPoint::Cloning | KillPoint::Booting => {
                 let room = MAX_INSTANCES - before.len() as u32;
                 if room == 0 {
                     let states = plugin.update().await.unwrap();
@@ -144,7 +144,7 @@ async fn killed_plugin_converges_after_one_update() {
                 let n = rng.random_range(1..=2u32).min(MAX_INSTANCES - reliability::instance_vms(&admin).len() as u32);
                 let accepted = plugin.increase(n).await.expect("Increase");
                 assert!(accepted >= 1, "round {round}: Increase accepted nothing");
-                if point == KillPoint::MidClone {
+                if point == KillPoint::Cloning {
                     wait_for("a clone in progress", Duration::from_secs(10), || {
                         reliability::instance_vms(&admin).iter().any(|vm| vm.lock.as_deref() == Some("clone"))
                     })
@@ -158,7 +158,7 @@ async fn killed_plugin_converges_after_one_update() {
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..1200))).await;
                 }
             }
-            KillPoint::MidDelete => {
+            KillPoint::Deleting => {
                 // At least two ready instances, so one stays ready while another is removed.
                 let mut states = plugin.update().await.unwrap();
                 let ready = running_ids(&states).len();

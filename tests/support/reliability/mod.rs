@@ -70,8 +70,7 @@ pub fn protected_vmids() -> Vec<u32> {
 
 /// The default cluster plus the two VMs the plugin does not own, in its pool.
 pub fn scenario_with_foreign_vms(time_scale: f64) -> Scenario {
-    let mut scenario = Scenario::default();
-    scenario.time_scale = time_scale;
+    let mut scenario = Scenario { time_scale, ..Scenario::default() };
     scenario.timings.unauthorized_delay = 0.0;
     let config = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
