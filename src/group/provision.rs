@@ -75,7 +75,11 @@ pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
                     engine.penalise_node(&node);
                     continue;
                 }
-                engine.limiter.lock().unwrap().failure(&last_error, Instant::now());
+                // An outage says nothing about the template: backing off
+                // for it would only delay the recovery after it.
+                if !err.is_retryable() {
+                    engine.limiter.lock().unwrap().failure(&last_error, Instant::now());
+                }
                 return Err(last_error);
             }
         }
@@ -152,6 +156,13 @@ async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, starte
             );
         }
         Err(reason) => {
+            // Runner removed it while it was being created: the deletion
+            // under way ends it, and nothing failed (no warning, no backoff).
+            let removal_requested = engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
+            if removal_requested {
+                tracing::debug!(instance = %id, vmid = %id.vmid, reason, "provisioning stopped: removal was requested");
+                return;
+            }
             tracing::warn!(instance = %id, vmid = %id.vmid, reason, "could not provision instance; removing it");
             engine.limiter.lock().unwrap().failure(&reason, Instant::now());
             let proceed = {
@@ -276,7 +287,11 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
     let mut delay = Duration::from_millis(500);
     loop {
         let node = engine.instances.lock().unwrap().get(&id).map(|t| t.node.clone());
-        let Some(node) = node else { return };
+        let Some(node) = node else {
+            // Update forgot it after its VM had left the listing: done.
+            tracing::info!(instance = %id, vmid = %id.vmid, reason, duration_ms = started.elapsed().as_millis() as u64, confirmed_by = "listing", "instance deleted");
+            return;
+        };
         let attempt = async {
             let config = match pve.vm_config(&node, id.vmid).await {
                 Ok(config) => config,
@@ -313,7 +328,10 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
                 engine.instances.lock().unwrap().remove(&id);
                 return;
             }
-            Err(err) if err.is_not_found() => return,
+            Err(err) if err.is_not_found() => {
+                tracing::info!(instance = %id, vmid = %id.vmid, node, reason, duration_ms = started.elapsed().as_millis() as u64, "instance deleted");
+                return;
+            }
             Err(err) => {
                 if Instant::now() + delay > deadline {
                     tracing::error!(instance = %id, vmid = %id.vmid, error = %err, "could not delete instance within delete_timeout; Runner will ask again");
@@ -366,18 +384,36 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
             return Ok(None);
         }
+        // Renamed for removal before the restart: finish the removal (only
+        // when the removal name is distinct; seed configs may use one name).
+        let names = &engine.config;
+        let removal_name_distinct =
+            names.instance_name_removing != names.instance_name_running && names.instance_name_removing != names.instance_name_creating;
+        if removal_name_distinct && config.get("name") == Some(&names.instance_name_removing) {
+            return Err(Leftover("its removal was under way before the restart".to_string()));
+        }
         let status = retry_locked(|| pve.vm_status(&vm.node, id.vmid)).await.map_err(Undecided)?;
         if status.status != "running" || status.lock.is_some() {
             return Err(Leftover(format!("found {} after a restart, not ready", status.status)));
         }
-        // The running name is set only after the address was known: a VM
-        // still named otherwise never finished provisioning.
-        let running_name = &engine.config.instance_name_running;
-        if config.get("name") != Some(running_name) {
-            return Err(Leftover("found half-provisioned after a restart".into()));
+        // Ready means answering with an address now; one still booting was
+        // half-provisioned when the plugin stopped, and is removed.
+        let addresses = match retry_locked(|| pve.guest_interfaces(&vm.node, id.vmid)).await {
+            Ok(interfaces) => choose_addresses(&engine, &interfaces, config.get("net0").map(String::as_str)),
+            Err(err) if err.is_retryable() => return Err(Undecided(err)),
+            Err(err) => return Err(Leftover(format!("half-provisioned after a restart: {err}"))),
+        };
+        if addresses.is_empty() {
+            return Err(Leftover("half-provisioned after a restart: the guest agent reports no address yet".into()));
         }
-        let deadline = Instant::now() + engine.config.boot_timeout.min(Duration::from_secs(60));
-        wait_for_address(&engine, &vm.node, id.vmid, config.get("net0").map(String::as_str), deadline).await.map(Some).map_err(Leftover)
+        // Killed before its rename: the name tells the state, as for any instance.
+        if config.get("name") != Some(&engine.config.instance_name_running) {
+            let rename = ConfigUpdate { name: Some(engine.config.instance_name_running.clone()), ..Default::default() };
+            if let Err(err) = retry_locked(|| pve.update_vm_config(&vm.node, id.vmid, &rename)).await {
+                tracing::warn!(vmid = %id.vmid, error = %err, "could not rename the adopted VM; it is running anyway");
+            }
+        }
+        Ok(Some(addresses))
     };
     match verdict.await {
         Ok(Some(addresses)) => {
