@@ -126,7 +126,12 @@ func (c *contender) build(dir, source string) {
 		cmd = exec.Command("go", "install", c.Module+"/"+c.Package+"@"+version)
 		cmd.Env = append(os.Environ(), "GOBIN="+bin)
 	}
-	cmd.Env = append(cmdEnv(cmd), "GOFLAGS=-mod=mod", "GONOSUMDB=gitlab.com/gitlab-org/fleeting")
+	// A checkout may lack go.sum entries; `go install m@v` takes no -mod.
+	goflags := "GOFLAGS="
+	if source != "" {
+		goflags = "GOFLAGS=-mod=mod"
+	}
+	cmd.Env = append(cmdEnv(cmd), goflags, "GONOSUMDB=gitlab.com/gitlab-org/fleeting")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		c.BuildError = fmt.Sprintf("%s: %s", strings.Join(cmd.Args, " "), strings.TrimSpace(string(out)))
 		return
@@ -155,7 +160,7 @@ func cmdEnv(cmd *exec.Cmd) []string {
 func latestVersion(module string) (string, error) {
 	cmd := exec.Command("go", "list", "-m", "-json", module+"@latest")
 	cmd.Dir = os.TempDir()
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GO111MODULE=on")
+	cmd.Env = append(os.Environ(), "GOFLAGS=", "GO111MODULE=on")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go list -m %s@latest: %s", module, strings.TrimSpace(string(out)))

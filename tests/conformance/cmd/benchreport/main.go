@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -55,10 +56,11 @@ func main() {
 	sizesFlag := flag.String("sizes", "1,5,20,50", "instance counts for scale-up and scale-down")
 	apiSizesFlag := flag.String("api-sizes", "10,100,1000,2000", "instance counts for the API cost")
 	linkedScale := flag.Float64("linked-scale", 2, "time scale (simulated s per real s) of the linked-clone profile")
-	fullScale := flag.Float64("full-scale", 10, "time scale of the full-clone profile")
+	fullScale := flag.Float64("full-scale", 5, "time scale of the full-clone profile")
 	apiScale := flag.Float64("api-scale", 20, "time scale of the API-cost run")
 	cloneLimit := flag.Int("clone-limit", 4, "parallel clones configured for every contender that has the setting")
 	faultRate := flag.Float64("fault-rate", 0.05, "fraction of API requests answered 503 in the fault runs")
+	profilesFlag := flag.String("profiles", "linked,full", "clone profiles for scale-up and scale-down")
 	only := flag.String("competitors", "all", "competitors to try: all, none, or comma-separated names")
 	var sources sourceFlags
 	flag.Var(&sources, "source", "NAME=DIR: build competitor NAME from a local checkout instead of the module proxy (repeatable)")
@@ -133,9 +135,11 @@ func main() {
 		}
 		r.Footprints = append(r.Footprints, fp)
 
-		profiles := []bool{false, true}
-		if *quick {
-			profiles = []bool{false}
+		var profiles []bool
+		for _, p := range strings.Split(*profilesFlag, ",") {
+			if !*quick || p == "linked" {
+				profiles = append(profiles, p == "full")
+			}
 		}
 		for _, faults := range []float64{0, *faultRate} {
 			for _, full := range profiles {
@@ -250,8 +254,20 @@ func versions() map[string]string {
 	}
 }
 
+// moduleVersion is the version of a dependency this program was built with,
+// i.e. the fleeting host that drove the plugins.
 func moduleVersion(module string) string {
-	return strings.TrimPrefix(output("go", "list", "-m", "-f", "{{.Version}}", module), module+" ")
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range info.Deps {
+			if dep.Path == module {
+				if dep.Replace != nil {
+					return dep.Replace.Version
+				}
+				return dep.Version
+			}
+		}
+	}
+	return "unknown"
 }
 
 func gitDescribe() string { return gitDescribeIn(".") }
