@@ -64,8 +64,21 @@ func main() {
 	only := flag.String("competitors", "all", "competitors to try: all, none, or comma-separated names")
 	var sources sourceFlags
 	flag.Var(&sources, "source", "NAME=DIR: build competitor NAME from a local checkout instead of the module proxy (repeatable)")
+	fromJSON := flag.String("from-json", "", "only re-render the report and chart from the raw results of an earlier run (-json)")
 	work := flag.String("work", "", "scratch directory (default: a new temporary one, removed at the end)")
 	flag.Parse()
+	if *fromJSON != "" {
+		data, err := os.ReadFile(*fromJSON)
+		if err != nil {
+			fatal(err)
+		}
+		var r report
+		if err := json.Unmarshal(data, &r); err != nil {
+			fatal(fmt.Errorf("could not read %s: %w", *fromJSON, err))
+		}
+		write(&r, *out, *chart, "")
+		return
+	}
 	if *plugin == "" || *simBinary == "" {
 		fmt.Fprintln(os.Stderr, "benchreport: -plugin and -sim are required (see scripts/bench-report)")
 		os.Exit(2)
@@ -158,23 +171,28 @@ func main() {
 	}
 	r.Elapsed = time.Since(r.Started).Seconds()
 
-	if *raw != "" {
+	write(r, *out, *chart, *raw)
+}
+
+// write saves the raw results (when asked), the chart and the report.
+func write(r *report, out, chart, raw string) {
+	if raw != "" {
 		data, _ := json.MarshalIndent(r, "", "  ")
-		if err := os.WriteFile(*raw, data, 0o644); err != nil {
+		if err := os.WriteFile(raw, data, 0o644); err != nil {
 			fatal(err)
 		}
 	}
-	if err := os.WriteFile(*chart, []byte(renderChart(r)), 0o644); err != nil {
+	if err := os.WriteFile(chart, []byte(renderChart(r)), 0o644); err != nil {
 		fatal(err)
 	}
-	rel, err := filepath.Rel(filepath.Dir(*out), *chart)
+	rel, err := filepath.Rel(filepath.Dir(out), chart)
 	if err != nil {
-		rel = *chart
+		rel = chart
 	}
-	if err := os.WriteFile(*out, []byte(renderMarkdown(r, rel)), 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(renderMarkdown(r, rel)), 0o644); err != nil {
 		fatal(err)
 	}
-	logf("wrote %s and %s in %.0f s", *out, *chart, r.Elapsed)
+	logf("wrote %s and %s", out, chart)
 }
 
 type sourceFlags map[string]string

@@ -380,8 +380,10 @@ func renderChart(r *report) string {
 		barWidth, gap            = 16.0, 14.0
 		plotHeight               = 280.0
 	)
-	groupWidth := float64(len(ran))*barWidth + gap
-	width := left + right + math.Max(1, float64(len(keys)))*groupWidth
+	groups := math.Max(1, float64(len(keys)))
+	groupWidth := math.Max(float64(len(ran))*barWidth+gap, 52)
+	width := math.Max(760, left+right+groups*groupWidth)
+	groupWidth = (width - left - right) / groups
 	height := top + plotHeight + bottom
 	maxRatio := 1.5
 	for _, s := range r.Scale {
@@ -397,6 +399,7 @@ func renderChart(r *report) string {
 	w(`<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="11">`+"\n", width, height, width, height)
 	w(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	w(`<text x="%.0f" y="20" font-size="14" font-weight="bold">Scale-up: time to n running with addresses ÷ ideal critical path (lower is better)</text>`+"\n", left)
+	w(`<text x="%.0f" y="36" fill="#4a5568">ideal = ⌈n / clone limit %d⌉ × clone + start + boot + agent; simulated seconds</text>`+"\n", left, r.CloneLimit)
 	for v := 0.0; v <= maxRatio+1e-9; v += 0.5 {
 		w(`<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" stroke="#e2e8f0"/>`+"\n", left, width-right, y(v), y(v))
 		w(`<text x="%.0f" y="%.1f" text-anchor="end">%.1f×</text>`+"\n", left-6, y(v)+4, v)
@@ -407,10 +410,14 @@ func renderChart(r *report) string {
 		label string
 	}{{1, "#2d3748", "ideal"}, {1.1, "#e53e3e", "target 1.1×"}} {
 		w(`<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="4 3"/>`+"\n", left, width-right, y(mark.v), y(mark.v), mark.color)
-		w(`<text x="%.0f" y="%.1f" text-anchor="end" fill="%s">%s</text>`+"\n", width-right, y(mark.v)-3, mark.color, mark.label)
+		offset := -3.0
+		if mark.v == 1 {
+			offset = 12 // below its line, clear of the 1.1 label
+		}
+		w(`<text x="%.0f" y="%.1f" text-anchor="end" fill="%s">%s</text>`+"\n", width-right, y(mark.v)+offset, mark.color, mark.label)
 	}
 	for i, key := range keys {
-		x0 := left + float64(i)*groupWidth + gap/2
+		x0 := left + float64(i)*groupWidth + (groupWidth-float64(len(ran))*barWidth)/2
 		for j, c := range ran {
 			s, ok := findScale(r, c.Name, key.profile, key.faults, key.n)
 			x := x0 + float64(j)*barWidth
@@ -425,7 +432,13 @@ func renderChart(r *report) string {
 		}
 		w(`<text x="%.1f" y="%.1f" text-anchor="middle">n=%d</text>`+"\n", x0+float64(len(ran))*barWidth/2, y(0)+14, key.n)
 		if i == 0 || keys[i-1].profile != key.profile || keys[i-1].faults != key.faults {
-			w(`<text x="%.1f" y="%.1f">%s, %.0f%% faults</text>`+"\n", x0, y(0)+30, key.profile, key.faults*100)
+			end := i
+			for end+1 < len(keys) && keys[end+1].profile == key.profile && keys[end+1].faults == key.faults {
+				end++
+			}
+			start, stop := left+float64(i)*groupWidth+4, left+float64(end+1)*groupWidth-4
+			w(`<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#a0aec0"/>`+"\n", start, stop, y(0)+20, y(0)+20)
+			w(`<text x="%.1f" y="%.1f" text-anchor="middle">%s clones, %.0f%% faults</text>`+"\n", (start+stop)/2, y(0)+34, key.profile, key.faults*100)
 		}
 	}
 	for j, c := range ran {
