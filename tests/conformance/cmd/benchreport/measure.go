@@ -95,10 +95,12 @@ type scaleResult struct {
 	// The same with unlimited parallel clones: one clone, then one boot and agent.
 	IdealUnlimited float64 `json:"ideal_unlimited_seconds"`
 	// Simulated seconds from Decrease until no instance VM is left in Proxmox.
-	Down     float64 `json:"down_seconds"`
-	Requests int64   `json:"requests"`
-	Injected int64   `json:"injected_errors"`
-	Error    string  `json:"error,omitempty"`
+	Down float64 `json:"down_seconds"`
+	// ⌈n / delete limit⌉ × (stop + delete): deletions limited only by the configured limit.
+	DownIdeal float64 `json:"down_ideal_seconds"`
+	Requests  int64   `json:"requests"`
+	Injected  int64   `json:"injected_errors"`
+	Error     string  `json:"error,omitempty"`
 }
 
 func (r scaleResult) Ratio() float64 { return r.Up / r.Ideal }
@@ -112,7 +114,8 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 		profile, clone = "full", t.CloneFull
 	}
 	result := scaleResult{Contender: c.Name, Profile: profile, FaultRate: faultRate, N: n, TimeScale: scale,
-		Ideal: math.Ceil(float64(n)/float64(cloneLimit))*clone + t.bootAndAgent(), IdealUnlimited: clone + t.bootAndAgent()}
+		Ideal: math.Ceil(float64(n)/float64(cloneLimit))*clone + t.bootAndAgent(), IdealUnlimited: clone + t.bootAndAgent(),
+		DownIdeal: math.Ceil(float64(n)/float64(cloneLimit)) * (t.Stop + t.Delete)}
 	sim, err := startSimulator(simBinary, work, t, n, scale, 7)
 	if err != nil {
 		result.Error = err.Error()

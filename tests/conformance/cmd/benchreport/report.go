@@ -186,12 +186,14 @@ func renderMarkdown(r *report, chartPath string) string {
 
 	w("## 3. Scale-down\n\nTime from Decrease(all n) until the simulator holds no instance VM any more (stopped and deleted), in simulated seconds, ")
 	w("with the host calling Update meanwhile. Faults are switched off for scale-down.\n\n")
-	w("| Profile | n | %s |\n|---|---|%s\n", strings.Join(contenderColumns(r, "%s (s)"), " | "), strings.Repeat("---|", len(ranContenders(r))))
+	w("**Ideal** = ⌈n / delete limit %d⌉ × (stop %.0f s + delete %.0f s).\n\n", r.CloneLimit, r.Timings.Stop, r.Timings.Delete)
+	w("| Profile | n | Ideal (s) | %s |\n|---|---|---|%s\n", strings.Join(contenderColumns(r, "%s (s)"), " | "), strings.Repeat("---|", len(ranContenders(r))))
 	for _, key := range scaleKeys(r) {
 		if key.faults != 0 {
 			continue
 		}
-		row := fmt.Sprintf("| %s | %d", key.profile, key.n)
+		mine, _ := findScale(r, us.Name, key.profile, 0, key.n)
+		row := fmt.Sprintf("| %s | %d | %.1f", key.profile, key.n, mine.DownIdeal)
 		for _, c := range ranContenders(r) {
 			s, ok := findScale(r, c.Name, key.profile, 0, key.n)
 			if !ok || s.Down == 0 {
