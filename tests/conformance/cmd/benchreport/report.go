@@ -149,7 +149,8 @@ func renderMarkdown(r *report, chartPath string) string {
 	for _, c := range others {
 		header += " | ours ÷ " + c.Name
 	}
-	w("%s |\n|%s\n", header, strings.Repeat("---|", 5+2*len(ranContenders(r))+len(others)))
+	header += " | ours: PVE requests (503s injected)"
+	w("%s |\n|%s\n", header, strings.Repeat("---|", 6+2*len(ranContenders(r))+len(others)))
 	for _, key := range scaleKeys(r) {
 		mine, _ := findScale(r, us.Name, key.profile, key.faults, key.n)
 		row := fmt.Sprintf("| %s | %.0f%% | %d | %.1f | %.1f", key.profile, key.faults*100, key.n, key.ideal, mine.IdealUnlimited)
@@ -172,6 +173,7 @@ func renderMarkdown(r *report, chartPath string) string {
 				row += " | —"
 			}
 		}
+		row += fmt.Sprintf(" | %d (%d)", mine.Requests, mine.Injected)
 		w("%s |\n", row)
 	}
 	for _, key := range scaleKeys(r) {
