@@ -1,0 +1,451 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"gitlab.com/gitlab-org/fleeting/fleeting"
+	"gitlab.com/gitlab-org/fleeting/fleeting/provider"
+)
+
+// Runner's Update cadence while it expects instances is 2 s
+// (update_interval_when_expecting); the benchmark polls faster so that the
+// polling itself adds little to the measured latency.
+const updateEvery = 250 * time.Millisecond
+
+var connector = provider.Settings{ConnectorConfig: provider.ConnectorConfig{
+	OS: "linux", Arch: "amd64", Protocol: provider.ProtocolSSH, Username: "fleeting", Keepalive: 30 * time.Second, Timeout: time.Minute,
+}}
+
+// session is one plugin process driven by the real fleeting host.
+type session struct {
+	runner *fleeting.Runner
+	group  provider.InstanceGroup
+	log    *os.File
+	pid    int
+}
+
+func openSession(c *contender, sim *simulator, work string, p runParams) (*session, error) {
+	config, err := c.configure(sim, work, p)
+	if err != nil {
+		return nil, err
+	}
+	log, err := os.Create(filepath.Join(work, "plugin.log"))
+	if err != nil {
+		return nil, err
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: log})
+	runner, err := fleeting.RunPlugin(c.Binary, config, fleeting.WithPluginLogger(logger))
+	if err != nil {
+		log.Close()
+		return nil, fmt.Errorf("could not start the plugin: %w", err)
+	}
+	s := &session{runner: runner, group: runner.InstanceGroup(), log: log, pid: childPID(c.Binary)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := s.group.Init(ctx, logger, connector); err != nil {
+		s.close()
+		return nil, fmt.Errorf("Init: %w", err)
+	}
+	return s, nil
+}
+
+func (s *session) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	s.group.Shutdown(ctx)
+	cancel()
+	s.runner.Kill()
+	s.log.Close()
+}
+
+// states runs one Update.
+func (s *session) states(ctx context.Context) (map[string]provider.State, error) {
+	states := map[string]provider.State{}
+	var mu sync.Mutex
+	err := s.group.Update(ctx, func(id string, state provider.State) {
+		mu.Lock()
+		states[id] = state
+		mu.Unlock()
+	})
+	return states, err
+}
+
+type scaleResult struct {
+	Contender string  `json:"contender"`
+	Profile   string  `json:"profile"` // linked or full
+	FaultRate float64 `json:"fault_rate"`
+	N         int     `json:"n"`
+	TimeScale float64 `json:"time_scale"`
+	// Simulated seconds from Increase(n) until n instances run with a known address.
+	Up float64 `json:"up_seconds"`
+	// The ideal critical path: ceil(n / clone limit) clones, then one boot and agent.
+	Ideal float64 `json:"ideal_seconds"`
+	// The same with unlimited parallel clones: one clone, then one boot and agent.
+	IdealUnlimited float64 `json:"ideal_unlimited_seconds"`
+	// Simulated seconds from Decrease until no instance VM is left in Proxmox.
+	Down float64 `json:"down_seconds"`
+	// ⌈n / delete limit⌉ × (stop + delete): deletions limited only by the configured limit.
+	DownIdeal float64 `json:"down_ideal_seconds"`
+	Requests  int64   `json:"requests"`
+	Injected  int64   `json:"injected_errors"`
+	Error     string  `json:"error,omitempty"`
+}
+
+func (r scaleResult) Ratio() float64 { return r.Up / r.Ideal }
+
+// scaleUpDown measures Increase(n) → n running with addresses, then
+// Decrease(all) → none left in Proxmox, on a fresh simulator.
+func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, cloneLimit int, scale, faultRate float64) scaleResult {
+	profile := "linked"
+	clone := t.CloneLinked
+	if full {
+		profile, clone = "full", t.CloneFull
+	}
+	result := scaleResult{Contender: c.Name, Profile: profile, FaultRate: faultRate, N: n, TimeScale: scale,
+		Ideal: math.Ceil(float64(n)/float64(cloneLimit))*clone + t.bootAndAgent(), IdealUnlimited: clone + t.bootAndAgent(),
+		DownIdeal: math.Ceil(float64(n)/float64(cloneLimit)) * (t.Stop + t.Delete)}
+	sim, err := startSimulator(simBinary, work, t, n, scale, 7)
+	if err != nil {
+		result.Error = err.Error()
+		return result
+	}
+	defer sim.stop()
+	s, err := openSession(c, sim, work, runParams{maxInstances: n, fullClone: full, cloneLimit: cloneLimit})
+	if err != nil {
+		result.Error = err.Error()
+		return result
+	}
+	defer s.close()
+	if faultRate > 0 {
+		if err := sim.injectTransientErrors(faultRate); err != nil {
+			result.Error = err.Error()
+			return result
+		}
+	}
+	sim.resetCounters()
+	budget := time.Duration((result.Ideal*6+120)/scale*float64(time.Second)) + 30*time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+
+	started := time.Now()
+	increased := make(chan error, 1)
+	go func() {
+		// Runner asks again for what a plugin did not accept; so does this loop.
+		accepted := 0
+		for accepted < n && ctx.Err() == nil {
+			got, err := s.group.Increase(ctx, n-accepted)
+			accepted += got
+			if err != nil && accepted < n {
+				time.Sleep(updateEvery)
+			}
+		}
+		increased <- ctx.Err()
+	}()
+	addressed := map[string]bool{}
+	increaseDone := false
+	var lastErr error
+	for !(increaseDone && len(addressed) >= n) {
+		select {
+		case err := <-increased:
+			increaseDone = true
+			if err != nil {
+				lastErr = err
+			}
+		case <-time.After(updateEvery):
+		}
+		if ctx.Err() != nil {
+			result.Error = fmt.Sprintf("%d of %d running with an address after %.0f s (simulated); last error: %v", len(addressed), n, sim.simSeconds(time.Since(started)), lastErr)
+			break
+		}
+		states, err := s.states(ctx)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for id, state := range states {
+			if state != provider.StateRunning || addressed[id] {
+				continue
+			}
+			info, err := s.group.ConnectInfo(ctx, id)
+			if err == nil && (info.InternalAddr != "" || info.ExternalAddr != "") {
+				addressed[id] = true
+			} else if err != nil {
+				lastErr = err
+			}
+		}
+	}
+	if result.Error == "" {
+		result.Up = sim.simSeconds(time.Since(started))
+	}
+	if counters, err := sim.counters(); err == nil {
+		result.Requests, result.Injected = counters.RequestsTotal, counters.Injected
+	}
+	result.Down, err = scaleDown(s, sim, addressed)
+	if err != nil && result.Error == "" {
+		result.Error = err.Error()
+	}
+	return result
+}
+
+// scaleDown removes the instances and waits until Proxmox has none left,
+// calling Update as Runner does meanwhile.
+func scaleDown(s *session, sim *simulator, instances map[string]bool) (float64, error) {
+	sim.clearFaults()
+	ids := make([]string, 0, len(instances))
+	for id := range instances {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	started := time.Now()
+	if len(ids) > 0 {
+		if _, err := s.group.Decrease(ctx, ids); err != nil {
+			return 0, fmt.Errorf("Decrease: %w", err)
+		}
+	}
+	for {
+		left, err := sim.instances()
+		if err != nil {
+			return 0, err
+		}
+		if left == 0 {
+			return sim.simSeconds(time.Since(started)), nil
+		}
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("%d VMs still in Proxmox %.0f s (simulated) after Decrease", left, sim.simSeconds(time.Since(started)))
+		}
+		s.states(ctx)
+		time.Sleep(updateEvery)
+	}
+}
+
+type apiCostResult struct {
+	Contender string `json:"contender"`
+	N         int    `json:"n"`
+	Updates   int    `json:"updates"`
+	// PVE requests per Update in steady state (everything the plugin sent
+	// between the first and the last measured Update, divided by their count).
+	RequestsPerUpdate float64          `json:"requests_per_update"`
+	ByOperation       map[string]int64 `json:"by_operation"`
+	// Plugin process CPU (user + system) per Update.
+	CPUMillisPerUpdate float64 `json:"cpu_ms_per_update"`
+	// Wall time of one Update through the host.
+	UpdateMillis float64 `json:"update_ms"`
+	RSSKB        int     `json:"rss_kb"`
+	Error        string  `json:"error,omitempty"`
+}
+
+// apiCost grows one group to each size in turn and measures steady-state
+// Updates at each.
+func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) []apiCostResult {
+	largest := sizes[len(sizes)-1]
+	fail := func(err error) []apiCostResult {
+		return []apiCostResult{{Contender: c.Name, N: sizes[0], Error: err.Error()}}
+	}
+	// Fast timings: the steady state is what counts here, not the way there.
+	fast := realisticTimings
+	fast.CloneLinked, fast.Boot, fast.AgentDelay = 1, 2, 1
+	sim, err := startSimulator(simBinary, work, fast, largest, scale, 11)
+	if err != nil {
+		return fail(err)
+	}
+	defer sim.stop()
+	s, err := openSession(c, sim, work, runParams{maxInstances: largest, cloneLimit: 16})
+	if err != nil {
+		return fail(err)
+	}
+	defer s.close()
+	var results []apiCostResult
+	have := 0
+	for _, n := range sizes {
+		result := apiCostResult{Contender: c.Name, N: n}
+		if err := growTo(s, n, have); err != nil {
+			result.Error = err.Error()
+			results = append(results, result)
+			break
+		}
+		have = n
+		time.Sleep(2 * time.Second) // let background work (tags, renames) settle
+		result.Updates = 50
+		if n >= 1000 {
+			result.Updates = 20
+		}
+		ctx := context.Background()
+		sim.resetCounters()
+		cpuBefore := cpuTicks(s.pid)
+		started := time.Now()
+		for i := 0; i < result.Updates; i++ {
+			if _, err := s.states(ctx); err != nil {
+				result.Error = "Update: " + err.Error()
+				break
+			}
+		}
+		elapsed := time.Since(started)
+		cpu := cpuTicks(s.pid) - cpuBefore
+		counters, err := sim.counters()
+		if err != nil {
+			result.Error = err.Error()
+		}
+		result.RequestsPerUpdate = float64(counters.RequestsTotal) / float64(result.Updates)
+		result.ByOperation = counters.ByOperation
+		result.CPUMillisPerUpdate = float64(cpu) * 1000 / clockTicks / float64(result.Updates)
+		result.UpdateMillis = float64(elapsed.Microseconds()) / 1000 / float64(result.Updates)
+		result.RSSKB = rssKB(s.pid)
+		results = append(results, result)
+	}
+	return results
+}
+
+// growTo asks for more instances until n run.
+func growTo(s *session, n, have int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	asked := have
+	for {
+		if asked < n {
+			got, _ := s.group.Increase(ctx, n-asked)
+			asked += got
+		}
+		states, err := s.states(ctx)
+		running := 0
+		for _, state := range states {
+			if state == provider.StateRunning {
+				running++
+			}
+		}
+		if err == nil && running >= n {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("only %d of %d instances running after 15 minutes (last Update error: %v)", running, n, err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+type footprint struct {
+	Contender       string  `json:"contender"`
+	HandshakeMillis float64 `json:"handshake_ms"` // median of the runs
+	HandshakeRuns   int     `json:"handshake_runs"`
+	IdleRSSKB       int     `json:"idle_rss_kb"`
+	RSS1000KB       int     `json:"rss_1000_kb"`
+	BinaryBytes     int64   `json:"binary_bytes"`
+	Error           string  `json:"error,omitempty"`
+}
+
+// handshakeMillis times exec → go-plugin handshake line, as the host waits for it.
+func handshakeMillis(binary string, runs int) (float64, error) {
+	var samples []float64
+	for i := 0; i < runs; i++ {
+		cmd := exec.Command(binary)
+		cmd.Env = append(os.Environ(), "FLEETING_INSTANCE_GROUP_PLUGIN=4c6410b1-cb78-4962-8c76-ab936d0ea908", "PLUGIN_PROTOCOL_VERSIONS=0",
+			"PLUGIN_MIN_PORT=10000", "PLUGIN_MAX_PORT=25000")
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return 0, err
+		}
+		started := time.Now()
+		if err := cmd.Start(); err != nil {
+			return 0, err
+		}
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		elapsed := time.Since(started)
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		if err != nil || !strings.Contains(line, "|") {
+			return 0, fmt.Errorf("no handshake line (got %q): %v", line, err)
+		}
+		samples = append(samples, float64(elapsed.Microseconds())/1000)
+	}
+	sort.Float64s(samples)
+	return samples[len(samples)/2], nil
+}
+
+// idleRSS starts the plugin against the simulator, runs Init and one
+// Update, waits a moment and reads its resident set.
+func idleRSS(c *contender, simBinary, work string) (int, error) {
+	sim, err := startSimulator(simBinary, work, realisticTimings, 1, 1, 3)
+	if err != nil {
+		return 0, err
+	}
+	defer sim.stop()
+	s, err := openSession(c, sim, work, runParams{maxInstances: 10, cloneLimit: 4})
+	if err != nil {
+		return 0, err
+	}
+	defer s.close()
+	s.states(context.Background())
+	time.Sleep(2 * time.Second)
+	if kb := rssKB(s.pid); kb > 0 {
+		return kb, nil
+	}
+	return 0, errors.New("could not find the plugin process")
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go runs on.
+const clockTicks = 100
+
+// childPID finds this process's child that runs binary.
+func childPID(binary string) int {
+	if resolved, err := filepath.EvalSymlinks(binary); err == nil {
+		binary = resolved
+	}
+	binary, _ = filepath.Abs(binary)
+	entries, _ := os.ReadDir("/proc")
+	best := 0
+	for _, entry := range entries {
+		pid, err := strconv.Atoi(entry.Name())
+		if err != nil {
+			continue
+		}
+		status, err := os.ReadFile("/proc/" + entry.Name() + "/status")
+		if err != nil || !strings.Contains(string(status), "\nPPid:\t"+strconv.Itoa(os.Getpid())+"\n") {
+			continue
+		}
+		if exe, _ := os.Readlink("/proc/" + entry.Name() + "/exe"); exe == binary && pid > best {
+			best = pid // the newest child, if an earlier one is still exiting
+		}
+	}
+	return best
+}
+
+func rssKB(pid int) int {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return kb
+		}
+	}
+	return 0
+}
+
+// cpuTicks is utime + stime of a process.
+func cpuTicks(pid int) int64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are 14 and 15.
+	text := string(raw)
+	fields := strings.Fields(text[strings.LastIndexByte(text, ')')+2:])
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return utime + stime
+}
