@@ -59,7 +59,7 @@ pub struct PluginConfig {
     pub vmid_range: Option<String>,
     /// Extra Proxmox tags for every instance (lower-cased by Proxmox).
     pub tags: Option<Vec<String>>,
-    /// Clones started at the same time. Default `4`.
+    /// Clone requests sent to Proxmox at the same time (each returns once Proxmox accepted the clone; Proxmox then runs the clone tasks side by side). Default `4`.
     pub max_parallel_clones: Option<u32>,
     /// Deletions running at the same time. Default `4`.
     pub max_parallel_deletes: Option<u32>,
