@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use engine_setup::*;
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
+use fleeting_plugin_proxmox::sim::FaultRule;
 use fleeting_plugin_proxmox::sim::config::{AclSpec, StorageSpec, defaults};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,5 +266,26 @@ async fn connect_info_takes_os_arch_and_protocol_from_the_template() {
     let running = wait_until(&group, "running", all_running(1)).await;
     let info = group.connect_info(&running[0].0).await.unwrap();
     assert_eq!((info.connector.os.as_str(), info.connector.arch.as_str(), info.connector.protocol.as_str()), ("windows", "arm64", "winrm"));
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_api_error_does_not_make_a_healthy_instance_unhealthy() {
+    let setup = setup(fast_scenario()).await;
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    group.increase(1).await.unwrap();
+    let running = wait_until(&group, "running", all_running(1)).await;
+    let admin = setup.sim.admin();
+    admin.add_fault(FaultRule {
+        operation: "post_nodes_node_qemu_vmid_agent_ping".into(),
+        error_rate: 1.0,
+        status: 503,
+        remaining: Some(2),
+        ..Default::default()
+    });
+    group.heartbeat(&running[0].0).await.expect("two 503s are ridden out");
+    admin.make_unreachable(5.0 * 50.0);
+    group.heartbeat(&running[0].0).await.expect("an unreachable API is not an unhealthy instance");
     group.shutdown().await.unwrap();
 }

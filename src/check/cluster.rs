@@ -16,7 +16,7 @@ use super::Report;
 use crate::group::config::{CloneMode, GroupConfig, PluginConfig};
 use crate::group::naming::Naming;
 use crate::pve::{
-    ClientConfig, Credentials, ErrorKind, Fingerprint, PveClient, PveVersion, RetryPolicy, SecondFactor, TlsOptions, Vmid,
+    ClientConfig, Credentials, ErrorKind, Fingerprint, PveClient, PveVersion, RetryPolicy, SecondFactor, Vmid,
 };
 
 /// Ranges up to this size are probed id by id (VMs the user cannot see
@@ -161,17 +161,10 @@ async fn check_login(
     report: &mut Report,
 ) -> Option<(PveClient, PveVersion)> {
     let client_config = ClientConfig {
-        url: config.url.clone(),
-        tls: TlsOptions {
-            ca_file: config.ca_file.clone(),
-            fingerprint: config.tls_fingerprint.clone(),
-            insecure_skip_verify: config.insecure_skip_tls_verify,
-        },
-        credentials: credentials.clone(),
         request_timeout: config.request_timeout.min(Duration::from_secs(20)),
-        connect_timeout: Duration::from_secs(10),
         // A preflight answers quickly: one retry, short pauses.
         retry: RetryPolicy { max_attempts: 2, initial_delay: Duration::from_millis(200), max_delay: Duration::from_secs(1) },
+        ..config.client_config(credentials.clone())
     };
     // The first requests: TLS trust, then authentication (a ticket login
     // for passwords, the token header otherwise).

@@ -128,6 +128,25 @@ pub struct GroupConfig {
     pub cloud_init_user: String,
 }
 
+impl GroupConfig {
+    /// How to reach PVE with these settings (the engine's defaults for
+    /// connecting and retrying).
+    pub fn client_config(&self, credentials: crate::pve::Credentials) -> crate::pve::ClientConfig {
+        crate::pve::ClientConfig {
+            url: self.url.clone(),
+            tls: crate::pve::TlsOptions {
+                ca_file: self.ca_file.clone(),
+                fingerprint: self.tls_fingerprint.clone(),
+                insecure_skip_verify: self.insecure_skip_tls_verify,
+            },
+            credentials,
+            request_timeout: self.request_timeout,
+            connect_timeout: Duration::from_secs(10),
+            retry: crate::pve::RetryPolicy::default(),
+        }
+    }
+}
+
 /// Every problem found in a `plugin_config`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("could not use plugin_config ({} problem{}): {}", problems.len(), if problems.len() == 1 { "" } else { "s" }, problems.join("; "))]

@@ -27,7 +27,7 @@ use super::{
     CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
 };
-use crate::pve::{ClientConfig, Credentials, PveClient, RetryPolicy, TlsOptions, VmResource, Vmid};
+use crate::pve::{Credentials, PveClient, VmResource, Vmid};
 
 /// Where one instance is in its life, as the engine knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,18 +108,7 @@ fn failed(message: impl Into<String>) -> GroupError {
 impl Engine {
     async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, GroupError> {
         let credentials = Credentials::load(&config.credentials_file_path).map_err(|err| failed(err.to_string()))?;
-        let client_config = ClientConfig {
-            url: config.url.clone(),
-            tls: TlsOptions {
-                ca_file: config.ca_file.clone(),
-                fingerprint: config.tls_fingerprint.clone(),
-                insecure_skip_verify: config.insecure_skip_tls_verify,
-            },
-            credentials,
-            request_timeout: config.request_timeout,
-            connect_timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
-        };
+        let client_config = config.client_config(credentials);
         let pve = PveClient::connect(client_config).await.map_err(|err| failed(err.to_string()))?;
         let version = pve.version().await.map_err(|err| failed(err.to_string()))?;
 
@@ -581,7 +570,7 @@ impl InstanceGroup for ProxmoxGroup {
     }
 
     /// One request: the agent's ping fails when the VM is gone, stopped or
-    /// its agent is dead.
+    /// its agent is dead (transient API errors are retried, not reported).
     async fn heartbeat(&self, id: &str) -> Result<(), GroupError> {
         let engine = self.engine()?;
         let parsed: InstanceId = id.parse().map_err(|_| GroupError::Unhealthy(format!("{id} is not an instance of this plugin")))?;
@@ -589,11 +578,24 @@ impl InstanceGroup for ProxmoxGroup {
         let Some(node) = node else {
             return Err(GroupError::Unhealthy(format!("instance {id} is gone")));
         };
-        engine
-            .pve
-            .agent_ping(&node, parsed.vmid)
-            .await
-            .map_err(|err| GroupError::Unhealthy(format!("instance {id}: {}", err.kind())))
+        // An API hiccup says nothing about the VM: retry it briefly, and if
+        // PVE stays unreachable do not make Runner replace healthy instances.
+        let mut pause = Duration::from_millis(250);
+        for attempt in 0..3 {
+            match engine.pve.agent_ping(&node, parsed.vmid).await {
+                Ok(()) => return Ok(()),
+                Err(err) if err.is_retryable() && attempt < 2 => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(err) if err.is_retryable() => {
+                    tracing::warn!(instance = %id, error = %err, "could not reach PVE to check the instance's health; assuming it is healthy");
+                    return Ok(());
+                }
+                Err(err) => return Err(GroupError::Unhealthy(format!("instance {id}: {}", err.kind()))),
+            }
+        }
+        Ok(())
     }
 
     async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {

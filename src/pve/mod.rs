@@ -24,5 +24,5 @@ pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
 pub use error::{Error, ErrorKind};
 pub use session::RetryPolicy;
 pub use task::{TaskSuccess, Upid};
-pub use tls::{Fingerprint, TlsOptions};
+pub use tls::{Fingerprint, TlsOptions, any_certificate_config};
 pub use version::PveVersion;

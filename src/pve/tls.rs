@@ -63,6 +63,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// A rustls configuration that accepts any server certificate (still
+/// checking the handshake signature): for reading what a server presents,
+/// never for talking to the API.
+pub fn any_certificate_config() -> Result<rustls::ClientConfig, Error> {
+    let provider = provider();
+    let verifier = ServerCertificate { pinned: None, algorithms: provider.signature_verification_algorithms };
+    Ok(rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| Error::setup("set up TLS to read a server certificate", err.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
 /// The rustls configuration for these options, or `None` for reqwest's
 /// default (system roots).
 pub fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig>, Error> {
