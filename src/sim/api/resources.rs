@@ -835,11 +835,63 @@ mod tests {
             cluster.join_pool(150, defaults::POOL).unwrap();
         }
         check.at(&cluster(), now + 2.5, "a new guest, unknown for now");
+        // Sizes, HA state, power without an observation, history, storage use, ACLs.
+        {
+            let mut cluster = cluster();
+            cluster.vms.get_mut(&108).unwrap().config.insert("memory".into(), "4096".into());
+            cluster.touch(108, now + 2.6);
+        }
+        check.at(&cluster(), now + 2.6, "108 grew");
+        cluster().vms.get_mut(&105).unwrap().ha_managed = false;
+        check.at(&cluster(), now + 2.7, "105 left HA");
+        cluster().vms.get_mut(&100).unwrap().ha_managed = true;
+        cluster().vms.get_mut(&100).unwrap().power = Power::Stopped;
+        check.at(&cluster(), now + 2.8, "100 in HA and stopped, not observed yet");
+        cluster().vms.get_mut(&109).unwrap().reset_history(now + 2.9);
+        check.at(&cluster(), now + 2.9, "109's history forgotten");
+        cluster().create_volume("local-lvm", "vm-150-disk-0".into(), 150, 7 << 30, None).unwrap();
+        check.at(&cluster(), now + 3.0, "a new volume");
+        cluster().access.remove_acl_path("/vms/101");
+        check.at(&cluster(), now + 3.1, "tfa@pve no longer sees 101");
+        cluster().staleness = 2.0;
+        check.at(&cluster(), now + 3.2, "a shorter lag");
         check.at(&cluster(), now + 2.5 + staleness, "the new guest seen");
         check.at(&cluster(), now + 3600.0, "an hour later");
 
         assert!(check.reused >= 100, "kept answers were used: {} reused, {} built", check.reused, check.built);
         assert!(check.built >= 200, "changes and coming-of-age rebuilt answers: {} reused, {} built", check.reused, check.built);
+    }
+
+    #[test]
+    fn only_guests_whose_inputs_changed_are_rewritten() {
+        let state = Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+        let cluster = || ClusterGuard::new(state.lock().unwrap());
+        let mut check = Check { cache: ResourcesCache::default(), reused: 0, built: 0 };
+        let now = START + 100.0;
+        check.at(&cluster(), now, "first answers");
+        let written = check.cache.items_serialised;
+        assert!(written >= 13, "every guest written at least once: {written}");
+
+        cluster().hold_flock(100, true);
+        let built = check.built;
+        check.at(&cluster(), now + 0.1, "a held file lock, which the answer does not show");
+        assert_eq!(check.built - built, 20, "whole answers are rebuilt after any write");
+        assert_eq!(check.cache.items_serialised, written, "but no guest item is rewritten");
+
+        cluster().vms.get_mut(&104).unwrap().config.insert("lock".into(), "backup".into());
+        check.at(&cluster(), now + 0.2, "a lock on 104");
+        let rewritten = check.cache.items_serialised - written;
+        assert!((1..=2).contains(&rewritten), "only 104's item (with and without its pool) is rewritten: {rewritten}");
+
+        let written = check.cache.items_serialised;
+        cluster().vms.remove(&104);
+        check.at(&cluster(), now + 0.3, "104 gone");
+        assert_eq!(check.cache.items_serialised, written, "removing a guest rewrites nothing");
+        assert!(!check.cache.guests.contains_key(&104), "its kept items are dropped");
+
+        check.cache.forget();
+        check.at(&cluster(), now + 0.4, "everything forgotten");
+        assert!(check.cache.items_serialised - written >= 12, "forgotten items are written again");
     }
 
     #[test]
