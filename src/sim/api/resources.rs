@@ -533,7 +533,7 @@ impl OwnedGuestView {
         GuestView {
             vmid: self.vmid,
             node: &self.node,
-            seen: self.seen.as_ref().map(|(status, name, template)| Seen { status: *status, name: name.as_deref(), template: *template }),
+            seen: self.seen.as_ref().map(|(status, name, template)| Seen { status, name: name.as_deref(), template: *template }),
             power: self.power,
             cpus: self.cpus,
             max_memory: self.max_memory,
