@@ -124,6 +124,12 @@ impl Admin {
         self.shared.counters.reset();
     }
 
+    /// Forgets every kept `/cluster/resources` answer and guest item, so the
+    /// next answers are written from scratch (benchmarks measure that case).
+    pub fn forget_kept_resources(&self) {
+        self.shared.resources_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).forget();
+    }
+
     pub fn add_fault(&self, rule: FaultRule) -> u64 {
         self.shared.faults().add(rule)
     }

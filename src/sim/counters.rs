@@ -27,6 +27,14 @@ pub struct Counters {
     pub resources_answers_built: u64,
     #[serde(default)]
     pub resources_answers_reused: u64,
+    /// Guest items of those answers written afresh (the others were kept:
+    /// their inputs had not changed).
+    #[serde(default)]
+    pub resources_items_serialised: u64,
+    /// Time spent in the `/cluster/resources` handler building or reusing
+    /// answers (not sending them), in nanoseconds.
+    #[serde(default)]
+    pub resources_server_nanos: u64,
 }
 
 impl Counters {

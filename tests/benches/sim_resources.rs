@@ -1,15 +1,21 @@
 //! `cargo bench --bench sim_resources`: the simulator with 2,000 VMs in one
 //! pool answering `GET /cluster/resources` (the target: under 5 ms
 //! on the project's machine). Prints the latency distribution of sequential
-//! requests over one keep-alive connection, both with the answer kept
-//! between requests (cached) and with the cluster changed before every
-//! request (cold), the throughput of concurrent clients, and the project's
-//! typed client end to end. It asserts nothing
-//! about speed: the numbers are for people to read.
+//! requests over one keep-alive connection in four cases: the answer kept
+//! between requests (cached); one guest's lock changed before each request
+//! (the realistic poll during autoscaling); a write the answer does not
+//! show (a held config-file lock) before each request; and every kept
+//! answer and item forgotten before each request (written from scratch).
+//! For each: the server's own time in the handler (measured in-process),
+//! and the process's CPU per request. Then the client's JSON parse alone,
+//! the throughput of concurrent clients, and the project's typed client end
+//! to end. It asserts nothing about speed: the numbers are for people to
+//! read.
 
 use std::time::{Duration, Instant};
 
 use fleeting_plugin_proxmox::pve::{ClientConfig, Credentials, PveClient, Secret};
+use fleeting_plugin_proxmox::sim::Counters;
 use fleeting_plugin_proxmox::sim::config::{VmSpec, defaults};
 use fleeting_plugin_proxmox::sim::{Scenario, SimConfig, Simulator};
 
@@ -85,7 +91,24 @@ fn process_cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn report(label: &str, (sorted, cpu): &(Vec<Duration>, Duration), reused: u64) {
+/// What the server counted while a case ran.
+struct ServerSide {
+    reused: u64,
+    items_serialised: u64,
+    handler: Duration,
+}
+
+impl ServerSide {
+    fn between(before: &Counters, after: &Counters) -> Self {
+        Self {
+            reused: after.resources_answers_reused - before.resources_answers_reused,
+            items_serialised: after.resources_items_serialised - before.resources_items_serialised,
+            handler: Duration::from_nanos(after.resources_server_nanos - before.resources_server_nanos),
+        }
+    }
+}
+
+fn report(label: &str, (sorted, cpu): &(Vec<Duration>, Duration), server: &ServerSide) {
     let mean = sorted.iter().sum::<Duration>() / sorted.len() as u32;
     let under_5ms = sorted.iter().filter(|l| **l < Duration::from_millis(5)).count();
     println!("sim_resources: GET /cluster/resources, {} sequential requests over keep-alive, {label}:", sorted.len());
@@ -98,7 +121,18 @@ fn report(label: &str, (sorted, cpu): &(Vec<Duration>, Duration), reused: u64) {
         ms(sorted[sorted.len() - 1]),
         ms(mean)
     );
-    println!("sim_resources:   {under_5ms} of {} under 5 ms; {reused} answered from kept bytes; CPU {} per request (client + server)", sorted.len(), ms(*cpu));
+    let count = sorted.len() as u32;
+    println!(
+        "sim_resources:   {under_5ms} of {} under 5 ms; {} whole answers reused, {:.1} guest items written per request",
+        sorted.len(),
+        server.reused,
+        server.items_serialised as f64 / f64::from(count)
+    );
+    println!(
+        "sim_resources:   server handler {} per request (in-process, building or reusing the answer; sending excluded); CPU {} per request (whole process: client + server)",
+        ms(server.handler / count),
+        ms(*cpu)
+    );
 }
 
 /// The machine is shared: the load says how much to trust the numbers.
@@ -135,19 +169,19 @@ async fn run() {
     println!("sim_resources: one answer is {size} bytes ({} guests plus nodes, storages, pool)", VMS + 1);
     println!("sim_resources: load average {} on {} CPUs", load_average(), std::thread::available_parallelism().map_or(0, |n| n.get()));
 
+    let admin = sim.admin();
+
     // Cached: the cluster does not change between polls, so the kept
     // answer is reused (only uptimes are filled in).
-    let before = sim.admin().counters();
+    let before = admin.counters();
     let cached = sequential(SEQUENTIAL, || async {}, || fetch(http.clone())).await;
-    let after = sim.admin().counters();
-    report("cached (cluster unchanged between requests)", &cached, after.resources_answers_reused - before.resources_answers_reused);
+    report("cached (cluster unchanged between requests)", &cached, &ServerSide::between(&before, &admin.counters()));
 
-    // Cold: a lock flips on one guest before every request (outside the
-    // timed part), which invalidates every kept answer.
-    let admin = sim.admin();
+    // Realistic cold: one guest's lock flips before every request (outside
+    // the timed part): every kept answer is void, one guest item changes.
     let mut flip = false;
-    let before = sim.admin().counters();
-    let cold = sequential(
+    let before = admin.counters();
+    let one_changed = sequential(
         SEQUENTIAL,
         || {
             flip = !flip;
@@ -157,9 +191,51 @@ async fn run() {
         || fetch(http.clone()),
     )
     .await;
-    let after = sim.admin().counters();
-    report("cold (a guest's lock changed before each request)", &cold, after.resources_answers_reused - before.resources_answers_reused);
+    report("cold after one guest changed (its lock flipped before each request)", &one_changed, &ServerSide::between(&before, &admin.counters()));
     admin.set_config_lock(10_000, None).expect("VM 10000 exists");
+
+    // A write /cluster/resources does not show (the config file lock, as a
+    // task takes it): whole answers are rechecked, no item is rewritten.
+    let mut held = false;
+    let before = admin.counters();
+    let unrelated = sequential(
+        SEQUENTIAL,
+        || {
+            held = !held;
+            admin.hold_lock(10_001, held).expect("VM 10001 exists");
+            async {}
+        },
+        || fetch(http.clone()),
+    )
+    .await;
+    report("after a write the answer does not show (a held file lock flipped before each request)", &unrelated, &ServerSide::between(&before, &admin.counters()));
+    admin.hold_lock(10_001, false).expect("VM 10001 exists");
+
+    // Everything invalidated: every kept answer and item forgotten before
+    // each request, so all 2,001 items are written afresh.
+    let before = admin.counters();
+    let scratch = sequential(
+        SEQUENTIAL / 5,
+        || {
+            admin.forget_kept_resources();
+            async {}
+        },
+        || fetch(http.clone()),
+    )
+    .await;
+    report("cold from scratch (every kept answer and item forgotten before each request)", &scratch, &ServerSide::between(&before, &admin.counters()));
+
+    // The client's share: parsing the body into JSON values, alone.
+    let body = http.get(format!("{}/cluster/resources", sim.api_url())).header("Authorization", format!("PVEAPIToken={}={}", defaults::TOKEN_ID, defaults::TOKEN_SECRET)).send().await.expect("an answer").bytes().await.expect("a body");
+    let mut parses = Vec::new();
+    for _ in 0..50 {
+        let parse_start = Instant::now();
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("the answer is JSON");
+        parses.push(parse_start.elapsed());
+        std::hint::black_box(value);
+    }
+    parses.sort();
+    println!("sim_resources: client side alone: serde_json::Value parse of the {} byte answer: p50 {}  p90 {}", body.len(), ms(percentile(&parses, 0.5)), ms(percentile(&parses, 0.9)));
 
     let deadline = Instant::now() + CONCURRENT_FOR;
     let workers: Vec<_> = (0..CONCURRENT_CLIENTS)

@@ -12,8 +12,10 @@
 //! moves with the clock: the kept bytes leave a gap for it, filled on every
 //! answer.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
+use std::time::Instant;
 
 use serde::{Serialize, Serializer};
 
@@ -29,28 +31,55 @@ use crate::sim::wire::{ApiError, Reply, write_perl_json};
 /// (at most 32 x ~600 KB for 2,000 guests).
 const CACHED_ANSWERS: usize = 32;
 
+/// Up to this many guests, debug builds check every built answer against
+/// one written without kept items.
+#[cfg(debug_assertions)]
+const DEBUG_CHECKED_GUESTS: usize = 256;
+
 pub fn resources(call: &Call<'_>) -> Result<Reply, ApiError> {
     let caller = call.caller()?;
     let kind = call.params.get("type");
     let cluster = call.shared.cluster();
+    let started = Instant::now();
     let mut cache = call.shared.resources_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let now = call.shared.clock.now();
+    let serialised_before = cache.items_serialised;
     let (answer, reused) = cache.answer(&cluster, caller, kind, now);
+    let items_serialised = cache.items_serialised - serialised_before;
+    let elapsed = started.elapsed();
     call.shared.counters.update(|c| {
         if reused {
             c.resources_answers_reused += 1;
         } else {
             c.resources_answers_built += 1;
         }
+        c.resources_items_serialised += items_serialised;
+        c.resources_server_nanos += u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
     });
     Ok(Reply::serialized(answer))
 }
 
-/// Serialised `/cluster/resources` answers of the current cluster state.
+/// Serialised `/cluster/resources` answers of the current cluster state,
+/// and each guest's serialised item.
+///
+/// Two layers, so that a change costs what it touches:
+/// - whole answers per (caller, `type`), valid while `Cluster::generation`
+///   stands (any write) and no observation comes of age;
+/// - per guest, its item's bytes next to the exact inputs they were written
+///   from (`GuestView`). After any write every guest's inputs are read again
+///   and compared; only guests whose inputs differ are re-serialised, and
+///   the answer is the concatenation of the kept items. Because the bytes
+///   are a function of the view alone, no mutator has to remember to
+///   invalidate anything: a task-log line changes no view and re-serialises
+///   nothing, a lock on one guest re-serialises one item.
 #[derive(Default)]
 pub struct ResourcesCache {
     generation: u64,
     answers: Vec<KeptAnswer>,
+    /// vmid → its item without and with `pool` (callers differ in `Pool.Audit`).
+    guests: HashMap<u32, [Option<KeptGuest>; 2]>,
+    /// Guest items written so far (for counters and tests).
+    items_serialised: u64,
 }
 
 struct KeptAnswer {
@@ -65,7 +94,7 @@ struct KeptAnswer {
 
 impl ResourcesCache {
     /// The answer's `data` for `caller` with the `type` filter `kind` at
-    /// `now`, and whether kept bytes were reused.
+    /// `now`, and whether a kept answer was reused whole.
     pub fn answer(&mut self, cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -> (Vec<u8>, bool) {
         if self.generation != cluster.generation() {
             self.answers.clear();
@@ -79,10 +108,24 @@ impl ResourcesCache {
         if self.answers.len() >= CACHED_ANSWERS {
             self.answers.remove(0);
         }
-        let template = build(cluster, caller, kind, now);
+        let template = build(&mut self.guests, &mut self.items_serialised, cluster, caller, kind, now);
         let answer = template.render(now);
+        // The safety net for the kept items in test and debug builds: the
+        // same answer written from scratch (small clusters only: it costs a
+        // full build).
+        #[cfg(debug_assertions)]
+        if cluster.vms.len() <= DEBUG_CHECKED_GUESTS {
+            let fresh = build(&mut HashMap::new(), &mut 0, cluster, caller, kind, now).render(now);
+            debug_assert!(answer == fresh, "kept /cluster/resources items differ from fresh ones");
+        }
         self.answers.push(KeptAnswer { caller: caller.clone(), kind: kind.map(str::to_string), built_at: now, valid_until: next_coming_of_age(cluster, now), template });
         (answer, false)
+    }
+
+    /// Forgets every kept answer and item (the next answers are written from scratch).
+    pub fn forget(&mut self) {
+        self.answers.clear();
+        self.guests.clear();
     }
 }
 
@@ -126,6 +169,16 @@ impl Template {
         }
         out.extend_from_slice(&self.bytes[from..]);
         out
+    }
+
+    /// Appends a kept item (written by `push` into an empty template).
+    fn append(&mut self, item: &Template) {
+        if self.bytes.len() > 1 {
+            self.bytes.push(b',');
+        }
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&item.bytes);
+        self.gaps.extend(item.gaps.iter().map(|&(at, uptime)| (base + at, uptime)));
     }
 
     /// Appends one item: `entry`'s fields, then `uptime` and `vmid`, the
@@ -296,8 +349,10 @@ impl<'a> Visibility<'a> {
     }
 }
 
-/// The answer at `now`, uptimes left as gaps.
-fn build(cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -> Template {
+/// The answer at `now`, uptimes left as gaps; guest items come from
+/// `guests` where their inputs are unchanged, and are written (and kept)
+/// otherwise.
+fn build(guests: &mut HashMap<u32, [Option<KeptGuest>; 2]>, serialised: &mut u64, cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -> Template {
     let wants = |what: &str| kind.is_none_or(|k| k == what);
     let mut template = Template { bytes: Vec::with_capacity(64 + cluster.vms.len() * 320), gaps: Vec::new() };
     template.bytes.push(b'[');
@@ -305,9 +360,23 @@ fn build(cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -
         let mut visibility = Visibility::new(cluster, caller);
         for guest in cluster.vms.values() {
             let (audit, pool_audit) = visibility.of(guest);
-            if audit {
-                push_guest(&mut template, cluster, guest, now, pool_audit);
+            if !audit {
+                continue;
             }
+            let view = GuestView::of(cluster, guest, now, pool_audit);
+            let slot = &mut guests.entry(guest.vmid).or_default()[usize::from(pool_audit)];
+            let kept = match slot {
+                Some(kept) if kept.view.as_view() == view => kept,
+                _ => {
+                    *serialised += 1;
+                    slot.insert(KeptGuest::write(view))
+                }
+            };
+            template.append(&kept.item);
+        }
+        // Forget removed guests (only when some are gone: a lookup per guest).
+        if guests.len() > cluster.vms.len() {
+            guests.retain(|vmid, _| cluster.vms.contains_key(vmid));
         }
     }
     if wants("node") {
@@ -374,44 +443,147 @@ fn build(cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -
 /// One guest's item as a JSON value (pool members carry the same fields).
 pub fn guest_item(cluster: &Cluster, guest: &Vm, now: SimTime, show_pool: bool) -> serde_json::Value {
     let mut template = Template { bytes: vec![b'['], gaps: Vec::new() };
-    push_guest(&mut template, cluster, guest, now, show_pool);
+    template.append(&KeptGuest::write(GuestView::of(cluster, guest, now, show_pool)).item);
     template.bytes.push(b']');
     let item = serde_json::from_slice::<Vec<serde_json::Value>>(&template.render(now)).ok().and_then(|mut items| items.pop());
     item.unwrap_or_default()
 }
 
-/// The stale view pvestatd gives of one guest (see the module comment).
-fn push_guest(template: &mut Template, cluster: &Cluster, guest: &Vm, now: SimTime, show_pool: bool) {
-    let node_online = cluster.nodes.get(&guest.node).is_some_and(|n| n.online);
-    let seen = if node_online { guest.observed_at(now - cluster.staleness) } else { None };
-    let running = seen.is_some_and(|o| o.status == "running");
-    let max_memory = guest.max_memory();
-    let counter = |value: i64| if running { value } else { 0 };
-    let entry = Entry {
-        id: Some(ResourceId::Guest(guest.vmid)),
-        kind: Some("qemu"),
-        node: Some(&guest.node),
-        name: seen.and_then(|o| o.name.as_deref()),
-        status: Some(seen.map_or("unknown", |o| o.status)),
-        template: Some(PveBool(seen.is_some_and(|o| o.template))),
-        cpu: Some(if running { 0.0125 } else { 0.0 }),
-        maxcpu: Some(guest.cpus() as f64),
-        mem: Some(counter((max_memory / 3) as i64)),
-        maxmem: Some(max_memory as i64),
-        disk: Some(0),
-        maxdisk: Some(guest.max_disk() as i64),
-        netin: Some(counter(i64::from(guest.vmid) * 1024)),
-        netout: Some(counter(i64::from(guest.vmid) * 512)),
-        diskread: Some(0),
-        diskwrite: Some(0),
-        lock: guest.lock(),
-        tags: guest.config.get("tags").map(String::as_str).filter(|t| !t.is_empty()),
-        pool: if show_pool { guest.pool.as_deref() } else { None },
-        hastate: guest.ha_managed.then_some(if guest.is_running() { "started" } else { "stopped" }),
-        ..Entry::default()
-    };
-    let uptime = if running { UptimeField::Growing(Uptime::Guest(guest.power)) } else { UptimeField::Fixed(0) };
-    template.push(&entry, Some(uptime), Some(guest.vmid));
+/// Everything a guest's item is written from: the stale view pvestatd
+/// gives of it (see the module comment) and its current lock, tags, pool,
+/// HA state and sizes. Equal views write equal bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct GuestView<'a> {
+    vmid: u32,
+    node: &'a str,
+    /// The observation pvestatd broadcast `staleness` ago, if the node is online.
+    seen: Option<Seen<'a>>,
+    power: Power,
+    cpus: u64,
+    max_memory: u64,
+    max_disk: u64,
+    lock: Option<&'a str>,
+    tags: Option<&'a str>,
+    /// The pool, if the caller may see it.
+    pool: Option<&'a str>,
+    hastate: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Seen<'a> {
+    status: &'static str,
+    name: Option<&'a str>,
+    template: bool,
+}
+
+impl<'a> GuestView<'a> {
+    fn of(cluster: &'a Cluster, guest: &'a Vm, now: SimTime, show_pool: bool) -> Self {
+        let node_online = cluster.nodes.get(&guest.node).is_some_and(|n| n.online);
+        let seen = if node_online { guest.observed_at(now - cluster.staleness) } else { None };
+        Self {
+            vmid: guest.vmid,
+            node: &guest.node,
+            seen: seen.map(|o| Seen { status: o.status, name: o.name.as_deref(), template: o.template }),
+            power: guest.power,
+            cpus: guest.cpus(),
+            max_memory: guest.max_memory(),
+            max_disk: guest.max_disk(),
+            lock: guest.lock(),
+            tags: guest.config.get("tags").map(String::as_str).filter(|t| !t.is_empty()),
+            pool: if show_pool { guest.pool.as_deref() } else { None },
+            hastate: guest.ha_managed.then_some(if guest.is_running() { "started" } else { "stopped" }),
+        }
+    }
+}
+
+/// A `GuestView` that outlives the cluster borrow.
+#[derive(Debug)]
+struct OwnedGuestView {
+    vmid: u32,
+    node: String,
+    seen: Option<(&'static str, Option<String>, bool)>,
+    power: Power,
+    cpus: u64,
+    max_memory: u64,
+    max_disk: u64,
+    lock: Option<String>,
+    tags: Option<String>,
+    pool: Option<String>,
+    hastate: Option<&'static str>,
+}
+
+impl OwnedGuestView {
+    fn from(view: &GuestView<'_>) -> Self {
+        Self {
+            vmid: view.vmid,
+            node: view.node.to_string(),
+            seen: view.seen.map(|s| (s.status, s.name.map(str::to_string), s.template)),
+            power: view.power,
+            cpus: view.cpus,
+            max_memory: view.max_memory,
+            max_disk: view.max_disk,
+            lock: view.lock.map(str::to_string),
+            tags: view.tags.map(str::to_string),
+            pool: view.pool.map(str::to_string),
+            hastate: view.hastate,
+        }
+    }
+
+    fn as_view(&self) -> GuestView<'_> {
+        GuestView {
+            vmid: self.vmid,
+            node: &self.node,
+            seen: self.seen.as_ref().map(|(status, name, template)| Seen { status, name: name.as_deref(), template: *template }),
+            power: self.power,
+            cpus: self.cpus,
+            max_memory: self.max_memory,
+            max_disk: self.max_disk,
+            lock: self.lock.as_deref(),
+            tags: self.tags.as_deref(),
+            pool: self.pool.as_deref(),
+            hastate: self.hastate,
+        }
+    }
+}
+
+/// One guest's item, kept with the view it was written from.
+struct KeptGuest {
+    view: OwnedGuestView,
+    item: Template,
+}
+
+impl KeptGuest {
+    fn write(view: GuestView<'_>) -> Self {
+        let running = view.seen.is_some_and(|seen| seen.status == "running");
+        let counter = |value: i64| if running { value } else { 0 };
+        let entry = Entry {
+            id: Some(ResourceId::Guest(view.vmid)),
+            kind: Some("qemu"),
+            node: Some(view.node),
+            name: view.seen.and_then(|seen| seen.name),
+            status: Some(view.seen.map_or("unknown", |seen| seen.status)),
+            template: Some(PveBool(view.seen.is_some_and(|seen| seen.template))),
+            cpu: Some(if running { 0.0125 } else { 0.0 }),
+            maxcpu: Some(view.cpus as f64),
+            mem: Some(counter((view.max_memory / 3) as i64)),
+            maxmem: Some(view.max_memory as i64),
+            disk: Some(0),
+            maxdisk: Some(view.max_disk as i64),
+            netin: Some(counter(i64::from(view.vmid) * 1024)),
+            netout: Some(counter(i64::from(view.vmid) * 512)),
+            diskread: Some(0),
+            diskwrite: Some(0),
+            lock: view.lock,
+            tags: view.tags,
+            pool: view.pool,
+            hastate: view.hastate,
+            ..Entry::default()
+        };
+        let uptime = if running { UptimeField::Growing(Uptime::Guest(view.power)) } else { UptimeField::Fixed(0) };
+        let mut item = Template { bytes: Vec::with_capacity(320), gaps: Vec::new() };
+        item.push(&entry, Some(uptime), Some(view.vmid));
+        Self { view: OwnedGuestView::from(&view), item }
+    }
 }
 
 #[cfg(test)]
@@ -663,11 +835,63 @@ mod tests {
             cluster.join_pool(150, defaults::POOL).unwrap();
         }
         check.at(&cluster(), now + 2.5, "a new guest, unknown for now");
+        // Sizes, HA state, power without an observation, history, storage use, ACLs.
+        {
+            let mut cluster = cluster();
+            cluster.vms.get_mut(&108).unwrap().config.insert("memory".into(), "4096".into());
+            cluster.touch(108, now + 2.6);
+        }
+        check.at(&cluster(), now + 2.6, "108 grew");
+        cluster().vms.get_mut(&105).unwrap().ha_managed = false;
+        check.at(&cluster(), now + 2.7, "105 left HA");
+        cluster().vms.get_mut(&100).unwrap().ha_managed = true;
+        cluster().vms.get_mut(&100).unwrap().power = Power::Stopped;
+        check.at(&cluster(), now + 2.8, "100 in HA and stopped, not observed yet");
+        cluster().vms.get_mut(&109).unwrap().reset_history(now + 2.9);
+        check.at(&cluster(), now + 2.9, "109's history forgotten");
+        cluster().create_volume("local-lvm", "vm-150-disk-0".into(), 150, 7 << 30, None).unwrap();
+        check.at(&cluster(), now + 3.0, "a new volume");
+        cluster().access.remove_acl_path("/vms/101");
+        check.at(&cluster(), now + 3.1, "tfa@pve no longer sees 101");
+        cluster().staleness = 2.0;
+        check.at(&cluster(), now + 3.2, "a shorter lag");
         check.at(&cluster(), now + 2.5 + staleness, "the new guest seen");
         check.at(&cluster(), now + 3600.0, "an hour later");
 
         assert!(check.reused >= 100, "kept answers were used: {} reused, {} built", check.reused, check.built);
         assert!(check.built >= 200, "changes and coming-of-age rebuilt answers: {} reused, {} built", check.reused, check.built);
+    }
+
+    #[test]
+    fn only_guests_whose_inputs_changed_are_rewritten() {
+        let state = Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+        let cluster = || ClusterGuard::new(state.lock().unwrap());
+        let mut check = Check { cache: ResourcesCache::default(), reused: 0, built: 0 };
+        let now = START + 100.0;
+        check.at(&cluster(), now, "first answers");
+        let written = check.cache.items_serialised;
+        assert!(written >= 13, "every guest written at least once: {written}");
+
+        cluster().hold_flock(100, true);
+        let built = check.built;
+        check.at(&cluster(), now + 0.1, "a held file lock, which the answer does not show");
+        assert_eq!(check.built - built, 20, "whole answers are rebuilt after any write");
+        assert_eq!(check.cache.items_serialised, written, "but no guest item is rewritten");
+
+        cluster().vms.get_mut(&104).unwrap().config.insert("lock".into(), "backup".into());
+        check.at(&cluster(), now + 0.2, "a lock on 104");
+        let rewritten = check.cache.items_serialised - written;
+        assert!((1..=2).contains(&rewritten), "only 104's item (with and without its pool) is rewritten: {rewritten}");
+
+        let written = check.cache.items_serialised;
+        cluster().vms.remove(&104);
+        check.at(&cluster(), now + 0.3, "104 gone");
+        assert_eq!(check.cache.items_serialised, written, "removing a guest rewrites nothing");
+        assert!(!check.cache.guests.contains_key(&104), "its kept items are dropped");
+
+        check.cache.forget();
+        check.at(&cluster(), now + 0.4, "everything forgotten");
+        assert!(check.cache.items_serialised - written >= 12, "forgotten items are written again");
     }
 
     #[test]
