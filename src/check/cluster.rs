@@ -330,9 +330,7 @@ impl TemplateFacts {
     pub fn from_config(node: &str, config: &BTreeMap<String, String>, listed_as_template: bool) -> Self {
         let mut facts = Self { node: node.to_string(), ..Self::default() };
         facts.is_template = listed_as_template || config.get("template").is_some_and(|t| t == "1");
-        facts.agent_enabled = config.get("agent").is_some_and(|value| {
-            value.split(',').any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
-        });
+        facts.agent_enabled = crate::group::engine::agent_enabled(config.get("agent").map(String::as_str));
         for (key, value) in config {
             if is_indexed(key, "net") {
                 facts.has_net0 |= key == "net0";

@@ -344,7 +344,8 @@ impl GuestDefaults {
     }
 }
 
-fn agent_enabled(value: Option<&str>) -> bool {
+/// Whether a config `agent` value turns the guest agent on (`1`, `enabled=1`, …).
+pub fn agent_enabled(value: Option<&str>) -> bool {
     let Some(value) = value else { return false };
     value.split(',').any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
 }
