@@ -324,6 +324,12 @@ fn convert_schema(schema: &Value, direction: Direction, location: &str, indexed:
                         let property_location = format!("{location} property `{name}`");
                         let schema = convert_schema(property, direction, &property_location, indexed)?;
                         let optional = is_truthy(property.get("optional"));
+                        // Answers keep indexed keys in the open map: a VM
+                        // config with every `unusedN`, `netN`, … as a field
+                        // derives a 55,000-line deserializer that takes LLVM
+                        // over 15 minutes at opt-level 3, and readers look
+                        // such keys up by name anyway.
+                        let indexed = if direction == Direction::Response { IndexedKeys::Map } else { indexed };
                         for (key, schema) in expand_key(name, schema, indexed) {
                             match key {
                                 ExpandedKey::Named(key) => {
@@ -462,6 +468,21 @@ mod tests {
         let body = &out["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"];
         assert!(body["properties"].get("net0").is_none());
         assert_eq!(body["additionalProperties"], json!({ "type": "string" }));
+    }
+
+    #[test]
+    fn answers_keep_indexed_keys_in_the_open_map_in_either_mode() {
+        let info = json!({ "returns": { "type": "object", "properties": {
+            "net[n]": { "type": "string", "optional": 1 },
+            "memory": { "type": "string", "optional": 1 }
+        }}});
+        for mode in [IndexedKeys::Expand, IndexedKeys::Map] {
+            let out = convert_one("/c", "GET", info.clone(), mode).unwrap();
+            let data = &out["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["data"];
+            assert!(data["properties"].get("net0").is_none(), "{data}");
+            assert!(data["properties"].get("memory").is_some(), "{data}");
+            assert_eq!(data["additionalProperties"], json!({}), "{data}");
+        }
     }
 
     #[test]
