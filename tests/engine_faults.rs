@@ -252,6 +252,39 @@ async fn target_nodes_on_local_storage_are_refused_at_init() {
     assert!(err.contains("only from shared storage"), "{err}");
 }
 
+/// A UEFI template whose EFI disk sits on storage without linked clones
+/// (thick LVM) beside a boot disk on LVM-thin: PVE refuses a linked clone
+/// ("Linked clone feature is not supported"), so `clone_mode = auto` must
+/// pick full clones from every disk, not just the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_clone_mode_weighs_every_disk_of_the_template() {
+    let mut scenario = fast_scenario();
+    scenario.storages.push(StorageSpec { id: "thick".into(), kind: "lvm".into(), ..StorageSpec::default() });
+    scenario.vms[0].config.insert("efidisk0".into(), "thick:base-9000-disk-1,efitype=4m,size=4M".into());
+    scenario.acl.push(AclSpec {
+        path: "/storage/thick".into(),
+        roles: vec!["PVEDatastoreUser".into()],
+        users: vec![defaults::USER.into()],
+        tokens: vec![defaults::TOKEN_ID.into()],
+        ..AclSpec::default()
+    });
+    let setup = setup(scenario).await;
+    let admin = setup.sim.admin();
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let answer = group.increase(2).await.unwrap();
+    assert_eq!(answer.succeeded, 2, "{:?}", answer.failures);
+    wait_until(&group, "2 running", all_running(2)).await;
+    let clones: Vec<_> = admin.tasks().into_iter().filter(|task| task.task_type == "qmclone").collect();
+    assert_eq!(clones.len(), 2, "each clone succeeded the first time: {clones:?}");
+    for clone in &clones {
+        assert!(clone.log.iter().any(|line| line == "create full clone of drive efidisk0 (thick:base-9000-disk-1)"), "{:?}", clone.log);
+        assert!(!clone.log.iter().any(|line| line.contains("linked")), "{:?}", clone.log);
+    }
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_info_takes_os_arch_and_protocol_from_the_template() {
     let mut scenario = fast_scenario();

@@ -15,6 +15,7 @@ use super::probe::{self, Probe};
 use super::Report;
 use crate::group::config::{CloneMode, GroupConfig, PluginConfig};
 use crate::group::naming::Naming;
+use crate::group::template::{TemplateFacts, TemplateStorage};
 use crate::pve::{
     ClientConfig, Credentials, ErrorKind, Fingerprint, PveClient, PveVersion, RetryPolicy, SecondFactor, Vmid,
 };
@@ -308,69 +309,10 @@ async fn check_pool(pve: &PveClient, config: &GroupConfig, report: &mut Report) 
     }
 }
 
-/// What the template tells about clones.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TemplateFacts {
-    pub node: String,
-    pub is_template: bool,
-    pub agent_enabled: bool,
-    /// The disk key of the cloud-init drive (`ide2`), if any.
-    pub cloud_init_drive: Option<String>,
-    /// Bridges of the template's NICs (`vmbr0`).
-    pub bridges: Vec<String>,
-    pub has_net0: bool,
-    /// Storages of the template's disks, cloud-init drive excluded.
-    pub disk_storages: Vec<String>,
-    /// Storage of the cloud-init drive (it is always copied in full).
-    pub cloud_init_storage: Option<String>,
-}
-
-impl TemplateFacts {
-    /// Reads a VM configuration (key → value as `GET …/config` returns it).
-    pub fn from_config(node: &str, config: &BTreeMap<String, String>, listed_as_template: bool) -> Self {
-        let mut facts = Self { node: node.to_string(), ..Self::default() };
-        facts.is_template = listed_as_template || config.get("template").is_some_and(|t| t == "1");
-        facts.agent_enabled = crate::group::engine::agent_enabled(config.get("agent").map(String::as_str));
-        for (key, value) in config {
-            if is_indexed(key, "net") {
-                facts.has_net0 |= key == "net0";
-                if let Some(bridge) = value.split(',').find_map(|part| part.strip_prefix("bridge="))
-                    && !facts.bridges.iter().any(|b| b == bridge)
-                {
-                    facts.bridges.push(bridge.to_string());
-                }
-                continue;
-            }
-            let is_disk = ["ide", "sata", "scsi", "virtio"].iter().any(|bus| is_indexed(key, bus))
-                || key == "efidisk0"
-                || key == "tpmstate0";
-            if !is_disk {
-                continue;
-            }
-            let volume = value.split(',').next().unwrap_or_default();
-            let storage = volume.split_once(':').map(|(storage, _)| storage.to_string());
-            if value.contains("cloudinit") {
-                facts.cloud_init_drive = Some(key.clone());
-                facts.cloud_init_storage = storage;
-            } else if !value.contains("media=cdrom")
-                && volume != "none"
-                && let Some(storage) = storage
-                && !facts.disk_storages.contains(&storage)
-            {
-                facts.disk_storages.push(storage);
-            }
-        }
-        facts
-    }
-}
-
-fn is_indexed(key: &str, prefix: &str) -> bool {
-    key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// The template and its storage: `Some` with the storages clones write to.
 pub struct TemplateOutcome {
     pub facts: TemplateFacts,
+    pub storage: TemplateStorage,
     pub clone_storages: Vec<String>,
 }
 
@@ -438,25 +380,18 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
     }
 
     // Linked clones need a template whose every disk sits on storage that
-    // can clone a base volume.
-    let mut linkable = facts.is_template && !facts.disk_storages.is_empty();
-    let mut kinds = Vec::new();
-    for storage in &facts.disk_storages {
-        match pve.storage_info(&facts.node, storage).await {
-            Ok(info) => {
-                linkable &= info.supports_linked_clones();
-                kinds.push(format!("{storage} ({})", info.kind));
-            }
-            Err(err) => {
-                linkable = false;
-                report.fail(
-                    format!("storage {storage}"),
-                    err.to_string(),
-                    format!("grant Datastore.AllocateSpace on /storage/{storage} (see the privileges below)"),
-                );
-            }
-        }
+    // can clone a base volume: the engine decides `clone_mode = auto` with the
+    // same reading.
+    let storage = TemplateStorage::inspect(pve, &facts).await;
+    for (name, err) in storage.unreadable() {
+        report.fail(
+            format!("storage {name}"),
+            err.to_string(),
+            format!("grant Datastore.AllocateSpace on /storage/{name} (see the privileges below)"),
+        );
     }
+    let linkable = facts.is_template && storage.linked_clones_possible();
+    let kinds = storage.describe();
     let linked = match config.clone_mode {
         CloneMode::Full => {
             report.pass("clone mode", format!("full clones (clone_mode = full); linked clones would be {}possible", if linkable { "" } else { "im" }));
@@ -465,28 +400,24 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
         CloneMode::Linked if !linkable => {
             report.fail(
                 "clone mode",
-                format!("clone_mode = linked, but the template's storage {} cannot make linked clones", kinds.join(", ")),
+                format!("clone_mode = linked, but the template's storage {kinds} cannot make linked clones"),
                 "set clone_mode = \"auto\" or \"full\", or move the template's disks to storage with linked clones \
                  (LVM-thin, ZFS, Ceph RBD, directory/NFS with qcow2)",
             );
             true
         }
         _ if linkable => {
-            report.pass("clone mode", format!("linked clones on {}", kinds.join(", ")));
+            report.pass("clone mode", format!("linked clones on {kinds}"));
             true
         }
         _ => {
-            report.pass("clone mode", format!("full clones: {} cannot make linked clones (slower, more space)", kinds.join(", ")));
+            report.pass("clone mode", format!("full clones: {kinds} cannot make linked clones (slower, more space)"));
             false
         }
     };
     let mut clone_storages: Vec<String> = match (&config.storage, linked) {
         (Some(storage), false) => vec![storage.clone()],
-        _ => {
-            let mut list = facts.disk_storages.clone();
-            list.extend(facts.cloud_init_storage.clone());
-            list
-        }
+        _ => facts.all_storages(),
     };
     clone_storages.dedup();
     if let (Some(storage), false) = (&config.storage, linked) {
@@ -502,7 +433,7 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
     } else if config.storage.is_some() {
         report.pass("storage", "`storage` is ignored: linked clones stay on the template's storage");
     }
-    Some(TemplateOutcome { facts, clone_storages })
+    Some(TemplateOutcome { facts, storage, clone_storages })
 }
 
 /// `target_nodes`: known, online, and reachable from the template's storage.
@@ -510,14 +441,8 @@ async fn check_target_nodes(pve: &PveClient, config: &GroupConfig, template: &Te
     if config.target_nodes.is_empty() {
         return;
     }
-    let facts = &template.facts;
-    let storage = facts.disk_storages.first().map(String::as_str);
-    let info = match storage {
-        Some(storage) => pve.storage_info(&facts.node, storage).await.ok(),
-        None => None,
-    };
     let subject = "target_nodes";
-    match crate::group::engine::inspect_target_nodes(pve, config, &facts.node, storage, info.as_ref()).await {
+    match crate::group::engine::inspect_target_nodes(pve, config, &template.facts.node, &template.storage).await {
         Ok(findings) => {
             for problem in &findings.problems {
                 report.fail(subject, problem.clone(), "fix `target_nodes` as the message says");
@@ -690,39 +615,5 @@ async fn check_vmids(pve: &PveClient, config: &GroupConfig, report: &mut Report)
             format!("{} does not fit vmid_range {first}-{last}: only {available} ids are usable", config.max_instances),
             format!("widen vmid_range, lower max_instances to {available}, or free the ids {}", listed(&foreign)),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn template_facts_from_a_pve_config() {
-        let facts = TemplateFacts::from_config(
-            "pve1",
-            &config(&[
-                ("agent", "1,fstrim_cloned_disks=1"),
-                ("scsi0", "local-lvm:base-9000-disk-0,size=8G"),
-                ("efidisk0", "local-lvm:base-9000-disk-1,size=4M"),
-                ("ide0", "local:iso/debian.iso,media=cdrom"),
-                ("ide2", "ceph:vm-9000-cloudinit,media=cdrom"),
-                ("net0", "virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=1"),
-                ("net1", "virtio=BC:24:11:00:00:02,bridge=vnet7"),
-                ("template", "1"),
-            ]),
-            false,
-        );
-        assert!(facts.is_template && facts.agent_enabled && facts.has_net0);
-        assert_eq!(facts.cloud_init_drive.as_deref(), Some("ide2"));
-        assert_eq!(facts.cloud_init_storage.as_deref(), Some("ceph"));
-        assert_eq!(facts.disk_storages, ["local-lvm"]);
-        assert_eq!(facts.bridges, ["vmbr0", "vnet7"]);
-        let bare = TemplateFacts::from_config("pve1", &config(&[("agent", "enabled=0"), ("scsi0", "local:100/disk.qcow2")]), true);
-        assert!(bare.is_template && !bare.agent_enabled && bare.cloud_init_drive.is_none() && !bare.has_net0);
     }
 }

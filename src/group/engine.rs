@@ -23,6 +23,7 @@ use super::config::{CloneMode, GroupConfig, PluginConfig};
 use super::limiter::FailureLimiter;
 use super::naming::{InstanceId, Naming};
 use super::ssh_key::GeneratedKey;
+use super::template::{TemplateFacts, TemplateStorage};
 use super::{
     CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
@@ -125,50 +126,44 @@ impl Engine {
             .vm_config(&template_node, config.template_id)
             .await
             .map_err(|err| failed(err.to_string()))?;
+        let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
         let mut problems = Vec::new();
-        if template_config.get("template").map(String::as_str) != Some("1") && !template.template {
+        if !facts.is_template {
             problems.push(format!(
                 "VM {} (template_id) is not a template; convert it in the GUI (More → Convert to template) or with `qm template {}`",
                 config.template_id, config.template_id
             ));
         }
-        if !agent_enabled(template_config.get("agent").map(String::as_str)) {
+        if !facts.agent_enabled {
             problems.push(format!(
                 "template {} has no guest agent enabled, so instance addresses cannot be found; enable it with `qm set {} --agent enabled=1` and install qemu-guest-agent in the template",
                 config.template_id, config.template_id
             ));
         }
         let generate_credentials = !settings.use_static_credentials;
-        if generate_credentials && !has_cloud_init_drive(&template_config) {
+        if generate_credentials && facts.cloud_init_drive.is_none() {
             problems.push(format!(
                 "template {} has no cloud-init drive, which the plugin needs to install the SSH key it generates; add one with `qm set {} --ide2 <storage>:cloudinit`, or set use_static_credentials = true with your own key in [runners.autoscaler.connector_config]",
                 config.template_id, config.template_id
             ));
         }
-        if !template_config.contains_key("net0") {
+        if !facts.has_net0 {
             problems.push(format!("template {} has no net0 network interface; add one", config.template_id));
         }
         if !problems.is_empty() {
             return Err(failed(format!("could not use template {}: {}", config.template_id, problems.join("; "))));
         }
 
-        let template_storage = template_disk_storage(&template_config);
-        let storage_info = match &template_storage {
-            Some(storage) => match pve.storage_info(&template_node, storage).await {
-                Ok(info) => Some(info),
-                Err(err) => {
-                    tracing::warn!(storage, error = %err, "could not read the template's storage");
-                    None
-                }
-            },
-            None => None,
-        };
+        let storage = TemplateStorage::inspect(&pve, &facts).await;
+        for (name, err) in storage.unreadable() {
+            tracing::warn!(storage = name, error = %err, "could not read the template's storage; assuming no linked clones");
+        }
         let linked = match config.clone_mode {
             CloneMode::Full => false,
             CloneMode::Linked => true,
-            CloneMode::Auto => storage_info.as_ref().is_some_and(|info| info.supports_linked_clones()),
+            CloneMode::Auto => storage.linked_clones_possible(),
         };
-        check_target_nodes(&pve, &config, &template_node, template_storage.as_deref(), storage_info.as_ref()).await?;
+        check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
         let key = if generate_credentials { Some(GeneratedKey::generate().map_err(failed)?) } else { None };
         tracing::info!(
@@ -258,14 +253,13 @@ pub struct TargetNodeFindings {
 }
 
 /// `target_nodes` must name nodes of the cluster, and cloning to a node other
-/// than the template's needs its disks on shared storage. Used by Init and
-/// by `check`.
+/// than the template's needs every volume on shared storage. Used by Init
+/// and by `check`.
 pub async fn inspect_target_nodes(
     pve: &PveClient,
     config: &GroupConfig,
     template_node: &str,
-    template_storage: Option<&str>,
-    storage_info: Option<&crate::pve::StorageInfo>,
+    storage: &TemplateStorage,
 ) -> Result<TargetNodeFindings, crate::pve::Error> {
     let mut findings = TargetNodeFindings::default();
     if config.target_nodes.is_empty() {
@@ -286,27 +280,18 @@ pub async fn inspect_target_nodes(
         }
     }
     let elsewhere = config.target_nodes.iter().any(|node| node != template_node);
-    if elsewhere && !storage_info.is_some_and(|info| info.shared) {
+    if elsewhere && !storage.all_shared() {
         findings.problems.push(format!(
-            "`target_nodes` includes nodes other than {template_node}, but template {}'s disks are on {} storage {}, and Proxmox clones to another node only from shared storage; move the template's disks to shared storage (e.g. Ceph/NFS) or list only {template_node}",
+            "`target_nodes` includes nodes other than {template_node}, but template {} has volumes on storage that is not shared: {}; Proxmox clones to another node only from shared storage, so move the template's disks and cloud-init drive to shared storage (e.g. Ceph/NFS) or list only {template_node}",
             config.template_id,
-            if storage_info.is_some() { "local" } else { "unreadable" },
-            template_storage.unwrap_or("(none found)"),
+            storage.describe(),
         ));
     }
     Ok(findings)
 }
 
-async fn check_target_nodes(
-    pve: &PveClient,
-    config: &GroupConfig,
-    template_node: &str,
-    template_storage: Option<&str>,
-    storage_info: Option<&crate::pve::StorageInfo>,
-) -> Result<(), GroupError> {
-    let findings = inspect_target_nodes(pve, config, template_node, template_storage, storage_info)
-        .await
-        .map_err(|err| failed(err.to_string()))?;
+async fn check_target_nodes(pve: &PveClient, config: &GroupConfig, template_node: &str, storage: &TemplateStorage) -> Result<(), GroupError> {
+    let findings = inspect_target_nodes(pve, config, template_node, storage).await.map_err(|err| failed(err.to_string()))?;
     for node in &findings.offline {
         tracing::warn!(node, "target node is offline; clones go to the other target nodes until it is back");
     }
@@ -342,29 +327,6 @@ impl GuestDefaults {
         let password_only = settings.key.is_empty() && !settings.password.is_empty();
         if self.os == "windows" && !generated_key && password_only { "winrm" } else { "ssh" }
     }
-}
-
-/// Whether a config `agent` value turns the guest agent on (`1`, `enabled=1`, …).
-pub fn agent_enabled(value: Option<&str>) -> bool {
-    let Some(value) = value else { return false };
-    value.split(',').any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
-}
-
-fn has_cloud_init_drive(config: &BTreeMap<String, String>) -> bool {
-    config.iter().any(|(key, value)| {
-        let is_disk = ["ide", "sata", "scsi", "virtio"].iter().any(|bus| key.starts_with(bus));
-        is_disk && value.contains("cloudinit")
-    })
-}
-
-/// The storage of the template's first disk (`local-lvm:base-9000-disk-0,…`).
-fn template_disk_storage(config: &BTreeMap<String, String>) -> Option<String> {
-    ["scsi0", "virtio0", "sata0", "ide0"]
-        .iter()
-        .filter_map(|key| config.get(*key))
-        .find(|value| !value.contains("media=cdrom") && !value.contains("cloudinit"))
-        .and_then(|value| value.split([':', ',']).next())
-        .map(str::to_string)
 }
 
 fn state_of(phase: &Phase) -> InstanceState {
@@ -634,24 +596,4 @@ fn provider_info(engine: &Engine) -> ProviderInfo {
 pub(crate) fn choose_addresses(engine: &Engine, interfaces: &[crate::pve::GuestInterface], net0: Option<&str>) -> Addresses {
     let mac = net0.and_then(address::mac_of_net0);
     address::select(interfaces, mac.as_deref(), &engine.config.instance_network_interface, engine.config.instance_network_protocol)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn template_checks_read_pve_config_values() {
-        assert!(agent_enabled(Some("1")));
-        assert!(agent_enabled(Some("enabled=1,fstrim_cloned_disks=1")));
-        assert!(!agent_enabled(Some("0")));
-        assert!(!agent_enabled(None));
-        let config: BTreeMap<String, String> = [
-            ("scsi0".to_string(), "local-lvm:base-9000-disk-0,size=8G".to_string()),
-            ("ide2".to_string(), "local-lvm:vm-9000-cloudinit,media=cdrom".to_string()),
-        ]
-        .into();
-        assert!(has_cloud_init_drive(&config));
-        assert_eq!(template_disk_storage(&config).as_deref(), Some("local-lvm"));
-    }
 }

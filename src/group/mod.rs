@@ -12,6 +12,7 @@ pub mod limiter;
 pub mod naming;
 mod provision;
 pub mod ssh_key;
+pub mod template;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,213 @@
+//! What a template's configuration tells about cloning it. One reading for
+//! the engine's Init and for `check`, so the two never disagree about
+//! whether linked clones or other target nodes are possible.
+
+use std::collections::BTreeMap;
+
+use crate::pve::{PveClient, StorageInfo};
+
+/// The facts `GET /nodes/{node}/qemu/{vmid}/config` gives about a template.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateFacts {
+    pub node: String,
+    pub is_template: bool,
+    pub agent_enabled: bool,
+    /// The disk key of the cloud-init drive (`ide2`), if any.
+    pub cloud_init_drive: Option<String>,
+    /// Bridges of the template's NICs (`vmbr0`).
+    pub bridges: Vec<String>,
+    pub has_net0: bool,
+    /// Storages of the template's disks (EFI and TPM state included), in
+    /// key order, the cloud-init drive and CD-ROMs excluded.
+    pub disk_storages: Vec<String>,
+    /// Storage of the cloud-init drive (it is always copied in full).
+    pub cloud_init_storage: Option<String>,
+}
+
+impl TemplateFacts {
+    /// Reads a VM configuration (key → value as `GET …/config` returns it);
+    /// `listed_as_template` is the `template` flag of `/cluster/resources`.
+    pub fn from_config(node: &str, config: &BTreeMap<String, String>, listed_as_template: bool) -> Self {
+        let mut facts = Self { node: node.to_string(), ..Self::default() };
+        facts.is_template = listed_as_template || config.get("template").is_some_and(|t| t == "1");
+        facts.agent_enabled = agent_enabled(config.get("agent").map(String::as_str));
+        for (key, value) in config {
+            if is_indexed(key, "net") {
+                facts.has_net0 |= key == "net0";
+                if let Some(bridge) = value.split(',').find_map(|part| part.strip_prefix("bridge="))
+                    && !facts.bridges.iter().any(|b| b == bridge)
+                {
+                    facts.bridges.push(bridge.to_string());
+                }
+                continue;
+            }
+            let is_disk = ["ide", "sata", "scsi", "virtio"].iter().any(|bus| is_indexed(key, bus))
+                || key == "efidisk0"
+                || key == "tpmstate0";
+            if !is_disk {
+                continue;
+            }
+            let volume = value.split(',').next().unwrap_or_default();
+            let storage = volume.split_once(':').map(|(storage, _)| storage.to_string());
+            if value.contains("cloudinit") {
+                facts.cloud_init_drive = Some(key.clone());
+                facts.cloud_init_storage = storage;
+            } else if !value.contains("media=cdrom")
+                && volume != "none"
+                && let Some(storage) = storage
+                && !facts.disk_storages.contains(&storage)
+            {
+                facts.disk_storages.push(storage);
+            }
+        }
+        facts
+    }
+
+    /// Every storage a clone reads from: the disks' and the cloud-init drive's.
+    pub fn all_storages(&self) -> Vec<String> {
+        let mut storages = self.disk_storages.clone();
+        if let Some(storage) = &self.cloud_init_storage
+            && !storages.contains(storage)
+        {
+            storages.push(storage.clone());
+        }
+        storages
+    }
+}
+
+/// Whether a config `agent` value turns the guest agent on (`1`, `enabled=1`, …).
+pub fn agent_enabled(value: Option<&str>) -> bool {
+    let Some(value) = value else { return false };
+    value.split(',').any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
+}
+
+fn is_indexed(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The storages a template's disks are on, as the template's node sees them.
+#[derive(Debug, Default)]
+pub struct TemplateStorage {
+    /// Each storage of [`TemplateFacts::all_storages`], with its type and
+    /// whether it is shared, or why it could not be read.
+    pub storages: Vec<(String, Result<StorageInfo, crate::pve::Error>)>,
+    /// The cloud-init drive's storage: copied in full even in a linked clone,
+    /// so it does not decide whether linked clones are possible.
+    cloud_init_only: Option<String>,
+}
+
+impl TemplateStorage {
+    /// Reads every storage the template's disks and cloud-init drive are on.
+    pub async fn inspect(pve: &PveClient, facts: &TemplateFacts) -> Self {
+        let mut storages = Vec::new();
+        for storage in facts.all_storages() {
+            let info = pve.storage_info(&facts.node, &storage).await;
+            storages.push((storage, info));
+        }
+        let cloud_init_only = facts.cloud_init_storage.clone().filter(|storage| !facts.disk_storages.contains(storage));
+        Self { storages, cloud_init_only }
+    }
+
+    fn disks(&self) -> impl Iterator<Item = &(String, Result<StorageInfo, crate::pve::Error>)> {
+        self.storages.iter().filter(|(name, _)| Some(name) != self.cloud_init_only.as_ref())
+    }
+
+    /// PVE makes a linked clone only when every disk's storage can clone a
+    /// base volume (else the clone task fails with "Linked clone feature is
+    /// not supported"). An unreadable storage counts as unable.
+    pub fn linked_clones_possible(&self) -> bool {
+        self.disks().next().is_some() && self.disks().all(|(_, info)| info.as_ref().is_ok_and(StorageInfo::supports_linked_clones))
+    }
+
+    /// PVE clones to another node only when every volume, the cloud-init
+    /// drive included, is on shared storage.
+    pub fn all_shared(&self) -> bool {
+        self.storages.iter().all(|(_, info)| info.as_ref().is_ok_and(|info| info.shared))
+    }
+
+    /// `local-lvm (lvmthin), ceph (rbd)`: for messages.
+    pub fn describe(&self) -> String {
+        let described: Vec<String> = self
+            .storages
+            .iter()
+            .map(|(name, info)| match info {
+                Ok(info) => format!("{name} ({}{})", info.kind, if info.shared { ", shared" } else { "" }),
+                Err(_) => format!("{name} (unreadable)"),
+            })
+            .collect();
+        if described.is_empty() { "(no disks found)".to_string() } else { described.join(", ") }
+    }
+
+    /// The storages that could not be read, with the reason.
+    pub fn unreadable(&self) -> impl Iterator<Item = (&str, &crate::pve::Error)> {
+        self.storages.iter().filter_map(|(name, info)| info.as_ref().err().map(|err| (name.as_str(), err)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn agent_values_as_pve_writes_them() {
+        assert!(agent_enabled(Some("1")));
+        assert!(agent_enabled(Some("enabled=1,fstrim_cloned_disks=1")));
+        assert!(!agent_enabled(Some("0")));
+        assert!(!agent_enabled(Some("enabled=0")));
+        assert!(!agent_enabled(None));
+    }
+
+    #[test]
+    fn facts_from_a_pve_config() {
+        let facts = TemplateFacts::from_config(
+            "pve1",
+            &config(&[
+                ("agent", "1,fstrim_cloned_disks=1"),
+                ("scsi0", "local-lvm:base-9000-disk-0,size=8G"),
+                ("scsihw", "virtio-scsi-pci"),
+                ("efidisk0", "nvme:base-9000-disk-1,size=4M"),
+                ("ide0", "local:iso/debian.iso,media=cdrom"),
+                ("ide2", "ceph:vm-9000-cloudinit,media=cdrom"),
+                ("net0", "virtio=BC:24:11:00:00:01,bridge=vmbr0,firewall=1"),
+                ("net1", "virtio=BC:24:11:00:00:02,bridge=vnet7"),
+                ("template", "1"),
+            ]),
+            false,
+        );
+        assert!(facts.is_template && facts.agent_enabled && facts.has_net0);
+        assert_eq!(facts.cloud_init_drive.as_deref(), Some("ide2"));
+        assert_eq!(facts.cloud_init_storage.as_deref(), Some("ceph"));
+        assert_eq!(facts.disk_storages, ["nvme", "local-lvm"]);
+        assert_eq!(facts.all_storages(), ["nvme", "local-lvm", "ceph"]);
+        assert_eq!(facts.bridges, ["vmbr0", "vnet7"]);
+        let bare = TemplateFacts::from_config("pve1", &config(&[("agent", "enabled=0"), ("scsi0", "local:100/disk.qcow2")]), true);
+        assert!(bare.is_template && !bare.agent_enabled && bare.cloud_init_drive.is_none() && !bare.has_net0);
+    }
+
+    fn storage(kind: &str, shared: bool) -> Result<StorageInfo, crate::pve::Error> {
+        Ok(StorageInfo { kind: kind.to_string(), shared })
+    }
+
+    #[test]
+    fn linked_clones_need_every_disk_on_capable_storage_but_not_the_cloud_init_drive() {
+        let both = TemplateStorage {
+            storages: vec![("local-lvm".into(), storage("lvmthin", false)), ("san".into(), storage("lvm", true))],
+            cloud_init_only: Some("san".into()),
+        };
+        assert!(both.linked_clones_possible(), "the cloud-init drive is always copied in full");
+        assert!(!both.all_shared(), "local-lvm is not shared");
+        let efi_on_lvm = TemplateStorage {
+            storages: vec![("local-lvm".into(), storage("lvmthin", false)), ("thick".into(), storage("lvm", false))],
+            cloud_init_only: None,
+        };
+        assert!(!efi_on_lvm.linked_clones_possible());
+        assert_eq!(efi_on_lvm.describe(), "local-lvm (lvmthin), thick (lvm)");
+        let shared = TemplateStorage { storages: vec![("ceph".into(), storage("rbd", true))], cloud_init_only: None };
+        assert!(shared.linked_clones_possible() && shared.all_shared());
+        assert!(!TemplateStorage::default().linked_clones_possible());
+    }
+}
