@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
 use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Profile, Progress};
-use fleeting_plugin_proxmox::{check, plugin, version};
+use fleeting_plugin_proxmox::{check, plugin, plugin_dir, version};
 
 #[derive(Debug, Parser)]
 #[command(name = "fleeting-plugin-proxmox", about, long_about = None, disable_version_flag = true)]
@@ -36,6 +36,20 @@ enum Command {
     /// Proxmox VE simulator: scale up, connect, scale down, then summarise.
     /// Exits non-zero when an instance never ran or anything leaked.
     Simulate(SimulateArgs),
+    /// Install this binary into Runner's plugin directory
+    /// (`$FLEETING_PLUGIN_PATH`, default `/plugins`) as
+    /// `<registry>/<repository>/<version>/plugin`, as Go plugins' `bootstrap`
+    /// does for container installs. Prints the directory.
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, Args)]
+struct BootstrapArgs {
+    /// The OCI repository Runner's `plugin` setting names, e.g.
+    /// `registry.example.com/runners/fleeting-plugin-proxmox` (a `:tag` is
+    /// ignored: the binary's version names the directory).
+    #[arg(value_name = "REPOSITORY", default_value = "")]
+    repository: String,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +138,7 @@ pub fn run() -> ExitCode {
         Some(Command::Openapi(args)) => report(convert(&args)),
         Some(Command::Check(args)) => check(args),
         Some(Command::Simulate(args)) => simulate(&args),
+        Some(Command::Bootstrap(args)) => bootstrap(&args),
         Some(Command::Serve) | None => plugin::run(ProxmoxGroup::new()),
     }
 }
@@ -140,6 +155,32 @@ fn check(args: CheckArgs) -> ExitCode {
     let outcome = runtime.block_on(check::run(&options));
     print!("{}", outcome.render());
     ExitCode::from(outcome.exit_code())
+}
+
+fn bootstrap(args: &BootstrapArgs) -> ExitCode {
+    let plugin_path = std::env::var_os(plugin_dir::PLUGIN_PATH_ENV).filter(|dir| !dir.is_empty());
+    let plugin_path = plugin_path.map_or_else(|| PathBuf::from(plugin_dir::DEFAULT_PLUGIN_DIR), PathBuf::from);
+    let package_version = std::env::var(plugin_dir::PACKAGE_VERSION_ENV).ok();
+    let executable = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(err) => {
+            eprintln!("error: could not find this executable's path: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match plugin_dir::bootstrap(&args.repository, version::VERSION, package_version.as_deref(), &plugin_path, &executable) {
+        Ok(installed) => {
+            if let Some(warning) = installed.warning {
+                eprintln!("{warning}");
+            }
+            println!("{}", installed.dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn report(result: Result<(), String>) -> ExitCode {

@@ -14,6 +14,8 @@
 //!   against its cluster (privileges, template, TLS, credentials).
 //! - [`simulate`]: the `simulate` command: an autoscaling session of the
 //!   real plugin against the simulator, with a summary an operator can read.
+//! - [`plugin_dir`]: the `bootstrap` command, which installs the binary into
+//!   Runner's plugin directory.
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
 #![forbid(unsafe_code)]
@@ -25,6 +27,7 @@ pub mod goplugin;
 pub mod group;
 pub mod openapi;
 pub mod plugin;
+pub mod plugin_dir;
 pub mod pve;
 pub mod sim;
 pub mod simulate;
