@@ -59,7 +59,19 @@ fn emit_version_info() {
         .unwrap_or_else(|| "rustc".into());
     println!("cargo:rustc-env=FPP_RUSTC_VERSION={rustc_version}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
-    println!("cargo:rerun-if-changed=.git/HEAD");
+    // A commit moves the branch's ref, not HEAD (which names the branch), so
+    // both are watched; paths come from git so worktrees work too. Only
+    // files that exist: a missing one would rerun this script every build.
+    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch]));
+    }
+    watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+    for path in watched.into_iter().flatten() {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SS+0000`, as Go plugins' Makefiles write it.
