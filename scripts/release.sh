@@ -62,22 +62,43 @@ done
 
 (cd out && sha256sum fleeting-plugin-proxmox-linux-* > SHA256SUMS && sha256sum --quiet -c SHA256SUMS)
 
-# The binary for this machine must answer --version like a Go plugin.
+# Each binary must be static and answer --version like a Go plugin: run
+# natively, or through qemu-user when it is installed (qemu-user-static).
 case $(uname -m) in
     x86_64) native=amd64 ;;
     aarch64) native=arm64 ;;
     *) native= ;;
 esac
 for arch in "${arches[@]}"; do
-    if [ "$arch" = "$native" ]; then
-        "dist/linux/$arch/plugin" --version
+    binary="dist/linux/$arch/plugin"
+    if command -v file >/dev/null; then
+        description=$(file -b "$binary")
+        if [[ $description != *"statically linked"* && $description != *"static-pie linked"* ]]; then
+            echo "could not release $binary: it is not statically linked ($description)" >&2
+            exit 1
+        fi
     fi
+    runner=()
+    if [ "$arch" != "$native" ]; then
+        emulator=$(command -v "qemu-$(rust_target "$arch" | cut -d- -f1)" || command -v "qemu-$(rust_target "$arch" | cut -d- -f1)-static" || true)
+        if [ -z "$emulator" ]; then
+            echo "note: not running $binary (no qemu-user for $arch)"
+            continue
+        fi
+        runner=("$emulator")
+    fi
+    version=$("${runner[@]}" "$binary" --version)
+    if ! grep -q "^OS/Arch: *linux/$arch\$" <<<"$version"; then
+        echo "could not release $binary: its --version does not report linux/$arch" >&2
+        exit 1
+    fi
+    echo "$version"
 done
 
 echo
 for arch in "${arches[@]}"; do
     size=$(stat -c %s "dist/linux/$arch/plugin")
-    echo "dist/linux/$arch/plugin  $((size / 1024)) KiB  $(file -b "dist/linux/$arch/plugin" 2>/dev/null | cut -d, -f1-2)"
+    echo "dist/linux/$arch/plugin  $((size / 1024)) KiB  $(file -b "dist/linux/$arch/plugin" 2>/dev/null || echo "(no file command)")"
 done
 cat out/SHA256SUMS
 echo "built in $(( $(date +%s) - started )) s"

@@ -122,17 +122,17 @@ pub fn run() -> ExitCode {
     // print with fmt.Println (Full's newline plus one: an empty last line).
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 2 && args[1] == "-version" {
-        println!("{}", version::full());
+        emit(&format!("{}\n", version::full()));
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse_from(args);
     if cli.version {
-        println!("{}", version::full());
+        emit(&format!("{}\n", version::full()));
         return ExitCode::SUCCESS;
     }
     match cli.command {
         Some(Command::Version) => {
-            println!("{}", version::full());
+            emit(&format!("{}\n", version::full()));
             ExitCode::SUCCESS
         }
         Some(Command::Openapi(args)) => report(convert(&args)),
@@ -153,7 +153,7 @@ fn check(args: CheckArgs) -> ExitCode {
         }
     };
     let outcome = runtime.block_on(check::run(&options));
-    print!("{}", outcome.render());
+    emit(&outcome.render());
     ExitCode::from(outcome.exit_code())
 }
 
@@ -173,7 +173,7 @@ fn bootstrap(args: &BootstrapArgs) -> ExitCode {
             if let Some(warning) = installed.warning {
                 eprintln!("{warning}");
             }
-            println!("{}", installed.dir.display());
+            emit(&format!("{}\n", installed.dir.display()));
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -181,6 +181,14 @@ fn bootstrap(args: &BootstrapArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes command output to stdout. A reader that went away (`| head`)
+/// ends the output quietly instead of panicking as `print!` would.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 fn report(result: Result<(), String>) -> ExitCode {
@@ -222,7 +230,7 @@ fn convert(args: &OpenapiArgs) -> Result<(), String> {
     let json = conversion.to_pretty_json();
     match &args.output {
         Some(path) => std::fs::write(path, json).map_err(|err| format!("could not write {}: {err}", path.display()))?,
-        None => print!("{json}"),
+        None => emit(&json),
     }
     eprintln!("converted {} operations", conversion.operation_count);
     Ok(())
@@ -255,11 +263,11 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         Ok(summary) => {
             if args.json {
                 match serde_json::to_string_pretty(&summary) {
-                    Ok(json) => println!("{json}"),
+                    Ok(json) => emit(&format!("{json}\n")),
                     Err(err) => eprintln!("error: could not write the summary as JSON: {err}"),
                 }
             } else {
-                print!("{}", summary.render());
+                emit(&summary.render());
             }
             if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
