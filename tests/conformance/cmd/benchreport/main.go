@@ -133,10 +133,10 @@ func main() {
 		if fp.HandshakeMillis, err = handshakeMillis(c.Binary, fp.HandshakeRuns); err != nil {
 			fp.Error = "handshake: " + err.Error()
 		}
-		if fp.IdleRSSKB, err = idleRSS(c, *simBinary, dir("idle")); err != nil {
+		if fp.IdleRSSKB, fp.IdleAnonKB, err = idleRSS(c, *simBinary, dir("idle")); err != nil {
 			fp.Error = strings.TrimPrefix(fp.Error+"; ", "; ") + "idle RSS: " + err.Error()
 		}
-		logf("  handshake %.1f ms, idle RSS %d KB, binary %d bytes", fp.HandshakeMillis, fp.IdleRSSKB, fp.BinaryBytes)
+		logf("  handshake %.1f ms, idle RSS %d KB (%d KB anonymous), binary %d bytes", fp.HandshakeMillis, fp.IdleRSSKB, fp.IdleAnonKB, fp.BinaryBytes)
 
 		for _, result := range apiCost(c, *simBinary, dir("api"), apiSizes, *apiScale) {
 			logf("  API cost N=%d: %.2f requests/Update, %.2f ms CPU/Update, %.1f ms/Update, RSS %d KB %s",

@@ -341,9 +341,12 @@ type footprint struct {
 	HandshakeMillis float64 `json:"handshake_ms"` // median of the runs
 	HandshakeRuns   int     `json:"handshake_runs"`
 	IdleRSSKB       int     `json:"idle_rss_kb"`
-	RSS1000KB       int     `json:"rss_1000_kb"`
-	BinaryBytes     int64   `json:"binary_bytes"`
-	Error           string  `json:"error,omitempty"`
+	// The anonymous part of IdleRSSKB (heap, stacks); the rest is the
+	// binary's own file pages, shared with the page cache and reclaimable.
+	IdleAnonKB  int    `json:"idle_anon_kb"`
+	RSS1000KB   int    `json:"rss_1000_kb"`
+	BinaryBytes int64  `json:"binary_bytes"`
+	Error       string `json:"error,omitempty"`
 }
 
 // handshakeMillis times exec → go-plugin handshake line, as the host waits for it.
@@ -375,24 +378,25 @@ func handshakeMillis(binary string, runs int) (float64, error) {
 }
 
 // idleRSS starts the plugin against the simulator, runs Init and one
-// Update, waits a moment and reads its resident set.
-func idleRSS(c *contender, simBinary, work string) (int, error) {
+// Update, waits a moment and reads its resident set and the anonymous part
+// of it.
+func idleRSS(c *contender, simBinary, work string) (rss, anon int, err error) {
 	sim, err := startSimulator(simBinary, work, realisticTimings, 1, 1, 3)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer sim.stop()
 	s, err := openSession(c, sim, work, runParams{maxInstances: 10, cloneLimit: 4})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer s.close()
 	s.states(context.Background())
 	time.Sleep(2 * time.Second)
 	if kb := rssKB(s.pid); kb > 0 {
-		return kb, nil
+		return kb, statusKB(s.pid, "RssAnon:"), nil
 	}
-	return 0, errors.New("could not find the plugin process")
+	return 0, 0, errors.New("could not find the plugin process")
 }
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go runs on.
@@ -423,12 +427,17 @@ func childPID(binary string) int {
 }
 
 func rssKB(pid int) int {
+	return statusKB(pid, "VmRSS:")
+}
+
+// statusKB reads one "Name: N kB" line of /proc/PID/status.
+func statusKB(pid int, name string) int {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
+		if strings.HasPrefix(line, name) {
 			kb, _ := strconv.Atoi(strings.Fields(line)[1])
 			return kb
 		}
