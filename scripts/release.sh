@@ -5,7 +5,7 @@
 #   scripts/release.sh            # both architectures
 #   scripts/release.sh amd64      # one
 #
-# Output (relative to the repository root):
+# Output (relative to the repository root; both directories are emptied first):
 #   dist/linux/amd64/plugin       the OCI layout `fleeting-artifact release`
 #   dist/linux/arm64/plugin       packs (dist/<os>/<arch>/plugin)
 #   out/fleeting-plugin-proxmox-linux-<arch>   the same binaries by name, for
@@ -51,10 +51,12 @@ target_args=()
 for target in "${targets[@]}"; do target_args+=(--target "$target"); done
 cargo zigbuild --locked --release --bin fleeting-plugin-proxmox "${target_args[@]}"
 
+# dist/ and out/ hold one build of one revision: binaries of an earlier run
+# must not end up in SHA256SUMS or in the OCI artifact.
+rm -rf dist out
 mkdir -p out
 for arch in "${arches[@]}"; do
     binary=$target_dir/$(rust_target "$arch")/release/fleeting-plugin-proxmox
-    rm -rf "dist/linux/$arch"
     mkdir -p "dist/linux/$arch"
     install -m 0755 "$binary" "dist/linux/$arch/plugin"
     install -m 0755 "$binary" "out/fleeting-plugin-proxmox-linux-$arch"
