@@ -48,6 +48,8 @@ pub enum BootstrapError {
     MissingRepository,
     #[error("could not bootstrap into {dir}: the plugin directory does not exist; create it or set {PLUGIN_PATH_ENV} to Runner's plugin directory")]
     MissingPluginDir { dir: PathBuf },
+    #[error("could not bootstrap into {dir}: it exists but holds no `plugin` file (Runner could not start it); remove the directory and run bootstrap again")]
+    IncompleteInstall { dir: PathBuf },
     #[error("could not bootstrap {repository}: {reason}")]
     InvalidRepository { repository: String, reason: String },
     #[error("could not bootstrap version {version}: {reason}")]
@@ -87,8 +89,11 @@ pub fn bootstrap(
     let escaped_version =
         escape_version(version).map_err(|reason| BootstrapError::InvalidVersion { version: version.to_string(), reason })?;
     let dir = plugin_dir.join(escaped_repository).join(escaped_version);
-    if dir.exists() {
+    if dir.join("plugin").is_file() {
         return Ok(Installed { dir, copied: false, warning });
+    }
+    if dir.exists() {
+        return Err(BootstrapError::IncompleteInstall { dir });
     }
     copy_into(plugin_dir, &dir, executable)?;
     Ok(Installed { dir, copied: true, warning })

@@ -91,6 +91,16 @@ fn bad_input_is_refused_with_the_fix_and_nothing_is_written() {
     }
     assert!(entries(plugins.path()).is_empty());
 
+    // A version directory without its binary (made by hand) is not taken
+    // for an install.
+    let empty = plugins.path().join("registry.example.com/runners/proxmox").join(VERSION);
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = bootstrap(plugins.path(), &["registry.example.com/runners/proxmox"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds no `plugin` file") && stderr.contains("remove the directory"), "{stderr}");
+    std::fs::remove_dir_all(plugins.path().join("registry.example.com")).unwrap();
+
     let missing = plugins.path().join("not-there");
     let output = bootstrap(&missing, &["registry.example.com/runners/proxmox"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
