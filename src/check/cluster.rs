@@ -391,7 +391,7 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
         );
     }
     let linkable = facts.is_template && storage.linked_clones_possible();
-    let kinds = storage.describe();
+    let kinds = storage.describe_disks();
     let linked = match config.clone_mode {
         CloneMode::Full => {
             report.pass("clone mode", format!("full clones (clone_mode = full); linked clones would be {}possible", if linkable { "" } else { "im" }));

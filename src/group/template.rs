@@ -125,23 +125,30 @@ impl TemplateStorage {
         self.storages.iter().all(|(_, info)| info.as_ref().is_ok_and(|info| info.shared))
     }
 
-    /// `local-lvm (lvmthin), ceph (rbd)`: for messages.
+    /// Every volume's storage: `local-lvm (lvmthin), ceph (rbd, shared)`.
     pub fn describe(&self) -> String {
-        let described: Vec<String> = self
-            .storages
-            .iter()
-            .map(|(name, info)| match info {
-                Ok(info) => format!("{name} ({}{})", info.kind, if info.shared { ", shared" } else { "" }),
-                Err(_) => format!("{name} (unreadable)"),
-            })
-            .collect();
-        if described.is_empty() { "(no disks found)".to_string() } else { described.join(", ") }
+        describe(self.storages.iter())
+    }
+
+    /// The disks' storages only (what decides linked clones).
+    pub fn describe_disks(&self) -> String {
+        describe(self.disks())
     }
 
     /// The storages that could not be read, with the reason.
     pub fn unreadable(&self) -> impl Iterator<Item = (&str, &crate::pve::Error)> {
         self.storages.iter().filter_map(|(name, info)| info.as_ref().err().map(|err| (name.as_str(), err)))
     }
+}
+
+fn describe<'a>(storages: impl Iterator<Item = &'a (String, Result<StorageInfo, crate::pve::Error>)>) -> String {
+    let described: Vec<String> = storages
+        .map(|(name, info)| match info {
+            Ok(info) => format!("{name} ({}{})", info.kind, if info.shared { ", shared" } else { "" }),
+            Err(_) => format!("{name} (unreadable)"),
+        })
+        .collect();
+    if described.is_empty() { "(no disks found)".to_string() } else { described.join(", ") }
 }
 
 #[cfg(test)]
@@ -199,6 +206,8 @@ mod tests {
             cloud_init_only: Some("san".into()),
         };
         assert!(both.linked_clones_possible(), "the cloud-init drive is always copied in full");
+        assert_eq!(both.describe_disks(), "local-lvm (lvmthin)");
+        assert_eq!(both.describe(), "local-lvm (lvmthin), san (lvm, shared)");
         assert!(!both.all_shared(), "local-lvm is not shared");
         let efi_on_lvm = TemplateStorage {
             storages: vec![("local-lvm".into(), storage("lvmthin", false)), ("thick".into(), storage("lvm", false))],
