@@ -75,10 +75,11 @@ pub fn bootstrap(
     if repository.is_empty() {
         return Err(BootstrapError::MissingRepository);
     }
-    let warning = package_version
-        .filter(|package| !package.is_empty() && !version.starts_with(package) && !version.starts_with(&format!("v{package}")))
-        .map(|package| format!("warn: fleeting plugin package version and binary version differ: \"{package}\" != \"{version}\""));
     let version = version.strip_prefix('v').unwrap_or(version);
+    // `1.2` matches binary `1.2.0`; a leading `v` on either side does not count.
+    let warning = package_version
+        .filter(|package| !package.is_empty() && !version.starts_with(package.strip_prefix('v').unwrap_or(package)))
+        .map(|package| format!("warn: fleeting plugin package version and binary version differ: \"{package}\" != \"{version}\""));
 
     if !plugin_dir.is_dir() {
         return Err(BootstrapError::MissingPluginDir { dir: plugin_dir.to_path_buf() });
@@ -252,6 +253,8 @@ mod tests {
         std::fs::write(&executable, b"binary").unwrap();
         let matching = bootstrap("group/name", "1.2.0", Some("1.2"), plugins.path(), &executable).unwrap();
         assert_eq!(matching.warning, None);
+        let with_v = bootstrap("group/name", "1.2.0", Some("v1.2.0"), plugins.path(), &executable).unwrap();
+        assert_eq!(with_v.warning, None);
         let differing = bootstrap("group/name", "1.2.0", Some("1.3.0"), plugins.path(), &executable).unwrap();
         assert_eq!(differing.warning.as_deref(), Some("warn: fleeting plugin package version and binary version differ: \"1.3.0\" != \"1.2.0\""));
         assert!(!differing.copied, "the second call must keep the first install");
