@@ -11,6 +11,9 @@
 #   out/fleeting-plugin-proxmox-linux-<arch>   the same binaries by name, for
 #                                 a plain download onto PATH
 #   out/SHA256SUMS                their SHA-256 checksums (`sha256sum -c`)
+#   out/SHA256SUMS.sig            with RELEASE_SIGNING_KEY=<ssh key>: an SSH
+#   out/allowed_signers           signature of SHA256SUMS and the signer's
+#                                 public key (scripts/sign-release.sh)
 #
 # The binaries are static (musl), like Go plugins built with CGO_ENABLED=0:
 # they run on any Linux, glibc or not (Runner's Alpine images too). The C
@@ -63,6 +66,9 @@ for arch in "${arches[@]}"; do
 done
 
 (cd out && sha256sum fleeting-plugin-proxmox-linux-* > SHA256SUMS && sha256sum --quiet -c SHA256SUMS)
+if [ -n "${RELEASE_SIGNING_KEY:-}" ]; then
+    scripts/sign-release.sh "$RELEASE_SIGNING_KEY" out
+fi
 
 # Each binary must be static and answer --version like a Go plugin: run
 # natively, or through qemu-user when it is installed (qemu-user-static).
