@@ -88,7 +88,9 @@ for arch in "${arches[@]}"; do
     fi
     runner=()
     if [ "$arch" != "$native" ]; then
-        emulator=$(command -v "qemu-$(rust_target "$arch" | cut -d- -f1)" || command -v "qemu-$(rust_target "$arch" | cut -d- -f1)-static" || true)
+        cpu=$(rust_target "$arch")
+        cpu=${cpu%%-*}
+        emulator=$(command -v "qemu-$cpu" || command -v "qemu-$cpu-static" || true)
         if [ -z "$emulator" ]; then
             echo "note: not running $binary (no qemu-user for $arch)"
             continue

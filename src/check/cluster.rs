@@ -415,11 +415,10 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
             false
         }
     };
-    let mut clone_storages: Vec<String> = match (&config.storage, linked) {
+    let clone_storages: Vec<String> = match (&config.storage, linked) {
         (Some(storage), false) => vec![storage.clone()],
         _ => facts.all_storages(),
     };
-    clone_storages.dedup();
     if let (Some(storage), false) = (&config.storage, linked) {
         let subject = format!("storage {storage}");
         match pve.storage_info(&facts.node, storage).await {
