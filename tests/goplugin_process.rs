@@ -138,3 +138,23 @@ fn version_prints_go_plugin_layout() {
         assert!(text.starts_with("Name:         fleeting-plugin-proxmox\n"), "{text}");
     }
 }
+
+/// `--version | head -1`: a reader that is gone before the output is written
+/// ends it quietly (exit 0, nothing on stderr), instead of a "Broken pipe"
+/// panic.
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    for args in [&["--version"][..], &["-version"], &["version"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_fleeting-plugin-proxmox"))
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}: {:?} {stderr}", output.status);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
