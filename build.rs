@@ -116,18 +116,18 @@ fn compile_protos(out_dir: &Path) -> Result<(), Box<dyn Error>> {
         file.source_code_info = None;
     }
     fs::write(out_dir.join("proto_descriptors.bin"), prost::Message::encode_to_vec(&stripped))?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .out_dir(out_dir)
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().build_server(true).build_client(true).out_dir(out_dir).compile_fds(descriptors)?;
     Ok(())
 }
 
 /// Generates the client for `spec`. `lenient_path` is the module holding
 /// `PveBool`, `PveInt`, `PveNumber` and `PveText`; `inner` is the per-client state type
 /// the request hooks see (our crate implements the hooks, so it is required).
-pub fn generate_pve_client(spec_path: &Path, lenient_path: &str, inner: Option<&str>) -> Result<String, Box<dyn Error>> {
+pub fn generate_pve_client(
+    spec_path: &Path,
+    lenient_path: &str,
+    inner: Option<&str>,
+) -> Result<String, Box<dyn Error>> {
     let spec_text = fs::read_to_string(spec_path)
         .map_err(|err| format!("could not read OpenAPI document {}: {err}", spec_path.display()))?;
     let spec: openapiv3::OpenAPI = serde_json::from_str(&spec_text)
@@ -166,5 +166,7 @@ pub fn generate_pve_client(spec_path: &Path, lenient_path: &str, inner: Option<&
 /// A small stable hash for the header line: tells a reviewer whether two
 /// generated files came from the same input without pulling in a hash crate.
 fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }

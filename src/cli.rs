@@ -144,7 +144,11 @@ pub fn run() -> ExitCode {
 }
 
 fn check(args: CheckArgs) -> ExitCode {
-    let options = check::CheckOptions { config: args.config, runner: args.runner, use_static_credentials: args.use_static_credentials };
+    let options = check::CheckOptions {
+        config: args.config,
+        runner: args.runner,
+        use_static_credentials: args.use_static_credentials,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -168,7 +172,13 @@ fn bootstrap(args: &BootstrapArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match plugin_dir::bootstrap(&args.repository, version::VERSION, package_version.as_deref(), &plugin_path, &executable) {
+    match plugin_dir::bootstrap(
+        &args.repository,
+        version::VERSION,
+        package_version.as_deref(),
+        &plugin_path,
+        &executable,
+    ) {
         Ok(installed) => {
             if let Some(warning) = installed.warning {
                 eprintln!("{warning}");
@@ -202,9 +212,8 @@ fn report(result: Result<(), String>) -> ExitCode {
 }
 
 fn convert(args: &OpenapiArgs) -> Result<(), String> {
-    let indexed_keys = IndexedKeys::parse(&args.indexed_keys).ok_or_else(|| {
-        format!("could not use --indexed-keys `{}`: expected `expand` or `map`", args.indexed_keys)
-    })?;
+    let indexed_keys = IndexedKeys::parse(&args.indexed_keys)
+        .ok_or_else(|| format!("could not use --indexed-keys `{}`: expected `expand` or `map`", args.indexed_keys))?;
     let selection = if args.all {
         Selection::All
     } else {
@@ -245,7 +254,8 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         eprintln!("error: could not use --faults `{}`: expected `none` or `flaky`", args.faults);
         return ExitCode::from(2);
     };
-    let options = session::Options { instances: args.instances, profile, faults, time_scale: args.time_scale, seed: args.seed };
+    let options =
+        session::Options { instances: args.instances, profile, faults, time_scale: args.time_scale, seed: args.seed };
     let mut progress = Progress::for_stderr();
     session::install_logging(&progress);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -46,9 +46,13 @@ pub enum BootstrapError {
         "could not bootstrap: the plugin repository is missing; pass it as the argument, e.g. `bootstrap registry.example.com/runners/fleeting-plugin-proxmox`"
     )]
     MissingRepository,
-    #[error("could not bootstrap into {dir}: the plugin directory does not exist; create it or set {PLUGIN_PATH_ENV} to Runner's plugin directory")]
+    #[error(
+        "could not bootstrap into {dir}: the plugin directory does not exist; create it or set {PLUGIN_PATH_ENV} to Runner's plugin directory"
+    )]
     MissingPluginDir { dir: PathBuf },
-    #[error("could not bootstrap into {dir}: it exists but holds no `plugin` file (Runner could not start it); remove the directory and run bootstrap again")]
+    #[error(
+        "could not bootstrap into {dir}: it exists but holds no `plugin` file (Runner could not start it); remove the directory and run bootstrap again"
+    )]
     IncompleteInstall { dir: PathBuf },
     #[error("could not bootstrap {repository}: {reason}")]
     InvalidRepository { repository: String, reason: String },
@@ -79,7 +83,9 @@ pub fn bootstrap(
     // `1.2` matches binary `1.2.0`; a leading `v` on either side does not count.
     let warning = package_version
         .filter(|package| !package.is_empty() && !version.starts_with(package.strip_prefix('v').unwrap_or(package)))
-        .map(|package| format!("warn: fleeting plugin package version and binary version differ: \"{package}\" != \"{version}\""));
+        .map(|package| {
+            format!("warn: fleeting plugin package version and binary version differ: \"{package}\" != \"{version}\"")
+        });
 
     if !plugin_dir.is_dir() {
         return Err(BootstrapError::MissingPluginDir { dir: plugin_dir.to_path_buf() });
@@ -87,8 +93,8 @@ pub fn bootstrap(
     let normalized = normalize_repository(repository);
     let escaped_repository = escape_module_path(&normalized)
         .map_err(|reason| BootstrapError::InvalidRepository { repository: normalized.clone(), reason })?;
-    let escaped_version =
-        escape_version(version).map_err(|reason| BootstrapError::InvalidVersion { version: version.to_string(), reason })?;
+    let escaped_version = escape_version(version)
+        .map_err(|reason| BootstrapError::InvalidVersion { version: version.to_string(), reason })?;
     let dir = plugin_dir.join(escaped_repository).join(escaped_version);
     if dir.join("plugin").is_file() {
         return Ok(Installed { dir, copied: false, warning });
@@ -109,8 +115,7 @@ fn copy_into(plugin_dir: &Path, dir: &Path, executable: &Path) -> Result<(), Boo
         .tempdir_in(plugin_dir)
         .map_err(io(format!("create a temporary directory in {}", plugin_dir.display())))?;
     let staged = staging.path().join("plugin");
-    std::fs::copy(executable, &staged)
-        .map_err(io(format!("copy {} to {}", executable.display(), staged.display())))?;
+    std::fs::copy(executable, &staged).map_err(io(format!("copy {} to {}", executable.display(), staged.display())))?;
     make_executable(&staged).map_err(io(format!("make {} executable", staged.display())))?;
     let parent = dir.parent().unwrap_or(plugin_dir);
     std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
@@ -169,7 +174,8 @@ pub fn escape_module_path(path: &str) -> Result<String, String> {
         }
         let first = index == 0;
         if let Some(bad) = element.chars().find(|&c| !allowed_in_path(c, first)) {
-            let hint = if first && bad == ':' { " (a registry port cannot be part of a plugin directory path)" } else { "" };
+            let hint =
+                if first && bad == ':' { " (a registry port cannot be part of a plugin directory path)" } else { "" };
             return Err(format!("`{bad}` is not allowed in `{element}`{hint}"));
         }
     }
@@ -235,7 +241,10 @@ mod tests {
 
     #[test]
     fn escaping_marks_upper_case_and_refuses_non_module_paths() {
-        assert_eq!(escape_module_path("registry.example.com/Runners/Proxmox").unwrap(), "registry.example.com/!runners/!proxmox");
+        assert_eq!(
+            escape_module_path("registry.example.com/Runners/Proxmox").unwrap(),
+            "registry.example.com/!runners/!proxmox"
+        );
         assert_eq!(escape_version("1.2.0-RC1").unwrap(), "1.2.0-!r!c1");
         let port = escape_module_path("registry.example.com:5000/runners/proxmox").unwrap_err();
         assert!(port.contains("registry port"), "{port}");
@@ -256,7 +265,10 @@ mod tests {
         let with_v = bootstrap("group/name", "1.2.0", Some("v1.2.0"), plugins.path(), &executable).unwrap();
         assert_eq!(with_v.warning, None);
         let differing = bootstrap("group/name", "1.2.0", Some("1.3.0"), plugins.path(), &executable).unwrap();
-        assert_eq!(differing.warning.as_deref(), Some("warn: fleeting plugin package version and binary version differ: \"1.3.0\" != \"1.2.0\""));
+        assert_eq!(
+            differing.warning.as_deref(),
+            Some("warn: fleeting plugin package version and binary version differ: \"1.3.0\" != \"1.2.0\"")
+        );
         assert!(!differing.copied, "the second call must keep the first install");
     }
 }

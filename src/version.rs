@@ -36,11 +36,7 @@ pub fn os_arch() -> String {
 /// `sha=…; ref=…; rust=…; built_at=…; os_arch=…`, the `build_info` Runner
 /// logs when the plugin initialises (Go plugins write `go=` for the toolchain).
 pub fn build_info() -> String {
-    format!(
-        "sha={REVISION}; ref={REFERENCE}; rust={}; built_at={BUILT_AT}; os_arch={}",
-        rustc_version(),
-        os_arch()
-    )
+    format!("sha={REVISION}; ref={REFERENCE}; rust={}; built_at={BUILT_AT}; os_arch={}", rustc_version(), os_arch())
 }
 
 fn rustc_version() -> &'static str {
@@ -70,7 +66,15 @@ mod tests {
     fn full_matches_go_version_info_layout() {
         let text = full();
         // Go: fmt.Sprintf("Name:         %s\n", …) and so on: values start in column 15.
-        let expected_prefixes = ["Name:         ", "Version:      ", "Git revision: ", "Git ref:      ", "Rust version: ", "Built:        ", "OS/Arch:      "];
+        let expected_prefixes = [
+            "Name:         ",
+            "Version:      ",
+            "Git revision: ",
+            "Git ref:      ",
+            "Rust version: ",
+            "Built:        ",
+            "OS/Arch:      ",
+        ];
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), expected_prefixes.len(), "{text}");
         for (line, prefix) in lines.iter().zip(expected_prefixes) {

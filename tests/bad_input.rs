@@ -46,8 +46,18 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
         ".{0,24}".prop_map(Value::String),
         // Plausible values of the right shape, so validation goes deep.
-        prop::sample::select(vec!["10m", "0s", "-1", "9100-9199", "9199-9100", "https://pve:8006", "auto", "ipv6", "AA:BB"])
-            .prop_map(|s| Value::String(s.into())),
+        prop::sample::select(vec![
+            "10m",
+            "0s",
+            "-1",
+            "9100-9199",
+            "9199-9100",
+            "https://pve:8006",
+            "auto",
+            "ipv6",
+            "AA:BB"
+        ])
+        .prop_map(|s| Value::String(s.into())),
     ];
     leaf.prop_recursive(3, 24, 5, |inner| {
         prop_oneof![
@@ -59,19 +69,21 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// A known key, or one with a character changed, dropped or added.
 fn key_or_typo(keys: Vec<String>) -> impl Strategy<Value = String> {
-    (prop::sample::select(keys), 0..4u8, any::<prop::sample::Index>(), prop::char::range('a', 'z')).prop_map(|(key, how, at, c)| {
-        let mut chars: Vec<char> = key.chars().collect();
-        let i = at.index(chars.len());
-        match how {
-            0 => chars[i] = c,
-            1 => {
-                chars.remove(i);
+    (prop::sample::select(keys), 0..4u8, any::<prop::sample::Index>(), prop::char::range('a', 'z')).prop_map(
+        |(key, how, at, c)| {
+            let mut chars: Vec<char> = key.chars().collect();
+            let i = at.index(chars.len());
+            match how {
+                0 => chars[i] = c,
+                1 => {
+                    chars.remove(i);
+                }
+                2 => chars.insert(i, c),
+                _ => {}
             }
-            2 => chars.insert(i, c),
-            _ => {}
-        }
-        chars.into_iter().collect()
-    })
+            chars.into_iter().collect()
+        },
+    )
 }
 
 /// Every problem of a rejected `plugin_config` names the setting it is
@@ -124,7 +136,10 @@ fn fuzzed_plugin_config_never_panics_and_names_the_setting() {
             if let Err(err) = PluginConfig::parse(text.as_bytes()) {
                 for key in map.keys().filter(|k| !keys.contains(k)) {
                     let shown: String = format!("`{key}` is not a known setting");
-                    assert!(err.problems.iter().any(|p| p.starts_with(&shown)), "unknown key {key:?} not reported: {err}");
+                    assert!(
+                        err.problems.iter().any(|p| p.starts_with(&shown)),
+                        "unknown key {key:?} not reported: {err}"
+                    );
                 }
             }
             Ok(())
@@ -157,7 +172,8 @@ fn fuzzed_plugin_config_never_panics_and_names_the_setting() {
 }
 
 const SECRET_KEYS: &[&str] = &["password", "token_secret", "otp", "totp_secret"];
-const CREDENTIAL_KEYS: &[&str] = &["realm", "username", "password", "otp", "path", "privs", "token_id", "token_secret", "totp_secret"];
+const CREDENTIAL_KEYS: &[&str] =
+    &["realm", "username", "password", "otp", "path", "privs", "token_id", "token_secret", "totp_secret"];
 
 #[test]
 fn fuzzed_credentials_file_never_panics_nor_echoes_a_secret() {
@@ -171,12 +187,16 @@ fn fuzzed_credentials_file_never_panics_nor_echoes_a_secret() {
             Ok(Err(err)) => {
                 rejected.fetch_add(1, Ordering::Relaxed);
                 let message = err.to_string();
-                assert!(message.starts_with("could not load credentials file /etc/gitlab-runner/pve.json: "), "{message}");
+                assert!(
+                    message.starts_with("could not load credentials file /etc/gitlab-runner/pve.json: "),
+                    "{message}"
+                );
                 assert!(!err.problems.is_empty());
                 // Secret values are generated with this prefix; none may be echoed.
                 assert!(!message.contains("S3CRET"), "a secret leaked into the error: {message}");
                 for problem in &err.problems {
-                    let names_field = problem.contains('`') || problem.contains("JSON") || problem.contains("no credentials");
+                    let names_field =
+                        problem.contains('`') || problem.contains("JSON") || problem.contains("no credentials");
                     assert!(names_field, "problem names no field: {problem:?} (input {text})");
                 }
             }
@@ -235,7 +255,9 @@ fn fuzzed_credentials_file_never_panics_nor_echoes_a_secret() {
     runner()
         .run(&(prop::sample::select(valid_files), field, change), |(mut file, key, change)| {
             match change {
-                Some(Value::String(text)) if SECRET_KEYS.contains(&key) => file[key] = Value::String(format!("S3CRET{text}")),
+                Some(Value::String(text)) if SECRET_KEYS.contains(&key) => {
+                    file[key] = Value::String(format!("S3CRET{text}"))
+                }
                 Some(value) => file[key] = value,
                 None => {
                     file.as_object_mut().unwrap().remove(key);
@@ -294,16 +316,34 @@ fn malformed_answers() -> Vec<(&'static str, Canned)> {
         ("not JSON", json("hello")),
         ("wrong type: data is a string", json(r#"{"data":"oops"}"#)),
         ("wrong type: data is a number", json(r#"{"data":42}"#)),
-        ("wrong type: vmid is an object", json(r#"{"data":[{"vmid":{"x":1},"node":"pve1","type":"qemu"}],"version":{"x":1}}"#)),
-        ("wrong type: every field is an array", json(r#"{"data":{"version":[1],"release":[2],"repoid":[3],"upid":[4],"status":[5]}}"#)),
+        (
+            "wrong type: vmid is an object",
+            json(r#"{"data":[{"vmid":{"x":1},"node":"pve1","type":"qemu"}],"version":{"x":1}}"#),
+        ),
+        (
+            "wrong type: every field is an array",
+            json(r#"{"data":{"version":[1],"release":[2],"repoid":[3],"upid":[4],"status":[5]}}"#),
+        ),
         ("null data", json(r#"{"data":null}"#)),
         ("no envelope", json(r#"[{"vmid":100}]"#)),
         ("HTML 502 from a proxy", Canned { status: 502, content_type: "text/html", body: HTML_502.into() }),
-        ("HTML 200 from a proxy login page", Canned { status: 200, content_type: "text/html", body: HTML_LOGIN.into() }),
+        (
+            "HTML 200 from a proxy login page",
+            Canned { status: 200, content_type: "text/html", body: HTML_LOGIN.into() },
+        ),
         ("HTML 403 from a proxy", Canned { status: 403, content_type: "text/html", body: HTML_LOGIN.into() }),
-        ("HTML 404", Canned { status: 404, content_type: "text/html", body: "<html><body>Not Found</body></html>".into() }),
-        ("JSON 500 without reason", Canned { status: 500, content_type: "application/json", body: r#"{"data":null}"#.into() }),
-        ("gigantic error page", Canned { status: 503, content_type: "text/html", body: "<p>overloaded</p>".repeat(20_000) }),
+        (
+            "HTML 404",
+            Canned { status: 404, content_type: "text/html", body: "<html><body>Not Found</body></html>".into() },
+        ),
+        (
+            "JSON 500 without reason",
+            Canned { status: 500, content_type: "application/json", body: r#"{"data":null}"#.into() },
+        ),
+        (
+            "gigantic error page",
+            Canned { status: 503, content_type: "text/html", body: "<p>overloaded</p>".repeat(20_000) },
+        ),
     ]
 }
 
@@ -314,7 +354,8 @@ async fn malformed_pve_answers_give_clear_errors() {
     let token = Credentials::Token { token_id: "fleeting@pve!ci".into(), secret: Secret::new("not-used-here") };
     let mut config = ClientConfig::new(url.clone(), token);
     config.request_timeout = Duration::from_secs(5);
-    config.retry = RetryPolicy { max_attempts: 2, initial_delay: Duration::from_millis(10), max_delay: Duration::from_millis(20) };
+    config.retry =
+        RetryPolicy { max_attempts: 2, initial_delay: Duration::from_millis(10), max_delay: Duration::from_millis(20) };
     let upid: Upid = "UPID:pve1:00001234:00005678:65000000:qmclone:9000:fleeting@pve!ci:".parse().unwrap();
     let mut tried = 0;
     for (name, answer) in malformed_answers() {
@@ -330,7 +371,11 @@ async fn malformed_pve_answers_give_clear_errors() {
                         // Some answers are acceptable to some calls (e.g. an
                         // empty object); a success must not invent data.
                         let shown = format!("{value:?}");
-                        assert!(!shown.contains("pve1:00001234") || $what == "wait_task", "{name}: {}: invented {shown}", $what);
+                        assert!(
+                            !shown.contains("pve1:00001234") || $what == "wait_task",
+                            "{name}: {}: invented {shown}",
+                            $what
+                        );
                     }
                     Err(err) => {
                         errors.insert($what, err.to_string());
@@ -365,15 +410,15 @@ async fn malformed_pve_answers_give_clear_errors() {
             "request_timeout": "5s",
         });
         tried += 1;
-        let err = group
-            .init(config.to_string().as_bytes(), ConnectorSettings::default())
-            .await
-            .expect_err(name)
-            .to_string();
+        let err =
+            group.init(config.to_string().as_bytes(), ConnectorSettings::default()).await.expect_err(name).to_string();
         assert!(err.starts_with("could not "), "{name}: Init: {err}");
         assert!(err.len() < 2_000, "{name}: Init error is {} bytes", err.len());
     }
-    eprintln!("bad_input: malformed PVE answers: {} cases, {tried} calls, every one a clear error, 0 panics", malformed_answers().len());
+    eprintln!(
+        "bad_input: malformed PVE answers: {} cases, {tried} calls, every one a clear error, 0 panics",
+        malformed_answers().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +429,11 @@ async fn wrong_tls_certificates_give_clear_errors() {
     let base = reliability::plugin_config(&sim, &credentials, 2);
     let init = |config: serde_json::Value| async move {
         let group = ProxmoxGroup::new();
-        group.init(config.to_string().as_bytes(), ConnectorSettings::default()).await.map(|_| ()).map_err(|e| e.to_string())
+        group
+            .init(config.to_string().as_bytes(), ConnectorSettings::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     };
     // The pinned fingerprint is right: it works.
     init(base.clone()).await.expect("the right fingerprint");

@@ -30,7 +30,10 @@ async fn removing_a_creating_instance_is_not_a_failure() {
     let mut config = reliability::plugin_config(&sim, &credentials, MAX_INSTANCES);
     config["group"] = "creating-removed".into();
     let group = ProxmoxGroup::new();
-    group.init(config.to_string().as_bytes(), ConnectorSettings { use_static_credentials: true, ..Default::default() }).await.unwrap();
+    group
+        .init(config.to_string().as_bytes(), ConnectorSettings { use_static_credentials: true, ..Default::default() })
+        .await
+        .unwrap();
 
     assert_eq!(group.increase(1).await.unwrap().succeeded, 1);
     let states = group.update().await.unwrap();

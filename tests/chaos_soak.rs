@@ -111,7 +111,9 @@ async fn chaos_soak_leaves_nothing_behind() {
         let include_creating = rng.random_bool(0.15);
         let active: Vec<String> = seen
             .iter()
-            .filter(|(_, state)| **state == InstanceState::Running || (include_creating && **state == InstanceState::Creating))
+            .filter(|(_, state)| {
+                **state == InstanceState::Running || (include_creating && **state == InstanceState::Creating)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let roll: f64 = rng.random();
@@ -129,7 +131,12 @@ async fn chaos_soak_leaves_nothing_behind() {
             tally.decrease_calls += 1;
             let answer = group.decrease(ids.clone()).await.expect("Decrease never fails as a whole");
             // Runner only removes what it saw, so every id must be accepted.
-            assert_eq!(answer.succeeded.len(), ids.len(), "cycle {cycle}: Decrease refused ids Update reported: {:?}", answer.failures);
+            assert_eq!(
+                answer.succeeded.len(),
+                ids.len(),
+                "cycle {cycle}: Decrease refused ids Update reported: {:?}",
+                answer.failures
+            );
             tally.decreased += ids.len() as u32;
         }
 
@@ -167,7 +174,11 @@ async fn chaos_soak_leaves_nothing_behind() {
         {
             // A stuck `qm` or a long backup: the config file lock is held.
             let config_lock = rng.random_bool(0.5);
-            let locked = if config_lock { admin.set_config_lock(vm.vmid, Some("backup")) } else { admin.hold_lock(vm.vmid, true) };
+            let locked = if config_lock {
+                admin.set_config_lock(vm.vmid, Some("backup"))
+            } else {
+                admin.hold_lock(vm.vmid, true)
+            };
             if locked.is_ok() {
                 if config_lock {
                     tally.config_locks += 1;
@@ -190,8 +201,14 @@ async fn chaos_soak_leaves_nothing_behind() {
         tally.updates += 1;
         match group.update().await {
             Ok(states) => {
-                let alive = states.iter().filter(|(_, s)| matches!(s, InstanceState::Creating | InstanceState::Running)).count();
-                assert!(alive as u32 <= MAX_INSTANCES, "cycle {cycle}: {alive} instances alive, max_instances is {MAX_INSTANCES}: {states:?}");
+                let alive = states
+                    .iter()
+                    .filter(|(_, s)| matches!(s, InstanceState::Creating | InstanceState::Running))
+                    .count();
+                assert!(
+                    alive as u32 <= MAX_INSTANCES,
+                    "cycle {cycle}: {alive} instances alive, max_instances is {MAX_INSTANCES}: {states:?}"
+                );
                 seen = states.into_iter().collect();
             }
             Err(_) => tally.update_errors += 1,
@@ -231,7 +248,10 @@ async fn chaos_soak_leaves_nothing_behind() {
         assert!(
             Instant::now() < deadline,
             "drain did not finish; Update: {states:?}; VMs: {:?}",
-            reliability::instance_vms(&admin).iter().map(|vm| (vm.vmid, vm.name.clone(), vm.status.clone(), vm.lock.clone())).collect::<Vec<_>>()
+            reliability::instance_vms(&admin)
+                .iter()
+                .map(|vm| (vm.vmid, vm.name.clone(), vm.status.clone(), vm.lock.clone()))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -244,8 +264,11 @@ async fn chaos_soak_leaves_nothing_behind() {
     eprintln!("chaos_soak: log in {}", log_path.display());
     let lines = capture.lines();
     reliability::assert_clean_end(&admin, &protected_before, &lines);
-    let accepted: BTreeSet<String> =
-        lines.iter().filter(|l| l.message == "instance creating: clone accepted").filter_map(|l| l.field("instance")).collect();
+    let accepted: BTreeSet<String> = lines
+        .iter()
+        .filter(|l| l.message == "instance creating: clone accepted")
+        .filter_map(|l| l.field("instance"))
+        .collect();
     assert_eq!(accepted.len() as u32, tally.accepted, "every accepted clone is logged once with its instance id");
     let mut reached_running = 0;
     let mut failed_with_reason = 0;
@@ -277,7 +300,9 @@ async fn chaos_soak_leaves_nothing_behind() {
         }
         if running {
             // Once running, only a removal ends it, and the removal says why.
-            let deleted = about.iter().any(|l| l.message == "instance deleted" && l.field("reason").is_some_and(|r| !r.is_empty()));
+            let deleted = about
+                .iter()
+                .any(|l| l.message == "instance deleted" && l.field("reason").is_some_and(|r| !r.is_empty()));
             assert!(
                 deleted,
                 "instance {id} ran and is gone, but no deletion with a reason was logged:\n{}",
@@ -333,4 +358,3 @@ fn reason_kind(reason: &str) -> String {
     }
     reason.chars().take(60).collect()
 }
-

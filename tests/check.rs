@@ -28,7 +28,11 @@ impl Setup {
     async fn start(scenario: Scenario) -> Self {
         let sim = Simulator::start(SimConfig::new(scenario)).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let credentials = write_private(dir.path(), "pve.json", &json!({ "token_id": defaults::TOKEN_ID, "token_secret": defaults::TOKEN_SECRET }));
+        let credentials = write_private(
+            dir.path(),
+            "pve.json",
+            &json!({ "token_id": defaults::TOKEN_ID, "token_secret": defaults::TOKEN_SECRET }),
+        );
         let config = json!({
             "url": sim.base_url(),
             "tls_fingerprint": sim.fingerprint(),
@@ -66,7 +70,13 @@ fn write_private(dir: &Path, name: &str, value: &Value) -> PathBuf {
 }
 
 fn assert_no_secrets(text: &str) {
-    for secret in [defaults::TOKEN_SECRET, defaults::TFA_PASSWORD, defaults::TFA_TOTP_SECRET, WRONG_TOTP_SECRET, defaults::USER_PASSWORD] {
+    for secret in [
+        defaults::TOKEN_SECRET,
+        defaults::TFA_PASSWORD,
+        defaults::TFA_TOTP_SECRET,
+        WRONG_TOTP_SECRET,
+        defaults::USER_PASSWORD,
+    ] {
         assert!(!text.contains(secret), "a secret reached the output:\n{text}");
     }
 }
@@ -94,10 +104,20 @@ fn least_privilege(version: &str) -> Scenario {
     scenario.vms[0].pool = None;
     scenario.roles = AclPlace::ALL
         .iter()
-        .map(|place| (place.role().to_string(), privileges::role_privileges(&parsed, *place).iter().map(|p| p.to_string()).collect::<Vec<_>>()))
+        .map(|place| {
+            (
+                place.role().to_string(),
+                privileges::role_privileges(&parsed, *place).iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            )
+        })
         .filter(|(_, privs)| !privs.is_empty())
         .collect();
-    let objects = [(AclPlace::Pool, "ci"), (AclPlace::Template, "9000"), (AclPlace::Storage, "local-lvm"), (AclPlace::Bridge, "vmbr0")];
+    let objects = [
+        (AclPlace::Pool, "ci"),
+        (AclPlace::Template, "9000"),
+        (AclPlace::Storage, "local-lvm"),
+        (AclPlace::Bridge, "vmbr0"),
+    ];
     scenario.acl = objects
         .into_iter()
         .filter(|(place, _)| scenario.roles.contains_key(place.role()))
@@ -162,7 +182,10 @@ async fn ticket_login_with_totp_passes_and_a_wrong_totp_fails() {
     assert_eq!(outcome.exit_code(), 1);
     let (detail, fix) = failure(&outcome, "credentials");
     assert!(detail.contains("PVE rejected the second factor"), "{detail}");
-    assert!(fix.contains("`totp_secret` is the secret of this user's TOTP factor") && fix.contains("timedatectl"), "{fix}");
+    assert!(
+        fix.contains("`totp_secret` is the secret of this user's TOTP factor") && fix.contains("timedatectl"),
+        "{fix}"
+    );
     assert_eq!(failed_subjects(&outcome), ["credentials"], "{}", outcome.render());
     assert!(outcome.render().contains("skip  remaining checks: not run: no authenticated connection to PVE"));
     setup.sim.shutdown().await.unwrap();
@@ -226,7 +249,10 @@ async fn a_template_without_agent_or_cloud_init_fails() {
     assert!(detail.contains("cannot learn the instances' addresses"), "{detail}");
     assert!(fix.contains("`qm set 9000 --agent enabled=1`") && fix.contains("qemu-guest-agent"), "{fix}");
     let (_, fix) = failure(&outcome, "template 9000 cloud-init drive");
-    assert!(fix.contains("`qm set 9000 --ide2 local-lvm:cloudinit`") && fix.contains("use_static_credentials = true"), "{fix}");
+    assert!(
+        fix.contains("`qm set 9000 --ide2 local-lvm:cloudinit`") && fix.contains("use_static_credentials = true"),
+        "{fix}"
+    );
     assert_eq!(failed_subjects(&outcome), ["template 9000 guest agent", "template 9000 cloud-init drive"]);
 
     // With Runner's own credentials no cloud-init drive is needed.
@@ -314,7 +340,8 @@ async fn least_privilege_roles_are_enough_for_the_engine() {
             assert!(Instant::now() < deadline, "PVE {version}: instances not removed");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let leftovers: Vec<u32> = setup.sim.admin().inventory().vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect();
+        let leftovers: Vec<u32> =
+            setup.sim.admin().inventory().vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect();
         assert!(leftovers.is_empty(), "PVE {version}: leaked {leftovers:?}");
         group.shutdown().await.unwrap();
         setup.sim.shutdown().await.unwrap();
@@ -429,7 +456,10 @@ fn docs_match_the_privilege_list() {
                 continue;
             }
             let diff = similar::TextDiff::from_lines(&text, &expected);
-            panic!("{file} differs from the code; refresh with `UPDATE_DOCS=1 cargo test --test check docs_match`:\n{}", diff.unified_diff());
+            panic!(
+                "{file} differs from the code; refresh with `UPDATE_DOCS=1 cargo test --test check docs_match`:\n{}",
+                diff.unified_diff()
+            );
         }
     }
 }

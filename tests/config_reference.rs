@@ -7,7 +7,8 @@ use std::path::Path;
 
 use fleeting_plugin_proxmox::group::config::{json_schema, reference_markdown};
 
-const BEGIN: &str = "<!-- plugin_config reference: generated from src/group/config.rs by tests/config_reference.rs -->\n";
+const BEGIN: &str =
+    "<!-- plugin_config reference: generated from src/group/config.rs by tests/config_reference.rs -->\n";
 const END: &str = "<!-- end of plugin_config reference -->";
 
 fn update() -> bool {
@@ -42,7 +43,9 @@ fn json_schema_file_matches_the_config_type() {
             std::fs::write(&path, generated).unwrap();
             return;
         }
-        panic!("docs/plugin_config.schema.json differs from the code; run `UPDATE_GENERATED=1 cargo test --test config_reference`");
+        panic!(
+            "docs/plugin_config.schema.json differs from the code; run `UPDATE_GENERATED=1 cargo test --test config_reference`"
+        );
     }
     // The schema is usable as-is by editors: every key is described.
     let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();

@@ -139,7 +139,10 @@ async fn killed_plugin_converges_after_one_update() {
                     let ids = running_ids(&states);
                     let victim = ids.choose(&mut rng).cloned().unwrap();
                     plugin.decrease(vec![victim]).await.unwrap();
-                    wait_for("room for a clone", CONVERGE_WITHIN, || reliability::instance_vms(&admin).len() < MAX_INSTANCES as usize).await;
+                    wait_for("room for a clone", CONVERGE_WITHIN, || {
+                        reliability::instance_vms(&admin).len() < MAX_INSTANCES as usize
+                    })
+                    .await;
                 }
                 let n = rng.random_range(1..=2u32).min(MAX_INSTANCES - reliability::instance_vms(&admin).len() as u32);
                 let accepted = plugin.increase(n).await.expect("Increase");
@@ -152,7 +155,9 @@ async fn killed_plugin_converges_after_one_update() {
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..600))).await;
                 } else {
                     wait_for("a booting VM", Duration::from_secs(20), || {
-                        reliability::instance_vms(&admin).iter().any(|vm| !before.contains(&vm.vmid) && vm.status == "running" && !vm.agent_running)
+                        reliability::instance_vms(&admin)
+                            .iter()
+                            .any(|vm| !before.contains(&vm.vmid) && vm.status == "running" && !vm.agent_running)
                     })
                     .await;
                     tokio::time::sleep(Duration::from_millis(rng.random_range(0..1200))).await;
@@ -210,7 +215,9 @@ async fn killed_plugin_converges_after_one_update() {
         if !at_kill.cloning.is_empty() {
             let cloning = at_kill.cloning.clone();
             wait_for("the interrupted clones to end", Duration::from_secs(20), || {
-                reliability::instance_vms(&admin).iter().all(|vm| !cloning.contains(&vm.vmid) || vm.lock.as_deref() != Some("clone"))
+                reliability::instance_vms(&admin)
+                    .iter()
+                    .all(|vm| !cloning.contains(&vm.vmid) || vm.lock.as_deref() != Some("clone"))
             })
             .await;
             plugin.update().await.expect("the Update after the interrupted clone ended");
@@ -227,10 +234,16 @@ async fn killed_plugin_converges_after_one_update() {
             }
             for vm in &vms {
                 if at_kill.removing.contains(&vm.vmid) {
-                    return Err(format!("VM {} was being removed and is still there ({:?}, {})", vm.vmid, vm.name, vm.status));
+                    return Err(format!(
+                        "VM {} was being removed and is still there ({:?}, {})",
+                        vm.vmid, vm.name, vm.status
+                    ));
                 }
                 if vm.lock.is_some() || vm.status != "running" || !vm.agent_running || ours(vm, &naming).is_none() {
-                    return Err(format!("VM {} is half-provisioned ({:?}, {}, lock {:?}, tags {:?})", vm.vmid, vm.name, vm.status, vm.lock, vm.tags));
+                    return Err(format!(
+                        "VM {} is half-provisioned ({:?}, {}, lock {:?}, tags {:?})",
+                        vm.vmid, vm.name, vm.status, vm.lock, vm.tags
+                    ));
                 }
             }
             let orphans = admin.inventory().orphaned_disks;
@@ -254,8 +267,10 @@ async fn killed_plugin_converges_after_one_update() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let survivors: BTreeMap<String, u32> =
-            reliability::instance_vms(&admin).iter().filter_map(|vm| ours(vm, &naming).map(|id| (id, vm.vmid))).collect();
+        let survivors: BTreeMap<String, u32> = reliability::instance_vms(&admin)
+            .iter()
+            .filter_map(|vm| ours(vm, &naming).map(|id| (id, vm.vmid)))
+            .collect();
         // Adopted before any second Update: the restarted plugin said so.
         let wait_logged = Instant::now() + Duration::from_secs(25);
         loop {
@@ -283,9 +298,15 @@ async fn killed_plugin_converges_after_one_update() {
         // as deleting until the listing has missed it for a moment.
         let reported: BTreeMap<String, State> = states.iter().filter(|(_, s)| *s != State::Deleting).cloned().collect();
         let expected: BTreeMap<String, State> = survivors.keys().map(|id| (id.clone(), State::Running)).collect();
-        assert_eq!(reported, expected, "round {round} ({point:?}): the second Update reports exactly the adopted VMs as running: {states:?}");
+        assert_eq!(
+            reported, expected,
+            "round {round} ({point:?}): the second Update reports exactly the adopted VMs as running: {states:?}"
+        );
         for (id, state) in &states {
-            assert!(*state != State::Deleting || !survivors.contains_key(id), "round {round}: adopted {id} reported deleting");
+            assert!(
+                *state != State::Deleting || !survivors.contains_key(id),
+                "round {round}: adopted {id} reported deleting"
+            );
         }
         adopted += survivors.len();
         cleaned += at_kill.half_provisioned.iter().filter(|v| !survivors.values().any(|s| s == *v)).count();
@@ -303,8 +324,11 @@ async fn killed_plugin_converges_after_one_update() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let states = plugin.update().await.unwrap();
-        let alive: Vec<String> =
-            states.iter().filter(|(_, s)| matches!(s, State::Running | State::Creating)).map(|(id, _)| id.clone()).collect();
+        let alive: Vec<String> = states
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Running | State::Creating))
+            .map(|(id, _)| id.clone())
+            .collect();
         if !alive.is_empty() {
             plugin.decrease(alive).await.unwrap();
         }

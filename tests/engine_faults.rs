@@ -106,8 +106,17 @@ async fn a_missing_privilege_names_the_privilege_and_the_path() {
     let mut scenario = fast_scenario();
     // PVEVMAdmin without VM.Clone.
     let role: Vec<String> = [
-        "VM.Allocate", "VM.Audit", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit", "VM.Config.Disk",
-        "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "VM.PowerMgmt",
+        "VM.Allocate",
+        "VM.Audit",
+        "VM.Config.CDROM",
+        "VM.Config.CPU",
+        "VM.Config.Cloudinit",
+        "VM.Config.Disk",
+        "VM.Config.HWType",
+        "VM.Config.Memory",
+        "VM.Config.Network",
+        "VM.Config.Options",
+        "VM.PowerMgmt",
         "VM.GuestAgent.Audit",
     ]
     .iter()
@@ -147,7 +156,12 @@ async fn a_restart_adopts_ready_instances_and_removes_half_provisioned_ones() {
     // Crash once the two new clones exist but have not booted yet.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let booting = admin.inventory().vms.iter().filter(|vm| vm.status == "running" && !vm.agent_running && vm.lock.is_none()).count();
+        let booting = admin
+            .inventory()
+            .vms
+            .iter()
+            .filter(|vm| vm.status == "running" && !vm.agent_running && vm.lock.is_none())
+            .count();
         if booting == 2 {
             break;
         }
@@ -209,7 +223,12 @@ async fn target_nodes_spread_clones_and_skip_an_offline_node() {
         subnet6: "fd00:10:10:30::/64".into(),
         ..Default::default()
     });
-    scenario.storages.push(StorageSpec { id: "ceph".into(), kind: "rbd".into(), shared: Some(true), ..StorageSpec::default() });
+    scenario.storages.push(StorageSpec {
+        id: "ceph".into(),
+        kind: "rbd".into(),
+        shared: Some(true),
+        ..StorageSpec::default()
+    });
     let template = &mut scenario.vms[0];
     template.config.insert("scsi0".into(), "ceph:base-9000-disk-0,size=8G".into());
     template.config.insert("ide2".into(), "ceph:vm-9000-cloudinit,media=cdrom".into());
@@ -248,7 +267,10 @@ async fn target_nodes_on_local_storage_are_refused_at_init() {
     setup.config["target_nodes"] = serde_json::json!(["pve1", "pve2", "pve9"]);
     let group = ProxmoxGroup::new();
     let err = group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap_err().to_string();
-    assert!(err.contains("`target_nodes` names pve9, which is not a node of this cluster (nodes: pve1, pve2)"), "{err}");
+    assert!(
+        err.contains("`target_nodes` names pve9, which is not a node of this cluster (nodes: pve1, pve2)"),
+        "{err}"
+    );
     assert!(err.contains("only from shared storage"), "{err}");
 }
 
@@ -278,7 +300,11 @@ async fn auto_clone_mode_weighs_every_disk_of_the_template() {
     let clones: Vec<_> = admin.tasks().into_iter().filter(|task| task.task_type == "qmclone").collect();
     assert_eq!(clones.len(), 2, "each clone succeeded the first time: {clones:?}");
     for clone in &clones {
-        assert!(clone.log.iter().any(|line| line == "create full clone of drive efidisk0 (thick:base-9000-disk-1)"), "{:?}", clone.log);
+        assert!(
+            clone.log.iter().any(|line| line == "create full clone of drive efidisk0 (thick:base-9000-disk-1)"),
+            "{:?}",
+            clone.log
+        );
         assert!(!clone.log.iter().any(|line| line.contains("linked")), "{:?}", clone.log);
     }
     setup.assert_untouched();
@@ -293,12 +319,20 @@ async fn connect_info_takes_os_arch_and_protocol_from_the_template() {
     template.config.insert("arch".into(), "aarch64".into());
     let setup = setup(scenario).await;
     let group = ProxmoxGroup::new();
-    let settings = ConnectorSettings { username: "Administrator".into(), password: "pw".into(), use_static_credentials: true, ..Default::default() };
+    let settings = ConnectorSettings {
+        username: "Administrator".into(),
+        password: "pw".into(),
+        use_static_credentials: true,
+        ..Default::default()
+    };
     group.init(setup.config.to_string().as_bytes(), settings).await.unwrap();
     group.increase(1).await.unwrap();
     let running = wait_until(&group, "running", all_running(1)).await;
     let info = group.connect_info(&running[0].0).await.unwrap();
-    assert_eq!((info.connector.os.as_str(), info.connector.arch.as_str(), info.connector.protocol.as_str()), ("windows", "arm64", "winrm"));
+    assert_eq!(
+        (info.connector.os.as_str(), info.connector.arch.as_str(), info.connector.protocol.as_str()),
+        ("windows", "arm64", "winrm")
+    );
     group.shutdown().await.unwrap();
 }
 

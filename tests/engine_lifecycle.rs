@@ -43,7 +43,11 @@ async fn scales_up_and_down_with_one_request_per_update() {
     let vmid = vmid_of(first);
     let vm = admin.vm(vmid).unwrap();
     assert_eq!(vm.config.get("ciuser").map(String::as_str), Some("fleeting"));
-    assert!(vm.config.get("sshkeys").is_some_and(|k| k.starts_with("ssh-ed25519%20")), "{:?}", vm.config.get("sshkeys"));
+    assert!(
+        vm.config.get("sshkeys").is_some_and(|k| k.starts_with("ssh-ed25519%20")),
+        "{:?}",
+        vm.config.get("sshkeys")
+    );
     assert!(vm.tags.iter().any(|t| t == "fleeting-fleeting"), "{:?}", vm.tags);
     group.heartbeat(first).await.unwrap();
 
@@ -190,7 +194,11 @@ async fn suspend_and_resume_use_proxmox_suspend() {
     let id = running[0].0.clone();
     assert_eq!(group.suspend(vec![id.clone()]).await.unwrap().succeeded, [id.clone()]);
     wait_until(&group, "suspended", |s| s == [(id.clone(), InstanceState::Suspended)]).await;
-    assert_eq!(setup.sim.admin().vm(vmid_of(&id)).unwrap().status, "running", "a suspended (paused) VM stays running in PVE's listing");
+    assert_eq!(
+        setup.sim.admin().vm(vmid_of(&id)).unwrap().status,
+        "running",
+        "a suspended (paused) VM stays running in PVE's listing"
+    );
     assert_eq!(group.resume(vec![id.clone()]).await.unwrap().succeeded, [id.clone()]);
     wait_until(&group, "running again", all_running(1)).await;
     // Not ours: refused.
@@ -231,7 +239,10 @@ async fn older_releases_run_the_whole_lifecycle() {
         scenario.pve_version = version.into();
         let setup = setup(scenario).await;
         let group = ProxmoxGroup::new();
-        group.init(setup.config.to_string().as_bytes(), ConnectorSettings::default()).await.unwrap_or_else(|err| panic!("{version}: {err}"));
+        group
+            .init(setup.config.to_string().as_bytes(), ConnectorSettings::default())
+            .await
+            .unwrap_or_else(|err| panic!("{version}: {err}"));
         group.increase(2).await.unwrap();
         let running = wait_until(&group, version, all_running(2)).await;
         assert!(group.connect_info(&running[0].0).await.is_ok(), "{version}");

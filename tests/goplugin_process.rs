@@ -134,7 +134,11 @@ fn version_prints_go_plugin_layout() {
         // fmt.Println(v.Full()): Full's own newline plus Println's.
         assert!(text.ends_with("\n\n"), "{args:?}: {text:?}");
         let labels: Vec<&str> = text.trim_end().lines().map(|l| l.split(':').next().unwrap_or_default()).collect();
-        assert_eq!(labels, ["Name", "Version", "Git revision", "Git ref", "Rust version", "Built", "OS/Arch"], "{args:?}: {text}");
+        assert_eq!(
+            labels,
+            ["Name", "Version", "Git revision", "Git ref", "Rust version", "Built", "OS/Arch"],
+            "{args:?}: {text}"
+        );
         assert!(text.starts_with("Name:         fleeting-plugin-proxmox\n"), "{text}");
     }
 }

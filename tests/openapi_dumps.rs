@@ -26,7 +26,9 @@ fn forbidden_schema_keys(value: &serde_json::Value, found: &mut Vec<String>) {
     match value {
         serde_json::Value::Object(map) => {
             if map.get("type").is_some_and(serde_json::Value::is_string) {
-                for key in ["default", "pattern", "maxLength", "minLength", "minimum", "maximum", "description", "title"] {
+                for key in
+                    ["default", "pattern", "maxLength", "minLength", "minimum", "maximum", "description", "title"]
+                {
                     if map.contains_key(key) {
                         found.push(key.to_string());
                     }
@@ -50,9 +52,14 @@ fn every_release_converts_in_both_modes() {
         let text = std::fs::read_to_string(dir.join(format!("pve-{release}-apidoc.json"))).unwrap();
         for selection in [Selection::All, subset()] {
             for indexed_keys in [IndexedKeys::Expand, IndexedKeys::Map] {
-                let options = ConvertOptions { selection: selection.clone(), indexed_keys, pve_version: release.to_string() };
+                let options =
+                    ConvertOptions { selection: selection.clone(), indexed_keys, pve_version: release.to_string() };
                 let conversion = openapi::convert(&text, &options).unwrap_or_else(|err| panic!("PVE {release}: {err}"));
-                assert!(conversion.operation_count > 30, "PVE {release}: only {} operations", conversion.operation_count);
+                assert!(
+                    conversion.operation_count > 30,
+                    "PVE {release}: only {} operations",
+                    conversion.operation_count
+                );
                 let json = conversion.to_pretty_json();
                 assert!(!json.contains("The (unique) ID"), "PVE {release}: description prose leaked");
                 let mut found = Vec::new();
@@ -68,7 +75,8 @@ fn every_release_converts_in_both_modes() {
 fn whole_api_of_9_1_has_every_operation() {
     let Some(dir) = dump_dir() else { return };
     let text = std::fs::read_to_string(dir.join("pve-9.1-apidoc.json")).unwrap();
-    let options = ConvertOptions { selection: Selection::All, indexed_keys: IndexedKeys::Expand, pve_version: "9.1".into() };
+    let options =
+        ConvertOptions { selection: Selection::All, indexed_keys: IndexedKeys::Expand, pve_version: "9.1".into() };
     let conversion = openapi::convert(&text, &options).unwrap();
     assert_eq!(conversion.operation_count, 649);
 }
@@ -114,7 +122,8 @@ fn apidoc_js_form_converts_like_json() {
 
 #[test]
 fn malformed_dumps_give_located_errors() {
-    let options = ConvertOptions { selection: Selection::All, indexed_keys: IndexedKeys::Expand, pve_version: "x".into() };
+    let options =
+        ConvertOptions { selection: Selection::All, indexed_keys: IndexedKeys::Expand, pve_version: "x".into() };
     for (input, expected) in [
         ("{}", "neither a JSON array nor an apidoc.js script"),
         ("const apiSchema = {}", "neither a JSON array nor an apidoc.js script"),
@@ -122,7 +131,10 @@ fn malformed_dumps_give_located_errors() {
         ("[1]", "schema node is not a JSON object"),
         ("[{\"path\":\"/a\",\"children\":{}}]", "`children` is not an array"),
         ("[{\"path\":\"/a\",\"info\":{\"GET\":{\"parameters\":[]}}}]", "GET /a: `parameters` is not an object"),
-        ("[{\"path\":\"/a\",\"info\":{\"GET\":{\"returns\":{\"type\":\"array\",\"items\":7}}}}]", "GET /a returns items: schema is not an object"),
+        (
+            "[{\"path\":\"/a\",\"info\":{\"GET\":{\"returns\":{\"type\":\"array\",\"items\":7}}}}]",
+            "GET /a returns items: schema is not an object",
+        ),
         ("[{\"path\":\"/a\"", "not valid JSON"),
     ] {
         let err = openapi::convert(input, &options).unwrap_err().to_string();

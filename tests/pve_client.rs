@@ -14,7 +14,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fleeting_plugin_proxmox::pve::{
-    ClientConfig, CloneRequest, Credentials, ErrorKind, PveClient, RetryPolicy, SecondFactor, Secret, TlsOptions, Upid, Vmid,
+    ClientConfig, CloneRequest, Credentials, ErrorKind, PveClient, RetryPolicy, SecondFactor, Secret, TlsOptions, Upid,
+    Vmid,
 };
 use serde_json::{Value, json};
 
@@ -60,7 +61,8 @@ fn authenticated(state: &FakePve, method: &Method, headers: &HeaderMap) -> bool 
         return false;
     }
     // Non-GET ticket requests need the CSRF token that came with the ticket.
-    *method == Method::GET || headers.get("csrfpreventiontoken").and_then(|v| v.to_str().ok()) == Some(&format!("csrf-{ticket}"))
+    *method == Method::GET
+        || headers.get("csrfpreventiontoken").and_then(|v| v.to_str().ok()) == Some(&format!("csrf-{ticket}"))
 }
 
 async fn ticket(State(state): State<Shared>, body: String) -> Response {
@@ -102,14 +104,26 @@ async fn ticket(State(state): State<Shared>, body: String) -> Response {
     match (user.as_str(), password.as_str()) {
         ("alice@pve", "correct horse") => issue(&mut state),
         ("bob@pve", "battery staple") => {
-            let challenge = percent_encoding::utf8_percent_encode(r#"{"totp":true,"recovery":[]}"#, percent_encoding::NON_ALPHANUMERIC);
-            ok(json!({ "username": user, "ticket": format!("PVE:!tfa!{challenge}:6560B3F1::sig"), "CSRFPreventionToken": "x", "NeedTFA": 1 }))
+            let challenge = percent_encoding::utf8_percent_encode(
+                r#"{"totp":true,"recovery":[]}"#,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            ok(
+                json!({ "username": user, "ticket": format!("PVE:!tfa!{challenge}:6560B3F1::sig"), "CSRFPreventionToken": "x", "NeedTFA": 1 }),
+            )
         }
         _ => failure(),
     }
 }
 
-async fn api(State(state): State<Shared>, method: Method, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: String) -> Response {
+async fn api(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
     let path = uri.path().strip_prefix("/api2/json").unwrap_or(uri.path()).to_string();
     let mut state = state.lock().unwrap();
     state.requests.push(format!("{method} {path}?{} {body}", query.clone().unwrap_or_default()));
@@ -140,7 +154,11 @@ async fn api(State(state): State<Shared>, method: Method, uri: Uri, RawQuery(que
             { "id": "network/pve1/vmbr0", "node": "pve1", "type": "network", "network": "vmbr0" }
         ])),
         ("GET", "/cluster/nextid") => match query.get("vmid").map(String::as_str) {
-            Some("100") => pve_error(400, "Parameter verification failed.", json!({ "data": null, "errors": { "vmid": "VM 100 already exists" } })),
+            Some("100") => pve_error(
+                400,
+                "Parameter verification failed.",
+                json!({ "data": null, "errors": { "vmid": "VM 100 already exists" } }),
+            ),
             Some(id) => ok(json!(id)),
             None => ok(json!("105")),
         },
@@ -184,7 +202,9 @@ async fn api(State(state): State<Shared>, method: Method, uri: Uri, RawQuery(que
             "Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist",
             json!({ "data": null, "message": "Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist\n" }),
         ),
-        ("DELETE", "/nodes/pve1/qemu/105") => ok(json!("UPID:pve1:0000ABCF:0012D687:6560B3F1:qmdestroy:105:alice@pve:")),
+        ("DELETE", "/nodes/pve1/qemu/105") => {
+            ok(json!("UPID:pve1:0000ABCF:0012D687:6560B3F1:qmdestroy:105:alice@pve:"))
+        }
         ("POST", "/nodes/pve1/qemu/105/status/start") => {
             pve_error(403, "Permission check failed (/vms/105, VM.PowerMgmt)", json!({ "data": null }))
         }
@@ -347,12 +367,21 @@ async fn errors_carry_pve_text_and_kind() {
         "could not read the status of VM 999: Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist"
     );
 
-    let err = client.clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(50)), ..Default::default() }).await.unwrap_err();
+    let err = client
+        .clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(50)), ..Default::default() })
+        .await
+        .unwrap_err();
     let ErrorKind::InvalidParameter { errors, .. } = err.kind() else { panic!("{err:?}") };
     assert!(errors["newid"].contains("minimum value of 100"), "{errors:?}");
-    assert!(err.to_string().contains("Parameter verification failed.: newid: value must have a minimum value of 100"), "{err}");
+    assert!(
+        err.to_string().contains("Parameter verification failed.: newid: value must have a minimum value of 100"),
+        "{err}"
+    );
 
-    let err = client.clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(106)), ..Default::default() }).await.unwrap_err();
+    let err = client
+        .clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(106)), ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(err.is_already_exists(), "a taken VMID is recognisable: {err:?}");
 
     let err = client.next_vmid(Some(Vmid(100))).await.unwrap_err();
@@ -387,9 +416,13 @@ async fn transient_503_is_retried_for_reads() {
 async fn ticket_login_relogs_once_after_401() {
     let state = shared();
     let addr = serve_http(state.clone()).await;
-    let client = PveClient::connect(password_config(addr, "alice@pve", "correct horse", SecondFactor::None)).await.unwrap();
+    let client =
+        PveClient::connect(password_config(addr, "alice@pve", "correct horse", SecondFactor::None)).await.unwrap();
     assert_eq!(state.lock().unwrap().logins, 1);
-    client.clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(105)), ..Default::default() }).await.unwrap();
+    client
+        .clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(105)), ..Default::default() })
+        .await
+        .unwrap();
 
     // The server forgets every ticket (a restart, or expiry): exactly one re-login.
     state.lock().unwrap().tickets.clear();
@@ -420,7 +453,8 @@ async fn tfa_challenge_is_answered_with_a_fresh_totp_code() {
     let requests = state.lock().unwrap().requests.clone();
     assert!(requests[1].contains("tfa-challenge"), "{requests:?}");
 
-    let err = PveClient::connect(password_config(addr, "bob@pve", "battery staple", SecondFactor::None)).await.unwrap_err();
+    let err =
+        PveClient::connect(password_config(addr, "bob@pve", "battery staple", SecondFactor::None)).await.unwrap_err();
     assert!(err.to_string().contains("add `totp_secret`"), "{err}");
     let wrong = SecondFactor::TotpSecret(Secret::new("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"));
     let err = PveClient::connect(password_config(addr, "bob@pve", "battery staple", wrong)).await.unwrap_err();
@@ -433,7 +467,9 @@ async fn seed_path_and_privs_verify_privileges_at_login() {
     let addr = serve_http(state.clone()).await;
     let with_check = |privs: &str| {
         let credentials = Credentials::parse(
-            &format!(r#"{{"username":"alice","realm":"pve","password":"correct horse","path":"/pool/ci","privs":"{privs}"}}"#),
+            &format!(
+                r#"{{"username":"alice","realm":"pve","password":"correct horse","path":"/pool/ci","privs":"{privs}"}}"#
+            ),
             "test",
         )
         .unwrap();
@@ -450,7 +486,10 @@ async fn tasks_are_awaited_and_failures_carry_the_log_tail() {
     let state = shared();
     let addr = serve_http(state.clone()).await;
     let client = PveClient::connect(token_config(addr)).await.unwrap();
-    let upid = client.clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(105)), ..Default::default() }).await.unwrap();
+    let upid = client
+        .clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(105)), ..Default::default() })
+        .await
+        .unwrap();
     let success = client.wait_task(&upid, Duration::from_secs(10)).await.unwrap();
     assert_eq!(success.warnings, 2, "WARNINGS: n counts as success");
 
@@ -496,7 +535,8 @@ async fn tls_pinned_by_fingerprint() {
 async fn rejected_token_is_final_and_not_retried() {
     let state = shared();
     let addr = serve_http(state.clone()).await;
-    let credentials = Credentials::parse(r#"{"token_id":"ci@pve!fleeting","token_secret":"wrong-secret"}"#, "test").unwrap();
+    let credentials =
+        Credentials::parse(r#"{"token_id":"ci@pve!fleeting","token_secret":"wrong-secret"}"#, "test").unwrap();
     let config = ClientConfig { retry: fast_retry(), ..ClientConfig::new(format!("http://{addr}"), credentials) };
     let err = PveClient::connect(config).await.unwrap().cluster_vms().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Unauthorized { .. }), "{err:?}");

@@ -33,7 +33,8 @@ fn verify(dir: &Path) -> Output {
 #[test]
 fn signed_checksums_verify_and_a_changed_line_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let sums = "1145b5418b99a33381049699c1b15432ddfdcc4b8aa1ad7a9bedc1908ec1dc7c  fleeting-plugin-proxmox-linux-amd64\n";
+    let sums =
+        "1145b5418b99a33381049699c1b15432ddfdcc4b8aa1ad7a9bedc1908ec1dc7c  fleeting-plugin-proxmox-linux-amd64\n";
     std::fs::write(dir.path().join("SHA256SUMS"), sums).unwrap();
     let key = new_key(dir.path());
 

@@ -149,7 +149,8 @@ async fn lifecycle_in_process(login: Login, static_credentials: bool) -> (Vec<St
     ] {
         errors.push(result.unwrap_err().to_string());
     }
-    errors.extend(group.decrease(vec!["999-nosuch".into(), defaults::TEMPLATE_VMID.to_string()]).await.unwrap().failures);
+    errors
+        .extend(group.decrease(vec!["999-nosuch".into(), defaults::TEMPLATE_VMID.to_string()]).await.unwrap().failures);
     let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
     group.decrease(ids).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -167,7 +168,9 @@ async fn no_secret_in_any_log_line_or_error() {
     let capture = logs::capture("trace");
     let mut errors = Vec::new();
     let mut keys = Vec::new();
-    for (login, static_credentials) in [(Login::TicketWithTotp, false), (Login::Token, false), (Login::TicketWithTotp, true)] {
+    for (login, static_credentials) in
+        [(Login::TicketWithTotp, false), (Login::Token, false), (Login::TicketWithTotp, true)]
+    {
         let (e, k) = lifecycle_in_process(login, static_credentials).await;
         errors.extend(e);
         keys.extend(k);

@@ -40,7 +40,12 @@ async fn tokens_authenticate_and_failures_are_401_after_a_delay() {
     assert_eq!(response.bytes().await.unwrap().len(), 0, "pveproxy's auth step answers without a body");
 
     let started = Instant::now();
-    let response = http.get(&url).header("Authorization", format!("PVEAPIToken={}=wrong", defaults::TOKEN_ID)).send().await.unwrap();
+    let response = http
+        .get(&url)
+        .header("Authorization", format!("PVEAPIToken={}=wrong", defaults::TOKEN_ID))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(reason(&response), "Authentication failed!");
     assert!(started.elapsed() >= Duration::from_millis(300), "every 401 is delayed");
@@ -74,9 +79,11 @@ async fn tickets_need_csrf_on_writes_renew_and_expire() {
     assert!(ticket.starts_with("PVE:fleeting@pve:"), "{ticket}");
     assert_eq!(body["data"]["username"], "fleeting@pve");
     assert_eq!(body["data"]["cap"]["vms"].as_object().map(|m| m.is_empty()), Some(true), "no ACL on /vms itself");
-    let cookie = format!("PVEAuthCookie={}", percent_encoding::utf8_percent_encode(&ticket, percent_encoding::NON_ALPHANUMERIC));
+    let cookie =
+        format!("PVEAuthCookie={}", percent_encoding::utf8_percent_encode(&ticket, percent_encoding::NON_ALPHANUMERIC));
 
-    let resources = http.get(format!("{}/cluster/resources", sim.api_url())).header("Cookie", &cookie).send().await.unwrap();
+    let resources =
+        http.get(format!("{}/cluster/resources", sim.api_url())).header("Cookie", &cookie).send().await.unwrap();
     assert_eq!(resources.status(), 200, "GET needs no CSRF token");
     let clone = |csrf: Option<&str>| {
         let mut request = http
@@ -94,10 +101,14 @@ async fn tickets_need_csrf_on_writes_renew_and_expire() {
     assert_eq!(clone(Some(&csrf)).await.unwrap().status(), 200);
 
     let renewed: Value = login(ticket.clone()).await.unwrap().json().await.unwrap();
-    assert!(renewed["data"]["ticket"].as_str().unwrap().starts_with("PVE:fleeting@pve:"), "the current ticket renews itself");
+    assert!(
+        renewed["data"]["ticket"].as_str().unwrap().starts_with("PVE:fleeting@pve:"),
+        "the current ticket renews itself"
+    );
 
     tokio::time::sleep(Duration::from_millis(2200)).await; // 22 simulated seconds > the 20 s lifetime
-    let response = http.get(format!("{}/cluster/resources", sim.api_url())).header("Cookie", &cookie).send().await.unwrap();
+    let response =
+        http.get(format!("{}/cluster/resources", sim.api_url())).header("Cookie", &cookie).send().await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(reason(&response), "Authentication failed!");
 }
@@ -152,14 +163,22 @@ async fn tfa_users_pass_the_totp_challenge() {
     assert_eq!(body["data"]["NeedTFA"], 1);
     let half = body["data"]["ticket"].as_str().unwrap();
     assert!(half.starts_with("PVE:!tfa!%7B%22totp%22%3Atrue%7D:"), "{half}");
-    let response = http.get(format!("{}/version", sim.api_url())).header("Cookie", format!("PVEAuthCookie={half}")).send().await.unwrap();
+    let response = http
+        .get(format!("{}/version", sim.api_url()))
+        .header("Cookie", format!("PVEAuthCookie={half}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
 
     // PVE 7.0 has only the old flow: the code travels with the password.
     let mut old = fast_scenario();
     old.pve_version = "7.0.14".into();
     let old_sim = start(old).await;
-    let code = fleeting_plugin_proxmox::pve::auth::totp_from_base32(defaults::TFA_TOTP_SECRET).unwrap().generate_current().unwrap();
+    let code = fleeting_plugin_proxmox::pve::auth::totp_from_base32(defaults::TFA_TOTP_SECRET)
+        .unwrap()
+        .generate_current()
+        .unwrap();
     let response = http
         .post(format!("{}/access/ticket", old_sim.api_url()))
         .form(&[("username", defaults::TFA_USER), ("password", defaults::TFA_PASSWORD), ("otp", code.as_str())])
@@ -184,7 +203,10 @@ async fn pools_and_paths_decide_what_a_token_may_do() {
     let root = root_client(&sim);
 
     // Root clones a VM outside the pool: the token does not see it.
-    let upid = root.clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(140)), ..Default::default() }).await.unwrap();
+    let upid = root
+        .clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(140)), ..Default::default() })
+        .await
+        .unwrap();
     wait(&root, &upid).await.unwrap();
     assert_eq!(root.cluster_vms().await.unwrap().len(), 2);
     assert_eq!(token.cluster_vms().await.unwrap().len(), 1);
@@ -192,15 +214,27 @@ async fn pools_and_paths_decide_what_a_token_may_do() {
     // Cloning into the pool needs VM.Allocate there; without a pool, on the new VMID.
     let into_pool = CloneRequest { new_vmid: Some(Vmid(141)), pool: Some("ci".into()), ..Default::default() };
     wait(&token, &token.clone_vm("pve1", Vmid(9000), &into_pool).await.unwrap()).await.unwrap();
-    let err = token.clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(142)), ..Default::default() }).await.unwrap_err();
+    let err = token
+        .clone_vm("pve1", Vmid(9000), &CloneRequest { new_vmid: Some(Vmid(142)), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.kind().to_string(), "Permission check failed");
 
     // A full clone onto a storage without Datastore.AllocateSpace.
-    let to_local = CloneRequest { new_vmid: Some(Vmid(143)), pool: Some("ci".into()), full: Some(true), storage: Some("local".into()), ..Default::default() };
+    let to_local = CloneRequest {
+        new_vmid: Some(Vmid(143)),
+        pool: Some("ci".into()),
+        full: Some(true),
+        storage: Some("local".into()),
+        ..Default::default()
+    };
     let err = token.clone_vm("pve1", Vmid(9000), &to_local).await.unwrap_err();
     match err.kind() {
         ErrorKind::PermissionDenied { path, privilege, .. } => {
-            assert_eq!((path.as_deref(), privilege.as_deref()), (Some("/storage/local"), Some("Datastore.AllocateSpace")));
+            assert_eq!(
+                (path.as_deref(), privilege.as_deref()),
+                (Some("/storage/local"), Some("Datastore.AllocateSpace"))
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -237,7 +271,10 @@ async fn the_agent_privilege_follows_the_release() {
     assert!(err.to_string().contains("Permission check failed (/vms/9000, VM.Monitor)"), "{err}");
     let sim = start(scenario_with("8.4.2", vec![("Probe".into(), vec!["VM.Monitor".into()])], both("Probe"))).await;
     let err = probe(&sim).agent_ping("pve1", Vmid(9000)).await.unwrap_err();
-    assert!(err.to_string().contains("No QEMU guest agent configured") || err.to_string().contains("is not running"), "{err}");
+    assert!(
+        err.to_string().contains("No QEMU guest agent configured") || err.to_string().contains("is not running"),
+        "{err}"
+    );
 
     let sim = start(scenario_with("9.1.3", vec![], auditor_only)).await;
     let err = probe(&sim).agent_ping("pve1", Vmid(9000)).await.unwrap_err();
@@ -265,7 +302,11 @@ async fn privilege_separated_tokens_get_the_intersection() {
     assert_eq!(pve.cluster_vms().await.unwrap()[0].pool, None);
     let acls = vec![acl("/", &["PVEAuditor"], &["probe@pve"], &["probe@pve!t"])];
     let sim = start(scenario_with("9.1.3", vec![], acls)).await;
-    assert_eq!(probe(&sim).cluster_vms().await.unwrap()[0].pool.as_deref(), Some("ci"), "PVEAuditor includes Pool.Audit");
+    assert_eq!(
+        probe(&sim).cluster_vms().await.unwrap()[0].pool.as_deref(),
+        Some("ci"),
+        "PVEAuditor includes Pool.Audit"
+    );
     let acls = vec![acl("/vms", &["PVEVMAdmin"], &["probe@pve"], &["probe@pve!t"])];
     let sim = start(scenario_with("9.1.3", vec![], acls)).await;
     let vms = probe(&sim).cluster_vms().await.unwrap();
@@ -275,7 +316,10 @@ async fn privilege_separated_tokens_get_the_intersection() {
 #[tokio::test]
 async fn sdn_use_is_checked_from_8_0() {
     let acls = || {
-        vec![acl("/pool/ci", &["PVEVMAdmin"], &["probe@pve"], &["probe@pve!t"]), acl("/storage", &["PVEDatastoreUser"], &["probe@pve"], &["probe@pve!t"])]
+        vec![
+            acl("/pool/ci", &["PVEVMAdmin"], &["probe@pve"], &["probe@pve!t"]),
+            acl("/storage", &["PVEDatastoreUser"], &["probe@pve"], &["probe@pve!t"]),
+        ]
     };
     let request = CloneRequest { new_vmid: Some(Vmid(150)), pool: Some("ci".into()), ..Default::default() };
     let sim = start(scenario_with("8.2.4", vec![], acls())).await;

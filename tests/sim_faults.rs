@@ -27,16 +27,42 @@ fn failed_task(err: &fleeting_plugin_proxmox::pve::Error) -> String {
 async fn error_answers_count_and_expire() {
     let sim = start(fast_scenario()).await;
     let admin = sim.admin();
-    admin.add_fault(FaultRule { error_rate: 1.0, status: 503, remaining: Some(2), ..FaultRule::for_operation("get_version") });
-    let response = raw_client().get(format!("{}/version", sim.api_url())).header("Authorization", token_header()).send().await.unwrap();
+    admin.add_fault(FaultRule {
+        error_rate: 1.0,
+        status: 503,
+        remaining: Some(2),
+        ..FaultRule::for_operation("get_version")
+    });
+    let response = raw_client()
+        .get(format!("{}/version", sim.api_url()))
+        .header("Authorization", token_header())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(reason(&response), "Service Unavailable");
-    assert_eq!(raw_client().get(format!("{}/nodes", sim.api_url())).header("Authorization", token_header()).send().await.unwrap().status(), 200);
+    assert_eq!(
+        raw_client()
+            .get(format!("{}/nodes", sim.api_url()))
+            .header("Authorization", token_header())
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     // The project's client retries reads on 503: the second fault, then success.
     admin.reset_counters();
-    let mut config = client_config(&sim, token(fleeting_plugin_proxmox::sim::config::defaults::TOKEN_ID, fleeting_plugin_proxmox::sim::config::defaults::TOKEN_SECRET));
-    config.retry = RetryPolicy { max_attempts: 4, initial_delay: Duration::from_millis(5), max_delay: Duration::from_millis(10) };
+    let mut config = client_config(
+        &sim,
+        token(
+            fleeting_plugin_proxmox::sim::config::defaults::TOKEN_ID,
+            fleeting_plugin_proxmox::sim::config::defaults::TOKEN_SECRET,
+        ),
+    );
+    config.retry =
+        RetryPolicy { max_attempts: 4, initial_delay: Duration::from_millis(5), max_delay: Duration::from_millis(10) };
     let pve = PveClient::new(config).unwrap();
     assert_eq!(pve.version().await.unwrap().to_string(), "9.1.3");
     let counters = admin.counters();
@@ -62,7 +88,12 @@ async fn latency_is_added_on_the_simulated_clock() {
 async fn dropped_connections_reach_the_client_as_transport_errors() {
     let sim = start(fast_scenario()).await;
     sim.admin().add_fault(FaultRule { drop_rate: 1.0, ..FaultRule::for_operation("get_cluster_resources") });
-    let err = raw_client().get(format!("{}/cluster/resources", sim.api_url())).header("Authorization", token_header()).send().await.unwrap_err();
+    let err = raw_client()
+        .get(format!("{}/cluster/resources", sim.api_url()))
+        .header("Authorization", token_header())
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.is_request() || err.is_connect() || err.is_body(), "{err}");
     let err = token_client(&sim).cluster_vms().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Transient { .. }), "{err}");
@@ -75,7 +106,11 @@ async fn start_and_delete_tasks_fail_on_demand() {
     let admin = sim.admin();
     let pve = token_client(&sim);
     wait(&pve, &pve.clone_vm("pve1", Vmid(9000), &into_pool(200)).await.unwrap()).await.unwrap();
-    admin.add_fault(FaultRule { task_failure_rate: 1.0, remaining: Some(1), ..FaultRule::for_operation("post_nodes_node_qemu_vmid_status_start") });
+    admin.add_fault(FaultRule {
+        task_failure_rate: 1.0,
+        remaining: Some(1),
+        ..FaultRule::for_operation("post_nodes_node_qemu_vmid_status_start")
+    });
     let err = wait(&pve, &pve.start_vm("pve1", Vmid(200)).await.unwrap()).await.unwrap_err();
     assert_eq!(failed_task(&err), "start failed: QEMU exited with code 1");
     assert_eq!(admin.vm(200).unwrap().status, "stopped");
@@ -169,7 +204,8 @@ async fn the_http_admin_api_mirrors_the_in_process_one() {
         .await
         .unwrap();
     let id = created["id"].as_u64().unwrap();
-    let response = http.get(format!("{}/nodes", sim.api_url())).header("Authorization", token_header()).send().await.unwrap();
+    let response =
+        http.get(format!("{}/nodes", sim.api_url())).header("Authorization", token_header()).send().await.unwrap();
     assert_eq!((response.status().as_u16(), reason(&response)), (500, "boom".to_string()));
     let faults: Value = http.get(admin("faults")).send().await.unwrap().json().await.unwrap();
     assert_eq!(faults[0]["id"], id);
@@ -177,7 +213,15 @@ async fn the_http_admin_api_mirrors_the_in_process_one() {
     assert_eq!(http.delete(admin(&format!("faults/{id}"))).send().await.unwrap().status(), 200);
     assert_eq!(http.delete(admin(&format!("faults/{id}"))).send().await.unwrap().status(), 404);
 
-    assert_eq!(http.post(admin("vms/9000/lock")).json(&json!({ "lock": "backup", "flock": true })).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.post(admin("vms/9000/lock"))
+            .json(&json!({ "lock": "backup", "flock": true }))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let vm: Value = http.get(admin("vms/9000")).send().await.unwrap().json().await.unwrap();
     assert_eq!(vm["lock"], "backup");
     assert_eq!(http.delete(admin("vms/9000/lock")).send().await.unwrap().status(), 200);
@@ -186,11 +230,22 @@ async fn the_http_admin_api_mirrors_the_in_process_one() {
     assert_eq!(http.post(admin("nodes/pve2")).json(&json!({ "online": false })).send().await.unwrap().status(), 200);
     let inventory: Value = http.get(admin("inventory")).send().await.unwrap().json().await.unwrap();
     assert_eq!(inventory["nodes"][1], json!({ "name": "pve2", "online": false }));
-    let orphan: Value = http.post(admin("orphans")).json(&json!({ "storage": "local-lvm", "vmid": 777 })).send().await.unwrap().json().await.unwrap();
+    let orphan: Value = http
+        .post(admin("orphans"))
+        .json(&json!({ "storage": "local-lvm", "vmid": 777 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(orphan["volid"], "local-lvm:vm-777-disk-0");
     let inventory: Value = http.get(admin("inventory")).send().await.unwrap().json().await.unwrap();
     assert_eq!(inventory["orphaned_disks"][0]["vmid"], 777);
-    assert_eq!(http.post(admin("vms/9000/agent")).json(&json!({ "state": "never-up" })).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.post(admin("vms/9000/agent")).json(&json!({ "state": "never-up" })).send().await.unwrap().status(),
+        200
+    );
 
     let counters: Value = http.get(admin("counters")).send().await.unwrap().json().await.unwrap();
     assert_eq!(counters["by_operation"]["get_nodes"], 1);
@@ -204,7 +259,10 @@ async fn the_http_admin_api_mirrors_the_in_process_one() {
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("error_rat"), "{body}");
     assert_eq!(http.get(admin("nothing")).send().await.unwrap().status(), 404);
-    assert_eq!(http.post(admin("vms/12345/agent")).json(&json!({ "state": "killed" })).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http.post(admin("vms/12345/agent")).json(&json!({ "state": "killed" })).send().await.unwrap().status(),
+        404
+    );
 
     assert_eq!(http.post(admin("unreachable")).json(&json!({ "seconds": 100 })).send().await.unwrap().status(), 200);
     assert!(http.get(admin("counters")).send().await.is_err(), "the admin API goes down with the rest");

@@ -23,7 +23,9 @@ async fn resources_lag_for_status_name_template_but_not_lock_and_tags() {
     scenario.timings.start = 0.1;
     let sim = start(scenario).await;
     let pve = token_client(&sim);
-    let find = |vms: Vec<fleeting_plugin_proxmox::pve::VmResource>| vms.into_iter().find(|vm| vm.vmid == Vmid(250)).expect("VM 250 is listed");
+    let find = |vms: Vec<fleeting_plugin_proxmox::pve::VmResource>| {
+        vms.into_iter().find(|vm| vm.vmid == Vmid(250)).expect("VM 250 is listed")
+    };
 
     let request = CloneRequest { new_vmid: Some(Vmid(250)), pool: Some("ci".into()), ..Default::default() };
     wait(&pve, &pve.clone_vm("pve1", Vmid(9000), &request).await.unwrap()).await.unwrap();
@@ -38,7 +40,8 @@ async fn resources_lag_for_status_name_template_but_not_lock_and_tags() {
     assert_eq!(settled.status.as_deref(), Some("stopped"));
     assert_eq!(settled.name.as_deref(), Some("Copy-of-VM-debian-12-ci"));
 
-    let update = ConfigUpdate { name: Some("runner-250".into()), tags: Some(vec!["busy".into()]), ..Default::default() };
+    let update =
+        ConfigUpdate { name: Some("runner-250".into()), tags: Some(vec!["busy".into()]), ..Default::default() };
     pve.update_vm_config("pve1", Vmid(250), &update).await.unwrap();
     wait(&pve, &pve.start_vm("pve1", Vmid(250)).await.unwrap()).await.unwrap();
     sim.admin().set_config_lock(250, Some("backup")).unwrap();
@@ -93,7 +96,12 @@ async fn pools_answer_with_the_api_of_the_release() {
     // 8.1+: PUT /pools moves a VM only with allow-move.
     let (cookie, csrf) = root_ticket(&sim).await;
     let put = |form: &'static [(&'static str, &'static str)]| {
-        raw_client().put(format!("{}/pools", sim.api_url())).header("Cookie", &cookie).header("CSRFPreventionToken", &csrf).form(form).send()
+        raw_client()
+            .put(format!("{}/pools", sim.api_url()))
+            .header("Cookie", &cookie)
+            .header("CSRFPreventionToken", &csrf)
+            .form(form)
+            .send()
     };
     let response = put(&[("poolid", "other"), ("vms", "9000")]).await.unwrap();
     assert_eq!(reason(&response), "VM 9000 belongs already to pool 'ci' and 'allow-move' is not set");
@@ -107,7 +115,8 @@ async fn pools_answer_with_the_api_of_the_release() {
     let root = root_client(&old);
     assert_eq!(root.pool_members("ci").await.unwrap()[0].id, "qemu/9000", "the client falls back to /pools/{{poolid}}");
     let (cookie, csrf) = root_ticket(&old).await;
-    let response = raw_client().get(format!("{}/pools?poolid=ci", old.api_url())).header("Cookie", &cookie).send().await.unwrap();
+    let response =
+        raw_client().get(format!("{}/pools?poolid=ci", old.api_url())).header("Cookie", &cookie).send().await.unwrap();
     assert_eq!(response.status(), 400);
     let response = raw_client()
         .put(format!("{}/pools", old.api_url()))
@@ -137,7 +146,8 @@ async fn kept_answers_stay_per_caller_and_follow_changes() {
     scenario.vms.push(outside);
     let sim = start(scenario).await;
     let (token, root) = (token_client(&sim), root_client(&sim));
-    let vmids = |vms: Vec<fleeting_plugin_proxmox::pve::VmResource>| vms.into_iter().map(|vm| vm.vmid.0).collect::<Vec<_>>();
+    let vmids =
+        |vms: Vec<fleeting_plugin_proxmox::pve::VmResource>| vms.into_iter().map(|vm| vm.vmid.0).collect::<Vec<_>>();
 
     let before = sim.admin().counters();
     for _ in 0..3 {
@@ -165,7 +175,14 @@ pub fn many_vms(count: u32) -> Scenario {
         config.insert("ide2".into(), format!("local-lvm:vm-{vmid}-cloudinit,media=cdrom"));
         config.remove("net0");
         config.insert("net0".into(), "virtio,bridge=vmbr0".into());
-        scenario.vms.push(VmSpec { vmid, node: if index % 2 == 0 { "pve1" } else { "pve2" }.into(), pool: Some("ci".into()), config, running: index % 3 == 0, ..VmSpec::default() });
+        scenario.vms.push(VmSpec {
+            vmid,
+            node: if index % 2 == 0 { "pve1" } else { "pve2" }.into(),
+            pool: Some("ci".into()),
+            config,
+            running: index % 3 == 0,
+            ..VmSpec::default()
+        });
     }
     scenario
 }
@@ -179,7 +196,8 @@ async fn two_thousand_vms_in_one_pool() {
     assert!(vms.iter().all(|vm| vm.pool.as_deref() == Some("ci")));
     let running = vms.iter().filter(|vm| vm.status.as_deref() == Some("running")).count();
     assert_eq!(running, 667);
-    let macs: std::collections::BTreeSet<String> = sim.admin().inventory().vms.iter().map(|vm| vm.config["net0"].clone()).collect();
+    let macs: std::collections::BTreeSet<String> =
+        sim.admin().inventory().vms.iter().map(|vm| vm.config["net0"].clone()).collect();
     assert_eq!(macs.len(), 2001, "every NIC has its own MAC");
     assert_eq!(pve.next_vmid(None).await.unwrap(), Vmid(100));
 }

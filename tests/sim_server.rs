@@ -33,7 +33,8 @@ async fn https_is_pinned_by_fingerprint_or_trusted_by_the_ca_file() {
     assert_eq!(listed[0].ssl_fingerprint.as_deref(), Some(fingerprint.as_str()));
 
     let mut wrong = client_config(&sim, token(defaults::TOKEN_ID, defaults::TOKEN_SECRET));
-    wrong.tls.fingerprint = Some(fingerprint.replace(&fingerprint[..2], if &fingerprint[..2] == "00" { "11" } else { "00" }));
+    wrong.tls.fingerprint =
+        Some(fingerprint.replace(&fingerprint[..2], if &fingerprint[..2] == "00" { "11" } else { "00" }));
     let err = PveClient::new(wrong).unwrap().cluster_vms().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Tls { .. }), "{err}");
 
@@ -73,7 +74,10 @@ async fn scenario_files_load_and_bad_ones_are_explained() {
     let vms = root.cluster_vms().await.unwrap();
     assert_eq!((vms[0].vmid, vms[0].node.as_str()), (Vmid(100), "alpha"));
 
-    let broken = Scenario::from_json(r#"{ "vms": [{ "vmid": 5, "node": "nowhere" }], "acl": [{ "path": "/", "roles": ["Nope"] }] }"#).unwrap();
+    let broken = Scenario::from_json(
+        r#"{ "vms": [{ "vmid": 5, "node": "nowhere" }], "acl": [{ "path": "/", "roles": ["Nope"] }] }"#,
+    )
+    .unwrap();
     let err = Simulator::new(SimConfig::new(broken).plain_http()).err().expect("the scenario is refused");
     assert!(err.to_string().contains("role Nope does not exist"), "{err}");
     let broken = Scenario::from_json(r#"{ "vms": [{ "vmid": 5, "node": "nowhere" }, { "vmid": 300, "node": "pve1", "config": { "scsi0": "gone:vm-300-disk-0" } }] }"#).unwrap();
@@ -123,7 +127,10 @@ async fn the_pve_sim_binary_serves_a_scenario() {
     let ca_file = announced["ca_file"].as_str().unwrap();
     assert!(std::fs::read_to_string(ca_file).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
 
-    let mut config = fleeting_plugin_proxmox::pve::ClientConfig::new(url, token("gotest@pve!ci", "0c7a2f6e-3d51-4f0b-9a66-5e1f2b3c4d5e"));
+    let mut config = fleeting_plugin_proxmox::pve::ClientConfig::new(
+        url,
+        token("gotest@pve!ci", "0c7a2f6e-3d51-4f0b-9a66-5e1f2b3c4d5e"),
+    );
     config.tls.fingerprint = Some(fingerprint.to_string());
     let pve = PveClient::new(config).unwrap();
     let vms = pve.cluster_vms().await.unwrap();

@@ -17,7 +17,8 @@ fn into_pool(vmid: u32) -> CloneRequest {
 
 /// Clones the template as root (full) and starts the copy.
 async fn running_vm(pve: &PveClient, vmid: u32) {
-    let request = CloneRequest { new_vmid: Some(Vmid(vmid)), full: Some(true), pool: Some("ci".into()), ..Default::default() };
+    let request =
+        CloneRequest { new_vmid: Some(Vmid(vmid)), full: Some(true), pool: Some("ci".into()), ..Default::default() };
     wait(pve, &pve.clone_vm("pve1", Vmid(9000), &request).await.unwrap()).await.unwrap();
     wait(pve, &pve.start_vm("pve1", Vmid(vmid)).await.unwrap()).await.unwrap();
 }
@@ -49,7 +50,10 @@ async fn a_clone_is_locked_until_its_task_ends_then_joins_the_pool() {
     let root = root_client(&sim);
     let seen = root.cluster_vms().await.unwrap().into_iter().find(|vm| vm.vmid == Vmid(200)).unwrap();
     assert_eq!(seen.lock.as_deref(), Some("clone"), "lock is current in /cluster/resources");
-    let err = root.update_vm_config("pve1", Vmid(200), &ConfigUpdate { name: Some("x".into()), ..Default::default() }).await.unwrap_err();
+    let err = root
+        .update_vm_config("pve1", Vmid(200), &ConfigUpdate { name: Some("x".into()), ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(err.is_locked(), "{err}");
     assert!(err.to_string().contains("VM is locked (clone)"), "{err}");
     let start = root.start_vm("pve1", Vmid(200)).await.unwrap();
@@ -110,7 +114,12 @@ async fn template_clones_run_in_parallel_but_a_running_source_serialises() {
     assert!(clones.iter().all(Result::is_ok), "{clones:?}");
 
     running_vm(&pve, 300).await;
-    let full = |vmid: u32| CloneRequest { new_vmid: Some(Vmid(vmid)), full: Some(true), pool: Some("ci".into()), ..Default::default() };
+    let full = |vmid: u32| CloneRequest {
+        new_vmid: Some(Vmid(vmid)),
+        full: Some(true),
+        pool: Some("ci".into()),
+        ..Default::default()
+    };
     let first = pve.clone_vm("pve1", Vmid(300), &full(301)).await.unwrap();
     let second = pve.clone_vm("pve1", Vmid(300), &full(302)).await.unwrap();
     let results = [wait(&pve, &first).await, wait(&pve, &second).await];
@@ -119,7 +128,10 @@ async fn template_clones_run_in_parallel_but_a_running_source_serialises() {
 
     let linked = CloneRequest { full: Some(false), ..into_pool(303) };
     let err = pve.clone_vm("pve1", Vmid(300), &linked).await.unwrap_err();
-    assert!(err.to_string().contains("Linked clone feature is not supported for 'local-lvm:vm-300-disk-0' (scsi0)"), "{err}");
+    assert!(
+        err.to_string().contains("Linked clone feature is not supported for 'local-lvm:vm-300-disk-0' (scsi0)"),
+        "{err}"
+    );
     let request = CloneRequest { full: Some(false), storage: Some("local-lvm".into()), ..into_pool(304) };
     let err = pve.clone_vm("pve1", Vmid(9000), &request).await.unwrap_err();
     assert!(err.to_string().contains("parameter 'storage' not allowed for linked clones"), "{err}");
@@ -128,13 +140,20 @@ async fn template_clones_run_in_parallel_but_a_running_source_serialises() {
 #[tokio::test]
 async fn thick_lvm_cannot_linked_clone() {
     let mut scenario = fast_scenario();
-    scenario.storages.push(fleeting_plugin_proxmox::sim::config::StorageSpec { id: "thick".into(), kind: "lvm".into(), ..Default::default() });
+    scenario.storages.push(fleeting_plugin_proxmox::sim::config::StorageSpec {
+        id: "thick".into(),
+        kind: "lvm".into(),
+        ..Default::default()
+    });
     let template = &mut scenario.vms[0];
     template.config.insert("scsi0".into(), "thick:base-9000-disk-0,size=8G".into());
     let sim = start(scenario).await;
     let pve = root_client(&sim);
     let err = pve.clone_vm("pve1", Vmid(9000), &into_pool(220)).await.unwrap_err();
-    assert!(err.to_string().contains("Linked clone feature is not supported for 'thick:base-9000-disk-0' (scsi0)"), "{err}");
+    assert!(
+        err.to_string().contains("Linked clone feature is not supported for 'thick:base-9000-disk-0' (scsi0)"),
+        "{err}"
+    );
     let full = CloneRequest { full: Some(true), ..into_pool(220) };
     wait(&pve, &pve.clone_vm("pve1", Vmid(9000), &full).await.unwrap()).await.unwrap();
     assert_eq!(sim.admin().vm(220).unwrap().config["scsi0"], "thick:vm-220-disk-0,size=8G");
@@ -190,7 +209,10 @@ async fn purge_and_unreferenced_disks_behave_as_in_pve() {
     let (cookie, csrf) = root_ticket(&sim).await;
     let http = raw_client();
     let delete = |vmid: u32, query: &'static str| {
-        http.delete(format!("{}/nodes/pve1/qemu/{vmid}?{query}", sim.api_url())).header("Cookie", &cookie).header("CSRFPreventionToken", &csrf).send()
+        http.delete(format!("{}/nodes/pve1/qemu/{vmid}?{query}", sim.api_url()))
+            .header("Cookie", &cookie)
+            .header("CSRFPreventionToken", &csrf)
+            .send()
     };
     let response = delete(500, "").await.unwrap();
     assert_eq!(reason(&response), "unable to remove VM 500 - used in HA resources and purge parameter not set.");
@@ -221,9 +243,16 @@ async fn a_failed_clone_cleans_up_unless_it_crashed() {
     let sim = start(fast_scenario()).await;
     let pve = token_client(&sim);
     let admin = sim.admin();
-    admin.add_fault(FaultRule { task_failure_rate: 1.0, remaining: Some(1), ..FaultRule::for_operation("post_nodes_node_qemu_vmid_clone") });
+    admin.add_fault(FaultRule {
+        task_failure_rate: 1.0,
+        remaining: Some(1),
+        ..FaultRule::for_operation("post_nodes_node_qemu_vmid_clone")
+    });
     let upid = pve.clone_vm("pve1", Vmid(9000), &into_pool(610)).await.unwrap();
-    assert_eq!(task_error(&wait(&pve, &upid).await.unwrap_err()), "clone failed: command 'qemu-img convert' failed: exit code 1");
+    assert_eq!(
+        task_error(&wait(&pve, &upid).await.unwrap_err()),
+        "clone failed: command 'qemu-img convert' failed: exit code 1"
+    );
     assert!(admin.vm(610).is_none(), "the config is removed");
     assert!(admin.inventory().orphaned_disks.is_empty(), "and the volumes");
 
@@ -271,9 +300,13 @@ async fn config_updates_normalise_tags_and_keep_sshkeys_encoded() {
     let listed = pve.cluster_vms().await.unwrap().into_iter().find(|vm| vm.vmid == Vmid(620)).unwrap();
     assert_eq!(listed.tags, ["alpha", "beta", "zeta"], "tags are current in /cluster/resources");
 
-    let stale = ConfigUpdate { name: Some("late".into()), digest: Some(before["digest"].clone()), ..Default::default() };
+    let stale =
+        ConfigUpdate { name: Some("late".into()), digest: Some(before["digest"].clone()), ..Default::default() };
     let err = pve.update_vm_config("pve1", Vmid(620), &stale).await.unwrap_err();
-    assert!(err.to_string().contains("detected modified configuration - file changed by other user? Try again."), "{err}");
+    assert!(
+        err.to_string().contains("detected modified configuration - file changed by other user? Try again."),
+        "{err}"
+    );
 
     let response = raw_client()
         .put(format!("{}/nodes/pve1/qemu/620/config", sim.api_url()))
@@ -313,13 +346,17 @@ async fn tasks_are_listed_and_can_be_stopped() {
     let upid = pve.clone_vm("pve1", Vmid(9000), &into_pool(630)).await.unwrap();
     assert!(pve.task_status(&upid).await.unwrap().running);
     let active = Some(fleeting_plugin_proxmox::pve::api::types::GetNodesNodeTasksSource::Active);
-    let listed = pve.api().get_nodes_node_tasks("pve1", None, None, None, active, None, None, None, None, None, None).await;
+    let listed =
+        pve.api().get_nodes_node_tasks("pve1", None, None, None, active, None, None, None, None, None, None).await;
     let listed = listed.unwrap().into_inner();
     assert_eq!(listed.data.len(), 1);
     assert_eq!(listed.data[0].upid.as_deref(), Some(upid.to_string().as_str()));
     pve.api().delete_nodes_node_tasks_upid("pve1", &upid.to_string()).await.unwrap();
     assert_eq!(task_error(&wait(&pve, &upid).await.unwrap_err()), "clone failed: interrupted by signal");
     assert!(sim.admin().vm(630).is_none(), "the interrupted clone cleaned up");
-    let err = pve.task_status(&"UPID:pve1:00000001:00000001:00000001:qmclone:9000:root@pam:".parse().unwrap()).await.unwrap_err();
+    let err = pve
+        .task_status(&"UPID:pve1:00000001:00000001:00000001:qmclone:9000:root@pam:".parse().unwrap())
+        .await
+        .unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }

@@ -78,21 +78,40 @@ async fn errors_carry_pve_text_in_the_reason_phrase() {
     assert_eq!(reason(&response), "Permission check failed (/vms/999, VM.Audit)");
 
     let (cookie, _) = root_ticket(&sim).await;
-    let response = http.get(format!("{}/nodes/pve1/qemu/999/status/current", sim.api_url())).header("Cookie", &cookie).send().await.unwrap();
+    let response = http
+        .get(format!("{}/nodes/pve1/qemu/999/status/current", sim.api_url()))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 500);
     assert_eq!(reason(&response), "Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist");
     assert_eq!(response.headers()["connection"], "close", "pveproxy closes after every error");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body, json!({ "data": null, "message": "Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist\n" }));
+    assert_eq!(
+        body,
+        json!({ "data": null, "message": "Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist\n" })
+    );
 
     // The template lives on pve1: asked on pve2, PVE's proxy finds no config.
-    let response = http.get(format!("{}/nodes/pve2/qemu/9000/status/current", sim.api_url())).header("Cookie", &cookie).send().await.unwrap();
+    let response = http
+        .get(format!("{}/nodes/pve2/qemu/9000/status/current", sim.api_url()))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reason(&response), "Configuration file 'nodes/pve2/qemu-server/9000.conf' does not exist");
 
-    let response = http.get(format!("{}/nodes/pve1/bogus", sim.api_url())).header("Authorization", token_header()).send().await.unwrap();
+    let response = http
+        .get(format!("{}/nodes/pve1/bogus", sim.api_url()))
+        .header("Authorization", token_header())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 501);
     assert_eq!(reason(&response), "Method 'GET /nodes/pve1/bogus' not implemented");
-    let response = http.post(format!("{}/version", sim.api_url())).header("Authorization", token_header()).send().await.unwrap();
+    let response =
+        http.post(format!("{}/version", sim.api_url())).header("Authorization", token_header()).send().await.unwrap();
     assert_eq!(reason(&response), "Method 'POST /version' not implemented");
 
     let err = root_client(&sim).vm_status("pve1", Vmid(999)).await.unwrap_err();
@@ -146,7 +165,9 @@ async fn parameter_verification_lists_each_parameter() {
     let request = CloneRequest { new_vmid: Some(Vmid(50)), ..Default::default() };
     let err = token_client(&sim).clone_vm("pve1", Vmid(9000), &request).await.unwrap_err();
     match err.kind() {
-        ErrorKind::InvalidParameter { errors, .. } => assert_eq!(errors["newid"], "value must have a minimum value of 100"),
+        ErrorKind::InvalidParameter { errors, .. } => {
+            assert_eq!(errors["newid"], "value must have a minimum value of 100")
+        }
         other => panic!("{other:?}"),
     }
 }

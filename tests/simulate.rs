@@ -16,7 +16,8 @@ fn simulate(args: &[&str]) -> (Summary, String) {
         .expect("the binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let summary: Summary = serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("no JSON summary ({err}): {stdout}\n{stderr}"));
+    let summary: Summary =
+        serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("no JSON summary ({err}): {stdout}\n{stderr}"));
     assert!(output.status.success(), "exit {:?}; problems {:?}\n{stderr}", output.status, summary.problems());
     (summary, stderr)
 }

@@ -94,7 +94,9 @@ async fn serve(args: Args) -> Result<(), String> {
     let config = SimConfig { scenario, tls, cert_dir };
     let simulator = Simulator::new(config).map_err(|err| err.to_string())?;
     let ca_file = simulator.write_certificate().map_err(|err| err.to_string())?;
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|err| format!("could not listen on {}: {err}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|err| format!("could not listen on {}: {err}", args.listen))?;
     let address = listener.local_addr().map_err(|err| format!("could not read the listening address: {err}"))?;
     let url = format!("{}://{address}", if simulator.fingerprint().is_some() { "https" } else { "http" });
 

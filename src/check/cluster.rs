@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+use super::Report;
 use super::input::Target;
 use super::privileges::{self, AclPlace, Subject};
 use super::probe::{self, Probe};
-use super::Report;
 use crate::group::config::{CloneMode, GroupConfig, PluginConfig};
 use crate::group::naming::Naming;
 use crate::group::template::{TemplateFacts, TemplateStorage};
@@ -31,7 +31,9 @@ pub async fn check_target(target: &Target) -> Report {
     let Some(config) = check_config(target, &mut report) else { return report };
     let Some(credentials) = check_credentials_file(&config, &mut report) else { return report };
     let Some(fingerprint) = check_reachable(&config, &mut report).await else { return report };
-    let Some((pve, version)) = check_login(&config, credentials.clone(), fingerprint, &mut report).await else { return report };
+    let Some((pve, version)) = check_login(&config, credentials.clone(), fingerprint, &mut report).await else {
+        return report;
+    };
     check_version(&version, &mut report);
     check_pool(&pve, &config, &mut report).await;
     let generate = !target.use_static_credentials;
@@ -71,7 +73,11 @@ fn check_config(target: &Target, report: &mut Report) -> Option<GroupConfig> {
         }
         Err(err) => {
             for problem in err.problems {
-                report.fail("plugin_config", problem, "correct it in [runners.autoscaler.plugin_config] (keys: README, Configuration)");
+                report.fail(
+                    "plugin_config",
+                    problem,
+                    "correct it in [runners.autoscaler.plugin_config] (keys: README, Configuration)",
+                );
             }
             skip_rest(report, "they need a valid plugin_config");
             None
@@ -164,7 +170,11 @@ async fn check_login(
     let client_config = ClientConfig {
         request_timeout: config.request_timeout.min(Duration::from_secs(20)),
         // A preflight answers quickly: one retry, short pauses.
-        retry: RetryPolicy { max_attempts: 2, initial_delay: Duration::from_millis(200), max_delay: Duration::from_secs(1) },
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(1),
+        },
         ..config.client_config(credentials.clone())
     };
     // The first requests: TLS trust, then authentication (a ticket login
@@ -273,7 +283,9 @@ fn credentials_fix(credentials: &Credentials, error: &str) -> String {
                     ),
                 }
             } else {
-                format!("check `username`, `realm` and `password` of {userid}, and that the user is enabled and not expired")
+                format!(
+                    "check `username`, `realm` and `password` of {userid}, and that the user is enabled and not expired"
+                )
             }
         }
     }
@@ -283,7 +295,11 @@ fn check_version(version: &PveVersion, report: &mut Report) {
     if privileges::is_supported(version) {
         report.pass("PVE version", format!("{version} (supported: 7.0 to 9.x)"));
     } else if version.major < 7 {
-        report.fail("PVE version", format!("{version} is older than 7.0, which this plugin does not support"), "upgrade PVE to 8.x or 9.x");
+        report.fail(
+            "PVE version",
+            format!("{version} is older than 7.0, which this plugin does not support"),
+            "upgrade PVE to 8.x or 9.x",
+        );
     } else {
         report.warn(
             "PVE version",
@@ -303,9 +319,16 @@ async fn check_pool(pve: &PveClient, config: &GroupConfig, report: &mut Report) 
         Err(err) if err.is_not_found() => report.fail(
             &subject,
             format!("does not exist, or the user cannot see it (Pool.Audit on /pool/{})", config.pool),
-            format!("pveum pool add {} --comment \"GitLab Runner instances\" (if it exists: see the privileges below)", config.pool),
+            format!(
+                "pveum pool add {} --comment \"GitLab Runner instances\" (if it exists: see the privileges below)",
+                config.pool
+            ),
         ),
-        Err(err) => report.fail(&subject, err.to_string(), format!("grant Pool.Audit on /pool/{} (see the privileges below)", config.pool)),
+        Err(err) => report.fail(
+            &subject,
+            err.to_string(),
+            format!("grant Pool.Audit on /pool/{} (see the privileges below)", config.pool),
+        ),
     }
 }
 
@@ -316,7 +339,12 @@ pub struct TemplateOutcome {
     pub clone_storages: Vec<String>,
 }
 
-async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, report: &mut Report) -> Option<TemplateOutcome> {
+async fn check_template(
+    pve: &PveClient,
+    config: &GroupConfig,
+    generate: bool,
+    report: &mut Report,
+) -> Option<TemplateOutcome> {
     let id = config.template_id;
     let subject = format!("template {id}");
     let vms = match pve.cluster_vms().await {
@@ -371,12 +399,18 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
                 facts.disk_storages.first().map_or("<storage>", String::as_str)
             ),
         ),
-        (None, false) => report.pass(format!("{subject} cloud-init drive"), "none, and none needed (use_static_credentials)"),
+        (None, false) => {
+            report.pass(format!("{subject} cloud-init drive"), "none, and none needed (use_static_credentials)")
+        }
     }
     if facts.has_net0 {
         report.pass(format!("{subject} network"), format!("net0 on {}", facts.bridges.join(", ")));
     } else {
-        report.fail(format!("{subject} network"), "no net0 network interface", format!("`qm set {id} --net0 virtio,bridge=vmbr0`"));
+        report.fail(
+            format!("{subject} network"),
+            "no net0 network interface",
+            format!("`qm set {id} --net0 virtio,bridge=vmbr0`"),
+        );
     }
 
     // Linked clones need a template whose every disk sits on storage that
@@ -394,7 +428,13 @@ async fn check_template(pve: &PveClient, config: &GroupConfig, generate: bool, r
     let kinds = storage.describe_disks();
     let linked = match config.clone_mode {
         CloneMode::Full => {
-            report.pass("clone mode", format!("full clones (clone_mode = full); linked clones would be {}possible", if linkable { "" } else { "im" }));
+            report.pass(
+                "clone mode",
+                format!(
+                    "full clones (clone_mode = full); linked clones would be {}possible",
+                    if linkable { "" } else { "im" }
+                ),
+            );
             false
         }
         CloneMode::Linked if !linkable => {
@@ -447,10 +487,21 @@ async fn check_target_nodes(pve: &PveClient, config: &GroupConfig, template: &Te
                 report.fail(subject, problem.clone(), "fix `target_nodes` as the message says");
             }
             for node in &findings.offline {
-                report.warn(subject, format!("{node} is offline"), "clones go to the other target nodes until it is back");
+                report.warn(
+                    subject,
+                    format!("{node} is offline"),
+                    "clones go to the other target nodes until it is back",
+                );
             }
             if findings.problems.is_empty() {
-                report.pass(subject, format!("{} reachable for clones of template {}", config.target_nodes.join(", "), config.template_id));
+                report.pass(
+                    subject,
+                    format!(
+                        "{} reachable for clones of template {}",
+                        config.target_nodes.join(", "),
+                        config.template_id
+                    ),
+                );
             }
         }
         Err(err) => report.fail(subject, err.to_string(), "check that the user can list the cluster's nodes"),
@@ -473,8 +524,10 @@ async fn check_privileges(
         }
         Credentials::Password { userid, .. } => Subject::User(userid.clone()),
     };
-    let requirements: Vec<_> =
-        privileges::required_privileges(version).into_iter().filter(|r| generate || !r.only_for_generated_credentials).collect();
+    let requirements: Vec<_> = privileges::required_privileges(version)
+        .into_iter()
+        .filter(|r| generate || !r.only_for_generated_credentials)
+        .collect();
     let objects = |place: AclPlace| -> Vec<String> {
         match place {
             AclPlace::Pool => vec![config.pool.clone()],
@@ -497,11 +550,16 @@ async fn check_privileges(
             let held: BTreeSet<String> = match pve.permissions(Some(&path)).await {
                 Ok(map) => map.into_values().flat_map(BTreeMap::into_keys).collect(),
                 Err(err) => {
-                    report.fail(format!("privileges on {path}"), err.to_string(), "check that the user may read its own permissions");
+                    report.fail(
+                        format!("privileges on {path}"),
+                        err.to_string(),
+                        "check that the user may read its own permissions",
+                    );
                     continue;
                 }
             };
-            let mut missing: Vec<_> = wanted.iter().filter(|r| !r.satisfied_by(held.iter().map(String::as_str))).collect();
+            let mut missing: Vec<_> =
+                wanted.iter().filter(|r| !r.satisfied_by(held.iter().map(String::as_str))).collect();
             if place == AclPlace::Bridge && !missing.is_empty() {
                 // An SDN VNet sits in its own zone: /sdn/zones/<zone>/<vnet>.
                 if everything.is_none() {
@@ -522,7 +580,11 @@ async fn check_privileges(
             }
             for requirement in missing {
                 let fix = if held.is_empty() {
-                    let mut fix = format!("pveum acl modify {path} --roles {} {}", place.role(), privileges::grantee_flags(&subject));
+                    let mut fix = format!(
+                        "pveum acl modify {path} --roles {} {}",
+                        place.role(),
+                        privileges::grantee_flags(&subject)
+                    );
                     if let Some(add) = privileges::role_add_command(version, place) {
                         fix.push_str(&format!("\n(create the role first if it does not exist: {add})"));
                     }
@@ -552,7 +614,10 @@ async fn check_privileges(
 
 async fn check_vmids(pve: &PveClient, config: &GroupConfig, report: &mut Report) {
     let Some((first, last)) = config.vmid_range else {
-        report.pass("max_instances", format!("{}; VMIDs come from the datacenter's next-id range (no vmid_range)", config.max_instances));
+        report.pass(
+            "max_instances",
+            format!("{}; VMIDs come from the datacenter's next-id range (no vmid_range)", config.max_instances),
+        );
         return;
     };
     let subject = format!("vmid_range {first}-{last}");
@@ -582,7 +647,9 @@ async fn check_vmids(pve: &PveClient, config: &GroupConfig, report: &mut Report)
         let taken: Vec<Vmid> = futures::stream::iter(unseen)
             .map(|id| async move { (id, pve.next_vmid(Some(Vmid(id))).await) })
             .buffer_unordered(8)
-            .filter_map(|(id, result)| async move { matches!(result, Err(err) if err.is_already_exists()).then_some(Vmid(id)) })
+            .filter_map(|(id, result)| async move {
+                matches!(result, Err(err) if err.is_already_exists()).then_some(Vmid(id))
+            })
             .collect()
             .await;
         foreign.extend(taken);
@@ -598,11 +665,22 @@ async fn check_vmids(pve: &PveClient, config: &GroupConfig, report: &mut Report)
         text.join(", ")
     };
     if foreign.is_empty() {
-        report.pass(&subject, format!("{free} of {size} free{}", if ours > 0 { format!(", {ours} used by this group") } else { String::new() }));
+        report.pass(
+            &subject,
+            format!(
+                "{free} of {size} free{}",
+                if ours > 0 { format!(", {ours} used by this group") } else { String::new() }
+            ),
+        );
     } else {
         report.warn(
             &subject,
-            format!("{} id{} taken by other VMs: {}", foreign.len(), if foreign.len() == 1 { "" } else { "s" }, listed(&foreign)),
+            format!(
+                "{} id{} taken by other VMs: {}",
+                foreign.len(),
+                if foreign.len() == 1 { "" } else { "s" },
+                listed(&foreign)
+            ),
             "move the range to free ids, or move those VMs (the plugin skips taken ids)",
         );
     }

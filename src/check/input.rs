@@ -28,14 +28,16 @@ pub fn load(path: &Path, runner: Option<&str>, static_credentials: Option<bool>)
     let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let mut targets = if is_json || (!is_toml && text.trim_start().starts_with('{')) {
         if runner.is_some() {
-            return Err(format!("could not use --runner with {name}: it is a plugin_config JSON file, not Runner's config.toml"));
+            return Err(format!(
+                "could not use --runner with {name}: it is a plugin_config JSON file, not Runner's config.toml"
+            ));
         }
         let plugin_config: Value = serde_json::from_str(&text)
             .map_err(|err| format!("could not read {name}: it is not valid JSON ({err})"))?;
         vec![Target { label: name, plugin_config, use_static_credentials: false, runner_max_instances: None }]
     } else {
-        let document: toml::Table =
-            toml::from_str(&text).map_err(|err| format!("could not read {name}: it is not valid TOML ({})", err.message()))?;
+        let document: toml::Table = toml::from_str(&text)
+            .map_err(|err| format!("could not read {name}: it is not valid TOML ({})", err.message()))?;
         from_toml(document, &name, runner)?
     };
     if let Some(value) = static_credentials {
@@ -59,7 +61,8 @@ fn from_toml(document: toml::Table, name: &str, runner: Option<&str>) -> Result<
             runner_max_instances: None,
         }]);
     };
-    let runners = runners.as_array().ok_or_else(|| format!("could not read {name}: `runners` must be [[runners]] sections"))?;
+    let runners =
+        runners.as_array().ok_or_else(|| format!("could not read {name}: `runners` must be [[runners]] sections"))?;
     let mut all = Vec::new();
     for (index, entry) in runners.iter().enumerate() {
         let table = entry.as_table();
@@ -78,15 +81,20 @@ fn from_toml(document: toml::Table, name: &str, runner: Option<&str>) -> Result<
                 .iter()
                 .find(|(n, _)| n == wanted)
                 .ok_or_else(|| format!("could not find runner \"{wanted}\" in {name}; its runners are {}", names()))?;
-            let autoscaler = autoscaler
-                .ok_or_else(|| format!("could not check runner \"{wanted}\" in {name}: it has no [runners.autoscaler] section"))?;
+            let autoscaler = autoscaler.ok_or_else(|| {
+                format!("could not check runner \"{wanted}\" in {name}: it has no [runners.autoscaler] section")
+            })?;
             vec![(runner_name, autoscaler)]
         }
         None => {
             let ours: Vec<(&String, &toml::Table)> = all
                 .iter()
                 .filter_map(|(n, a)| a.map(|a| (n, a)))
-                .filter(|(_, a)| a.get("plugin").and_then(toml::Value::as_str).is_some_and(|p| p.to_ascii_lowercase().contains("proxmox")))
+                .filter(|(_, a)| {
+                    a.get("plugin")
+                        .and_then(toml::Value::as_str)
+                        .is_some_and(|p| p.to_ascii_lowercase().contains("proxmox"))
+                })
                 .collect();
             if ours.is_empty() {
                 return Err(format!(
@@ -176,7 +184,10 @@ tags = ["ci"]
         assert_eq!(targets.len(), 1);
         let target = &targets[0];
         assert!(target.label.starts_with("runner \"pve\" in "), "{}", target.label);
-        assert_eq!(target.plugin_config, serde_json::json!({"url": "https://pve:8006", "template_id": 9000, "tags": ["ci"]}));
+        assert_eq!(
+            target.plugin_config,
+            serde_json::json!({"url": "https://pve:8006", "template_id": 9000, "tags": ["ci"]})
+        );
         assert!(target.use_static_credentials);
         assert_eq!(target.runner_max_instances, Some(12));
         assert!(!load(&path, None, Some(false)).unwrap()[0].use_static_credentials);
@@ -185,7 +196,10 @@ tags = ["ci"]
     #[test]
     fn runner_by_name_and_clear_errors() {
         let (_dir, path) = write("config.toml", CONFIG_TOML);
-        assert_eq!(load(&path, Some("docker-on-aws"), None).unwrap()[0].plugin_config, serde_json::json!({"name": "asg"}));
+        assert_eq!(
+            load(&path, Some("docker-on-aws"), None).unwrap()[0].plugin_config,
+            serde_json::json!({"name": "asg"})
+        );
         let err = load(&path, Some("nope"), None).unwrap_err();
         assert!(err.contains("could not find runner \"nope\"") && err.contains("\"docker-on-aws\", \"pve\""), "{err}");
         let (_dir, other) = write("config.toml", "[[runners]]\nname = \"shell\"\nexecutor = \"shell\"\n");

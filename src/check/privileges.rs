@@ -93,7 +93,11 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
     };
     let mut list = vec![
         need(AclPlace::Pool, "Pool.Audit", "see the pool and the pool of each VM (GET /pools, /cluster/resources)"),
-        need(AclPlace::Pool, "VM.Allocate", "clone into the pool (POST …/clone with pool=) and delete instances (DELETE …/qemu/{vmid})"),
+        need(
+            AclPlace::Pool,
+            "VM.Allocate",
+            "clone into the pool (POST …/clone with pool=) and delete instances (DELETE …/qemu/{vmid})",
+        ),
         need(AclPlace::Pool, "VM.Audit", "list instances and read their configuration and status"),
         need(AclPlace::Pool, "VM.Config.Options", "tag instances and rename them per state (PUT …/config tags, name)"),
         Requirement {
@@ -128,7 +132,11 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
         "allocate the clones' disks and cloud-init drive; read the storage type (linked clones)",
     ));
     if version.requires_sdn_use() {
-        list.push(need(AclPlace::Bridge, "SDN.Use", "attach clones to the template's bridge (checked by PVE since 8.0)"));
+        list.push(need(
+            AclPlace::Bridge,
+            "SDN.Use",
+            "attach clones to the template's bridge (checked by PVE since 8.0)",
+        ));
     }
     list
 }
@@ -182,12 +190,22 @@ pub fn setup_script(major: u32) -> String {
     lines.push("pveum pool add ci --comment \"GitLab Runner instances\"".to_string());
     lines.push(String::new());
     lines.push("# ACLs: pool, template (outside the pool), storage, bridge".to_string());
-    let objects = [(AclPlace::Pool, "ci"), (AclPlace::Template, "9000"), (AclPlace::Storage, "local-lvm"), (AclPlace::Bridge, "vmbr0")];
+    let objects = [
+        (AclPlace::Pool, "ci"),
+        (AclPlace::Template, "9000"),
+        (AclPlace::Storage, "local-lvm"),
+        (AclPlace::Bridge, "vmbr0"),
+    ];
     for (place, object) in objects {
         if role_privileges(&version, place).is_empty() {
             continue;
         }
-        lines.push(format!("pveum acl modify {} --roles {} {}", place.path(object), place.role(), grantee_flags(&subject)));
+        lines.push(format!(
+            "pveum acl modify {} --roles {} {}",
+            place.path(object),
+            place.role(),
+            grantee_flags(&subject)
+        ));
     }
     lines.join("\n") + "\n"
 }
@@ -215,11 +233,22 @@ pub fn privilege_table() -> String {
         let marks: Vec<&str> = releases
             .iter()
             .map(|(_, version)| {
-                if required_privileges(version).iter().any(|r| r.place == place && r.privilege == privilege) { "yes" } else { "–" }
+                if required_privileges(version).iter().any(|r| r.place == place && r.privilege == privilege) {
+                    "yes"
+                } else {
+                    "–"
+                }
             })
             .collect();
-        let why = if generated_only { format!("{why}; only when the plugin generates credentials") } else { why.to_string() };
-        out.push_str(&format!("| `{}` | {name} | {} | {} | {} | {why} |\n", place.placeholder(), marks[0], marks[1], marks[2]));
+        let why =
+            if generated_only { format!("{why}; only when the plugin generates credentials") } else { why.to_string() };
+        out.push_str(&format!(
+            "| `{}` | {name} | {} | {} | {} | {why} |\n",
+            place.placeholder(),
+            marks[0],
+            marks[1],
+            marks[2]
+        ));
     }
     out
 }

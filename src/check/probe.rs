@@ -24,7 +24,8 @@ pub enum Probe {
 /// the real client; this only reads what the server presents).
 pub async fn probe(url: &str, timeout: Duration) -> Result<Probe, String> {
     let parsed = reqwest::Url::parse(url.trim()).map_err(|err| format!("`url` is not a URL ({err})"))?;
-    let host = parsed.host_str().ok_or("`url` names no host")?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host =
+        parsed.host_str().ok_or("`url` names no host")?.trim_start_matches('[').trim_end_matches(']').to_string();
     let https = parsed.scheme() == "https";
     let port = parsed.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
     let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
@@ -40,7 +41,9 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<Probe, String> {
     let tls = tokio::time::timeout(timeout, connector.connect(server_name, stream))
         .await
         .map_err(|_| format!("no TLS handshake with {host}:{port} within {} s", timeout.as_secs()))?
-        .map_err(|err| format!("TLS handshake with {host}:{port} failed: {err} (is it really PVE's port 8006 over https?)"))?;
+        .map_err(|err| {
+            format!("TLS handshake with {host}:{port} failed: {err} (is it really PVE's port 8006 over https?)")
+        })?;
     let certificate = tls
         .get_ref()
         .1

@@ -132,7 +132,11 @@ mod tests {
 
     #[test]
     fn partial_failures_carry_the_succeeded_list_in_details() {
-        let status = partial_failure("proto.SuspendResponse", &proto::SuspendResponse { succeeded: vec!["a".into()] }, &["b: gone".into()]);
+        let status = partial_failure(
+            "proto.SuspendResponse",
+            &proto::SuspendResponse { succeeded: vec!["a".into()] },
+            &["b: gone".into()],
+        );
         assert_eq!(status.code(), Code::Unknown);
         assert_eq!(status.message(), "b: gone");
         let details = RpcStatus::decode(status.details()).unwrap();

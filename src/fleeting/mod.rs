@@ -67,12 +67,10 @@ impl<G: InstanceGroup> proto::instance_group_server::InstanceGroup for FleetingS
     async fn init(&self, request: Request<proto::InitRequest>) -> Result<Response<proto::InitResponse>, Status> {
         let request = request.into_inner();
         let mut remembered = self.config.lock().await;
-        let config = if request.config.is_empty() {
-            remembered.clone().unwrap_or_default()
-        } else {
-            request.config.clone()
-        };
-        let settings = convert::connector_settings(request.settings.and_then(|s| s.connector_config).unwrap_or_default());
+        let config =
+            if request.config.is_empty() { remembered.clone().unwrap_or_default() } else { request.config.clone() };
+        let settings =
+            convert::connector_settings(request.settings.and_then(|s| s.connector_config).unwrap_or_default());
         match self.group.init(&config, settings).await {
             Ok(info) => {
                 *remembered = Some(config);
@@ -98,7 +96,10 @@ impl<G: InstanceGroup> proto::instance_group_server::InstanceGroup for FleetingS
         Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
-    async fn increase(&self, request: Request<proto::IncreaseRequest>) -> Result<Response<proto::IncreaseResponse>, Status> {
+    async fn increase(
+        &self,
+        request: Request<proto::IncreaseRequest>,
+    ) -> Result<Response<proto::IncreaseResponse>, Status> {
         self.require_init()?;
         let wanted = request.into_inner().n;
         let partial = self.group.increase(wanted).await.map_err(to_status)?;
@@ -113,7 +114,10 @@ impl<G: InstanceGroup> proto::instance_group_server::InstanceGroup for FleetingS
         Ok(Response::new(proto::IncreaseResponse { succeeded: partial.succeeded }))
     }
 
-    async fn decrease(&self, request: Request<proto::DecreaseRequest>) -> Result<Response<proto::DecreaseResponse>, Status> {
+    async fn decrease(
+        &self,
+        request: Request<proto::DecreaseRequest>,
+    ) -> Result<Response<proto::DecreaseResponse>, Status> {
         self.require_init()?;
         let instances = request.into_inner().instances;
         if instances.is_empty() {
@@ -144,13 +148,20 @@ impl<G: InstanceGroup> proto::instance_group_server::InstanceGroup for FleetingS
         Ok(Response::new(proto::Empty {}))
     }
 
-    async fn suspend(&self, request: Request<proto::SuspendRequest>) -> Result<Response<proto::SuspendResponse>, Status> {
+    async fn suspend(
+        &self,
+        request: Request<proto::SuspendRequest>,
+    ) -> Result<Response<proto::SuspendResponse>, Status> {
         self.require_init()?;
         let partial = self.group.suspend(request.into_inner().instances).await.map_err(to_status)?;
         if partial.failures.is_empty() {
             return Ok(Response::new(proto::SuspendResponse { succeeded: partial.succeeded }));
         }
-        Err(convert::partial_failure("proto.SuspendResponse", &proto::SuspendResponse { succeeded: partial.succeeded }, &partial.failures))
+        Err(convert::partial_failure(
+            "proto.SuspendResponse",
+            &proto::SuspendResponse { succeeded: partial.succeeded },
+            &partial.failures,
+        ))
     }
 
     async fn resume(&self, request: Request<proto::ResumeRequest>) -> Result<Response<proto::ResumeResponse>, Status> {
@@ -159,7 +170,11 @@ impl<G: InstanceGroup> proto::instance_group_server::InstanceGroup for FleetingS
         if partial.failures.is_empty() {
             return Ok(Response::new(proto::ResumeResponse { succeeded: partial.succeeded }));
         }
-        Err(convert::partial_failure("proto.ResumeResponse", &proto::ResumeResponse { succeeded: partial.succeeded }, &partial.failures))
+        Err(convert::partial_failure(
+            "proto.ResumeResponse",
+            &proto::ResumeResponse { succeeded: partial.succeeded },
+            &partial.failures,
+        ))
     }
 
     async fn shutdown(&self, _request: Request<proto::Empty>) -> Result<Response<proto::Empty>, Status> {

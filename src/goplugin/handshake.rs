@@ -84,10 +84,13 @@ impl HandshakeEnv {
 /// The handshake line for a Unix socket, with the server certificate (DER)
 /// when AutoMTLS is on. go-plugin reads the certificate as unpadded standard
 /// base64 and ignores the field when it is short, so it stays empty without TLS.
-pub fn handshake_line(app_protocol_version: u32, socket_path: &std::path::Path, server_cert_der: Option<&[u8]>) -> String {
-    let cert = server_cert_der
-        .map(|der| base64::engine::general_purpose::STANDARD_NO_PAD.encode(der))
-        .unwrap_or_default();
+pub fn handshake_line(
+    app_protocol_version: u32,
+    socket_path: &std::path::Path,
+    server_cert_der: Option<&[u8]>,
+) -> String {
+    let cert =
+        server_cert_der.map(|der| base64::engine::general_purpose::STANDARD_NO_PAD.encode(der)).unwrap_or_default();
     format!("{CORE_PROTOCOL_VERSION}|{app_protocol_version}|unix|{}|grpc|{cert}\n", socket_path.display())
 }
 

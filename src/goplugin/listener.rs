@@ -65,10 +65,12 @@ fn apply_group(path: &Path, group: &str) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     let gid = match group.parse::<u32>() {
         Ok(gid) => nix::unistd::Gid::from_raw(gid),
-        Err(_) => nix::unistd::Group::from_name(group)
-            .map_err(|err| Error::Socket(format!("could not look up group {group}: {err}")))?
-            .ok_or_else(|| Error::Socket(format!("could not find group {group} from PLUGIN_UNIX_SOCKET_GROUP")))?
-            .gid,
+        Err(_) => {
+            nix::unistd::Group::from_name(group)
+                .map_err(|err| Error::Socket(format!("could not look up group {group}: {err}")))?
+                .ok_or_else(|| Error::Socket(format!("could not find group {group} from PLUGIN_UNIX_SOCKET_GROUP")))?
+                .gid
+        }
     };
     nix::unistd::chown(path, None, Some(gid))
         .map_err(|err| Error::Socket(format!("could not give the plugin socket to group {group}: {err}")))?;

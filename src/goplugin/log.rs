@@ -33,7 +33,12 @@ pub fn go_timestamp(now: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// Formats one event as an hclog JSON line (without the newline).
-pub fn format_line(level: &Level, message: &str, fields: Map<String, Value>, now: chrono::DateTime<chrono::Utc>) -> String {
+pub fn format_line(
+    level: &Level,
+    message: &str,
+    fields: Map<String, Value>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
     let mut object = Map::new();
     object.insert("@level".into(), Value::String(level_name(level).into()));
     object.insert("@message".into(), Value::String(message.into()));

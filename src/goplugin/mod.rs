@@ -64,11 +64,15 @@ pub async fn serve(handshake: HandshakeEnv, app: Routes, shutdown: ShutdownSigna
     let router = Server::builder()
         .layer(in_flight.clone())
         .add_routes(app)
-        .add_service(proto::health::health_server::HealthServer::new(services::HealthService { shutdown: shutdown.clone() }))
+        .add_service(proto::health::health_server::HealthServer::new(services::HealthService {
+            shutdown: shutdown.clone(),
+        }))
         .add_service(proto::plugin::grpc_controller_server::GrpcControllerServer::new(services::ControllerService {
             shutdown: shutdown.clone(),
         }))
-        .add_service(proto::plugin::grpc_stdio_server::GrpcStdioServer::new(services::StdioService { shutdown: shutdown.clone() }))
+        .add_service(proto::plugin::grpc_stdio_server::GrpcStdioServer::new(services::StdioService {
+            shutdown: shutdown.clone(),
+        }))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 

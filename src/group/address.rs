@@ -51,12 +51,17 @@ fn usable(ip: &IpAddr, protocol: NetworkProtocol) -> bool {
 fn is_private(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_private() || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64, // RFC 1918, CGNAT
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00, // unique local
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,                                     // unique local
     }
 }
 
 /// Picks the addresses from the agent's interface list.
-pub fn select(interfaces: &[GuestInterface], net0_mac: Option<&str>, fallback_name: &str, protocol: NetworkProtocol) -> Addresses {
+pub fn select(
+    interfaces: &[GuestInterface],
+    net0_mac: Option<&str>,
+    fallback_name: &str,
+    protocol: NetworkProtocol,
+) -> Addresses {
     let by_mac = net0_mac.and_then(|mac| interfaces.iter().find(|i| i.mac.as_deref() == Some(mac)));
     let chosen = by_mac.or_else(|| interfaces.iter().find(|i| i.name == fallback_name));
     let Some(interface) = chosen.filter(|i| i.name != "lo" && !is_container_bridge(&i.name)) else {
@@ -64,7 +69,8 @@ pub fn select(interfaces: &[GuestInterface], net0_mac: Option<&str>, fallback_na
     };
     let mut addresses = Addresses::default();
     // IPv4 first when both are allowed: it is what most runners reach.
-    let mut candidates: Vec<IpAddr> = interface.addresses.iter().map(|(ip, _)| *ip).filter(|ip| usable(ip, protocol)).collect();
+    let mut candidates: Vec<IpAddr> =
+        interface.addresses.iter().map(|(ip, _)| *ip).filter(|ip| usable(ip, protocol)).collect();
     candidates.sort_by_key(|ip| ip.is_ipv6());
     for ip in candidates {
         if is_private(&ip) {
@@ -98,7 +104,10 @@ mod tests {
 
     #[test]
     fn reads_the_mac_of_net0() {
-        assert_eq!(mac_of_net0("virtio=BC:24:11:AA:BB:CC,bridge=vmbr0,firewall=1").as_deref(), Some("bc:24:11:aa:bb:cc"));
+        assert_eq!(
+            mac_of_net0("virtio=BC:24:11:AA:BB:CC,bridge=vmbr0,firewall=1").as_deref(),
+            Some("bc:24:11:aa:bb:cc")
+        );
         assert_eq!(mac_of_net0("model=virtio,macaddr=BC:24:11:AA:BB:CC").as_deref(), Some("bc:24:11:aa:bb:cc"));
         assert_eq!(mac_of_net0("virtio,bridge=vmbr0"), None);
     }

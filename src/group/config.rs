@@ -209,7 +209,11 @@ fn type_name(property: &Value, definitions: &Value) -> String {
         return type_name(&definitions[name], definitions);
     }
     if let Some(any_of) = property.get("anyOf").and_then(Value::as_array) {
-        let names: Vec<String> = any_of.iter().filter(|v| v.get("type") != Some(&Value::from("null"))).map(|v| type_name(v, definitions)).collect();
+        let names: Vec<String> = any_of
+            .iter()
+            .filter(|v| v.get("type") != Some(&Value::from("null")))
+            .map(|v| type_name(v, definitions))
+            .collect();
         return names.join(" or ");
     }
     if let Some(values) = property.get("enum").and_then(Value::as_array) {
@@ -217,8 +221,12 @@ fn type_name(property: &Value, definitions: &Value) -> String {
         return names.join(" / ");
     }
     if let Some(values) = property.get("oneOf").and_then(Value::as_array) {
-        let names: Vec<String> =
-            values.iter().filter_map(|v| v.get("const").or_else(|| v.get("enum").and_then(|e| e.get(0)))).filter_map(Value::as_str).map(|v| format!("`{v}`")).collect();
+        let names: Vec<String> = values
+            .iter()
+            .filter_map(|v| v.get("const").or_else(|| v.get("enum").and_then(|e| e.get(0))))
+            .filter_map(Value::as_str)
+            .map(|v| format!("`{v}`"))
+            .collect();
         return names.join(" / ");
     }
     let types: Vec<&str> = match property.get("type") {
@@ -231,7 +239,10 @@ fn type_name(property: &Value, definitions: &Value) -> String {
         Some("string") => "text".into(),
         Some("boolean") => "`true` / `false`".into(),
         Some("integer") => "whole number".into(),
-        Some("array") => format!("list of {}", property.get("items").map(|items| type_name(items, definitions)).unwrap_or_else(|| "values".into())),
+        Some("array") => format!(
+            "list of {}",
+            property.get("items").map(|items| type_name(items, definitions)).unwrap_or_else(|| "values".into())
+        ),
         Some(other) => other.to_string(),
         None => "value".into(),
     }
@@ -286,17 +297,22 @@ impl PluginConfig {
             }
         };
         let url = required(self.url, "url", "\"https://pve.example.com:8006\"");
-        let credentials_file_path = required(self.credentials_file_path, "credentials_file_path", "\"/etc/gitlab-runner/pve.json\"");
+        let credentials_file_path =
+            required(self.credentials_file_path, "credentials_file_path", "\"/etc/gitlab-runner/pve.json\"");
         let pool = required(self.pool, "pool", "\"ci\"");
 
         if !url.is_empty() {
             match reqwest::Url::parse(&url) {
                 Ok(parsed) if matches!(parsed.scheme(), "https" | "http") && parsed.host_str().is_some() => {}
-                _ => problems.push(format!("`url` {url:?} is not an http(s) URL; write it like \"https://pve.example.com:8006\"")),
+                _ => problems.push(format!(
+                    "`url` {url:?} is not an http(s) URL; write it like \"https://pve.example.com:8006\""
+                )),
             }
         }
         if !pool.is_empty() && !pool.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')) {
-            problems.push(format!("`pool` {pool:?} is not a Proxmox pool id (letters, digits, `-`, `_`, `.`, `/` for nested pools)"));
+            problems.push(format!(
+                "`pool` {pool:?} is not a Proxmox pool id (letters, digits, `-`, `_`, `.`, `/` for nested pools)"
+            ));
         }
         let template_id = match self.template_id {
             Some(id) if id >= 100 => Vmid(id),
@@ -305,7 +321,10 @@ impl PluginConfig {
                 Vmid(100)
             }
             None => {
-                problems.push("`template_id` is required; add the VMID of the template to clone, e.g. `template_id = 9000`".into());
+                problems.push(
+                    "`template_id` is required; add the VMID of the template to clone, e.g. `template_id = 9000`"
+                        .into(),
+                );
                 Vmid(100)
             }
         };
@@ -316,7 +335,10 @@ impl PluginConfig {
             }
             Some(n) => n,
             None => {
-                problems.push("`max_instances` is required; add the most VMs this runner may have, e.g. `max_instances = 10`".into());
+                problems.push(
+                    "`max_instances` is required; add the most VMs this runner may have, e.g. `max_instances = 10`"
+                        .into(),
+                );
                 0
             }
         };
@@ -330,7 +352,8 @@ impl PluginConfig {
         for (key, value, default) in names {
             let name = value.unwrap_or_else(|| default.to_string());
             if !is_dns_name(&name) {
-                problems.push(format!("`{key}` {name:?} is not a valid VM name (letters, digits and `-`, dot-separated)"));
+                problems
+                    .push(format!("`{key}` {name:?} is not a valid VM name (letters, digits and `-`, dot-separated)"));
             }
             resolved_names.push(name);
         }
@@ -344,7 +367,8 @@ impl PluginConfig {
         let tags = self.tags.unwrap_or_default();
         for tag in &tags {
             if !is_tag(&tag.to_ascii_lowercase()) {
-                problems.push(format!("`tags` entry {tag:?} is not a Proxmox tag (letters, digits, `-`, `_`, `+`, `.`)"));
+                problems
+                    .push(format!("`tags` entry {tag:?} is not a Proxmox tag (letters, digits, `-`, `_`, `+`, `.`)"));
             }
         }
 
@@ -363,7 +387,8 @@ impl PluginConfig {
                 ));
             }
             if (first.0..=last.0).contains(&template_id.0) {
-                problems.push(format!("`vmid_range` {first}-{last} contains the template {template_id}; move the range"));
+                problems
+                    .push(format!("`vmid_range` {first}-{last} contains the template {template_id}; move the range"));
             }
         }
 
@@ -373,7 +398,9 @@ impl PluginConfig {
                 Some(text) => match humantime::parse_duration(text.trim()) {
                     Ok(d) if !d.is_zero() => d,
                     _ => {
-                        problems.push(format!("`{key}` {text:?} is not a duration; write it like \"90s\", \"10m\" or \"1h\""));
+                        problems.push(format!(
+                            "`{key}` {text:?} is not a duration; write it like \"90s\", \"10m\" or \"1h\""
+                        ));
                         default
                     }
                 },
@@ -406,13 +433,17 @@ impl PluginConfig {
             && cloud_init_user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
             && cloud_init_user.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
         if !valid_user {
-            problems.push(format!("`cloud_init_user` {cloud_init_user:?} is not a Linux user name (lower-case letters, digits, `-`, `_`)"));
+            problems.push(format!(
+                "`cloud_init_user` {cloud_init_user:?} is not a Linux user name (lower-case letters, digits, `-`, `_`)"
+            ));
         }
         let mut target_nodes: Vec<String> = Vec::new();
         for node in self.target_nodes.unwrap_or_default() {
             let node = node.trim().to_string();
             if !is_dns_name(&node) || node.contains('.') {
-                problems.push(format!("`target_nodes` entry {node:?} is not a Proxmox node name (letters, digits and `-`)"));
+                problems.push(format!(
+                    "`target_nodes` entry {node:?} is not a Proxmox node name (letters, digits and `-`)"
+                ));
             } else if !target_nodes.contains(&node) {
                 target_nodes.push(node);
             }

@@ -122,10 +122,8 @@ impl Engine {
             ))
         })?;
         let template_node = template.node.clone();
-        let template_config = pve
-            .vm_config(&template_node, config.template_id)
-            .await
-            .map_err(|err| failed(err.to_string()))?;
+        let template_config =
+            pve.vm_config(&template_node, config.template_id).await.map_err(|err| failed(err.to_string()))?;
         let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
         let mut problems = Vec::new();
         if !facts.is_template {
@@ -290,8 +288,14 @@ pub async fn inspect_target_nodes(
     Ok(findings)
 }
 
-async fn check_target_nodes(pve: &PveClient, config: &GroupConfig, template_node: &str, storage: &TemplateStorage) -> Result<(), GroupError> {
-    let findings = inspect_target_nodes(pve, config, template_node, storage).await.map_err(|err| failed(err.to_string()))?;
+async fn check_target_nodes(
+    pve: &PveClient,
+    config: &GroupConfig,
+    template_node: &str,
+    storage: &TemplateStorage,
+) -> Result<(), GroupError> {
+    let findings =
+        inspect_target_nodes(pve, config, template_node, storage).await.map_err(|err| failed(err.to_string()))?;
     for node in &findings.offline {
         tracing::warn!(node, "target node is offline; clones go to the other target nodes until it is back");
     }
@@ -313,7 +317,13 @@ pub struct GuestDefaults {
 impl GuestDefaults {
     pub fn from_template(config: &BTreeMap<String, String>) -> Self {
         let ostype = config.get("ostype").map(String::as_str).unwrap_or("l26");
-        let os = if ostype.starts_with('w') { "windows" } else if ostype == "solaris" { "solaris" } else { "linux" };
+        let os = if ostype.starts_with('w') {
+            "windows"
+        } else if ostype == "solaris" {
+            "solaris"
+        } else {
+            "linux"
+        };
         let arch = match config.get("arch").map(String::as_str) {
             Some("aarch64") => "arm64",
             _ => "amd64",
@@ -382,7 +392,12 @@ impl InstanceGroup for ProxmoxGroup {
                             None => {
                                 instances.insert(
                                     id.clone(),
-                                    Tracked { node: vm.node.clone(), phase: Phase::Adopting, addresses: Addresses::default(), missing_since: None },
+                                    Tracked {
+                                        node: vm.node.clone(),
+                                        phase: Phase::Adopting,
+                                        addresses: Addresses::default(),
+                                        missing_since: None,
+                                    },
                                 );
                                 adopt.push((id, vm.clone()));
                             }
@@ -393,7 +408,10 @@ impl InstanceGroup for ProxmoxGroup {
                         // tagging leaves one; its description decides.
                         let in_pool = vm.pool.as_deref() == Some(engine.config.pool.as_str());
                         let tracked = instances.keys().any(|id| id.vmid == vm.vmid);
-                        if in_pool && !vm.template && vm.vmid != engine.config.template_id && !tracked
+                        if in_pool
+                            && !vm.template
+                            && vm.vmid != engine.config.template_id
+                            && !tracked
                             && !engine.foreign.lock().unwrap().contains(&vm.vmid)
                         {
                             check_foreign.push(vm.clone());
@@ -453,7 +471,8 @@ impl InstanceGroup for ProxmoxGroup {
                 engine.config.max_instances
             ));
         }
-        let results = futures::future::join_all((0..wanted).map(|_| super::provision::request_clone(engine.clone()))).await;
+        let results =
+            futures::future::join_all((0..wanted).map(|_| super::provision::request_clone(engine.clone()))).await;
         let mut accepted = 0;
         for result in results {
             match result {
@@ -469,7 +488,9 @@ impl InstanceGroup for ProxmoxGroup {
         let mut partial: Partial<Vec<String>> = Partial::default();
         for text in ids {
             let Ok(id) = text.parse::<InstanceId>() else {
-                partial.failures.push(format!("could not remove instance {text}: it is not an instance of this plugin"));
+                partial
+                    .failures
+                    .push(format!("could not remove instance {text}: it is not an instance of this plugin"));
                 continue;
             };
             let start = {
@@ -498,13 +519,9 @@ impl InstanceGroup for ProxmoxGroup {
     async fn connect_info(&self, id: &str) -> Result<ConnectInfo, GroupError> {
         let engine = self.engine()?;
         let parsed: InstanceId = id.parse().map_err(|err: super::naming::InstanceIdError| failed(err.to_string()))?;
-        let tracked = engine
-            .instances
-            .lock()
-            .unwrap()
-            .get(&parsed)
-            .cloned()
-            .ok_or_else(|| failed(format!("could not get connect info for instance {id}: this group does not own it")))?;
+        let tracked = engine.instances.lock().unwrap().get(&parsed).cloned().ok_or_else(|| {
+            failed(format!("could not get connect info for instance {id}: this group does not own it"))
+        })?;
         if tracked.phase != Phase::Running || tracked.addresses.is_empty() {
             return Err(failed(format!("could not get connect info for instance {id}: it is not running yet")));
         }
@@ -536,7 +553,8 @@ impl InstanceGroup for ProxmoxGroup {
     /// its agent is dead (transient API errors are retried, not reported).
     async fn heartbeat(&self, id: &str) -> Result<(), GroupError> {
         let engine = self.engine()?;
-        let parsed: InstanceId = id.parse().map_err(|_| GroupError::Unhealthy(format!("{id} is not an instance of this plugin")))?;
+        let parsed: InstanceId =
+            id.parse().map_err(|_| GroupError::Unhealthy(format!("{id} is not an instance of this plugin")))?;
         let node = engine.instances.lock().unwrap().get(&parsed).map(|t| t.node.clone());
         let Some(node) = node else {
             return Err(GroupError::Unhealthy(format!("instance {id} is gone")));
@@ -593,7 +611,16 @@ fn provider_info(engine: &Engine) -> ProviderInfo {
 }
 
 /// The address of an instance from its agent, per the group's rules.
-pub(crate) fn choose_addresses(engine: &Engine, interfaces: &[crate::pve::GuestInterface], net0: Option<&str>) -> Addresses {
+pub(crate) fn choose_addresses(
+    engine: &Engine,
+    interfaces: &[crate::pve::GuestInterface],
+    net0: Option<&str>,
+) -> Addresses {
     let mac = net0.and_then(address::mac_of_net0);
-    address::select(interfaces, mac.as_deref(), &engine.config.instance_network_interface, engine.config.instance_network_protocol)
+    address::select(
+        interfaces,
+        mac.as_deref(),
+        &engine.config.instance_network_interface,
+        engine.config.instance_network_protocol,
+    )
 }

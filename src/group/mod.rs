@@ -105,7 +105,11 @@ pub enum GroupError {
 /// may be called concurrently; implementations keep their own locking.
 pub trait InstanceGroup: Send + Sync + 'static {
     /// Validates `config` (the JSON of `plugin_config`) and prepares the group.
-    fn init(&self, config: &[u8], settings: ConnectorSettings) -> impl Future<Output = Result<ProviderInfo, GroupError>> + Send;
+    fn init(
+        &self,
+        config: &[u8],
+        settings: ConnectorSettings,
+    ) -> impl Future<Output = Result<ProviderInfo, GroupError>> + Send;
 
     /// Every instance of the group with its current state.
     fn update(&self) -> impl Future<Output = Result<Vec<(String, InstanceState)>, GroupError>> + Send;

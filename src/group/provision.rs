@@ -30,7 +30,12 @@ pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
         let node = engine.pick_node();
         engine.instances.lock().unwrap().insert(
             id.clone(),
-            Tracked { node: node.clone(), phase: Phase::Creating, addresses: Addresses::default(), missing_since: None },
+            Tracked {
+                node: node.clone(),
+                phase: Phase::Creating,
+                addresses: Addresses::default(),
+                missing_since: None,
+            },
         );
         let request = CloneRequest {
             new_vmid: Some(vmid),
@@ -69,7 +74,8 @@ pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
                 }
                 // Another target node may still take it (this one is offline,
                 // full, or misconfigured); permission problems are the same everywhere.
-                let node_specific = !matches!(err.kind(), ErrorKind::PermissionDenied { .. } | ErrorKind::Unauthorized { .. });
+                let node_specific =
+                    !matches!(err.kind(), ErrorKind::PermissionDenied { .. } | ErrorKind::Unauthorized { .. });
                 if node_specific && engine.config.target_nodes.len() > 1 && attempt + 1 < CLONE_ATTEMPTS {
                     tracing::warn!(node, error = %err, "could not clone to node {node}; trying another target node");
                     engine.penalise_node(&node);
@@ -125,7 +131,9 @@ async fn allocate_vmid(engine: &Engine) -> Result<Vmid, String> {
                     Err(err) => return Err(err.to_string()),
                 }
             }
-            Err(format!("could not find a free VMID in vmid_range {first}-{last}; widen the range or lower max_instances"))
+            Err(format!(
+                "could not find a free VMID in vmid_range {first}-{last}; widen the range or lower max_instances"
+            ))
         }
     }
 }
@@ -158,7 +166,8 @@ async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, starte
         Err(reason) => {
             // Runner removed it while it was being created: the deletion
             // under way ends it, and nothing failed (no warning, no backoff).
-            let removal_requested = engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
+            let removal_requested =
+                engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
             if removal_requested {
                 tracing::debug!(instance = %id, vmid = %id.vmid, reason, "provisioning stopped: removal was requested");
                 return;
@@ -212,7 +221,13 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, clone_task: &Upid) ->
 }
 
 /// Polls the guest agent until it reports an address of the wanted family.
-async fn wait_for_address(engine: &Engine, node: &str, vmid: Vmid, net0: Option<&str>, deadline: Instant) -> Result<Addresses, String> {
+async fn wait_for_address(
+    engine: &Engine,
+    node: &str,
+    vmid: Vmid,
+    net0: Option<&str>,
+    deadline: Instant,
+) -> Result<Addresses, String> {
     let mut pause = Duration::from_millis(500);
     loop {
         let last = match engine.pve.guest_interfaces(node, vmid).await {
@@ -303,7 +318,11 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
                 return Ok(false);
             }
             let _ = pve
-                .update_vm_config(&node, id.vmid, &ConfigUpdate { name: Some(engine.config.instance_name_removing.clone()), ..Default::default() })
+                .update_vm_config(
+                    &node,
+                    id.vmid,
+                    &ConfigUpdate { name: Some(engine.config.instance_name_removing.clone()), ..Default::default() },
+                )
                 .await;
             let status = pve.vm_status(&node, id.vmid).await?;
             if status.status != "stopped" {
@@ -387,8 +406,8 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         // Renamed for removal before the restart: finish the removal (only
         // when the removal name is distinct; seed configs may use one name).
         let names = &engine.config;
-        let removal_name_distinct =
-            names.instance_name_removing != names.instance_name_running && names.instance_name_removing != names.instance_name_creating;
+        let removal_name_distinct = names.instance_name_removing != names.instance_name_running
+            && names.instance_name_removing != names.instance_name_creating;
         if removal_name_distinct && config.get("name") == Some(&names.instance_name_removing) {
             return Err(Leftover("its removal was under way before the restart".to_string()));
         }
@@ -478,7 +497,12 @@ async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
         Some(id) if id.vmid == vm.vmid => {
             let fresh = engine.instances.lock().unwrap().insert(
                 id.clone(),
-                Tracked { node: vm.node.clone(), phase: Phase::Deleting, addresses: Addresses::default(), missing_since: None },
+                Tracked {
+                    node: vm.node.clone(),
+                    phase: Phase::Deleting,
+                    addresses: Addresses::default(),
+                    missing_since: None,
+                },
             );
             if fresh.is_none() {
                 tracing::info!(instance = %id, vmid = %vm.vmid, "removing a half-provisioned instance left by an earlier run");
@@ -494,8 +518,11 @@ async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
 /// Suspend (`true`) or resume running instances with Proxmox's own calls.
 pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, suspend: bool) -> Partial<Vec<String>> {
     let verb = if suspend { "suspend" } else { "resume" };
-    let (from, during, to) =
-        if suspend { (Phase::Running, Phase::Suspending, Phase::Suspended) } else { (Phase::Suspended, Phase::Resuming, Phase::Running) };
+    let (from, during, to) = if suspend {
+        (Phase::Running, Phase::Suspending, Phase::Suspended)
+    } else {
+        (Phase::Suspended, Phase::Resuming, Phase::Running)
+    };
     let mut partial: Partial<Vec<String>> = Partial::default();
     for text in ids {
         let Ok(id) = text.parse::<InstanceId>() else {
@@ -519,7 +546,11 @@ pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, suspend: bool)
                 }
             }
         };
-        let result = if suspend { engine.pve.suspend_vm(&node, id.vmid).await } else { engine.pve.resume_vm(&node, id.vmid).await };
+        let result = if suspend {
+            engine.pve.suspend_vm(&node, id.vmid).await
+        } else {
+            engine.pve.resume_vm(&node, id.vmid).await
+        };
         match result {
             Ok(upid) => {
                 partial.succeeded.push(text);
@@ -531,7 +562,8 @@ pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, suspend: bool)
                     let mut instances = task_engine.instances.lock().unwrap();
                     if let Some(tracked) = instances.get_mut(&id) {
                         // Addresses are not kept across suspend/resume.
-                        tracked.addresses = if ok && to == Phase::Running { tracked.addresses.clone() } else { Addresses::default() };
+                        tracked.addresses =
+                            if ok && to == Phase::Running { tracked.addresses.clone() } else { Addresses::default() };
                         tracked.phase = if ok { to } else { from };
                     }
                 });

@@ -26,13 +26,10 @@ impl GeneratedKey {
         let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519)
             .map_err(|err| format!("could not generate an SSH key: {err}"))?;
         key.set_comment("fleeting-plugin-proxmox");
-        let private_pem = key
-            .to_openssh(LineEnding::LF)
-            .map_err(|err| format!("could not encode the SSH key: {err}"))?;
-        let public_openssh = key
-            .public_key()
-            .to_openssh()
-            .map_err(|err| format!("could not encode the SSH public key: {err}"))?;
+        let private_pem =
+            key.to_openssh(LineEnding::LF).map_err(|err| format!("could not encode the SSH key: {err}"))?;
+        let public_openssh =
+            key.public_key().to_openssh().map_err(|err| format!("could not encode the SSH public key: {err}"))?;
         Ok(Self { public_openssh, private_pem: Secret::new(private_pem.as_str()) })
     }
 }

@@ -78,7 +78,9 @@ impl TemplateFacts {
 /// Whether a config `agent` value turns the guest agent on (`1`, `enabled=1`, …).
 pub fn agent_enabled(value: Option<&str>) -> bool {
     let Some(value) = value else { return false };
-    value.split(',').any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
+    value
+        .split(',')
+        .any(|part| matches!(part.trim(), "1" | "enabled=1" | "enabled=yes" | "enabled=true" | "enabled=on"))
 }
 
 fn is_indexed(key: &str, prefix: &str) -> bool {
@@ -116,7 +118,8 @@ impl TemplateStorage {
     /// base volume (else the clone task fails with "Linked clone feature is
     /// not supported"). An unreadable storage counts as unable.
     pub fn linked_clones_possible(&self) -> bool {
-        self.disks().next().is_some() && self.disks().all(|(_, info)| info.as_ref().is_ok_and(StorageInfo::supports_linked_clones))
+        self.disks().next().is_some()
+            && self.disks().all(|(_, info)| info.as_ref().is_ok_and(StorageInfo::supports_linked_clones))
     }
 
     /// PVE clones to another node only when every volume, the cloud-init
@@ -191,7 +194,11 @@ mod tests {
         assert_eq!(facts.disk_storages, ["nvme", "local-lvm"]);
         assert_eq!(facts.all_storages(), ["nvme", "local-lvm", "ceph"]);
         assert_eq!(facts.bridges, ["vmbr0", "vnet7"]);
-        let bare = TemplateFacts::from_config("pve1", &config(&[("agent", "enabled=0"), ("scsi0", "local:100/disk.qcow2")]), true);
+        let bare = TemplateFacts::from_config(
+            "pve1",
+            &config(&[("agent", "enabled=0"), ("scsi0", "local:100/disk.qcow2")]),
+            true,
+        );
         assert!(bare.is_template && !bare.agent_enabled && bare.cloud_init_drive.is_none() && !bare.has_net0);
     }
 

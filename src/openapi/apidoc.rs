@@ -43,10 +43,7 @@ pub fn parse_dump(text: &str) -> Result<Value, ConvertError> {
 }
 
 fn json_error(err: &serde_json::Error) -> ConvertError {
-    ConvertError::new(
-        format!("(input) line {} column {}", err.line(), err.column()),
-        format!("not valid JSON: {err}"),
-    )
+    ConvertError::new(format!("(input) line {} column {}", err.line(), err.column()), format!("not valid JSON: {err}"))
 }
 
 /// Walks the schema tree and returns every operation, sorted by path and method.
@@ -58,9 +55,7 @@ pub fn collect_operations(root: &Value) -> Result<Vec<ApiOperation<'_>>, Convert
     for (index, node) in nodes.iter().enumerate() {
         walk(node, &format!("[{index}]"), &mut operations)?;
     }
-    operations.sort_by(|a, b| {
-        (a.path, method_rank(a.method)).cmp(&(b.path, method_rank(b.method)))
-    });
+    operations.sort_by(|a, b| (a.path, method_rank(a.method)).cmp(&(b.path, method_rank(b.method))));
     for pair in operations.windows(2) {
         if pair[0].path == pair[1].path && pair[0].method == pair[1].method {
             return Err(ConvertError::new(
@@ -77,9 +72,7 @@ fn method_rank(method: &str) -> usize {
 }
 
 fn walk<'a>(node: &'a Value, location: &str, out: &mut Vec<ApiOperation<'a>>) -> Result<(), ConvertError> {
-    let object = node
-        .as_object()
-        .ok_or_else(|| ConvertError::new(location, "schema node is not a JSON object"))?;
+    let object = node.as_object().ok_or_else(|| ConvertError::new(location, "schema node is not a JSON object"))?;
     let path = object
         .get("path")
         .and_then(Value::as_str)
@@ -89,18 +82,16 @@ fn walk<'a>(node: &'a Value, location: &str, out: &mut Vec<ApiOperation<'a>>) ->
     }
     // Directory-only nodes carry no `info`; they are skipped.
     if let Some(info) = object.get("info") {
-        let info = info
-            .as_object()
-            .ok_or_else(|| ConvertError::new(path, "`info` is not an object"))?;
+        let info = info.as_object().ok_or_else(|| ConvertError::new(path, "`info` is not an object"))?;
         for (method_key, method_info) in info {
             let method = METHODS
                 .iter()
                 .copied()
                 .find(|m| m == method_key)
                 .ok_or_else(|| ConvertError::new(path, format!("unknown HTTP method `{method_key}` in `info`")))?;
-            let method_info = method_info.as_object().ok_or_else(|| {
-                ConvertError::new(format!("{method} {path}"), "method info is not an object")
-            })?;
+            let method_info = method_info
+                .as_object()
+                .ok_or_else(|| ConvertError::new(format!("{method} {path}"), "method info is not an object"))?;
             out.push(ApiOperation { path, method, info: method_info });
         }
     }

@@ -168,9 +168,7 @@ pub fn convert(dump_text: &str, options: &ConvertOptions) -> Result<Conversion, 
             ));
         }
         let converted = schema::convert_operation(op, &operation_id, options.indexed_keys)?;
-        let item = paths
-            .entry(op.path.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
+        let item = paths.entry(op.path.to_string()).or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(item) = item {
             item.insert(op.method.to_ascii_lowercase(), converted);
         }

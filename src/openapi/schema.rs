@@ -2,9 +2,9 @@
 
 use serde_json::{Map, Value, json};
 
+use super::ConvertError;
 use super::apidoc::ApiOperation;
 use super::indexed::{self, IndexedKeys};
-use super::ConvertError;
 
 const PVE_BOOL: &str = "#/components/schemas/PveBool";
 const PVE_INT: &str = "#/components/schemas/PveInt";
@@ -29,7 +29,11 @@ pub fn lenient_scalar_components() -> Value {
     })
 }
 
-pub fn convert_operation(op: &ApiOperation<'_>, operation_id: &str, indexed: IndexedKeys) -> Result<Value, ConvertError> {
+pub fn convert_operation(
+    op: &ApiOperation<'_>,
+    operation_id: &str,
+    indexed: IndexedKeys,
+) -> Result<Value, ConvertError> {
     let location = format!("{} {}", op.method, op.path);
     let properties = parameter_properties(op, &location)?;
     let path_params = path_parameter_names(op.path, &location)?;
@@ -221,9 +225,9 @@ fn expand_key(name: &str, schema: Value, indexed: IndexedKeys) -> Vec<(ExpandedK
     match indexed::indexed_base(name) {
         None => vec![(ExpandedKey::Named(name.to_string()), schema)],
         Some(base) => match (indexed, indexed::bound(base)) {
-            (IndexedKeys::Expand, Some(bound)) => (0..bound)
-                .map(|index| (ExpandedKey::Named(format!("{base}{index}")), schema.clone()))
-                .collect(),
+            (IndexedKeys::Expand, Some(bound)) => {
+                (0..bound).map(|index| (ExpandedKey::Named(format!("{base}{index}")), schema.clone())).collect()
+            }
             _ => vec![(ExpandedKey::Open, schema)],
         },
     }
@@ -243,11 +247,17 @@ fn is_truthy(value: Option<&Value>) -> bool {
 fn has_numeric_default_key(object: &Map<String, Value>) -> bool {
     let Some(Value::Object(keys)) = object.get("format") else { return false };
     keys.values().any(|key| {
-        is_truthy(key.get("default_key")) && matches!(key.get("type").and_then(Value::as_str), Some("integer" | "number"))
+        is_truthy(key.get("default_key"))
+            && matches!(key.get("type").and_then(Value::as_str), Some("integer" | "number"))
     })
 }
 
-fn convert_schema(schema: &Value, direction: Direction, location: &str, indexed: IndexedKeys) -> Result<Value, ConvertError> {
+fn convert_schema(
+    schema: &Value,
+    direction: Direction,
+    location: &str,
+    indexed: IndexedKeys,
+) -> Result<Value, ConvertError> {
     let object = match schema {
         Value::Object(object) => object,
         _ => return Err(ConvertError::new(location, "schema is not an object")),
@@ -420,7 +430,10 @@ mod tests {
         for dropped in ["default", "pattern", "maxLength", "The cluster node name.", "prose", "\"minimum"] {
             assert!(!text.contains(dropped), "`{dropped}` leaked into {text}");
         }
-        assert_eq!(out["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["data"]["type"], "string");
+        assert_eq!(
+            out["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["data"]["type"],
+            "string"
+        );
         assert_eq!(out["x-pve-permissions"]["check"][2], json!(["VM.Clone"]));
         assert_eq!(out["x-pve-allowtoken"], true);
     }
@@ -487,8 +500,12 @@ mod tests {
 
     #[test]
     fn malformed_schemas_name_their_location() {
-        let err = convert_one("/x/{id}", "GET", json!({ "parameters": { "properties": {} } }), IndexedKeys::Expand).unwrap_err();
-        assert_eq!(err.to_string(), "could not convert schema at GET /x/{id}: path parameter `{id}` has no entry in `parameters.properties`");
+        let err = convert_one("/x/{id}", "GET", json!({ "parameters": { "properties": {} } }), IndexedKeys::Expand)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "could not convert schema at GET /x/{id}: path parameter `{id}` has no entry in `parameters.properties`"
+        );
         let info = json!({ "parameters": { "properties": { "a": { "type": 5 } } } });
         let err = convert_one("/x", "GET", info, IndexedKeys::Expand).unwrap_err();
         assert!(err.to_string().contains("GET /x parameter `a`: `type` must be a string"), "{err}");

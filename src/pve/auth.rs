@@ -15,9 +15,9 @@ use super::credentials::{SecondFactor, Secret};
 /// base32 secret, describing the problem without echoing the secret.
 pub fn totp_from_base32(secret: &str) -> Result<TOTP, String> {
     let cleaned: String = secret.chars().filter(|c| !c.is_whitespace() && *c != '=').collect::<String>().to_uppercase();
-    let bytes = TotpSecret::Encoded(cleaned)
-        .to_bytes()
-        .map_err(|_| "is not valid base32 (letters A–Z and digits 2–7, as PVE shows it when TOTP is set up)".to_string())?;
+    let bytes = TotpSecret::Encoded(cleaned).to_bytes().map_err(|_| {
+        "is not valid base32 (letters A–Z and digits 2–7, as PVE shows it when TOTP is set up)".to_string()
+    })?;
     if bytes.len() < 10 {
         return Err(format!("is too short ({} bytes decoded, at least 10 expected)", bytes.len()));
     }

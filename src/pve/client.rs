@@ -179,7 +179,10 @@ impl StorageInfo {
     /// Whether PVE can make linked clones of a template disk on this storage
     /// (pve-storage's `clone` feature for `base` volumes).
     pub fn supports_linked_clones(&self) -> bool {
-        matches!(self.kind.as_str(), "dir" | "nfs" | "cifs" | "glusterfs" | "cephfs" | "lvmthin" | "zfspool" | "zfs" | "rbd" | "btrfs")
+        matches!(
+            self.kind.as_str(),
+            "dir" | "nfs" | "cifs" | "glusterfs" | "cephfs" | "lvmthin" | "zfspool" | "zfs" | "rbd" | "btrfs"
+        )
     }
 }
 
@@ -257,7 +260,8 @@ impl PveClient {
     /// All QEMU guests of the cluster in one request.
     pub async fn cluster_vms(&self) -> Result<Vec<VmResource>, Error> {
         let action = "list the cluster's VMs";
-        let items = data(self.api.get_cluster_resources(Some(types::GetClusterResourcesType::Vm)).await, action).await?;
+        let items =
+            data(self.api.get_cluster_resources(Some(types::GetClusterResourcesType::Vm)).await, action).await?;
         let mut vms = Vec::new();
         for item in items {
             if item.type_.as_deref() != Some("qemu") {
@@ -334,7 +338,8 @@ impl PveClient {
     /// The VM's configuration as key → value strings (pending changes applied).
     pub async fn vm_config(&self, node: &str, vmid: Vmid) -> Result<BTreeMap<String, String>, Error> {
         let action = format!("read the configuration of VM {vmid}");
-        let config = data(self.api.get_nodes_node_qemu_vmid_config(node, vmid.into(), None, None).await, &action).await?;
+        let config =
+            data(self.api.get_nodes_node_qemu_vmid_config(node, vmid.into(), None, None).await, &action).await?;
         let value = serde_json::to_value(config).map_err(|err| invalid(&action, err.to_string()))?;
         let mut entries = BTreeMap::new();
         if let Value::Object(map) = value {
@@ -403,7 +408,13 @@ impl PveClient {
     }
 
     /// ACPI/agent shutdown; with `force_stop`, a hard stop after `timeout`.
-    pub async fn shutdown_vm(&self, node: &str, vmid: Vmid, timeout: Duration, force_stop: bool) -> Result<Upid, Error> {
+    pub async fn shutdown_vm(
+        &self,
+        node: &str,
+        vmid: Vmid,
+        timeout: Duration,
+        force_stop: bool,
+    ) -> Result<Upid, Error> {
         let action = format!("shut down VM {vmid}");
         let body = types::PostNodesNodeQemuVmidStatusShutdownBody {
             timeout: Some(timeout.as_secs() as i64),
@@ -447,28 +458,26 @@ impl PveClient {
     /// The guest's interfaces as its agent reports them.
     pub async fn guest_interfaces(&self, node: &str, vmid: Vmid) -> Result<Vec<GuestInterface>, Error> {
         let action = format!("read the network interfaces of VM {vmid}");
-        let data = data(self.api.get_nodes_node_qemu_vmid_agent_network_get_interfaces(node, vmid.into()).await, &action).await?;
+        let data =
+            data(self.api.get_nodes_node_qemu_vmid_agent_network_get_interfaces(node, vmid.into()).await, &action)
+                .await?;
         parse_guest_interfaces(&Value::Object(data)).map_err(|message| invalid(&action, message))
     }
 
     /// Whether a task still runs, and how it ended.
     pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, Error> {
         let action = format!("read the status of task {upid}");
-        let status = data(self.api.get_nodes_node_tasks_upid_status(&upid.node, &upid.to_string()).await, &action).await?;
-        Ok(TaskStatus {
-            running: status.status.as_deref() != Some("stopped"),
-            exit_status: status.exitstatus,
-        })
+        let status =
+            data(self.api.get_nodes_node_tasks_upid_status(&upid.node, &upid.to_string()).await, &action).await?;
+        Ok(TaskStatus { running: status.status.as_deref() != Some("stopped"), exit_status: status.exitstatus })
     }
 
     /// The last `lines` lines of a task's log.
     pub async fn task_log_tail(&self, upid: &Upid, lines: u32) -> Result<Vec<String>, Error> {
         let action = format!("read the log of task {upid}");
         let text = upid.to_string();
-        let first = self
-            .api
-            .get_nodes_node_tasks_upid_log(&upid.node, &text, None, Some(i64::from(lines)), Some(0))
-            .await;
+        let first =
+            self.api.get_nodes_node_tasks_upid_log(&upid.node, &text, None, Some(i64::from(lines)), Some(0)).await;
         let first = match first {
             Ok(response) => response.into_inner(),
             Err(err) => return Err(error::from_api(action, err).await),
@@ -477,7 +486,13 @@ impl PveClient {
         let entries = if total > i64::from(lines) {
             data(
                 self.api
-                    .get_nodes_node_tasks_upid_log(&upid.node, &text, None, Some(i64::from(lines)), Some(total - i64::from(lines)))
+                    .get_nodes_node_tasks_upid_log(
+                        &upid.node,
+                        &text,
+                        None,
+                        Some(i64::from(lines)),
+                        Some(total - i64::from(lines)),
+                    )
                     .await,
                 &action,
             )
@@ -537,10 +552,9 @@ impl PveClient {
         let action = format!("list the members of pool {pool}");
         let members = if self.version().await?.has_nested_pools() {
             let pools = data(self.api.get_pools(Some(pool), None).await, &action).await?;
-            let entry = pools
-                .into_iter()
-                .find(|p| p.poolid.as_deref() == Some(pool))
-                .ok_or_else(|| Error::new(&action, ErrorKind::NotFound { message: format!("pool '{pool}' does not exist") }))?;
+            let entry = pools.into_iter().find(|p| p.poolid.as_deref() == Some(pool)).ok_or_else(|| {
+                Error::new(&action, ErrorKind::NotFound { message: format!("pool '{pool}' does not exist") })
+            })?;
             to_values(&entry.members)
         } else {
             let pool_data = data(self.api.get_pools_poolid(pool, None).await, &action).await?;
@@ -555,7 +569,8 @@ impl PveClient {
     /// needs `Datastore.Allocate`, more than a least-privilege token has).
     pub async fn storage_info(&self, node: &str, storage: &str) -> Result<StorageInfo, Error> {
         let action = format!("read storage {storage} on node {node}");
-        let items = data(self.api.get_nodes_node_storage(node, None, None, None, Some(storage), None).await, &action).await?;
+        let items =
+            data(self.api.get_nodes_node_storage(node, None, None, None, Some(storage), None).await, &action).await?;
         let item = items.into_iter().find(|item| item.storage.as_deref() == Some(storage)).ok_or_else(|| {
             Error::new(
                 &action,
@@ -594,10 +609,14 @@ impl PveClient {
 fn api_base_url(url: &str) -> Result<String, Error> {
     let action = "use the PVE URL";
     let trimmed = url.trim().trim_end_matches('/');
-    let parsed = reqwest::Url::parse(trimmed)
-        .map_err(|err| Error::setup(action, format!("`url` {url:?} is not a URL ({err}); write it like https://pve.example.com:8006")))?;
+    let parsed = reqwest::Url::parse(trimmed).map_err(|err| {
+        Error::setup(action, format!("`url` {url:?} is not a URL ({err}); write it like https://pve.example.com:8006"))
+    })?;
     if !matches!(parsed.scheme(), "https" | "http") || parsed.host_str().is_none() {
-        return Err(Error::setup(action, format!("`url` {url:?} must start with https:// and name a host, like https://pve.example.com:8006")));
+        return Err(Error::setup(
+            action,
+            format!("`url` {url:?} must start with https:// and name a host, like https://pve.example.com:8006"),
+        ));
     }
     let base = trimmed.strip_suffix("/api2/json").unwrap_or(trimmed);
     Ok(format!("{base}/api2/json"))
@@ -619,11 +638,7 @@ fn encode_ssh_keys(keys: &str) -> String {
 }
 
 fn split_tags(tags: Option<&str>) -> Vec<String> {
-    tags.unwrap_or_default()
-        .split([';', ',', ' '])
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect()
+    tags.unwrap_or_default().split([';', ',', ' ']).filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
 fn vmid_from(value: i64, action: &str) -> Result<Vmid, Error> {
@@ -691,10 +706,7 @@ async fn data<T: Envelope>(
     action: &str,
 ) -> Result<T::Data, Error> {
     match result {
-        Ok(response) => response
-            .into_inner()
-            .into_data()
-            .ok_or_else(|| invalid(action, "the answer has no `data`")),
+        Ok(response) => response.into_inner().into_data().ok_or_else(|| invalid(action, "the answer has no `data`")),
         Err(err) => Err(error::from_api(action, err).await),
     }
 }
@@ -737,7 +749,10 @@ pub fn parse_guest_interfaces(data: &Value) -> Result<Vec<GuestInterface>, Strin
         let mac = entry.get("hardware-address").and_then(Value::as_str).map(str::to_ascii_lowercase);
         let mut addresses = Vec::new();
         for address in entry.get("ip-addresses").and_then(Value::as_array).into_iter().flatten() {
-            let ip = address.get("ip-address").and_then(Value::as_str).and_then(|ip| ip.split('%').next()?.parse::<IpAddr>().ok());
+            let ip = address
+                .get("ip-address")
+                .and_then(Value::as_str)
+                .and_then(|ip| ip.split('%').next()?.parse::<IpAddr>().ok());
             let prefix = address.get("prefix").and_then(Value::as_u64).and_then(|p| u8::try_from(p).ok()).unwrap_or(0);
             if let Some(ip) = ip {
                 addresses.push((ip, prefix));

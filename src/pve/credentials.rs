@@ -125,7 +125,8 @@ impl Credentials {
         let fail = |problems: Vec<String>| CredentialsError { source_name: source_name.to_string(), problems };
         let file: CredentialsFile = serde_json::from_str(text).map_err(|err| fail(vec![describe_json_error(&err)]))?;
         let mut problems = Vec::new();
-        let non_empty = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+        let non_empty =
+            |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
 
         let realm = non_empty(&file.realm);
         let username = non_empty(&file.username);
@@ -142,7 +143,9 @@ impl Credentials {
             }
             (Some(user), Some(realm)) => Some(format!("{user}@{realm}")),
             (Some(user), None) => {
-                problems.push(format!("`username` {user} has no realm; add `\"realm\": \"pam\"` (or pve, …) or write it as {user}@<realm>"));
+                problems.push(format!(
+                    "`username` {user} has no realm; add `\"realm\": \"pam\"` (or pve, …) or write it as {user}@<realm>"
+                ));
                 None
             }
             (None, _) => None,
@@ -176,12 +179,17 @@ impl Credentials {
                     None
                 }
                 (None, _) => {
-                    problems.push("`token_secret` is set without `token_id`; add `\"token_id\": \"user@realm!tokenname\"`".into());
+                    problems.push(
+                        "`token_secret` is set without `token_id`; add `\"token_id\": \"user@realm!tokenname\"`".into(),
+                    );
                     None
                 }
             };
             if token_secret.is_none() {
-                problems.push("`token_id` is set without `token_secret`; add the secret PVE showed when the token was created".into());
+                problems.push(
+                    "`token_id` is set without `token_secret`; add the secret PVE showed when the token was created"
+                        .into(),
+                );
             }
             if !problems.is_empty() {
                 return Err(fail(problems));
@@ -193,7 +201,8 @@ impl Credentials {
         }
 
         if username.is_none() {
-            problems.push("no credentials: set `token_id` + `token_secret`, or `username` + `realm` + `password`".into());
+            problems
+                .push("no credentials: set `token_id` + `token_secret`, or `username` + `realm` + `password`".into());
         }
         if password.is_none() && username.is_some() {
             problems.push("`password` is missing; add it, or use an API token (`token_id` + `token_secret`)".into());
@@ -224,11 +233,15 @@ impl Credentials {
             }
             (None, None) => None,
             (Some(_), None) => {
-                problems.push("`path` is set without `privs`; add e.g. `\"privs\": \"VM.Allocate,VM.Clone\"` or drop `path`".into());
+                problems.push(
+                    "`path` is set without `privs`; add e.g. `\"privs\": \"VM.Allocate,VM.Clone\"` or drop `path`"
+                        .into(),
+                );
                 None
             }
             (None, Some(_)) => {
-                problems.push("`privs` is set without `path`; add e.g. `\"path\": \"/pool/ci\"` or drop `privs`".into());
+                problems
+                    .push("`privs` is set without `path`; add e.g. `\"path\": \"/pool/ci\"` or drop `privs`".into());
                 None
             }
         };
@@ -257,11 +270,7 @@ fn describe_json_error(err: &serde_json::Error) -> String {
     if let Some(rest) = text.strip_prefix("unknown field `") {
         if let Some(field) = rest.split('`').next() {
             let hint = closest_field(field).map(|known| format!("; did you mean `{known}`?")).unwrap_or_default();
-            return format!(
-                "unknown field `{field}` (line {}){hint}; known fields: {}",
-                err.line(),
-                FIELDS.join(", ")
-            );
+            return format!("unknown field `{field}` (line {}){hint}; known fields: {}", err.line(), FIELDS.join(", "));
         }
     }
     // serde's own text may quote the offending value, which could be a
@@ -329,7 +338,8 @@ mod tests {
 
     #[test]
     fn reports_every_problem_at_once() {
-        let err = parse(r#"{"username":"ci","otp":"1","totp_secret":"JBSWY3DPEHPK3PXP","path":"/pool/x"}"#).unwrap_err();
+        let err =
+            parse(r#"{"username":"ci","otp":"1","totp_secret":"JBSWY3DPEHPK3PXP","path":"/pool/x"}"#).unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");
         let text = err.to_string();
         assert!(text.contains("has no realm"), "{text}");

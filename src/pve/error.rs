@@ -206,9 +206,14 @@ pub(crate) async fn from_api(action: impl Into<String>, error: progenitor_client
         ApiError::CommunicationError(err) | ApiError::ResponseBodyError(err) | ApiError::InvalidUpgrade(err) => {
             from_transport(&err)
         }
-        ApiError::ErrorResponse(value) => ErrorKind::Api { status: value.status().as_u16(), message: "error response".into() },
+        ApiError::ErrorResponse(value) => {
+            ErrorKind::Api { status: value.status().as_u16(), message: "error response".into() }
+        }
         ApiError::InvalidResponsePayload(bytes, err) => ErrorKind::InvalidResponse {
-            message: format!("PVE's answer does not match the API schema ({err}); it began with: {}", printable_prefix(&bytes)),
+            message: format!(
+                "PVE's answer does not match the API schema ({err}); it began with: {}",
+                printable_prefix(&bytes)
+            ),
         },
         ApiError::InvalidRequest(message) => ErrorKind::Setup { message },
         ApiError::Custom(message) => ErrorKind::Setup { message },
@@ -354,13 +359,19 @@ mod tests {
     #[test]
     fn classifies_pve_messages() {
         let kind = |status, text: &str| classify_status(status, text.to_string(), BTreeMap::new());
-        assert!(matches!(kind(500, "Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist"), ErrorKind::NotFound { .. }));
+        assert!(matches!(
+            kind(500, "Configuration file 'nodes/pve1/qemu-server/999.conf' does not exist"),
+            ErrorKind::NotFound { .. }
+        ));
         assert!(matches!(kind(500, "VM is locked (clone)"), ErrorKind::Locked { .. }));
         assert!(matches!(
             kind(500, "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout"),
             ErrorKind::Locked { .. }
         ));
-        assert!(matches!(kind(500, "unable to create VM 105: config file already exists"), ErrorKind::AlreadyExists { .. }));
+        assert!(matches!(
+            kind(500, "unable to create VM 105: config file already exists"),
+            ErrorKind::AlreadyExists { .. }
+        ));
         assert!(matches!(kind(503, "Service Unavailable"), ErrorKind::Transient { .. }));
         assert!(matches!(kind(596, "Broken pipe"), ErrorKind::Transient { .. }));
         assert!(matches!(kind(500, "VM 101 is running - destroy failed"), ErrorKind::Api { status: 500, .. }));
@@ -384,6 +395,9 @@ mod tests {
         let kind = classify_status(400, "Parameter verification failed.".into(), errors);
         assert_eq!(kind.to_string(), "Parameter verification failed.: newid: value must be at least 100");
         let errors = BTreeMap::from([("vmid".to_string(), "VM 105 already exists".to_string())]);
-        assert!(matches!(classify_status(400, "Parameter verification failed.".into(), errors), ErrorKind::AlreadyExists { .. }));
+        assert!(matches!(
+            classify_status(400, "Parameter verification failed.".into(), errors),
+            ErrorKind::AlreadyExists { .. }
+        ));
     }
 }

@@ -264,7 +264,9 @@ mod tests {
 
     #[test]
     fn bools_read_every_pve_spelling_and_write_digits() {
-        for (json, expected) in [("1", true), ("0", false), ("true", true), ("\"1\"", true), ("\"off\"", false), ("2", true)] {
+        for (json, expected) in
+            [("1", true), ("0", false), ("true", true), ("\"1\"", true), ("\"off\"", false), ("2", true)]
+        {
             assert_eq!(serde_json::from_str::<PveBool>(json).unwrap(), PveBool(expected), "{json}");
         }
         assert!(serde_json::from_str::<PveBool>("\"maybe\"").is_err());

@@ -19,7 +19,10 @@ pub mod task;
 pub mod tls;
 pub mod version;
 
-pub use client::{ClientConfig, CloneRequest, ConfigUpdate, GuestInterface, NodeInfo, PoolMember, PveClient, StorageInfo, TaskStatus, VmResource, VmStatus, Vmid};
+pub use client::{
+    ClientConfig, CloneRequest, ConfigUpdate, GuestInterface, NodeInfo, PoolMember, PveClient, StorageInfo, TaskStatus,
+    VmResource, VmStatus, Vmid,
+};
 pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
 pub use error::{Error, ErrorKind};
 pub use session::RetryPolicy;

@@ -105,12 +105,20 @@ impl Session {
 
     /// Builds the session for `credentials`; ticket logins happen later, in
     /// [`Session::login`].
-    pub(crate) fn new(credentials: &Credentials, retry: RetryPolicy, login_client: api::Client) -> Result<Arc<Self>, Error> {
+    pub(crate) fn new(
+        credentials: &Credentials,
+        retry: RetryPolicy,
+        login_client: api::Client,
+    ) -> Result<Arc<Self>, Error> {
         let auth = match credentials {
             Credentials::Token { token_id, secret } => {
-                let mut value = HeaderValue::from_str(&format!("PVEAPIToken={token_id}={}", secret.expose())).map_err(|_| {
-                    Error::setup("use the API token", "`token_id` or `token_secret` contains characters not allowed in an HTTP header")
-                })?;
+                let mut value =
+                    HeaderValue::from_str(&format!("PVEAPIToken={token_id}={}", secret.expose())).map_err(|_| {
+                        Error::setup(
+                            "use the API token",
+                            "`token_id` or `token_secret` contains characters not allowed in an HTTP header",
+                        )
+                    })?;
                 value.set_sensitive(true);
                 Auth::Token(value)
             }
@@ -139,7 +147,12 @@ impl Session {
 
     /// Runs one generated request: authenticate, send, retry what is safe to
     /// retry, and re-login once on a 401.
-    async fn execute(&self, client: &reqwest::Client, request: reqwest::Request, info: &OperationInfo) -> reqwest::Result<reqwest::Response> {
+    async fn execute(
+        &self,
+        client: &reqwest::Client,
+        request: reqwest::Request,
+        info: &OperationInfo,
+    ) -> reqwest::Result<reqwest::Response> {
         let operation = info.operation_id;
         let is_login = operation == LOGIN_OPERATION;
         let idempotent = matches!(request.method().as_str(), "GET" | "HEAD" | "PUT" | "DELETE");
@@ -147,7 +160,9 @@ impl Session {
         let mut relogged_in = false;
         let mut template = Some(request);
         loop {
-            let Some(original) = template.take() else { unreachable!("the request template is restored before every retry") };
+            let Some(original) = template.take() else {
+                unreachable!("the request template is restored before every retry")
+            };
             // A body that cannot be cloned (a stream) is sent once.
             template = original.try_clone();
             let mut attempt = original;
@@ -185,7 +200,12 @@ impl Session {
             }
             let delay = self.retry.delay(retries);
             retries += 1;
-            tracing::debug!(operation, retry = retries, delay_ms = delay.as_millis() as u64, "retrying transient PVE failure");
+            tracing::debug!(
+                operation,
+                retry = retries,
+                delay_ms = delay.as_millis() as u64,
+                "retrying transient PVE failure"
+            );
             tokio::time::sleep(delay).await;
         }
     }
@@ -385,7 +405,11 @@ impl TicketLogin {
         }
     }
 
-    async fn post_ticket(&self, body: &types::PostAccessTicketBody, action: &str) -> Result<types::PostAccessTicketResponseData, Error> {
+    async fn post_ticket(
+        &self,
+        body: &types::PostAccessTicketBody,
+        action: &str,
+    ) -> Result<types::PostAccessTicketResponseData, Error> {
         let response = match self.login_client.post_access_ticket(body).await {
             Ok(response) => response.into_inner(),
             Err(err) => {
@@ -394,18 +418,19 @@ impl TicketLogin {
                     ErrorKind::Unauthorized { .. } => Error::new(
                         action,
                         ErrorKind::Unauthorized {
-                            message: "PVE rejected the user name or password (it does not say which); check `username`, \
+                            message:
+                                "PVE rejected the user name or password (it does not say which); check `username`, \
                                       `realm` and `password` in the credentials file"
-                                .into(),
+                                    .into(),
                         },
                     ),
                     _ => err,
                 });
             }
         };
-        response
-            .data
-            .ok_or_else(|| Error::new(action, ErrorKind::InvalidResponse { message: "the ticket answer has no data".into() }))
+        response.data.ok_or_else(|| {
+            Error::new(action, ErrorKind::InvalidResponse { message: "the ticket answer has no data".into() })
+        })
     }
 }
 
@@ -450,11 +475,18 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_and_jittered() {
-        let policy = RetryPolicy { max_attempts: 5, initial_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
         for retry in 0..10 {
             let delay = policy.delay(retry);
             let step = (100u64 << retry.min(16)).min(1000);
-            assert!(delay >= Duration::from_millis(step / 2) && delay <= Duration::from_millis(step), "{retry}: {delay:?}");
+            assert!(
+                delay >= Duration::from_millis(step / 2) && delay <= Duration::from_millis(step),
+                "{retry}: {delay:?}"
+            );
         }
     }
 }

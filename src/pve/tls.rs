@@ -92,26 +92,33 @@ pub fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig
              can read the API credentials; set `tls_fingerprint` or `ca_file` instead"
         );
         let verifier = ServerCertificate { pinned: None, algorithms: provider.signature_verification_algorithms };
-        return Ok(Some(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()));
+        return Ok(Some(
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth(),
+        ));
     }
     if let Some(text) = &options.fingerprint {
         if options.ca_file.is_some() {
             tracing::warn!("both tls_fingerprint and ca_file are set; the fingerprint pin decides, ca_file is ignored");
         }
-        let pinned = Fingerprint::parse(text).map_err(|problem| Error::setup(action, format!("tls_fingerprint {problem}")))?;
-        let verifier = ServerCertificate { pinned: Some(pinned), algorithms: provider.signature_verification_algorithms };
-        return Ok(Some(builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()));
+        let pinned =
+            Fingerprint::parse(text).map_err(|problem| Error::setup(action, format!("tls_fingerprint {problem}")))?;
+        let verifier =
+            ServerCertificate { pinned: Some(pinned), algorithms: provider.signature_verification_algorithms };
+        return Ok(Some(
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth(),
+        ));
     }
     if let Some(path) = &options.ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|err| Error::setup(action, format!("ca_file {}: {err}", path.display())))?;
+        let pem =
+            std::fs::read(path).map_err(|err| Error::setup(action, format!("ca_file {}: {err}", path.display())))?;
         let mut roots = rustls::RootCertStore::empty();
         let mut count = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|err| Error::setup(action, format!("ca_file {}: not valid PEM: {err}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|err| Error::setup(action, format!("ca_file {}: unusable certificate: {err}", path.display())))?;
+            let cert =
+                cert.map_err(|err| Error::setup(action, format!("ca_file {}: not valid PEM: {err}", path.display())))?;
+            roots.add(cert).map_err(|err| {
+                Error::setup(action, format!("ca_file {}: unusable certificate: {err}", path.display()))
+            })?;
             count += 1;
         }
         if count == 0 {

@@ -153,12 +153,20 @@ impl Access {
             }
             for token in &spec.tokens {
                 if token.id.is_empty() || !token.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                    problems.push(format!("user {}: token id `{}` must be letters, digits, `-`, `_` or `.`", spec.userid, token.id));
+                    problems.push(format!(
+                        "user {}: token id `{}` must be letters, digits, `-`, `_` or `.`",
+                        spec.userid, token.id
+                    ));
                     continue;
                 }
                 tokens.insert(
                     format!("{}!{}", spec.userid, token.id),
-                    Token { userid: spec.userid.clone(), secret: token.secret.clone(), privsep: token.privsep, expire: token.expire },
+                    Token {
+                        userid: spec.userid.clone(),
+                        secret: token.secret.clone(),
+                        privsep: token.privsep,
+                        expire: token.expire,
+                    },
                 );
             }
             users.insert(
@@ -167,10 +175,7 @@ impl Access {
             );
         }
         if !users.contains_key("root@pam") {
-            users.insert(
-                "root@pam".into(),
-                User { password: None, totp: None, enabled: true, groups: Vec::new() },
-            );
+            users.insert("root@pam".into(), User { password: None, totp: None, enabled: true, groups: Vec::new() });
         }
 
         let mut access = Self { version: *version, users, tokens, group_members, roles, acl: HashMap::new() };
@@ -299,7 +304,8 @@ impl Access {
             if let Some(groups) = groups {
                 let in_group = |e: &&AclEntry| match &e.subject {
                     Subject::Group(group) => {
-                        groups.contains(group) || self.group_members.get(group).is_some_and(|m| m.contains(subject_id(subject)))
+                        groups.contains(group)
+                            || self.group_members.get(group).is_some_and(|m| m.contains(subject_id(subject)))
                     }
                     _ => false,
                 };
@@ -427,7 +433,10 @@ mod tests {
         ]);
         assert!(access.privileges(&alice(), "/vms/100", NO_POOL).contains("VM.Allocate"));
         let on_105 = access.privileges(&alice(), "/vms/105", NO_POOL);
-        assert!(on_105.contains("VM.Audit") && !on_105.contains("VM.Allocate"), "the deeper ACL replaces the inherited one");
+        assert!(
+            on_105.contains("VM.Audit") && !on_105.contains("VM.Allocate"),
+            "the deeper ACL replaces the inherited one"
+        );
         assert!(access.privileges(&alice(), "/nodes", NO_POOL).contains("Sys.Audit"));
         assert!(access.privileges(&alice(), "/nodes/pve1", NO_POOL).is_empty(), "not propagated");
     }
@@ -444,9 +453,14 @@ mod tests {
         assert!(access.privileges(&token("sep"), "/vms/100", in_ci).contains("VM.Allocate"));
         let sep_outside = access.privileges(&token("sep"), "/vms/100", NO_POOL);
         assert!(sep_outside.is_empty(), "the user holds nothing there, so the token holds nothing");
-        assert_eq!(access.privileges(&token("full"), "/vms/100", in_ci), access.privileges(&alice(), "/vms/100", in_ci));
+        assert_eq!(
+            access.privileges(&token("full"), "/vms/100", in_ci),
+            access.privileges(&alice(), "/vms/100", in_ci)
+        );
         assert_eq!(access.privileges(&Caller::User { userid: "off@pve".into() }, "/", NO_POOL), PrivilegeSet::EMPTY);
-        assert!(access.privileges(&Caller::User { userid: "root@pam".into() }, "/vms/1", NO_POOL).contains("VM.Allocate"));
+        assert!(
+            access.privileges(&Caller::User { userid: "root@pam".into() }, "/vms/1", NO_POOL).contains("VM.Allocate")
+        );
     }
 
     #[test]

@@ -175,7 +175,11 @@ impl Admin {
             lock: guest.lock().map(str::to_string),
             pool: guest.pool.clone(),
             template: guest.is_template(),
-            tags: guest.config.get("tags").map(|t| t.split(';').filter(|s| !s.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+            tags: guest
+                .config
+                .get("tags")
+                .map(|t| t.split(';').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default(),
             agent_running,
             config: guest.config.clone(),
         })
@@ -249,8 +253,10 @@ impl Admin {
     /// in the middle of a clone leaves behind.
     pub fn add_orphaned_disk(&self, storage: &str, vmid: u32) -> Result<String, SimError> {
         let mut cluster = self.shared.cluster();
-        let problem = |cause: String| SimError::Admin(format!("could not create an orphaned disk on {storage}: {cause}"));
-        let name = cluster.free_disk_name(storage, vmid, None).ok_or_else(|| problem("the storage does not exist".into()))?;
+        let problem =
+            |cause: String| SimError::Admin(format!("could not create an orphaned disk on {storage}: {cause}"));
+        let name =
+            cluster.free_disk_name(storage, vmid, None).ok_or_else(|| problem("the storage does not exist".into()))?;
         cluster.create_volume(storage, name, vmid, 1 << 30, None).map_err(problem)
     }
 
@@ -307,20 +313,24 @@ pub(crate) async fn respond(shared: &Arc<Shared>, request: Request<Body>) -> Res
     let path = request.uri().path().trim_end_matches('/').to_string();
     let body = match axum::body::to_bytes(request.into_body(), 1 << 20).await {
         Ok(body) => body,
-        Err(err) => return reply(StatusCode::BAD_REQUEST, &error_body(format!("could not read the request body: {err}"))),
+        Err(err) => {
+            return reply(StatusCode::BAD_REQUEST, &error_body(format!("could not read the request body: {err}")));
+        }
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).skip(1).collect();
     let parse = |what: &str| -> Result<Value, Response<Body>> {
         if body.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&body).map_err(|err| reply(StatusCode::BAD_REQUEST, &error_body(format!("could not parse the {what}: {err}"))))
+        serde_json::from_slice(&body)
+            .map_err(|err| reply(StatusCode::BAD_REQUEST, &error_body(format!("could not parse the {what}: {err}"))))
     };
     macro_rules! body_as {
         ($type:ty, $what:expr) => {
             match parse($what).and_then(|value| {
-                serde_json::from_value::<$type>(value)
-                    .map_err(|err| reply(StatusCode::BAD_REQUEST, &error_body(format!("could not read the {}: {err}", $what))))
+                serde_json::from_value::<$type>(value).map_err(|err| {
+                    reply(StatusCode::BAD_REQUEST, &error_body(format!("could not read the {}: {err}", $what)))
+                })
             }) {
                 Ok(parsed) => parsed,
                 Err(response) => return response,
@@ -359,7 +369,9 @@ pub(crate) async fn respond(shared: &Arc<Shared>, request: Request<Body>) -> Res
         },
         (Method::POST, ["vms", id, "lock"]) => {
             let request = body_as!(LockRequest, "lock request");
-            let Some(vmid) = vmid(id) else { return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}"))) };
+            let Some(vmid) = vmid(id) else {
+                return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}")));
+            };
             let result = match request.lock.as_deref() {
                 Some(lock) => admin.set_config_lock(vmid, Some(lock)),
                 None => Ok(()),
@@ -367,12 +379,16 @@ pub(crate) async fn respond(shared: &Arc<Shared>, request: Request<Body>) -> Res
             done(result.and_then(|()| if request.flock { admin.hold_lock(vmid, true) } else { Ok(()) }))
         }
         (Method::DELETE, ["vms", id, "lock"]) => {
-            let Some(vmid) = vmid(id) else { return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}"))) };
+            let Some(vmid) = vmid(id) else {
+                return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}")));
+            };
             done(admin.set_config_lock(vmid, None).and_then(|()| admin.hold_lock(vmid, false)))
         }
         (Method::POST, ["vms", id, "agent"]) => {
             let request = body_as!(AgentRequest, "agent request");
-            let Some(vmid) = vmid(id) else { return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}"))) };
+            let Some(vmid) = vmid(id) else {
+                return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}")));
+            };
             done(admin.set_agent(vmid, request.state))
         }
         (Method::POST, ["nodes", node]) => {
@@ -391,7 +407,10 @@ pub(crate) async fn respond(shared: &Arc<Shared>, request: Request<Body>) -> Res
                 Err(err) => reply(StatusCode::BAD_REQUEST, &error_body(err.to_string())),
             }
         }
-        (method, _) => reply(StatusCode::NOT_FOUND, &error_body(format!("could not find {method} {path} in the simulator's admin API"))),
+        (method, _) => reply(
+            StatusCode::NOT_FOUND,
+            &error_body(format!("could not find {method} {path} in the simulator's admin API")),
+        ),
     }
 }
 

@@ -23,7 +23,8 @@ pub fn check_available(guest: &Vm, now: SimTime, timings: &Timings) -> Result<()
     let Power::Running { since, paused } = guest.power else {
         return Err(ApiError::internal(format!("VM {} is not running", guest.vmid)));
     };
-    let up = !guest.agent.never_up && !guest.agent_killed && !paused && now >= since + timings.boot + timings.agent_delay;
+    let up =
+        !guest.agent.never_up && !guest.agent_killed && !paused && now >= since + timings.boot + timings.agent_delay;
     if !up {
         return Err(ApiError::internal("QEMU guest agent is not running"));
     }
@@ -49,10 +50,13 @@ pub fn network_interfaces(cluster: &Cluster, guest: &Vm) -> Value {
         let mut addresses = Vec::new();
         let static_v4 = vm::property(&ipconfig, "ip").filter(|ip| ip != "dhcp").and_then(|ip| parse_cidr_v4(&ip));
         match static_v4 {
-            Some((address, prefix)) => addresses.push(json!({ "ip-address": address.to_string(), "ip-address-type": "ipv4", "prefix": prefix })),
+            Some((address, prefix)) => addresses
+                .push(json!({ "ip-address": address.to_string(), "ip-address-type": "ipv4", "prefix": prefix })),
             None => {
                 if let (Some(lease), Some(node)) = (cluster.lease(&guest.node, &mac), cluster.nodes.get(&guest.node)) {
-                    addresses.push(json!({ "ip-address": lease.to_string(), "ip-address-type": "ipv4", "prefix": node.prefix }));
+                    addresses.push(
+                        json!({ "ip-address": lease.to_string(), "ip-address-type": "ipv4", "prefix": node.prefix }),
+                    );
                 }
             }
         }
@@ -79,7 +83,9 @@ pub fn network_interfaces(cluster: &Cluster, guest: &Vm) -> Value {
         if let Some((address, prefix)) = extra.ipv6.as_deref().and_then(|ip| ip.split_once('/')) {
             addresses.push(json!({ "ip-address": address, "ip-address-type": "ipv6", "prefix": prefix.parse::<u8>().unwrap_or(64) }));
         }
-        let mac = extra.mac.clone().unwrap_or_else(|| format!("02:42:ac:11:{:02x}:{:02x}", (guest.vmid >> 8) & 0xff, (guest.vmid as usize + index) & 0xff));
+        let mac = extra.mac.clone().unwrap_or_else(|| {
+            format!("02:42:ac:11:{:02x}:{:02x}", (guest.vmid >> 8) & 0xff, (guest.vmid as usize + index) & 0xff)
+        });
         interfaces.push(json!({
             "name": extra.name,
             "hardware-address": mac.to_ascii_lowercase(),

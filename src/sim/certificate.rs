@@ -31,7 +31,9 @@ impl ServerCertificate {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(problem)?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Proxmox Virtual Environment");
-        ca_params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, format!("{cluster_name} simulated cluster CA"));
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, format!("{cluster_name} simulated cluster CA"));
         ca_params.distinguished_name.push(rcgen::DnType::OrganizationName, "PVE Cluster Manager CA");
         ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
         let ca_certificate = ca_params.self_signed(&ca_key).map_err(problem)?;
@@ -41,7 +43,9 @@ impl ServerCertificate {
         names.extend(node_names.iter().cloned());
         let node_key = rcgen::KeyPair::generate().map_err(problem)?;
         let mut node_params = rcgen::CertificateParams::new(names).map_err(problem)?;
-        node_params.distinguished_name.push(rcgen::DnType::CommonName, node_names.first().map_or("pve", String::as_str));
+        node_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, node_names.first().map_or("pve", String::as_str));
         node_params.distinguished_name.push(rcgen::DnType::OrganizationName, "PVE Cluster Node");
         node_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let node_certificate = node_params.signed_by(&node_key, &issuer).map_err(problem)?;
@@ -66,9 +70,9 @@ impl ServerCertificate {
         let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut certificate_pem.as_slice())
             .collect::<Result<_, _>>()
             .map_err(|err| SimError::Tls(format!("could not parse {}: {err}", certificate.display())))?;
-        let first = chain
-            .first()
-            .ok_or_else(|| SimError::Tls(format!("could not use {}: it holds no certificate", certificate.display())))?;
+        let first = chain.first().ok_or_else(|| {
+            SimError::Tls(format!("could not use {}: it holds no certificate", certificate.display()))
+        })?;
         let key_pem = read(key)?;
         let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
             .map_err(|err| SimError::Tls(format!("could not parse {}: {err}", key.display())))?
@@ -84,19 +88,21 @@ impl ServerCertificate {
     }
 
     pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, SimError> {
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|err| SimError::Tls(format!("could not set up TLS: {err}")))?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|err| SimError::Tls(format!("could not use the certificate: {err}")))?;
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|err| SimError::Tls(format!("could not set up TLS: {err}")))?
+                .with_no_client_auth()
+                .with_single_cert(self.chain.clone(), self.key.clone_key())
+                .map_err(|err| SimError::Tls(format!("could not use the certificate: {err}")))?;
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
     /// Writes `pve-root-ca.pem`, `pve-ssl.pem` and `pve-ssl.key` (mode 600)
     /// into `dir`; returns the CA file (or the certificate when there is no CA).
     pub fn write_to(&self, dir: &Path) -> Result<PathBuf, SimError> {
-        let problem = |path: &Path, err: std::io::Error| SimError::Tls(format!("could not write {}: {err}", path.display()));
+        let problem =
+            |path: &Path, err: std::io::Error| SimError::Tls(format!("could not write {}: {err}", path.display()));
         std::fs::create_dir_all(dir).map_err(|err| problem(dir, err))?;
         let certificate_path = dir.join("pve-ssl.pem");
         std::fs::write(&certificate_path, &self.certificate_pem).map_err(|err| problem(&certificate_path, err))?;

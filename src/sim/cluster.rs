@@ -75,7 +75,11 @@ impl Storage {
     /// `105/vm-105-disk-0.qcow2` on file storages), linked to `base` where
     /// the storage encodes that in the name.
     fn disk_name(&self, vmid: u32, index: u32, base: Option<&str>) -> String {
-        let plain = if self.file_based() { format!("{vmid}/vm-{vmid}-disk-{index}.qcow2") } else { format!("vm-{vmid}-disk-{index}") };
+        let plain = if self.file_based() {
+            format!("{vmid}/vm-{vmid}-disk-{index}.qcow2")
+        } else {
+            format!("vm-{vmid}-disk-{index}")
+        };
         match base {
             Some(base) if self.kind != "lvmthin" => format!("{base}/{plain}"),
             _ => plain,
@@ -90,7 +94,9 @@ impl Storage {
     fn exists_error(&self, volname: &str) -> String {
         let leaf = volname.rsplit('/').next().unwrap_or(volname);
         match self.kind.as_str() {
-            "lvmthin" | "lvm" => format!("lvcreate 'pve/{leaf}' error:   Logical Volume \"{leaf}\" already exists in volume group \"pve\""),
+            "lvmthin" | "lvm" => format!(
+                "lvcreate 'pve/{leaf}' error:   Logical Volume \"{leaf}\" already exists in volume group \"pve\""
+            ),
             "zfspool" => format!("zfs error: cannot create 'rpool/data/{leaf}': dataset already exists"),
             "rbd" => format!("rbd create '{leaf}' error: rbd: create error: (17) File exists"),
             _ => format!("unable to create image: disk image '/var/lib/vz/images/{volname}' already exists"),
@@ -168,7 +174,10 @@ impl Cluster {
                 continue;
             }
             let Some((network, prefix)) = parse_cidr_v4(&spec.subnet).filter(|(_, p)| *p <= 30) else {
-                problems.push(format!("node {}: subnet `{}` is not an IPv4 CIDR like 10.10.10.0/24", spec.name, spec.subnet));
+                problems.push(format!(
+                    "node {}: subnet `{}` is not an IPv4 CIDR like 10.10.10.0/24",
+                    spec.name, spec.subnet
+                ));
                 continue;
             };
             let network = Ipv4Addr::from(u32::from(network) & prefix_mask(prefix));
@@ -178,7 +187,10 @@ impl Cluster {
                     [s[0], s[1], s[2], s[3]]
                 }
                 None => {
-                    problems.push(format!("node {}: subnet6 `{}` is not an IPv6 prefix like fd00:1::/64", spec.name, spec.subnet6));
+                    problems.push(format!(
+                        "node {}: subnet6 `{}` is not an IPv6 prefix like fd00:1::/64",
+                        spec.name, spec.subnet6
+                    ));
                     continue;
                 }
             };
@@ -244,7 +256,12 @@ impl Cluster {
             }
             pools.insert(
                 spec.id.clone(),
-                Pool { id: spec.id.clone(), comment: spec.comment.clone(), vms: BTreeSet::new(), storages: spec.storages.iter().cloned().collect() },
+                Pool {
+                    id: spec.id.clone(),
+                    comment: spec.comment.clone(),
+                    vms: BTreeSet::new(),
+                    storages: spec.storages.iter().cloned().collect(),
+                },
             );
         }
 
@@ -279,7 +296,12 @@ impl Cluster {
         }
     }
 
-    fn add_scenario_vm(&mut self, spec: &super::config::VmSpec, scenario: &Scenario, now: SimTime) -> Result<(), String> {
+    fn add_scenario_vm(
+        &mut self,
+        spec: &super::config::VmSpec,
+        scenario: &Scenario,
+        now: SimTime,
+    ) -> Result<(), String> {
         if !(100..=999_999_999).contains(&spec.vmid) {
             return Err("VMIDs range from 100 to 999999999".into());
         }
@@ -311,7 +333,13 @@ impl Cluster {
             let size = vm::property(value, "size").and_then(|s| vm::parse_size(&s)).unwrap_or(4 << 20);
             self.volumes.insert(
                 volid.clone(),
-                Volume { volid: volid.clone(), storage: storage.to_string(), owner: owner_of(volname).unwrap_or(spec.vmid), size, base: None },
+                Volume {
+                    volid: volid.clone(),
+                    storage: storage.to_string(),
+                    owner: owner_of(volname).unwrap_or(spec.vmid),
+                    size,
+                    base: None,
+                },
             );
         }
         for key in spec.config.keys().filter(|key| key.starts_with("net")) {
@@ -389,7 +417,9 @@ impl Cluster {
 
     pub fn node(&self, name: &str) -> Result<&Node, ApiError> {
         self.nodes.get(name).ok_or_else(|| {
-            ApiError::internal(format!("hostname lookup '{name}' failed - failed to get address info for: {name}: Name or service not known"))
+            ApiError::internal(format!(
+                "hostname lookup '{name}' failed - failed to get address info for: {name}: Name or service not known"
+            ))
         })
     }
 
@@ -432,9 +462,11 @@ impl Cluster {
         if let Some(ip) = self.leases.get(&key) {
             return Some(*ip);
         }
-        let hosts = u32::try_from((1u64 << (32 - u32::from(node.prefix.min(32)))).saturating_sub(2)).unwrap_or(u32::MAX);
+        let hosts =
+            u32::try_from((1u64 << (32 - u32::from(node.prefix.min(32)))).saturating_sub(2)).unwrap_or(u32::MAX);
         let first = 100.min(hosts / 2).max(3);
-        let used: BTreeSet<Ipv4Addr> = self.leases.iter().filter(|((n, _), _)| *n == node.name).map(|(_, ip)| *ip).collect();
+        let used: BTreeSet<Ipv4Addr> =
+            self.leases.iter().filter(|((n, _), _)| *n == node.name).map(|(_, ip)| *ip).collect();
         let base = u32::from(node.network);
         let ip = (first..=hosts)
             .chain(3..first)
@@ -456,7 +488,11 @@ impl Cluster {
         let current = self.vms.get(&vmid).and_then(|vm| vm.pool.clone());
         match current {
             Some(existing) if existing == pool => return Ok(()),
-            Some(existing) => return Err(ApiError::internal(format!("VM {vmid} belongs already to pool '{existing}' and 'allow-move' is not set"))),
+            Some(existing) => {
+                return Err(ApiError::internal(format!(
+                    "VM {vmid} belongs already to pool '{existing}' and 'allow-move' is not set"
+                )));
+            }
             None => {}
         }
         if let Some(guest) = self.vms.get_mut(&vmid) {
@@ -525,13 +561,21 @@ impl Cluster {
     }
 
     /// Creates a volume; fails with the storage's message if the name is taken.
-    pub fn create_volume(&mut self, storage: &str, volname: String, owner: u32, size: u64, base: Option<String>) -> Result<String, String> {
+    pub fn create_volume(
+        &mut self,
+        storage: &str,
+        volname: String,
+        owner: u32,
+        size: u64,
+        base: Option<String>,
+    ) -> Result<String, String> {
         let store = self.storages.get(storage).ok_or_else(|| format!("storage '{storage}' does not exist"))?;
         let volid = format!("{storage}:{volname}");
         if self.volumes.contains_key(&volid) {
             return Err(store.exists_error(&volname));
         }
-        self.volumes.insert(volid.clone(), Volume { volid: volid.clone(), storage: storage.to_string(), owner, size, base });
+        self.volumes
+            .insert(volid.clone(), Volume { volid: volid.clone(), storage: storage.to_string(), owner, size, base });
         Ok(volid)
     }
 
@@ -544,7 +588,9 @@ impl Cluster {
             .filter(|v| v.storage == storage)
             .map(|v| v.volid.rsplit('/').next().unwrap_or(&v.volid).rsplit(':').next().unwrap_or_default().to_string())
             .collect();
-        (0..1000).map(|n| store.disk_name(vmid, n, base)).find(|name| !taken.contains(name.rsplit('/').next().unwrap_or(name)))
+        (0..1000)
+            .map(|n| store.disk_name(vmid, n, base))
+            .find(|name| !taken.contains(name.rsplit('/').next().unwrap_or(name)))
     }
 
     pub fn cloudinit_volume_name(&self, storage: &str, vmid: u32) -> Option<String> {
@@ -555,7 +601,10 @@ impl Cluster {
     /// other volume named for its VMID, its pool membership and ACLs.
     /// Returns the task log lines.
     pub fn destroy(&mut self, vmid: u32, unreferenced: bool, purge: bool) -> Result<Vec<String>, String> {
-        let guest = self.vms.get(&vmid).ok_or_else(|| format!("Configuration file 'nodes/?/qemu-server/{vmid}.conf' does not exist"))?;
+        let guest = self
+            .vms
+            .get(&vmid)
+            .ok_or_else(|| format!("Configuration file 'nodes/?/qemu-server/{vmid}.conf' does not exist"))?;
         let referenced = Self::referenced_volumes(guest);
         let node = guest.node.clone();
         for volid in &referenced {
@@ -598,8 +647,18 @@ impl Cluster {
     pub fn ipv6_for(&self, node: &str, mac: &str) -> Option<(Ipv6Addr, Ipv6Addr)> {
         let node = self.nodes.get(node)?;
         let interface_id = eui64(mac)?;
-        let global = Ipv6Addr::new(node.prefix6[0], node.prefix6[1], node.prefix6[2], node.prefix6[3], interface_id[0], interface_id[1], interface_id[2], interface_id[3]);
-        let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, interface_id[0], interface_id[1], interface_id[2], interface_id[3]);
+        let global = Ipv6Addr::new(
+            node.prefix6[0],
+            node.prefix6[1],
+            node.prefix6[2],
+            node.prefix6[3],
+            interface_id[0],
+            interface_id[1],
+            interface_id[2],
+            interface_id[3],
+        );
+        let link_local =
+            Ipv6Addr::new(0xfe80, 0, 0, 0, interface_id[0], interface_id[1], interface_id[2], interface_id[3]);
         Some((global, link_local))
     }
 }
@@ -673,7 +732,10 @@ mod tests {
         assert!(cluster.volumes.contains_key("local-lvm:vm-9000-cloudinit"));
         assert!(cluster.orphaned_volumes().is_empty());
         assert_eq!(cluster.next_free_vmid(), Some(100));
-        assert!(cluster.vms[&9000].observed_at(1_700_000_000.0 - 10.0).is_some(), "scenario VMs have a settled history");
+        assert!(
+            cluster.vms[&9000].observed_at(1_700_000_000.0 - 10.0).is_some(),
+            "scenario VMs have a settled history"
+        );
     }
 
     #[test]
@@ -713,7 +775,10 @@ mod tests {
         let err = cluster.create_volume("local-lvm", "vm-105-cloudinit".into(), 105, 1, None).unwrap_err();
         assert!(err.contains("already exists"), "{err}");
         assert_eq!(cluster.orphaned_volumes().len(), 2);
-        assert_eq!(cluster.free_disk_name("local", 105, Some("9000/base-9000-disk-0.qcow2")).as_deref(), Some("9000/base-9000-disk-0.qcow2/105/vm-105-disk-0.qcow2"));
+        assert_eq!(
+            cluster.free_disk_name("local", 105, Some("9000/base-9000-disk-0.qcow2")).as_deref(),
+            Some("9000/base-9000-disk-0.qcow2/105/vm-105-disk-0.qcow2")
+        );
         assert_eq!(owner_of("9000/base-9000-disk-0.qcow2/105/vm-105-disk-0.qcow2"), Some(105));
         assert_eq!(owner_of("base-9000-disk-0"), Some(9000));
     }
@@ -721,7 +786,12 @@ mod tests {
     #[test]
     fn leases_and_slaac_addresses() {
         let mut cluster = cluster();
-        let mut guest = Vm::new(120, "pve1".into(), BTreeMap::from([("net0".to_string(), "virtio=BC:24:11:00:00:01,bridge=vmbr0".to_string())]), 0.0);
+        let mut guest = Vm::new(
+            120,
+            "pve1".into(),
+            BTreeMap::from([("net0".to_string(), "virtio=BC:24:11:00:00:01,bridge=vmbr0".to_string())]),
+            0.0,
+        );
         guest.power = Power::Running { since: 0.0, paused: false };
         cluster.vms.insert(120, guest);
         assert_eq!(cluster.assign_lease(120), Some("10.10.10.100".parse().unwrap()));

@@ -203,7 +203,14 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        Self { id: "local-lvm".into(), kind: "lvmthin".into(), shared: None, nodes: Vec::new(), content: "images,rootdir".into(), total_gib: 1024 }
+        Self {
+            id: "local-lvm".into(),
+            kind: "lvmthin".into(),
+            shared: None,
+            nodes: Vec::new(),
+            content: "images,rootdir".into(),
+            total_gib: 1024,
+        }
     }
 }
 
@@ -273,7 +280,14 @@ pub struct UserSpec {
 
 impl Default for UserSpec {
     fn default() -> Self {
-        Self { userid: String::new(), password: None, totp_secret: None, enable: true, groups: Vec::new(), tokens: Vec::new() }
+        Self {
+            userid: String::new(),
+            password: None,
+            totp_secret: None,
+            enable: true,
+            groups: Vec::new(),
+            tokens: Vec::new(),
+        }
     }
 }
 
@@ -334,7 +348,14 @@ pub struct AclSpec {
 
 impl Default for AclSpec {
     fn default() -> Self {
-        Self { path: "/".into(), roles: Vec::new(), users: Vec::new(), tokens: Vec::new(), groups: Vec::new(), propagate: true }
+        Self {
+            path: "/".into(),
+            roles: Vec::new(),
+            users: Vec::new(),
+            tokens: Vec::new(),
+            groups: Vec::new(),
+            propagate: true,
+        }
     }
 }
 
@@ -408,7 +429,13 @@ impl Default for Scenario {
             ],
             storages: vec![
                 StorageSpec::default(),
-                StorageSpec { id: "local".into(), kind: "dir".into(), content: "iso,vztmpl,backup,images,snippets".into(), total_gib: 256, ..StorageSpec::default() },
+                StorageSpec {
+                    id: "local".into(),
+                    kind: "dir".into(),
+                    content: "iso,vztmpl,backup,images,snippets".into(),
+                    total_gib: 256,
+                    ..StorageSpec::default()
+                },
             ],
             pools: vec![PoolSpec { id: POOL.into(), comment: Some("CI runners".into()), storages: Vec::new() }],
             vms: vec![VmSpec {
@@ -588,7 +615,9 @@ mod tests {
     fn debug_output_hides_secrets() {
         let text = format!("{:?}", Scenario::default());
         assert!(text.contains("fleeting@pve"));
-        for secret in [defaults::ROOT_PASSWORD, defaults::USER_PASSWORD, defaults::TOKEN_SECRET, defaults::TFA_TOTP_SECRET] {
+        for secret in
+            [defaults::ROOT_PASSWORD, defaults::USER_PASSWORD, defaults::TOKEN_SECRET, defaults::TFA_TOTP_SECRET]
+        {
             assert!(!text.contains(secret), "{secret} leaked");
         }
     }
@@ -605,8 +634,14 @@ mod tests {
         assert_eq!(own.nodes, vec![NodeSpec::default()]);
         let err = Scenario::from_toml("[timings]\nbooot = 1\n").unwrap_err();
         assert!(err.to_string().contains("booot"), "{err}");
-        let scenario = Scenario::from_toml("[[vms]]\nvmid = 100\nnode = \"pve1\"\n[vms.config]\ncores = 2\nonboot = true\ncpulimit = 1.5\n").unwrap();
+        let scenario = Scenario::from_toml(
+            "[[vms]]\nvmid = 100\nnode = \"pve1\"\n[vms.config]\ncores = 2\nonboot = true\ncpulimit = 1.5\n",
+        )
+        .unwrap();
         let config = &scenario.vms[0].config;
-        assert_eq!((config["cores"].as_str(), config["onboot"].as_str(), config["cpulimit"].as_str()), ("2", "1", "1.5"));
+        assert_eq!(
+            (config["cores"].as_str(), config["onboot"].as_str(), config["cpulimit"].as_str()),
+            ("2", "1", "1.5")
+        );
     }
 }

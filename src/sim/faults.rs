@@ -141,7 +141,8 @@ impl Faults {
                 applied = true;
             }
             if decision.task_failure.is_none() && self.draw(rule.task_failure_rate) {
-                decision.task_failure = Some(TaskFailure { message: rule.task_error.clone(), leave_orphans: rule.leave_orphans });
+                decision.task_failure =
+                    Some(TaskFailure { message: rule.task_error.clone(), leave_orphans: rule.leave_orphans });
                 applied = true;
             }
             if applied && let Some(remaining) = rule.remaining.as_mut() {

@@ -162,7 +162,10 @@ pub fn builtin_roles(version: &PveVersion) -> Vec<(&'static str, PrivilegeSet)> 
         ("Administrator", all),
         ("NoAccess", PrivilegeSet::EMPTY),
         // Everything but changing permissions, realms and the host itself.
-        ("PVEAdmin", matching(&|p| !matches!(p, "Permissions.Modify" | "Realm.Allocate" | "Sys.Modify" | "Sys.PowerMgmt"))),
+        (
+            "PVEAdmin",
+            matching(&|p| !matches!(p, "Permissions.Modify" | "Realm.Allocate" | "Sys.Modify" | "Sys.PowerMgmt")),
+        ),
         // The `audit` privilege groups; the guest-agent privileges belong to
         // the VM `user` group.
         ("PVEAuditor", matching(&|p| p.ends_with(".Audit") && !p.starts_with("VM.GuestAgent."))),
@@ -172,7 +175,10 @@ pub fn builtin_roles(version: &PveVersion) -> Vec<(&'static str, PrivilegeSet)> 
         ("PVEPoolUser", set(&["Pool.Audit"])),
         ("PVEPoolAdmin", set(&["Pool.Allocate", "Pool.Audit"])),
         ("PVEDatastoreUser", set(&["Datastore.AllocateSpace", "Datastore.Audit"])),
-        ("PVEDatastoreAdmin", set(&["Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit"])),
+        (
+            "PVEDatastoreAdmin",
+            set(&["Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit"]),
+        ),
         ("PVESDNUser", set(&["SDN.Use", "SDN.Audit"])),
         ("PVESDNAdmin", set(&["SDN.Allocate", "SDN.Audit", "SDN.Use"])),
         ("PVEUserAdmin", set(&["User.Modify", "Group.Allocate", "Realm.AllocateUser", "Sys.Audit"])),

@@ -72,7 +72,12 @@ pub enum Permissions {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PermCheck {
-    Perm { path: String, privileges: Vec<String>, any: bool, require_param: Option<String> },
+    Perm {
+        path: String,
+        privileges: Vec<String>,
+        any: bool,
+        require_param: Option<String>,
+    },
     And(Vec<PermCheck>),
     Or(Vec<PermCheck>),
     /// A check form the simulator does not evaluate (denied unless root).
@@ -255,12 +260,19 @@ impl Api {
 
     /// Checks and normalises the parameters of one call. Errors map each
     /// parameter to PVE's message.
-    pub fn validate(&self, operation: &Operation, raw: BTreeMap<String, RawValue>) -> Result<Params, BTreeMap<String, String>> {
+    pub fn validate(
+        &self,
+        operation: &Operation,
+        raw: BTreeMap<String, RawValue>,
+    ) -> Result<Params, BTreeMap<String, String>> {
         let mut errors = BTreeMap::new();
         let mut params = BTreeMap::new();
         for (name, value) in raw {
             let Some(spec) = operation.params.get(&name) else {
-                errors.insert(name, "property is not defined in schema and the schema does not allow additional properties".into());
+                errors.insert(
+                    name,
+                    "property is not defined in schema and the schema does not allow additional properties".into(),
+                );
                 continue;
             };
             match self.check_value(&name, &spec.kind, value) {
@@ -285,7 +297,9 @@ impl Api {
             Kind::Boolean => {
                 let text = match value {
                     RawValue::Json(Value::Bool(b)) if self.json_booleans => return Ok(if b { "1" } else { "0" }.into()),
-                    RawValue::Json(Value::Bool(_)) => return Err("type check ('boolean') failed - got JSON::PP::Boolean".into()),
+                    RawValue::Json(Value::Bool(_)) => {
+                        return Err("type check ('boolean') failed - got JSON::PP::Boolean".into());
+                    }
                     other => scalar_text(other, "boolean")?,
                 };
                 match text.as_str() {
@@ -299,7 +313,10 @@ impl Api {
                 if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(format!("type check ('integer') failed - got '{text}'"));
                 }
-                let number: i64 = text.trim_start_matches('+').parse().map_err(|_| format!("type check ('integer') failed - got '{text}'"))?;
+                let number: i64 = text
+                    .trim_start_matches('+')
+                    .parse()
+                    .map_err(|_| format!("type check ('integer') failed - got '{text}'"))?;
                 if let Some(minimum) = minimum.filter(|m| number < *m) {
                     return Err(format!("value must have a minimum value of {minimum}"));
                 }
@@ -326,26 +343,34 @@ impl Api {
             Kind::String { enumeration, format, property_keys } => {
                 let text = match value {
                     // PVE 8.0+ accepts JSON arrays for `*-list` strings.
-                    RawValue::Json(Value::Array(items)) if self.json_booleans && format.as_deref().is_some_and(|f| f.ends_with("-list")) => items
-                        .iter()
-                        .map(|item| match item {
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    RawValue::Json(Value::Array(items))
+                        if self.json_booleans && format.as_deref().is_some_and(|f| f.ends_with("-list")) =>
+                    {
+                        items
+                            .iter()
+                            .map(|item| match item {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
                     other => scalar_text(other, "string")?,
                 };
                 if let Some(values) = enumeration
                     && !values.contains(&text)
                 {
-                    return Err(format!("value '{text}' does not have a value in the enumeration '{}'", values.join(", ")));
+                    return Err(format!(
+                        "value '{text}' does not have a value in the enumeration '{}'",
+                        values.join(", ")
+                    ));
                 }
                 if let Some(format) = format {
                     check_format(format, &text).map_err(|problem| format!("invalid format - {problem}\n"))?;
                 }
                 if let Some(keys) = property_keys {
-                    check_property_string(name, &text, keys).map_err(|problem| format!("invalid format - format error\n{problem}\n"))?;
+                    check_property_string(name, &text, keys)
+                        .map_err(|problem| format!("invalid format - format error\n{problem}\n"))?;
                 }
                 Ok(text)
             }
@@ -367,7 +392,9 @@ fn scalar_text(value: RawValue, type_name: &str) -> Result<String, String> {
 
 /// PVE's named formats that matter to clients; other formats pass.
 fn check_format(format: &str, value: &str) -> Result<(), String> {
-    let list = |value: &str| value.split([',', ';', ' ', '\t', '\n']).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    let list = |value: &str| {
+        value.split([',', ';', ' ', '\t', '\n']).filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>()
+    };
     match format {
         "pve-node" if !is_dns_label(value) => Err(format!("value '{value}' does not look like a valid node name")),
         "dns-name" if !is_dns_name(value) => Err("value does not look like a valid DNS name".into()),
@@ -397,7 +424,10 @@ fn check_format(format: &str, value: &str) -> Result<(), String> {
             Err(format!("invalid urlencoded string: {value}"))
         }
         "pve-qm-ipconfig" => check_ipconfig(value),
-        "pve-realm" if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') => {
+        "pve-realm"
+            if value.is_empty()
+                || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') =>
+        {
             Err(format!("invalid realm '{value}'"))
         }
         _ => Ok(()),
@@ -411,9 +441,19 @@ fn check_ipconfig(value: &str) -> Result<(), String> {
         let ok = match key {
             "ip" => item == "dhcp" || parse_cidr_v4(item).is_some(),
             "gw" => item.parse::<std::net::Ipv4Addr>().is_ok(),
-            "ip6" => item == "dhcp" || item == "auto" || item.split_once('/').is_some_and(|(a, p)| a.parse::<std::net::Ipv6Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 128)),
+            "ip6" => {
+                item == "dhcp"
+                    || item == "auto"
+                    || item.split_once('/').is_some_and(|(a, p)| {
+                        a.parse::<std::net::Ipv6Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 128)
+                    })
+            }
             "gw6" => item.parse::<std::net::Ipv6Addr>().is_ok(),
-            _ => return Err(format!("{key}: property is not defined in schema and the schema does not allow additional properties")),
+            _ => {
+                return Err(format!(
+                    "{key}: property is not defined in schema and the schema does not allow additional properties"
+                ));
+            }
         };
         if !ok {
             return Err(format!("{key}: invalid format - value '{item}' is not valid"));
@@ -439,7 +479,9 @@ fn check_property_string(name: &str, value: &str, keys: &[String]) -> Result<(),
         match part.split_once('=') {
             Some((key, _)) => {
                 if !keys.iter().any(|k| k == key) {
-                    return Err(format!("{name}.{key}: property is not defined in schema and the schema does not allow additional properties"));
+                    return Err(format!(
+                        "{name}.{key}: property is not defined in schema and the schema does not allow additional properties"
+                    ));
                 }
                 if seen.contains(&key) {
                     return Err(format!("{name}.{key}: duplicate key in comma-separated list property"));
@@ -468,17 +510,21 @@ pub fn is_dns_name(value: &str) -> bool {
 fn is_pool_id(value: &str) -> bool {
     !value.is_empty()
         && value.split('/').count() <= 3
-        && value.split('/').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        && value
+            .split('/')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
 }
 
 fn is_storage_id(value: &str) -> bool {
     let mut chars = value.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn is_config_id(value: &str) -> bool {
     let mut chars = value.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
 }
 
 /// `^[a-z0-9_][a-z0-9_\-+.]*$`, case-insensitive.
@@ -491,7 +537,9 @@ pub fn is_tag(tag: &str) -> bool {
 fn downgrade_agent_privileges(permissions: Permissions) -> Permissions {
     fn walk(check: PermCheck) -> PermCheck {
         match check {
-            PermCheck::Perm { path, privileges, any, require_param } if privileges.iter().any(|p| p.starts_with("VM.GuestAgent.")) => {
+            PermCheck::Perm { path, privileges, any, require_param }
+                if privileges.iter().any(|p| p.starts_with("VM.GuestAgent.")) =>
+            {
                 PermCheck::Perm { path, privileges: vec!["VM.Monitor".into()], any, require_param }
             }
             PermCheck::And(checks) => PermCheck::And(checks.into_iter().map(walk).collect()),
@@ -516,7 +564,9 @@ fn parse_document(text: &str) -> Result<Vec<Operation>, String> {
             if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "DELETE") {
                 continue;
             }
-            operations.push(parse_operation(path, &method, operation).map_err(|problem| format!("{method} {path}: {problem}"))?);
+            operations.push(
+                parse_operation(path, &method, operation).map_err(|problem| format!("{method} {path}: {problem}"))?,
+            );
         }
     }
     Ok(operations)
@@ -535,13 +585,21 @@ fn parse_operation(path: &str, method: &str, operation: &Value) -> Result<Operat
         let schema = parameter.get("schema").ok_or_else(|| format!("parameter {name} has no schema"))?;
         params.insert(name.to_string(), ParamSpec { location, required, kind: parse_kind(schema) });
     }
-    let body = operation.pointer("/requestBody/content").and_then(Value::as_object).and_then(|content| content.values().next());
+    let body = operation
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+        .and_then(|content| content.values().next());
     if let Some(schema) = body.and_then(|media| media.get("schema")) {
-        let required: Vec<&str> = schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+        let required: Vec<&str> =
+            schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
         for (name, property) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
             params.insert(
                 name.clone(),
-                ParamSpec { location: Location::Body, required: required.contains(&name.as_str()), kind: parse_kind(property) },
+                ParamSpec {
+                    location: Location::Body,
+                    required: required.contains(&name.as_str()),
+                    kind: parse_kind(property),
+                },
             );
         }
     }
@@ -566,7 +624,8 @@ fn parse_operation(path: &str, method: &str, operation: &Value) -> Result<Operat
 }
 
 fn parse_kind(schema: &Value) -> Kind {
-    let number = |key: &str| schema.get(key).and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
+    let number =
+        |key: &str| schema.get(key).and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())));
     if schema.get("$ref").and_then(Value::as_str).is_some_and(|r| r.ends_with("/PveBool")) {
         return Kind::Boolean;
     }
@@ -610,7 +669,13 @@ fn parse_check(check: &Value) -> PermCheck {
         Some("or") => PermCheck::Or(items[1..].iter().map(parse_check).collect()),
         Some("perm") => {
             let path = items.get(1).and_then(Value::as_str).unwrap_or("/").to_string();
-            let privileges = items.get(2).and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.as_str().map(str::to_string)).collect();
+            let privileges = items
+                .get(2)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect();
             let mut any = false;
             let mut require_param = None;
             let mut options = items[3.min(items.len())..].iter();
@@ -645,8 +710,16 @@ mod tests {
         let api = api("9.1.3");
         assert!(api.operations().len() >= 40);
         for operation in api.operations() {
-            let concrete = operation.path.replace("{node}", "pve1").replace("{vmid}", "100").replace("{upid}", "UPID:x").replace("{poolid}", "ci").replace("{storage}", "local");
-            let (found, _) = api.route(&operation.method, &concrete).unwrap_or_else(|| panic!("{} {}", operation.method, operation.path));
+            let concrete = operation
+                .path
+                .replace("{node}", "pve1")
+                .replace("{vmid}", "100")
+                .replace("{upid}", "UPID:x")
+                .replace("{poolid}", "ci")
+                .replace("{storage}", "local");
+            let (found, _) = api
+                .route(&operation.method, &concrete)
+                .unwrap_or_else(|| panic!("{} {}", operation.method, operation.path));
             assert_eq!(found.id, operation.id);
         }
         let (clone, values) = api.route("POST", "/nodes/pve1/qemu/9000/clone").unwrap();
@@ -663,11 +736,24 @@ mod tests {
         let api = api("9.1.3");
         let clone = api.operation("post_nodes_node_qemu_vmid_clone").unwrap();
         let errors = api
-            .validate(clone, raw(&[("node", "pve1"), ("vmid", "9000"), ("newid", "50"), ("full", "true"), ("bogus", "1"), ("name", "no spaces")]))
+            .validate(
+                clone,
+                raw(&[
+                    ("node", "pve1"),
+                    ("vmid", "9000"),
+                    ("newid", "50"),
+                    ("full", "true"),
+                    ("bogus", "1"),
+                    ("name", "no spaces"),
+                ]),
+            )
             .unwrap_err();
         assert_eq!(errors["newid"], "value must have a minimum value of 100");
         assert_eq!(errors["full"], "type check ('boolean') failed - got 'true'");
-        assert_eq!(errors["bogus"], "property is not defined in schema and the schema does not allow additional properties");
+        assert_eq!(
+            errors["bogus"],
+            "property is not defined in schema and the schema does not allow additional properties"
+        );
         assert_eq!(errors["name"], "invalid format - value does not look like a valid DNS name\n");
         let errors = api.validate(clone, raw(&[("node", "pve1"), ("vmid", "9000")])).unwrap_err();
         assert_eq!(errors["newid"], "property is missing and it is not optional");
@@ -711,7 +797,9 @@ mod tests {
         assert!(old.operation("put_pools").is_none(), "PUT /pools arrived in 8.1");
         assert!(!old.operation("get_pools").unwrap().params.contains_key("poolid"));
         let ping = old.operation("post_nodes_node_qemu_vmid_agent_ping").unwrap();
-        assert!(matches!(&ping.permissions, Permissions::Check(PermCheck::Perm { privileges, .. }) if privileges == &["VM.Monitor"]));
+        assert!(
+            matches!(&ping.permissions, Permissions::Check(PermCheck::Perm { privileges, .. }) if privileges == &["VM.Monitor"])
+        );
         assert!(!api("7.0").operation("post_access_ticket").unwrap().params.contains_key("new-format"));
         let new = api("9.1.3");
         assert!(matches!(&new.operation("get_version").unwrap().permissions, Permissions::All));

@@ -32,7 +32,11 @@ impl std::error::Error for DropConnection {}
 /// How long open connections may take to finish after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), SimError> {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SimError> {
     let acceptor = match &shared.certificate {
         Some(certificate) => Some(certificate.acceptor()?),
         None => None,
@@ -92,7 +96,8 @@ where
         let shared = shared.clone();
         async move { respond(shared, request).await }
     });
-    let connection = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(io), service);
+    let connection =
+        hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let closing = async move {
         // The guard `wait_for` returns must not live across an await.

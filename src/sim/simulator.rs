@@ -11,10 +11,10 @@ use tokio::task::JoinSet;
 
 use super::SimError;
 use super::admin::Admin;
+use super::api::ResourcesCache;
 use super::certificate::ServerCertificate;
 use super::clock::Clock;
 use super::cluster::{Cluster, ClusterGuard};
-use super::api::ResourcesCache;
 use super::config::{SimConfig, Timings, TlsMode};
 use super::counters::CounterSet;
 use super::faults::Faults;
@@ -73,7 +73,15 @@ impl Shared {
 
     /// Starts a worker task: registers its UPID (owned by `node`), then runs
     /// `body`, whose result becomes the exit status.
-    pub fn spawn_task<F, Fut>(self: &Arc<Self>, cluster: &mut Cluster, node: &str, task_type: &str, id: &str, user: &str, body: F) -> String
+    pub fn spawn_task<F, Fut>(
+        self: &Arc<Self>,
+        cluster: &mut Cluster,
+        node: &str,
+        task_type: &str,
+        id: &str,
+        user: &str,
+        body: F,
+    ) -> String
     where
         F: FnOnce(TaskContext) -> Fut,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
@@ -143,7 +151,12 @@ impl TaskContext {
             if self.shared.clock.now() >= deadline {
                 return Err(format!("can't lock file '/var/lock/qemu-server/lock-{vmid}.conf' - got timeout"));
             }
-            let step = self.shared.clock.real(0.05).min(std::time::Duration::from_millis(20)).max(std::time::Duration::from_millis(1));
+            let step = self
+                .shared
+                .clock
+                .real(0.05)
+                .min(std::time::Duration::from_millis(20))
+                .max(std::time::Duration::from_millis(1));
             tokio::select! {
                 _ = tokio::time::sleep(step) => {}
                 _ = self.stop.changed() => return Err("interrupted by signal".into()),
@@ -162,9 +175,12 @@ impl Simulator {
     /// Checks the scenario, builds the cluster and (for HTTPS) the certificate.
     pub fn new(config: SimConfig) -> Result<Self, SimError> {
         let scenario = &config.scenario;
-        let version = PveVersion::parse(&scenario.pve_version)
-            .filter(|v| v.major >= 7)
-            .ok_or_else(|| SimError::Scenario(format!("could not load the scenario: pve_version `{}` is not a PVE release 7.0 or later", scenario.pve_version)))?;
+        let version = PveVersion::parse(&scenario.pve_version).filter(|v| v.major >= 7).ok_or_else(|| {
+            SimError::Scenario(format!(
+                "could not load the scenario: pve_version `{}` is not a PVE release 7.0 or later",
+                scenario.pve_version
+            ))
+        })?;
         let api = Api::for_version(&version).map_err(SimError::Scenario)?;
         let start_epoch = scenario.start_epoch.or(scenario.seed.map(|_| SEEDED_EPOCH));
         let clock = Clock::new(scenario.time_scale, start_epoch);
@@ -227,7 +243,11 @@ impl Simulator {
 
     /// Serves on `listener` until `shutdown` completes; then lets open
     /// connections finish their request and stops the worker tasks.
-    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), SimError> {
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), SimError> {
         let result = super::server::serve(self.shared.clone(), listener, shutdown).await;
         self.shared.stop_workers();
         result
@@ -239,14 +259,13 @@ impl Simulator {
             .await
             .map_err(|err| SimError::Io(format!("could not bind 127.0.0.1:0: {err}")))?;
         let simulator = Self::new(config)?;
-        let address = listener.local_addr().map_err(|err| SimError::Io(format!("could not read the listening address: {err}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|err| SimError::Io(format!("could not read the listening address: {err}")))?;
         let ca_path = simulator.write_certificate()?;
         let scheme = if simulator.shared.certificate.is_some() { "https" } else { "http" };
-        let handle_parts = (
-            simulator.fingerprint().map(str::to_string),
-            simulator.ca_pem().map(str::to_string),
-            simulator.admin(),
-        );
+        let handle_parts =
+            (simulator.fingerprint().map(str::to_string), simulator.ca_pem().map(str::to_string), simulator.admin());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(simulator.serve(listener, async move {
             let _ = stopped.await;
@@ -333,7 +352,11 @@ impl Drop for SimHandle {
 
 /// Serves the simulated PVE API on `listener` (HTTPS or plain HTTP as
 /// configured) until `shutdown` completes.
-pub async fn run(listener: tokio::net::TcpListener, config: SimConfig, shutdown: impl Future<Output = ()>) -> Result<(), SimError> {
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: SimConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SimError> {
     let simulator = Simulator::new(config)?;
     simulator.write_certificate()?;
     simulator.serve(listener, shutdown).await

@@ -50,7 +50,15 @@ impl Tasks {
     }
 
     /// Registers a running task; the receiver tells its worker to stop.
-    pub fn start(&mut self, node: &str, task_type: &str, id: &str, user: &str, now: SimTime, node_boot: SimTime) -> (String, watch::Receiver<bool>) {
+    pub fn start(
+        &mut self,
+        node: &str,
+        task_type: &str,
+        id: &str,
+        user: &str,
+        now: SimTime,
+        node_boot: SimTime,
+    ) -> (String, watch::Receiver<bool>) {
         self.next_pid = self.next_pid.wrapping_add(1 + self.order.len() as u32 % 7);
         let pid = self.next_pid % 4_000_000 + 1000;
         // pstart: the worker's start in clock ticks (100 Hz) since the node booted.
@@ -66,7 +74,10 @@ impl Tasks {
         };
         let text = upid.to_string();
         let (stop, stopped) = watch::channel(false);
-        self.by_upid.insert(text.clone(), Task { upid, text: text.clone(), ended: None, exit_status: None, log: Vec::new(), warnings: 0, stop });
+        self.by_upid.insert(
+            text.clone(),
+            Task { upid, text: text.clone(), ended: None, exit_status: None, log: Vec::new(), warnings: 0, stop },
+        );
         self.order.push(text.clone());
         (text, stopped)
     }

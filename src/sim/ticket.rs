@@ -36,7 +36,8 @@ impl TicketKey {
     fn signature_matches(&self, data: &str, signature: &str) -> bool {
         let expected = self.sign(data);
         // Constant-time comparison: the signature is a secret's proof.
-        expected.len() == signature.len() && expected.bytes().zip(signature.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        expected.len() == signature.len()
+            && expected.bytes().zip(signature.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     pub fn issue(&self, userid: &str, now: SimTime) -> String {

@@ -167,8 +167,15 @@ impl Vm {
     /// needed to answer with a `staleness` lag.
     pub fn observe(&mut self, now: SimTime, staleness: f64) {
         self.facts = Facts { cpus: self.count_cpus(), max_memory: self.count_memory(), max_disk: self.count_disk() };
-        let observation = Observation { at: now, status: self.status(), name: self.name().map(str::to_string), template: self.is_template() };
-        if self.observations.back().is_some_and(|last| last.status == observation.status && last.name == observation.name && last.template == observation.template) {
+        let observation = Observation {
+            at: now,
+            status: self.status(),
+            name: self.name().map(str::to_string),
+            template: self.is_template(),
+        };
+        if self.observations.back().is_some_and(|last| {
+            last.status == observation.status && last.name == observation.name && last.template == observation.template
+        }) {
             return;
         }
         self.observations.push_back(observation);
@@ -212,8 +219,20 @@ pub fn agent_enabled(value: &str) -> bool {
 }
 
 const NIC_MODELS: &[&str] = &[
-    "e1000", "e1000-82540em", "e1000-82544gc", "e1000-82545em", "e1000e", "i82551", "i82557b", "i82559er", "ne2k_isa", "ne2k_pci",
-    "pcnet", "rtl8139", "virtio", "vmxnet3",
+    "e1000",
+    "e1000-82540em",
+    "e1000-82544gc",
+    "e1000-82545em",
+    "e1000e",
+    "i82551",
+    "i82557b",
+    "i82559er",
+    "ne2k_isa",
+    "ne2k_pci",
+    "pcnet",
+    "rtl8139",
+    "virtio",
+    "vmxnet3",
 ];
 
 /// The MAC in a `netN` value: `virtio=BC:24:11:…` or `macaddr=…`.
@@ -259,7 +278,9 @@ pub fn net_bridge(value: &str) -> Option<String> {
 
 /// Keys that hold volumes.
 pub fn is_disk_key(key: &str) -> bool {
-    let indexed = |prefix: &str, count: u32| key.strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n < count);
+    let indexed = |prefix: &str, count: u32| {
+        key.strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n < count)
+    };
     indexed("ide", 4)
         || indexed("sata", 6)
         || indexed("scsi", 31)
@@ -277,7 +298,8 @@ pub fn is_cdrom(value: &str) -> bool {
 pub fn disk_volume(value: &str) -> Option<String> {
     let first = value.split(',').next()?;
     let file = first.strip_prefix("file=").unwrap_or(first);
-    let file = if first.contains('=') && !first.starts_with("file=") { property(value, "file")? } else { file.to_string() };
+    let file =
+        if first.contains('=') && !first.starts_with("file=") { property(value, "file")? } else { file.to_string() };
     (file.contains(':') && !file.starts_with('/')).then_some(file)
 }
 
@@ -315,8 +337,14 @@ mod tests {
         assert_eq!(net_mac("virtio=BC:24:11:00:00:01,bridge=vmbr0").as_deref(), Some("BC:24:11:00:00:01"));
         assert_eq!(net_mac("model=virtio,macaddr=BC:24:11:00:00:02").as_deref(), Some("BC:24:11:00:00:02"));
         assert_eq!(net_mac("virtio,bridge=vmbr0"), None);
-        assert_eq!(net_with_mac("virtio,bridge=vmbr0,firewall=1", "BC:24:11:AA:BB:CC"), "virtio=BC:24:11:AA:BB:CC,bridge=vmbr0,firewall=1");
-        assert_eq!(net_with_mac("virtio=BC:24:11:00:00:01,bridge=vmbr0", "BC:24:11:AA:BB:CC"), "virtio=BC:24:11:AA:BB:CC,bridge=vmbr0");
+        assert_eq!(
+            net_with_mac("virtio,bridge=vmbr0,firewall=1", "BC:24:11:AA:BB:CC"),
+            "virtio=BC:24:11:AA:BB:CC,bridge=vmbr0,firewall=1"
+        );
+        assert_eq!(
+            net_with_mac("virtio=BC:24:11:00:00:01,bridge=vmbr0", "BC:24:11:AA:BB:CC"),
+            "virtio=BC:24:11:AA:BB:CC,bridge=vmbr0"
+        );
         assert_eq!(net_with_mac("bridge=vmbr1", "BC:24:11:AA:BB:CC"), "virtio=BC:24:11:AA:BB:CC,bridge=vmbr1");
         assert_eq!(net_bridge("virtio,bridge=vmbr0").as_deref(), Some("vmbr0"));
     }
@@ -338,7 +366,12 @@ mod tests {
         assert!(!is_cdrom("local-lvm:vm-100-cloudinit,media=cdrom"));
         assert_eq!(parse_size("8G"), Some(8 << 30));
         assert_eq!(parse_size("512M"), Some(512 << 20));
-        assert!(agent_enabled("1") && agent_enabled("enabled=1,type=virtio") && !agent_enabled("0") && !agent_enabled("enabled=0"));
+        assert!(
+            agent_enabled("1")
+                && agent_enabled("enabled=1,type=virtio")
+                && !agent_enabled("0")
+                && !agent_enabled("enabled=0")
+        );
     }
 
     #[test]

@@ -119,7 +119,11 @@ impl Formatter for PerlFormatter {
         // `value` is that double, not one a rounding multiplication merely
         // made look so (0.1 + 0.2).
         let scaled = (value * 1e12).round();
-        let rounded = if scaled.abs() < 1e15 && scaled / 1e12 == value { value } else { format!("{value:.14e}").parse().unwrap_or(value) };
+        let rounded = if scaled.abs() < 1e15 && scaled / 1e12 == value {
+            value
+        } else {
+            format!("{value:.14e}").parse().unwrap_or(value)
+        };
         if rounded.fract() == 0.0 && rounded.abs() < 1e15 {
             return write!(writer, "{}", rounded as i64);
         }
@@ -251,7 +255,10 @@ mod tests {
         let error = ApiError::parameter("vmid", "VM 105 already exists");
         let response = failure(&error, Format::Json, WireStyle { error_message_in_body: false });
         assert_eq!(response.status(), 400);
-        assert_eq!(response.extensions().get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes(), b"Parameter verification failed.");
+        assert_eq!(
+            response.extensions().get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes(),
+            b"Parameter verification failed."
+        );
         assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 }

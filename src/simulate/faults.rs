@@ -15,7 +15,12 @@ pub const SLOW_AGENT_SECONDS: f64 = 40.0;
 /// so no other fault answers that clone request first; returns the rule id
 /// (the rule disappears once it has struck).
 pub fn inject_clone_failure(admin: &Admin) -> u64 {
-    admin.add_fault(FaultRule { operation: CLONE.into(), task_failure_rate: 1.0, remaining: Some(1), ..FaultRule::default() })
+    admin.add_fault(FaultRule {
+        operation: CLONE.into(),
+        task_failure_rate: 1.0,
+        remaining: Some(1),
+        ..FaultRule::default()
+    })
 }
 
 /// Transient trouble on any request from then on: reads are retried by the

@@ -36,7 +36,10 @@ impl Progress {
     pub fn live() -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let header = multi.add(ProgressBar::new_spinner());
-        header.set_style(ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        header.set_style(
+            ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         header.enable_steady_tick(Duration::from_millis(100));
         Self { started: Instant::now(), mode: Mode::Live { multi, header, rows: BTreeMap::new() } }
     }

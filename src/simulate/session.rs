@@ -84,7 +84,12 @@ pub async fn run(options: &Options, progress: &mut Progress) -> Result<Summary, 
     Ok(summary)
 }
 
-async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &mut Progress) -> Result<Summary, SimulateError> {
+async fn drive(
+    sim: &SimHandle,
+    options: &Options,
+    time_scale: f64,
+    progress: &mut Progress,
+) -> Result<Summary, SimulateError> {
     let admin = sim.admin();
     // The credentials file an admin would write: the built-in API token.
     let dir = tempfile::tempdir().map_err(SimulateError::Credentials)?;
@@ -96,7 +101,9 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
     .map_err(SimulateError::Credentials)?;
 
     // The plugin's deadlines run on the real clock; scale PVE-sized ones.
-    let deadline = |sim_seconds: f64| humantime::format_duration(real_time(sim_seconds, time_scale, Duration::from_secs(30))).to_string();
+    let deadline = |sim_seconds: f64| {
+        humantime::format_duration(real_time(sim_seconds, time_scale, Duration::from_secs(30))).to_string()
+    };
     let config = serde_json::json!({
         "url": sim.base_url(),
         "tls_fingerprint": sim.fingerprint(),
@@ -110,7 +117,12 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
     });
 
     let plugin = FleetingService::new(ProxmoxGroup::new());
-    progress.phase(&format!("Init: plugin_config for {} (pool {}, template {})", sim.base_url(), defaults::POOL, defaults::TEMPLATE_VMID));
+    progress.phase(&format!(
+        "Init: plugin_config for {} (pool {}, template {})",
+        sim.base_url(),
+        defaults::POOL,
+        defaults::TEMPLATE_VMID
+    ));
     let connector = wire::ConnectorConfig {
         os: "linux".into(),
         arch: "amd64".into(),
@@ -128,13 +140,29 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
         .await
         .map_err(|status| SimulateError::Init(status.message().to_string()))?
         .into_inner();
-    progress.phase(&format!("plugin {} {} ready: group {}, max size {}", crate::version::NAME, init.version, init.id, init.max_size));
+    progress.phase(&format!(
+        "plugin {} {} ready: group {}, max size {}",
+        crate::version::NAME,
+        init.version,
+        init.id,
+        init.max_size
+    ));
     if options.faults == FaultMode::Flaky {
         progress.phase("faults: the first clone fails, then 5% transient API errors and 2% dropped connections, and one slow guest agent");
     }
 
     let poll = real_time(1.0, time_scale, Duration::from_millis(50));
-    let mut driver = Driver { plugin: &plugin, admin: admin.clone(), tracked: BTreeMap::new(), tally: Tally::default(), last_increase: (Instant::now(), admin.now()), last_note: String::new(), slow_agent: None, wants_slow_agent: options.faults == FaultMode::Flaky, clone_fault: None };
+    let mut driver = Driver {
+        plugin: &plugin,
+        admin: admin.clone(),
+        tracked: BTreeMap::new(),
+        tally: Tally::default(),
+        last_increase: (Instant::now(), admin.now()),
+        last_note: String::new(),
+        slow_agent: None,
+        wants_slow_agent: options.faults == FaultMode::Flaky,
+        clone_fault: None,
+    };
     if options.faults == FaultMode::Flaky {
         driver.clone_fault = Some(faults::inject_clone_failure(&admin));
     }
@@ -145,14 +173,16 @@ async fn drive(sim: &SimHandle, options: &Options, time_scale: f64, progress: &m
     let up_deadline = Instant::now() + real_time(900.0, time_scale, Duration::from_secs(180));
     loop {
         driver.update(progress).await;
-        let running = driver.tracked.values().filter(|t| t.listed && t.report.is_some() && !t.decrease_sent).count() as u32;
+        let running =
+            driver.tracked.values().filter(|t| t.listed && t.report.is_some() && !t.decrease_sent).count() as u32;
         driver.tally.peak_running = driver.tally.peak_running.max(running);
         let alive = driver
             .tracked
             .values()
             .filter(|t| t.listed && !t.decrease_sent && matches!(t.state, State::Creating | State::Running))
             .count() as u32;
-        progress.counts("scaling up", &format!("{running}/{target} running, {} creating", alive.saturating_sub(running)));
+        progress
+            .counts("scaling up", &format!("{running}/{target} running, {} creating", alive.saturating_sub(running)));
         if running >= target {
             break;
         }
@@ -361,22 +391,27 @@ impl Driver<'_> {
     /// ConnectInfo and Heartbeat, as Runner does before using an instance.
     async fn connect(&mut self, id: &str, progress: &mut Progress) {
         let now = (Instant::now(), self.admin.now());
-        let info = match self.plugin.connect_info(Request::new(wire::ConnectInfoRequest { instance: id.to_string() })).await {
-            Ok(info) => info.into_inner(),
-            Err(status) => {
-                self.tally.connect_errors.push(format!("ConnectInfo for running instance {id} failed: {}", status.message()));
-                return;
-            }
-        };
-        let healthy = match self.plugin.heartbeat(Request::new(wire::HeartbeatRequest { instance: id.to_string() })).await {
-            Ok(_) => true,
-            Err(status) => {
-                // Runner removes an instance whose Heartbeat fails.
-                progress.note(&format!("Heartbeat for {id} failed; removing it as Runner would: {}", status.message()));
-                self.tally.unhealthy_removed += 1;
-                false
-            }
-        };
+        let info =
+            match self.plugin.connect_info(Request::new(wire::ConnectInfoRequest { instance: id.to_string() })).await {
+                Ok(info) => info.into_inner(),
+                Err(status) => {
+                    self.tally
+                        .connect_errors
+                        .push(format!("ConnectInfo for running instance {id} failed: {}", status.message()));
+                    return;
+                }
+            };
+        let healthy =
+            match self.plugin.heartbeat(Request::new(wire::HeartbeatRequest { instance: id.to_string() })).await {
+                Ok(_) => true,
+                Err(status) => {
+                    // Runner removes an instance whose Heartbeat fails.
+                    progress
+                        .note(&format!("Heartbeat for {id} failed; removing it as Runner would: {}", status.message()));
+                    self.tally.unhealthy_removed += 1;
+                    false
+                }
+            };
         let connector = info.connector.unwrap_or_default();
         let vmid = vmid_of(id);
         let node = vmid.and_then(|vmid| self.admin.vm(vmid)).map(|vm| vm.node).unwrap_or_default();
@@ -396,7 +431,10 @@ impl Driver<'_> {
         progress.instance(
             id,
             "running",
-            &format!("{} on {} as {} ({:.1} s simulated)", report.address, report.node, report.username, report.sim_seconds_to_running),
+            &format!(
+                "{} on {} as {} ({:.1} s simulated)",
+                report.address, report.node, report.username, report.sim_seconds_to_running
+            ),
         );
         entry.report = Some(report);
         if !healthy {

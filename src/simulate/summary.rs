@@ -155,7 +155,11 @@ impl Summary {
     /// The instance list and the summary table, for a terminal.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:<16} {:<5} {:<15} {:<13} {:>11} {:>8}", "INSTANCE", "NODE", "ADDRESS", "USER", "TO RUNNING", "(WALL)");
+        let _ = writeln!(
+            out,
+            "{:<16} {:<5} {:<15} {:<13} {:>11} {:>8}",
+            "INSTANCE", "NODE", "ADDRESS", "USER", "TO RUNNING", "(WALL)"
+        );
         for instance in &self.instances {
             let _ = writeln!(
                 out,
@@ -175,10 +179,22 @@ impl Summary {
         };
         let rows: Vec<(&str, String)> = vec![
             ("profile", format!("{} (time scale {}x), faults: {}", self.profile, self.time_scale, self.faults)),
-            ("instances running", format!("{} of {} at once ({} reached running in all)", self.peak_running, self.target, self.reached_running)),
+            (
+                "instances running",
+                format!(
+                    "{} of {} at once ({} reached running in all)",
+                    self.peak_running, self.target, self.reached_running
+                ),
+            ),
             ("time to running (simulated)", times(self.sim_seconds_to_running, 1)),
             ("time to running (wall clock)", times(self.wall_seconds_to_running, 2)),
-            ("API requests per Update", format!("{:.2} (steady state; {} Updates, {} PVE requests in all)", self.requests_per_update, self.updates, self.requests_total)),
+            (
+                "API requests per Update",
+                format!(
+                    "{:.2} (steady state; {} Updates, {} PVE requests in all)",
+                    self.requests_per_update, self.updates, self.requests_total
+                ),
+            ),
             (
                 "faults injected",
                 format!(
@@ -190,10 +206,13 @@ impl Summary {
                     self.faults_injected.slow_agents
                 ),
             ),
-            ("failures handled", format!(
+            (
+                "failures handled",
+                format!(
                     "{} instances replaced, {} removed after a failed Heartbeat, {} Increase shortfalls",
                     self.instances_replaced, self.unhealthy_removed, self.increase_shortfalls
-                )),
+                ),
+            ),
             ("VMs leaked", self.vms_leaked.len().to_string()),
             ("orphaned disks", self.orphaned_disks.len().to_string()),
             ("session (wall clock)", format!("{:.1} s", self.wall_seconds_total)),

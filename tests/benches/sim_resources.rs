@@ -137,7 +137,8 @@ fn report(label: &str, (sorted, cpu): &(Vec<Duration>, Duration), server: &Serve
 
 /// The machine is shared: the load says how much to trust the numbers.
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".into(), |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    std::fs::read_to_string("/proc/loadavg")
+        .map_or_else(|_| "unknown".into(), |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn main() {
@@ -167,7 +168,11 @@ async fn run() {
         size = fetch(http.clone()).await;
     }
     println!("sim_resources: one answer is {size} bytes ({} guests plus nodes, storages, pool)", VMS + 1);
-    println!("sim_resources: load average {} on {} CPUs", load_average(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "sim_resources: load average {} on {} CPUs",
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     let admin = sim.admin();
 
@@ -191,7 +196,11 @@ async fn run() {
         || fetch(http.clone()),
     )
     .await;
-    report("cold after one guest changed (its lock flipped before each request)", &one_changed, &ServerSide::between(&before, &admin.counters()));
+    report(
+        "cold after one guest changed (its lock flipped before each request)",
+        &one_changed,
+        &ServerSide::between(&before, &admin.counters()),
+    );
     admin.set_config_lock(10_000, None).expect("VM 10000 exists");
 
     // A write /cluster/resources does not show (the config file lock, as a
@@ -208,7 +217,11 @@ async fn run() {
         || fetch(http.clone()),
     )
     .await;
-    report("after a write the answer does not show (a held file lock flipped before each request)", &unrelated, &ServerSide::between(&before, &admin.counters()));
+    report(
+        "after a write the answer does not show (a held file lock flipped before each request)",
+        &unrelated,
+        &ServerSide::between(&before, &admin.counters()),
+    );
     admin.hold_lock(10_001, false).expect("VM 10001 exists");
 
     // Everything invalidated: every kept answer and item forgotten before
@@ -223,10 +236,22 @@ async fn run() {
         || fetch(http.clone()),
     )
     .await;
-    report("cold from scratch (every kept answer and item forgotten before each request)", &scratch, &ServerSide::between(&before, &admin.counters()));
+    report(
+        "cold from scratch (every kept answer and item forgotten before each request)",
+        &scratch,
+        &ServerSide::between(&before, &admin.counters()),
+    );
 
     // The client's share: parsing the body into JSON values, alone.
-    let body = http.get(format!("{}/cluster/resources", sim.api_url())).header("Authorization", format!("PVEAPIToken={}={}", defaults::TOKEN_ID, defaults::TOKEN_SECRET)).send().await.expect("an answer").bytes().await.expect("a body");
+    let body = http
+        .get(format!("{}/cluster/resources", sim.api_url()))
+        .header("Authorization", format!("PVEAPIToken={}={}", defaults::TOKEN_ID, defaults::TOKEN_SECRET))
+        .send()
+        .await
+        .expect("an answer")
+        .bytes()
+        .await
+        .expect("a body");
     let mut parses = Vec::new();
     for _ in 0..50 {
         let parse_start = Instant::now();
@@ -235,7 +260,12 @@ async fn run() {
         std::hint::black_box(value);
     }
     parses.sort();
-    println!("sim_resources: client side alone: serde_json::Value parse of the {} byte answer: p50 {}  p90 {}", body.len(), ms(percentile(&parses, 0.5)), ms(percentile(&parses, 0.9)));
+    println!(
+        "sim_resources: client side alone: serde_json::Value parse of the {} byte answer: p50 {}  p90 {}",
+        body.len(),
+        ms(percentile(&parses, 0.5)),
+        ms(percentile(&parses, 0.9))
+    );
 
     let deadline = Instant::now() + CONCURRENT_FOR;
     let workers: Vec<_> = (0..CONCURRENT_CLIENTS)
@@ -262,7 +292,10 @@ async fn run() {
         total as f64 / CONCURRENT_FOR.as_secs_f64()
     );
 
-    let mut config = ClientConfig::new(sim.base_url(), Credentials::Token { token_id: defaults::TOKEN_ID.into(), secret: Secret::new(defaults::TOKEN_SECRET) });
+    let mut config = ClientConfig::new(
+        sim.base_url(),
+        Credentials::Token { token_id: defaults::TOKEN_ID.into(), secret: Secret::new(defaults::TOKEN_SECRET) },
+    );
     config.request_timeout = Duration::from_secs(30);
     let pve = PveClient::new(config).expect("the client builds");
     let mut typed = Vec::new();

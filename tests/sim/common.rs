@@ -46,7 +46,12 @@ pub fn token(token_id: &str, secret: &str) -> Credentials {
 }
 
 pub fn password(userid: &str, password: &str) -> Credentials {
-    Credentials::Password { userid: userid.into(), password: Secret::new(password), second_factor: SecondFactor::None, privilege_check: None }
+    Credentials::Password {
+        userid: userid.into(),
+        password: Secret::new(password),
+        second_factor: SecondFactor::None,
+        privilege_check: None,
+    }
 }
 
 pub fn root_client(sim: &SimHandle) -> PveClient {

@@ -71,15 +71,11 @@ impl Setup {
 }
 
 fn foreign_vm(vmid: u32, extra: &[(&str, &str)]) -> VmSpec {
-    let mut config: std::collections::BTreeMap<String, String> = [
-        ("name", "not-ours"),
-        ("net0", "virtio,bridge=vmbr0"),
-        ("agent", "enabled=1"),
-        ("ostype", "l26"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut config: std::collections::BTreeMap<String, String> =
+        [("name", "not-ours"), ("net0", "virtio,bridge=vmbr0"), ("agent", "enabled=1"), ("ostype", "l26")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     config.insert("scsi0".into(), format!("local-lvm:vm-{vmid}-disk-0,size=4G"));
     for (key, value) in extra {
         config.insert(key.to_string(), value.to_string());
@@ -108,7 +104,8 @@ pub async fn setup(mut scenario: Scenario) -> Setup {
     let sim = Simulator::start(SimConfig::new(scenario)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let admin = sim.admin();
-    let untouchable = [defaults::TEMPLATE_VMID, STRANGER_VMID, COPY_VMID].iter().map(|vmid| admin.vm(*vmid).unwrap()).collect();
+    let untouchable =
+        [defaults::TEMPLATE_VMID, STRANGER_VMID, COPY_VMID].iter().map(|vmid| admin.vm(*vmid).unwrap()).collect();
     let config = serde_json::json!({
         "url": sim.base_url(),
         "tls_fingerprint": sim.fingerprint(),
@@ -119,7 +116,8 @@ pub async fn setup(mut scenario: Scenario) -> Setup {
         "clone_timeout": "60s",
     });
     let mut setup = Setup { sim, dir, config, untouchable };
-    setup.use_credentials(serde_json::json!({ "token_id": defaults::TOKEN_ID, "token_secret": defaults::TOKEN_SECRET }));
+    setup
+        .use_credentials(serde_json::json!({ "token_id": defaults::TOKEN_ID, "token_secret": defaults::TOKEN_SECRET }));
     setup
 }
 

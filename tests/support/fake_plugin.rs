@@ -106,8 +106,11 @@ impl InstanceGroup for FakeGroup {
             _ => tracing::info!(marker = "fake-init", "fake group initialised"),
         }
         let max_size = config.max_size;
-        let capabilities =
-            if config.suspend { vec![fleeting_plugin_proxmox::group::CAPABILITY_SUSPEND_RESUME.to_string()] } else { Vec::new() };
+        let capabilities = if config.suspend {
+            vec![fleeting_plugin_proxmox::group::CAPABILITY_SUSPEND_RESUME.to_string()]
+        } else {
+            Vec::new()
+        };
         let mut inner = self.inner.lock().unwrap();
         inner.config = Some(config);
         inner.settings = settings;
@@ -128,10 +131,13 @@ impl InstanceGroup for FakeGroup {
         let mut inner = self.inner.lock().unwrap();
         let now = Instant::now();
         inner.instances.retain(|_, (state, since)| {
-            !(*state == InstanceState::Deleting && now.duration_since(*since) >= Duration::from_millis(config.deleting_ms))
+            !(*state == InstanceState::Deleting
+                && now.duration_since(*since) >= Duration::from_millis(config.deleting_ms))
         });
         for (state, since) in inner.instances.values_mut() {
-            if *state == InstanceState::Creating && now.duration_since(*since) >= Duration::from_millis(config.creating_ms) {
+            if *state == InstanceState::Creating
+                && now.duration_since(*since) >= Duration::from_millis(config.creating_ms)
+            {
                 *state = InstanceState::Running;
                 *since = now;
             }
@@ -184,14 +190,20 @@ impl InstanceGroup for FakeGroup {
                 connector: ConnectorSettings {
                     os: if inner.settings.os.is_empty() { "linux".into() } else { inner.settings.os.clone() },
                     arch: if inner.settings.arch.is_empty() { "amd64".into() } else { inner.settings.arch.clone() },
-                    protocol: if inner.settings.protocol.is_empty() { "ssh".into() } else { inner.settings.protocol.clone() },
+                    protocol: if inner.settings.protocol.is_empty() {
+                        "ssh".into()
+                    } else {
+                        inner.settings.protocol.clone()
+                    },
                     ..inner.settings.clone()
                 },
                 external_addr: config.ssh_addr.clone(),
                 internal_addr: config.ssh_addr,
                 expires_unix: None,
             }),
-            Some(_) => Err(GroupError::Failed(format!("could not get connect info for instance {id}: it is not running"))),
+            Some(_) => {
+                Err(GroupError::Failed(format!("could not get connect info for instance {id}: it is not running")))
+            }
             None => Err(GroupError::Failed(format!("could not get connect info for instance {id}: no such instance"))),
         }
     }

@@ -102,8 +102,16 @@ fn full_ticket(call: &Call<'_>, cluster: &Cluster, userid: &str) -> Reply {
 /// The GUI's capability map: per top-level area, the privileges held on it.
 fn capabilities(cluster: &Cluster, caller: &Caller) -> Map<String, Value> {
     let mut cap = Map::new();
-    for (area, path) in [("vms", "/vms"), ("storage", "/storage"), ("access", "/access"), ("nodes", "/nodes"), ("dc", "/"), ("sdn", "/sdn")] {
-        let privileges: Map<String, Value> = cluster.privileges(caller, path).names().map(|p| (p.to_string(), json!(1))).collect();
+    for (area, path) in [
+        ("vms", "/vms"),
+        ("storage", "/storage"),
+        ("access", "/access"),
+        ("nodes", "/nodes"),
+        ("dc", "/"),
+        ("sdn", "/sdn"),
+    ] {
+        let privileges: Map<String, Value> =
+            cluster.privileges(caller, path).names().map(|p| (p.to_string(), json!(1))).collect();
         cap.insert(area.to_string(), Value::Object(privileges));
     }
     cap

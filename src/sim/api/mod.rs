@@ -232,7 +232,12 @@ fn authenticate(shared: &Shared, method: &Method, headers: &axum::http::HeaderMa
 
 /// Evaluates the schema's permission expression like RPCEnvironment's
 /// `check_api2_permissions`.
-pub(crate) fn check_permissions(cluster: &Cluster, caller: &Caller, permissions: &Permissions, params: &Params) -> Result<(), ApiError> {
+pub(crate) fn check_permissions(
+    cluster: &Cluster,
+    caller: &Caller,
+    permissions: &Permissions,
+    params: &Params,
+) -> Result<(), ApiError> {
     if caller.is_root() {
         return Ok(());
     }
@@ -243,7 +248,13 @@ pub(crate) fn check_permissions(cluster: &Cluster, caller: &Caller, permissions:
     }
 }
 
-fn evaluate(cluster: &Cluster, caller: &Caller, check: &PermCheck, params: &Params, quiet: bool) -> Result<bool, ApiError> {
+fn evaluate(
+    cluster: &Cluster,
+    caller: &Caller,
+    check: &PermCheck,
+    params: &Params,
+    quiet: bool,
+) -> Result<bool, ApiError> {
     match check {
         PermCheck::Perm { path, privileges, any, require_param } => {
             if let Some(required) = require_param
@@ -275,7 +286,13 @@ fn evaluate(cluster: &Cluster, caller: &Caller, check: &PermCheck, params: &Para
             }
             if quiet { Ok(false) } else { Err(ApiError::permission(None)) }
         }
-        PermCheck::Unsupported(_) => if quiet { Ok(false) } else { Err(ApiError::permission(None)) },
+        PermCheck::Unsupported(_) => {
+            if quiet {
+                Ok(false)
+            } else {
+                Err(ApiError::permission(None))
+            }
+        }
     }
 }
 

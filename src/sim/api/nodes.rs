@@ -70,7 +70,10 @@ pub fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
             total: Some(PveInt(100 << 30)),
             used: Some(PveInt(12 << 30)),
         }),
-        boot_info: Some(types::GetNodesNodeStatusResponseDataBootInfo { mode: Some("efi".into()), secureboot: Some(PveBool(false)) }),
+        boot_info: Some(types::GetNodesNodeStatusResponseDataBootInfo {
+            mode: Some("efi".into()),
+            secureboot: Some(PveBool(false)),
+        }),
         current_kernel: Some(types::GetNodesNodeStatusResponseDataCurrentKernel {
             machine: Some("x86_64".into()),
             release: Some("6.8.12-4-pve".into()),
@@ -166,7 +169,8 @@ pub fn storage_index(call: &Call<'_>) -> Result<Reply, ApiError> {
 pub fn storage_config_of(call: &Call<'_>) -> Result<Reply, ApiError> {
     let cluster = call.shared.cluster();
     let id = call.params.text("storage").unwrap_or_default();
-    let storage = cluster.storages.get(&id).ok_or_else(|| ApiError::internal(format!("storage '{id}' does not exist")))?;
+    let storage =
+        cluster.storages.get(&id).ok_or_else(|| ApiError::internal(format!("storage '{id}' does not exist")))?;
     Ok(Reply::data(&storage_config(storage)))
 }
 
@@ -230,7 +234,11 @@ pub fn tasks(call: &Call<'_>) -> Result<Reply, ApiError> {
 fn find_task<'a>(cluster: &'a Cluster, call: &Call<'_>) -> Result<&'a Task, ApiError> {
     let text = call.params.text("upid").unwrap_or_default();
     let upid: Upid = text.parse().map_err(|_| ApiError::parameter("upid", "unable to parse worker upid"))?;
-    let task = cluster.tasks.get(&text).filter(|t| t.upid.node == call.node()).ok_or_else(|| ApiError::internal("no such task"))?;
+    let task = cluster
+        .tasks
+        .get(&text)
+        .filter(|t| t.upid.node == call.node())
+        .ok_or_else(|| ApiError::internal("no such task"))?;
     let caller = call.caller()?;
     if !may_see_task(cluster, caller, &upid.user, &upid.node) {
         return Err(ApiError::permission(Some(format!("/nodes/{}, Sys.Audit", upid.node))));
@@ -267,12 +275,16 @@ pub fn task_log(call: &Call<'_>) -> Result<Reply, ApiError> {
         .enumerate()
         .skip(start)
         .take(limit)
-        .map(|(index, text)| types::GetNodesNodeTasksUpidLogResponseDataItem { n: Some(PveInt(index as i64 + 1)), t: Some(text.clone()) })
+        .map(|(index, text)| types::GetNodesNodeTasksUpidLogResponseDataItem {
+            n: Some(PveInt(index as i64 + 1)),
+            t: Some(text.clone()),
+        })
         .collect();
     let mut total = task.log.len() as u64;
     if task.log.is_empty() {
         // A worker that has not written yet: PVE reports this one line.
-        lines.push(types::GetNodesNodeTasksUpidLogResponseDataItem { n: Some(PveInt(1)), t: Some("no content".into()) });
+        lines
+            .push(types::GetNodesNodeTasksUpidLogResponseDataItem { n: Some(PveInt(1)), t: Some("no content".into()) });
         total = 1;
     }
     Ok(Reply::data(&lines).with_total(total))

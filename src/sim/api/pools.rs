@@ -67,7 +67,11 @@ pub fn index(call: &Call<'_>) -> Result<Reply, ApiError> {
         .pools
         .values()
         .filter(|pool| audit(&pool.id))
-        .map(|pool| types::GetPoolsResponseDataItem { poolid: Some(pool.id.clone()), comment: pool.comment.clone(), members: Vec::new() })
+        .map(|pool| types::GetPoolsResponseDataItem {
+            poolid: Some(pool.id.clone()),
+            comment: pool.comment.clone(),
+            members: Vec::new(),
+        })
         .collect();
     Ok(Reply::data(&items))
 }
@@ -124,7 +128,9 @@ pub fn update(call: &Call<'_>, path_pool: Option<String>) -> Result<Reply, ApiEr
         match (&guest.pool, delete) {
             (Some(current), false) if *current != poolid => {
                 if !allow_move {
-                    return Err(ApiError::internal(format!("VM {vmid} belongs already to pool '{current}' and 'allow-move' is not set")));
+                    return Err(ApiError::internal(format!(
+                        "VM {vmid} belongs already to pool '{current}' and 'allow-move' is not set"
+                    )));
                 }
                 cluster.require(caller, &format!("/pool/{current}"), &["Pool.Allocate"], false)?;
             }

@@ -113,7 +113,9 @@ pub fn config(call: &Call<'_>) -> Result<Reply, ApiError> {
         let typed = match (key.as_str(), api.config_value_kind(key)) {
             ("cipassword", _) => json!("**********"),
             ("memory", _) if numeric_memory => value.parse::<i64>().map_or_else(|_| json!(value), |n| json!(n)),
-            (_, ConfigValueKind::Boolean | ConfigValueKind::Integer) => value.parse::<i64>().map_or_else(|_| json!(value), |n| json!(n)),
+            (_, ConfigValueKind::Boolean | ConfigValueKind::Integer) => {
+                value.parse::<i64>().map_or_else(|_| json!(value), |n| json!(n))
+            }
             _ => json!(value),
         };
         map.insert(key.clone(), typed);
@@ -135,19 +137,27 @@ fn key_privileges(key: &str, value: Option<&str>) -> Option<(&'static [&'static 
     const DISK: &[&str] = &["VM.Config.Disk"];
     const CDROM: &[&str] = &["VM.Config.CDROM"];
     const HWTYPE: &[&str] = &["VM.Config.HWType"];
-    let indexed = |prefix: &str| key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let indexed =
+        |prefix: &str| key.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     let rule = match key {
-        "name" | "description" | "agent" | "onboot" | "protection" | "template" | "tags" | "startup" | "boot" | "bootdisk" | "hotplug"
-        | "localtime" | "freeze" | "tablet" | "ostype" | "reboot" | "autostart" | "tdf" | "migrate_speed" | "migrate_downtime"
-        | "vmstatestorage" | "spice_enhancements" | "kvm" | "acpi" | "smbios1" | "vmgenid" | "meta" => (OPTIONS, false),
-        "ciuser" | "cipassword" | "sshkeys" | "nameserver" | "searchdomain" | "citype" | "ciupgrade" | "cicustom" => (CLOUDINIT, true),
+        "name" | "description" | "agent" | "onboot" | "protection" | "template" | "tags" | "startup" | "boot"
+        | "bootdisk" | "hotplug" | "localtime" | "freeze" | "tablet" | "ostype" | "reboot" | "autostart" | "tdf"
+        | "migrate_speed" | "migrate_downtime" | "vmstatestorage" | "spice_enhancements" | "kvm" | "acpi"
+        | "smbios1" | "vmgenid" | "meta" => (OPTIONS, false),
+        "ciuser" | "cipassword" | "sshkeys" | "nameserver" | "searchdomain" | "citype" | "ciupgrade" | "cicustom" => {
+            (CLOUDINIT, true)
+        }
         _ if indexed("ipconfig") => (CLOUDINIT, true),
         _ if indexed("net") => (NETWORK, false),
         "cores" | "sockets" | "cpu" | "cpulimit" | "cpuunits" | "vcpus" | "numa" | "affinity" => (CPU, false),
         _ if indexed("numa") => (CPU, false),
         "memory" | "balloon" | "shares" | "hugepages" | "keephugepages" => (MEMORY, false),
         _ if vm::is_disk_key(key) => {
-            if value.is_some_and(vm::is_cdrom) { (CDROM, false) } else { (DISK, false) }
+            if value.is_some_and(vm::is_cdrom) {
+                (CDROM, false)
+            } else {
+                (DISK, false)
+            }
         }
         "scsihw" | "vga" | "machine" | "bios" | "keyboard" | "audio0" | "rng0" | "watchdog" => (HWTYPE, false),
         _ if indexed("serial") || indexed("usb") || indexed("hostpci") || indexed("parallel") => (HWTYPE, false),
@@ -162,8 +172,12 @@ fn check_config_permissions(call: &Call<'_>, cluster: &Cluster, caller: &Caller)
     let path = format!("/vms/{vmid}");
     let deleted = split_list(call.params.get("delete"));
     let current = cluster.vms.get(&vmid);
-    let mut keys: Vec<(String, Option<String>)> =
-        call.params.iter().filter(|(k, _)| !NOT_CONFIG_KEYS.contains(k)).map(|(k, v)| (k.to_string(), Some(v.to_string()))).collect();
+    let mut keys: Vec<(String, Option<String>)> = call
+        .params
+        .iter()
+        .filter(|(k, _)| !NOT_CONFIG_KEYS.contains(k))
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .collect();
     keys.extend(deleted.into_iter().map(|k| {
         let old = current.and_then(|g| g.config.get(&k).cloned());
         (k, old)
@@ -269,7 +283,9 @@ pub fn update_config(call: &Call<'_>, asynchronous: bool) -> Result<Reply, ApiEr
     check_config_permissions(call, &cluster, &caller)?;
     let expected_digest = call.params.text("digest");
     let check_state = move |cluster: &Cluster| -> Result<(), String> {
-        let Some(guest) = cluster.vms.get(&vmid) else { return Err(format!("Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist")) };
+        let Some(guest) = cluster.vms.get(&vmid) else {
+            return Err(format!("Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist"));
+        };
         if let Some(lock) = guest.lock().filter(|_| !skiplock) {
             return Err(locked(lock));
         }
@@ -286,21 +302,28 @@ pub fn update_config(call: &Call<'_>, asynchronous: bool) -> Result<Reply, ApiEr
         return Ok(Reply::null());
     }
     let duration = shared.timings.config;
-    let upid = shared.spawn_task(&mut cluster, &call.node(), "qmconfig", &vmid.to_string(), caller.id(), move |mut task: TaskContext| async move {
-        task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
-        let result = async {
-            task.sleep(duration).await?;
-            let shared = task.shared.clone();
-            let mut cluster = shared.cluster();
-            check_state(&cluster)?;
-            apply_config(&mut cluster, vmid, &params)?;
-            cluster.touch(vmid, shared.clock.now());
-            Ok(())
-        }
-        .await;
-        task.shared.cluster().release_flock(vmid, true);
-        result
-    });
+    let upid = shared.spawn_task(
+        &mut cluster,
+        &call.node(),
+        "qmconfig",
+        &vmid.to_string(),
+        caller.id(),
+        move |mut task: TaskContext| async move {
+            task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
+            let result = async {
+                task.sleep(duration).await?;
+                let shared = task.shared.clone();
+                let mut cluster = shared.cluster();
+                check_state(&cluster)?;
+                apply_config(&mut cluster, vmid, &params)?;
+                cluster.touch(vmid, shared.clock.now());
+                Ok(())
+            }
+            .await;
+            task.shared.cluster().release_flock(vmid, true);
+            result
+        },
+    );
     Ok(Reply::data(&upid))
 }
 
@@ -370,16 +393,24 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
     }
     let target_storage = params.text("storage");
     if let Some(storage) = &target_storage {
-        let store = cluster.storages.get(storage).ok_or_else(|| ApiError::internal(format!("storage '{storage}' does not exist")))?;
+        let store = cluster
+            .storages
+            .get(storage)
+            .ok_or_else(|| ApiError::internal(format!("storage '{storage}' does not exist")))?;
         if !store.available_on(&target) {
             return Err(ApiError::internal(format!("storage '{storage}' is not available on node '{target}'")));
         }
     }
     let mut disks = Vec::new();
-    for (key, value) in guest.config.iter().filter(|(k, v)| vm::is_disk_key(k) && !k.starts_with("unused") && !vm::is_cdrom(v)) {
+    for (key, value) in
+        guest.config.iter().filter(|(k, v)| vm::is_disk_key(k) && !k.starts_with("unused") && !vm::is_cdrom(v))
+    {
         let Some(volid) = vm::disk_volume(value) else { continue };
         let Some((storage_id, _)) = volid.split_once(':') else { continue };
-        let storage = cluster.storages.get(storage_id).ok_or_else(|| ApiError::internal(format!("storage '{storage_id}' does not exist")))?;
+        let storage = cluster
+            .storages
+            .get(storage_id)
+            .ok_or_else(|| ApiError::internal(format!("storage '{storage_id}' does not exist")))?;
         let cloudinit = value.contains("cloudinit");
         let linkable = guest.is_template() && storage.supports_linked_clone();
         if !(full || cloudinit || linkable) {
@@ -388,7 +419,11 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
         if target != node && !storage.shared {
             return Err(ApiError::internal(format!("can't clone VM to node '{target}' (VM uses local storage)")));
         }
-        let storage = if full { target_storage.clone().unwrap_or_else(|| storage_id.to_string()) } else { storage_id.to_string() };
+        let storage = if full {
+            target_storage.clone().unwrap_or_else(|| storage_id.to_string())
+        } else {
+            storage_id.to_string()
+        };
         disks.push(PlannedDisk { key: key.clone(), value: value.clone(), source_volid: volid, storage, cloudinit });
     }
     if !caller.is_root() {
@@ -437,15 +472,16 @@ fn materialize_clone(cluster: &mut Cluster, plan: &ClonePlan, now: f64) -> Resul
     for disk in &plan.disks {
         let size = cluster.volumes.get(&disk.source_volid).map_or(4 << 20, |v| v.size);
         let linked = !plan.full && !disk.cloudinit;
-        let base = linked.then(|| disk.source_volid.split_once(':').map_or(String::new(), |(_, name)| name.to_string()));
+        let base =
+            linked.then(|| disk.source_volid.split_once(':').map_or(String::new(), |(_, name)| name.to_string()));
         let name = if disk.cloudinit {
             cluster.cloudinit_volume_name(&disk.storage, plan.newid)
         } else {
             cluster.free_disk_name(&disk.storage, plan.newid, base.as_deref())
         };
-        let result = name
-            .ok_or_else(|| format!("storage '{}' does not exist", disk.storage))
-            .and_then(|name| cluster.create_volume(&disk.storage, name, plan.newid, size, linked.then(|| disk.source_volid.clone())));
+        let result = name.ok_or_else(|| format!("storage '{}' does not exist", disk.storage)).and_then(|name| {
+            cluster.create_volume(&disk.storage, name, plan.newid, size, linked.then(|| disk.source_volid.clone()))
+        });
         match result {
             Ok(volid) => {
                 let options: Vec<&str> = disk.value.split(',').skip(1).collect();
@@ -494,7 +530,13 @@ pub fn clone(call: &Call<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::data(&upid))
 }
 
-async fn run_clone(mut task: TaskContext, plan: ClonePlan, duration: f64, lock_timeout: f64, failure: Option<TaskFailure>) -> Result<(), String> {
+async fn run_clone(
+    mut task: TaskContext,
+    plan: ClonePlan,
+    duration: f64,
+    lock_timeout: f64,
+    failure: Option<TaskFailure>,
+) -> Result<(), String> {
     for disk in &plan.disks {
         let kind = if plan.full || disk.cloudinit { "full" } else { "linked" };
         task.log(format!("create {kind} clone of drive {} ({})", disk.key, disk.source_volid));
@@ -507,7 +549,13 @@ async fn run_clone(mut task: TaskContext, plan: ClonePlan, duration: f64, lock_t
     result
 }
 
-async fn clone_body(task: &mut TaskContext, plan: &ClonePlan, duration: f64, lock_timeout: f64, failure: Option<TaskFailure>) -> Result<(), String> {
+async fn clone_body(
+    task: &mut TaskContext,
+    plan: &ClonePlan,
+    duration: f64,
+    lock_timeout: f64,
+    failure: Option<TaskFailure>,
+) -> Result<(), String> {
     let shared = task.shared.clone();
     // The new VMID is flocked only while its config is created; from then
     // on `lock: clone` in the config keeps others off.
@@ -646,12 +694,19 @@ pub fn power(call: &Call<'_>, action: PowerAction) -> Result<Reply, ApiError> {
     let timeout = call.params.int("timeout").map(|t| t as f64);
     let failure = call.task_failure.clone();
     let timings = shared.timings.clone();
-    let upid = shared.spawn_task(&mut cluster, &node, action.task_type(), &vmid.to_string(), caller.id(), move |mut task| async move {
-        task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
-        let result = power_body(&mut task, vmid, action, skiplock, force_stop, timeout, &timings, failure).await;
-        task.shared.cluster().release_flock(vmid, true);
-        result
-    });
+    let upid = shared.spawn_task(
+        &mut cluster,
+        &node,
+        action.task_type(),
+        &vmid.to_string(),
+        caller.id(),
+        move |mut task| async move {
+            task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
+            let result = power_body(&mut task, vmid, action, skiplock, force_stop, timeout, &timings, failure).await;
+            task.shared.cluster().release_flock(vmid, true);
+            result
+        },
+    );
     Ok(Reply::data(&upid))
 }
 
@@ -750,7 +805,9 @@ pub fn destroy(call: &Call<'_>) -> Result<Reply, ApiError> {
     let purge = call.params.flag("purge") == Some(true);
     let unreferenced = call.params.flag("destroy-unreferenced-disks") == Some(true);
     if guest.ha_managed && !purge {
-        return Err(ApiError::internal(format!("unable to remove VM {vmid} - used in HA resources and purge parameter not set.")));
+        return Err(ApiError::internal(format!(
+            "unable to remove VM {vmid} - used in HA resources and purge parameter not set."
+        )));
     }
     if guest.config.get("protection").is_some_and(|p| p == "1") {
         return Err(ApiError::internal(format!("can't remove VM {vmid} - protection mode enabled")));
@@ -760,12 +817,19 @@ pub fn destroy(call: &Call<'_>) -> Result<Reply, ApiError> {
     }
     let failure = call.task_failure.clone();
     let duration = shared.timings.delete;
-    let upid = shared.spawn_task(&mut cluster, &node, "qmdestroy", &vmid.to_string(), caller.id(), move |mut task| async move {
-        task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
-        let result = destroy_body(&mut task, vmid, skiplock, purge, unreferenced, duration, failure).await;
-        task.shared.cluster().release_flock(vmid, true);
-        result
-    });
+    let upid = shared.spawn_task(
+        &mut cluster,
+        &node,
+        "qmdestroy",
+        &vmid.to_string(),
+        caller.id(),
+        move |mut task| async move {
+            task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
+            let result = destroy_body(&mut task, vmid, skiplock, purge, unreferenced, duration, failure).await;
+            task.shared.cluster().release_flock(vmid, true);
+            result
+        },
+    );
     Ok(Reply::data(&upid))
 }
 
@@ -843,7 +907,10 @@ mod tests {
         assert_eq!(key_privileges("name", None), Some((&["VM.Config.Options"][..], false)));
         assert_eq!(key_privileges("ipconfig0", None), Some((&["VM.Config.Cloudinit", "VM.Config.Network"][..], true)));
         assert_eq!(key_privileges("net3", None), Some((&["VM.Config.Network"][..], false)));
-        assert_eq!(key_privileges("ide2", Some("local:iso/x.iso,media=cdrom")), Some((&["VM.Config.CDROM"][..], false)));
+        assert_eq!(
+            key_privileges("ide2", Some("local:iso/x.iso,media=cdrom")),
+            Some((&["VM.Config.CDROM"][..], false))
+        );
         assert_eq!(key_privileges("scsi0", Some("local-lvm:vm-1-disk-0")), Some((&["VM.Config.Disk"][..], false)));
         assert_eq!(key_privileges("lock", None), None);
         assert_eq!(key_privileges("args", None), None);

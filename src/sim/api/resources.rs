@@ -101,7 +101,9 @@ impl ResourcesCache {
             self.generation = cluster.generation();
         }
         let same_question = |kept: &KeptAnswer| kept.caller == *caller && kept.kind.as_deref() == kind;
-        if let Some(kept) = self.answers.iter().find(|kept| same_question(kept) && kept.built_at <= now && now < kept.valid_until) {
+        if let Some(kept) =
+            self.answers.iter().find(|kept| same_question(kept) && kept.built_at <= now && now < kept.valid_until)
+        {
             return (kept.template.render(now), true);
         }
         self.answers.retain(|kept| !same_question(kept));
@@ -118,7 +120,13 @@ impl ResourcesCache {
             let fresh = build(&mut HashMap::new(), &mut 0, cluster, caller, kind, now).render(now);
             debug_assert!(answer == fresh, "kept /cluster/resources items differ from fresh ones");
         }
-        self.answers.push(KeptAnswer { caller: caller.clone(), kind: kind.map(str::to_string), built_at: now, valid_until: next_coming_of_age(cluster, now), template });
+        self.answers.push(KeptAnswer {
+            caller: caller.clone(),
+            kind: kind.map(str::to_string),
+            built_at: now,
+            valid_until: next_coming_of_age(cluster, now),
+            template,
+        });
         (answer, false)
     }
 
@@ -133,7 +141,8 @@ impl ResourcesCache {
 /// observation newer than `now - staleness`, plus `staleness`.
 fn next_coming_of_age(cluster: &Cluster, now: SimTime) -> SimTime {
     let horizon = now - cluster.staleness;
-    cluster.vms.values().filter_map(|guest| guest.next_observation_after(horizon)).fold(f64::INFINITY, f64::min) + cluster.staleness
+    cluster.vms.values().filter_map(|guest| guest.next_observation_after(horizon)).fold(f64::INFINITY, f64::min)
+        + cluster.staleness
 }
 
 /// The answer's bytes with gaps where an `uptime` goes.
@@ -333,7 +342,10 @@ impl<'a> Visibility<'a> {
     fn of(&mut self, guest: &'a Vm) -> (bool, bool) {
         let compute = |cluster: &Cluster, caller: &Caller| {
             let audit = cluster.privileges(caller, &format!("/vms/{}", guest.vmid)).contains("VM.Audit");
-            let pool_audit = guest.pool.as_ref().is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
+            let pool_audit = guest
+                .pool
+                .as_ref()
+                .is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
             (audit, pool_audit)
         };
         if self.per_vm_acls && self.cluster.access.has_entries(&format!("/vms/{}", guest.vmid)) {
@@ -352,7 +364,14 @@ impl<'a> Visibility<'a> {
 /// The answer at `now`, uptimes left as gaps; guest items come from
 /// `guests` where their inputs are unchanged, and are written (and kept)
 /// otherwise.
-fn build(guests: &mut HashMap<u32, [Option<KeptGuest>; 2]>, serialised: &mut u64, cluster: &Cluster, caller: &Caller, kind: Option<&str>, now: SimTime) -> Template {
+fn build(
+    guests: &mut HashMap<u32, [Option<KeptGuest>; 2]>,
+    serialised: &mut u64,
+    cluster: &Cluster,
+    caller: &Caller,
+    kind: Option<&str>,
+    now: SimTime,
+) -> Template {
     let wants = |what: &str| kind.is_none_or(|k| k == what);
     let mut template = Template { bytes: Vec::with_capacity(64 + cluster.vms.len() * 320), gaps: Vec::new() };
     template.bytes.push(b'[');
@@ -399,7 +418,11 @@ fn build(guests: &mut HashMap<u32, [Option<KeptGuest>; 2]>, serialised: &mut u64
                 maxdisk: Some(100 << 30),
                 ..Entry::default()
             };
-            let uptime = if node.online { UptimeField::Growing(Uptime::Node { boot_time: node.boot_time }) } else { UptimeField::Fixed(0) };
+            let uptime = if node.online {
+                UptimeField::Growing(Uptime::Node { boot_time: node.boot_time })
+            } else {
+                UptimeField::Fixed(0)
+            };
             template.push(&entry, Some(uptime), None);
         }
     }
@@ -431,7 +454,12 @@ fn build(guests: &mut HashMap<u32, [Option<KeptGuest>; 2]>, serialised: &mut u64
     if kind.is_none() {
         for pool in cluster.pools.values() {
             if cluster.privileges(caller, &format!("/pool/{}", pool.id)).contains("Pool.Audit") {
-                let entry = Entry { id: Some(ResourceId::Pool(&pool.id)), kind: Some("pool"), pool: Some(&pool.id), ..Entry::default() };
+                let entry = Entry {
+                    id: Some(ResourceId::Pool(&pool.id)),
+                    kind: Some("pool"),
+                    pool: Some(&pool.id),
+                    ..Entry::default()
+                };
                 template.push(&entry, None, None);
             }
         }
@@ -445,7 +473,8 @@ pub fn guest_item(cluster: &Cluster, guest: &Vm, now: SimTime, show_pool: bool) 
     let mut template = Template { bytes: vec![b'['], gaps: Vec::new() };
     template.append(&KeptGuest::write(GuestView::of(cluster, guest, now, show_pool)).item);
     template.bytes.push(b']');
-    let item = serde_json::from_slice::<Vec<serde_json::Value>>(&template.render(now)).ok().and_then(|mut items| items.pop());
+    let item =
+        serde_json::from_slice::<Vec<serde_json::Value>>(&template.render(now)).ok().and_then(|mut items| items.pop());
     item.unwrap_or_default()
 }
 
@@ -533,7 +562,11 @@ impl OwnedGuestView {
         GuestView {
             vmid: self.vmid,
             node: &self.node,
-            seen: self.seen.as_ref().map(|(status, name, template)| Seen { status, name: name.as_deref(), template: *template }),
+            seen: self.seen.as_ref().map(|(status, name, template)| Seen {
+                status,
+                name: name.as_deref(),
+                template: *template,
+            }),
             power: self.power,
             cpus: self.cpus,
             max_memory: self.max_memory,
@@ -595,8 +628,8 @@ mod tests {
     use crate::pve::PveVersion;
     use crate::pve::api::types::GetClusterResourcesResponseDataItem as Item;
     use crate::pve::lenient::{PveInt, PveNumber};
-    use crate::sim::config::{AclSpec, PoolSpec, Scenario, VmSpec, defaults};
     use crate::sim::cluster::ClusterGuard;
+    use crate::sim::config::{AclSpec, PoolSpec, Scenario, VmSpec, defaults};
     use crate::sim::wire::perl_json;
 
     const START: SimTime = 1_700_000_000.0;
@@ -611,7 +644,10 @@ mod tests {
                 if !cluster.privileges(caller, &format!("/vms/{}", guest.vmid)).contains("VM.Audit") {
                     continue;
                 }
-                let show_pool = guest.pool.as_ref().is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
+                let show_pool = guest
+                    .pool
+                    .as_ref()
+                    .is_some_and(|pool| cluster.privileges(caller, &format!("/pool/{pool}")).contains("Pool.Audit"));
                 let node_online = cluster.nodes.get(&guest.node).is_some_and(|n| n.online);
                 let seen = if node_online { guest.observed_at(now - cluster.staleness) } else { None };
                 let running = seen.is_some_and(|o| o.status == "running");
@@ -638,13 +674,19 @@ mod tests {
                     lock: guest.lock().map(str::to_string),
                     tags: guest.config.get("tags").filter(|t| !t.is_empty()).cloned(),
                     pool: if show_pool { guest.pool.clone() } else { None },
-                    hastate: guest.ha_managed.then(|| if guest.is_running() { "started" } else { "stopped" }.to_string()),
+                    hastate: guest
+                        .ha_managed
+                        .then(|| if guest.is_running() { "started" } else { "stopped" }.to_string()),
                     ..Default::default()
                 });
             }
         }
         if wants("node") {
-            for node in cluster.nodes.values().filter(|node| cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit")) {
+            for node in cluster
+                .nodes
+                .values()
+                .filter(|node| cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit"))
+            {
                 items.push(Item {
                     id: Some(format!("node/{}", node.name)),
                     type_: Some("node".into()),
@@ -688,8 +730,17 @@ mod tests {
             }
         }
         if kind.is_none() {
-            for pool in cluster.pools.values().filter(|pool| cluster.privileges(caller, &format!("/pool/{}", pool.id)).contains("Pool.Audit")) {
-                items.push(Item { id: Some(format!("/pool/{}", pool.id)), type_: Some("pool".into()), pool: Some(pool.id.clone()), ..Default::default() });
+            for pool in cluster
+                .pools
+                .values()
+                .filter(|pool| cluster.privileges(caller, &format!("/pool/{}", pool.id)).contains("Pool.Audit"))
+            {
+                items.push(Item {
+                    id: Some(format!("/pool/{}", pool.id)),
+                    type_: Some("pool".into()),
+                    pool: Some(pool.id.clone()),
+                    ..Default::default()
+                });
             }
         }
         perl_json(&items)
@@ -723,7 +774,12 @@ mod tests {
                 ..VmSpec::default()
             });
         }
-        scenario.acl.push(AclSpec { path: "/vms/101".into(), roles: vec!["PVEAuditor".into()], users: vec![defaults::TFA_USER.into()], ..AclSpec::default() });
+        scenario.acl.push(AclSpec {
+            path: "/vms/101".into(),
+            roles: vec!["PVEAuditor".into()],
+            users: vec![defaults::TFA_USER.into()],
+            ..AclSpec::default()
+        });
         scenario
     }
 
@@ -768,7 +824,8 @@ mod tests {
 
     #[test]
     fn kept_answers_equal_fresh_ones_across_changes_and_time() {
-        let state = Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+        let state =
+            Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
         let cluster = || ClusterGuard::new(state.lock().unwrap());
         let mut check = Check { cache: ResourcesCache::default(), reused: 0, built: 0 };
         let staleness = cluster().staleness;
@@ -821,14 +878,20 @@ mod tests {
             cluster.join_pool(101, defaults::POOL).unwrap();
         }
         check.at(&cluster(), now + 1.0, "101 moved to ci");
-        let acl = AclSpec { path: "/pool/other".into(), roles: vec!["PVEAuditor".into()], users: vec![defaults::TFA_USER.into()], ..AclSpec::default() };
+        let acl = AclSpec {
+            path: "/pool/other".into(),
+            roles: vec!["PVEAuditor".into()],
+            users: vec![defaults::TFA_USER.into()],
+            ..AclSpec::default()
+        };
         cluster().access.add_acl(&acl).unwrap();
         check.at(&cluster(), now + 1.5, "tfa@pve audits pool other");
         cluster().vms.remove(&107);
         check.at(&cluster(), now + 2.0, "107 gone");
         {
             let mut cluster = cluster();
-            let mut guest = Vm::new(150, "pve2".into(), BTreeMap::from([("name".to_string(), "fresh".to_string())]), now + 2.5);
+            let mut guest =
+                Vm::new(150, "pve2".into(), BTreeMap::from([("name".to_string(), "fresh".to_string())]), now + 2.5);
             guest.power = Power::Running { since: now + 2.5, paused: false };
             cluster.vms.insert(150, guest);
             cluster.touch(150, now + 2.5);
@@ -859,12 +922,18 @@ mod tests {
         check.at(&cluster(), now + 3600.0, "an hour later");
 
         assert!(check.reused >= 100, "kept answers were used: {} reused, {} built", check.reused, check.built);
-        assert!(check.built >= 200, "changes and coming-of-age rebuilt answers: {} reused, {} built", check.reused, check.built);
+        assert!(
+            check.built >= 200,
+            "changes and coming-of-age rebuilt answers: {} reused, {} built",
+            check.reused,
+            check.built
+        );
     }
 
     #[test]
     fn only_guests_whose_inputs_changed_are_rewritten() {
-        let state = Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+        let state =
+            Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
         let cluster = || ClusterGuard::new(state.lock().unwrap());
         let mut check = Check { cache: ResourcesCache::default(), reused: 0, built: 0 };
         let now = START + 100.0;
@@ -896,7 +965,8 @@ mod tests {
 
     #[test]
     fn reading_the_cluster_keeps_answers() {
-        let state = Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+        let state =
+            Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
         let before = ClusterGuard::new(state.lock().unwrap()).generation();
         let cluster = ClusterGuard::new(state.lock().unwrap());
         let _ = (cluster.vms.len(), cluster.privileges(&callers()[1], "/vms/100"));
@@ -911,7 +981,8 @@ mod tests {
     fn pool_members_carry_the_resources_item() {
         let cluster = Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap();
         let root = Caller::User { userid: "root@pam".into() };
-        let all: Vec<serde_json::Value> = serde_json::from_slice(&reference(&cluster, &root, Some("vm"), START + 5.0)).unwrap();
+        let all: Vec<serde_json::Value> =
+            serde_json::from_slice(&reference(&cluster, &root, Some("vm"), START + 5.0)).unwrap();
         let item = guest_item(&cluster, &cluster.vms[&101], START + 5.0, true);
         assert_eq!(all.iter().find(|i| i["vmid"] == 101), Some(&item));
         assert!(item["uptime"].as_i64().unwrap() > 0, "a running guest's uptime is filled in: {item}");

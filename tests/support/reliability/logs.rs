@@ -127,7 +127,9 @@ pub fn writes_to(lines: &[LogLine], vmids: &[u32]) -> Vec<String> {
             if !vmids.contains(&vmid) {
                 return None;
             }
-            if path.ends_with(&format!("/qemu/{vmid}/clone")) && vmid == fleeting_plugin_proxmox::sim::config::defaults::TEMPLATE_VMID {
+            if path.ends_with(&format!("/qemu/{vmid}/clone"))
+                && vmid == fleeting_plugin_proxmox::sim::config::defaults::TEMPLATE_VMID
+            {
                 return None;
             }
             Some(format!("{method} {path}"))

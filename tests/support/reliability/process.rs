@@ -11,7 +11,8 @@ use std::time::Duration;
 use fleeting_plugin_proxmox::fleeting::proto::instance_group_client::InstanceGroupClient;
 use fleeting_plugin_proxmox::fleeting::proto::update_response::State;
 use fleeting_plugin_proxmox::fleeting::proto::{
-    ConnectInfoRequest, ConnectInfoResponse, ConnectorConfig, DecreaseRequest, Empty, IncreaseRequest, InitRequest, Settings,
+    ConnectInfoRequest, ConnectInfoResponse, ConnectorConfig, DecreaseRequest, Empty, IncreaseRequest, InitRequest,
+    Settings,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -78,7 +79,8 @@ impl PluginProcess {
 
     /// SIGKILL: no shutdown, no cleanup, exactly like an OOM kill.
     pub fn kill9(mut self) -> String {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
         let _ = self.child.wait();
         // Give the reader thread a moment to drain the pipe.
         std::thread::sleep(Duration::from_millis(20));
@@ -98,7 +100,10 @@ impl PluginProcess {
                 ..ConnectorConfig::default()
             }),
         };
-        self.client.init(InitRequest { config: config.to_string().into_bytes(), settings: Some(settings) }).await.map(|_| ())
+        self.client
+            .init(InitRequest { config: config.to_string().into_bytes(), settings: Some(settings) })
+            .await
+            .map(|_| ())
     }
 
     pub async fn update(&mut self) -> Result<Vec<(String, State)>, tonic::Status> {
