@@ -132,16 +132,25 @@ fn fuzzed_plugin_config_never_panics_and_names_the_setting() {
         .run(&settings, |map| {
             let text = Value::Object(map.clone().into_iter().collect()).to_string();
             check(text.as_bytes());
-            // A misspelt key is reported with the closest known key.
-            if let Err(err) = PluginConfig::parse(text.as_bytes()) {
-                for key in map.keys().filter(|k| !keys.contains(k)) {
-                    let shown: String = format!("`{key}` is not a known setting");
-                    assert!(
-                        err.problems.iter().any(|p| p.starts_with(&shown)),
-                        "unknown key {key:?} not reported: {err}"
-                    );
+            // A misspelt key is never a problem, but it is reported once,
+            // whether the rest is valid or not.
+            let ignored = match PluginConfig::parse(text.as_bytes()) {
+                Ok(parsed) => parsed.warnings,
+                Err(err) => {
+                    let shown = err.to_string();
+                    for key in map.keys().filter(|k| !keys.contains(k)) {
+                        let named = format!("`{key}`");
+                        assert!(
+                            !err.problems.iter().any(|p| p.starts_with(&named)),
+                            "unknown key {key:?} is a problem: {shown}"
+                        );
+                    }
+                    err.ignored
                 }
-            }
+            };
+            let unknown: Vec<&String> = map.keys().filter(|k| !keys.contains(k)).collect();
+            let warned: Vec<&String> = ignored.iter().map(|w| &w.key).collect();
+            assert_eq!(warned, unknown, "one warning per unknown key");
             Ok(())
         })
         .unwrap();
@@ -151,6 +160,22 @@ fn fuzzed_plugin_config_never_panics_and_names_the_setting() {
         "template_id": 9000, "max_instances": 5,
     });
     assert!(PluginConfig::parse(valid.to_string().as_bytes()).is_ok());
+    // Unknown keys of any name and value never make a valid config fail.
+    runner()
+        .run(&prop::collection::btree_map(".{1,24}", json_value(), 0..6), |extra| {
+            let mut config = valid.clone();
+            for (key, value) in &extra {
+                if !keys.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+                    config[key] = value.clone();
+                }
+            }
+            let text = config.to_string();
+            check(text.as_bytes());
+            let parsed = PluginConfig::parse(text.as_bytes());
+            assert!(parsed.is_ok(), "unknown keys failed a valid config: {text}");
+            Ok(())
+        })
+        .unwrap();
     runner()
         .run(&(prop::sample::select(keys.clone()), json_value()), |(key, value)| {
             let mut broken = valid.clone();

@@ -291,9 +291,54 @@ async fn config_problems_are_reported_at_once() {
     let outcome = setup.check(&config, None).await;
     let problems: Vec<&str> = outcome.reports[0].failures().map(|f| f.detail.as_str()).collect();
     assert!(problems.len() >= 4, "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("did you mean `template_id`")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("`credentials_file_path` is required")), "{problems:?}");
-    assert!(outcome.render().contains("skip  remaining checks: not run: they need a valid plugin_config"));
+    let text = outcome.render();
+    assert!(
+        text.contains("FAIL  plugin_config: `tempalte_id` is not a setting of this plugin and is ignored"),
+        "{text}"
+    );
+    assert!(text.contains("fix: did you mean `template_id`? rename it"), "{text}");
+    assert!(text.contains("skip  remaining checks: not run: they need a valid plugin_config"));
+    setup.sim.shutdown().await.unwrap();
+}
+
+/// Keys that Init ignores (with a warning) fail `check`, each with its fix,
+/// and the other checks still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_keys_fail_with_their_fix_and_the_rest_is_checked() {
+    let setup = Setup::start(Scenario::default()).await;
+    let mut config = setup.config.clone();
+    config["instance_tags_running"] = json!("ci;running");
+    config["Pool"] = json!("other");
+    config["api_url"] = json!("https://elsewhere:8006");
+    config["token_secret"] = json!(defaults::TOKEN_SECRET);
+    config["max_instance"] = json!(5);
+    config["lazy_start_instances"] = json!(true);
+    let outcome = setup.check(&config, None).await;
+    let text = outcome.render();
+    assert_eq!(outcome.exit_code(), 1, "{text}");
+    assert!(text.contains("ok    plugin_config: 8 settings, all valid"), "{text}");
+    let ignored: Vec<(&str, &str)> = outcome.reports[0]
+        .failures()
+        .filter(|f| f.subject == "plugin_config")
+        .map(|f| (f.detail.as_str(), f.fix.as_deref().unwrap_or_default()))
+        .collect();
+    assert_eq!(ignored.len(), 5, "{text}");
+    for (detail, fix) in [
+        ("`Pool` is ignored: `pool` is set too", "remove `Pool` and keep `pool`"),
+        (
+            "`api_url` is not a setting of this plugin (it is one of nE0sIghT/fleeting-plugin-proxmox)",
+            "rename it to `url`",
+        ),
+        ("`lazy_start_instances` is not a setting of this plugin (it is one of LeCyreaxYT", "remove it: "),
+        ("`max_instance` is not a setting of this plugin and is ignored", "did you mean `max_instances`?"),
+        ("`token_secret` is not a setting of this plugin", "`credentials_file_path`"),
+    ] {
+        assert!(ignored.iter().any(|(d, f)| d.starts_with(detail) && f.contains(fix)), "{detail} / {fix}:\n{text}");
+    }
+    // Nothing else failed: the cluster checks ran on the valid settings.
+    assert_eq!(outcome.reports[0].failures().count(), 5, "{text}");
+    assert!(text.contains("ok    template 9000: a template on node"), "{text}");
     setup.sim.shutdown().await.unwrap();
 }
 

@@ -13,7 +13,7 @@ use super::Report;
 use super::input::Target;
 use super::privileges::{self, AclPlace, Subject};
 use super::probe::{self, Probe};
-use crate::group::config::{CloneMode, GroupConfig, PluginConfig};
+use crate::group::config::{CloneMode, GroupConfig, IgnoredKey, Parsed, PluginConfig};
 use crate::group::naming::Naming;
 use crate::group::template::{TemplateFacts, TemplateStorage};
 use crate::pve::{
@@ -52,10 +52,18 @@ fn skip_rest(report: &mut Report, reason: &str) {
 
 fn check_config(target: &Target, report: &mut Report) -> Option<GroupConfig> {
     let json = serde_json::to_vec(&target.plugin_config).unwrap_or_default();
+    // Ignored keys do not stop the plugin (Init only warns), but here they
+    // fail: a misspelt or foreign key is a setting that has no effect.
+    let report_ignored = |report: &mut Report, ignored: &[IgnoredKey]| {
+        for key in ignored {
+            report.fail("plugin_config", key.problem(), key.fix());
+        }
+    };
     match PluginConfig::parse(&json) {
-        Ok(config) => {
-            let count = target.plugin_config.as_object().map_or(0, |o| o.len());
+        Ok(Parsed { config, warnings }) => {
+            let count = target.plugin_config.as_object().map_or(0, |o| o.len()).saturating_sub(warnings.len());
             report.pass("plugin_config", format!("{count} settings, all valid"));
+            report_ignored(report, &warnings);
             if let Some(runner_max) = target.runner_max_instances
                 && runner_max > u64::from(config.max_instances)
             {
@@ -79,6 +87,7 @@ fn check_config(target: &Target, report: &mut Report) -> Option<GroupConfig> {
                     "correct it in [runners.autoscaler.plugin_config] (keys: README, Configuration)",
                 );
             }
+            report_ignored(report, &err.ignored);
             skip_rest(report, "they need a valid plugin_config");
             None
         }
@@ -428,12 +437,10 @@ async fn check_template(
     let kinds = storage.describe_disks();
     let linked = match config.clone_mode {
         CloneMode::Full => {
+            let why = if config.clone_mode_explicit { "clone_mode = full" } else { "`storage` is set" };
             report.pass(
                 "clone mode",
-                format!(
-                    "full clones (clone_mode = full); linked clones would be {}possible",
-                    if linkable { "" } else { "im" }
-                ),
+                format!("full clones ({why}); linked clones would be {}possible", if linkable { "" } else { "im" }),
             );
             false
         }

@@ -2,8 +2,12 @@
 //! `[runners.autoscaler.plugin_config]` table). Every key of the seed plugin
 //! keeps its meaning and default; the rest are new, each with a default.
 //!
-//! Validation reports every problem at once, each naming the key and the
-//! fix; unknown keys are errors that suggest the closest known key.
+//! Keys are read as the seed's Go decoding reads them: names match
+//! regardless of case, `""` for a text key is the same as leaving it out,
+//! and a key we do not know never fails: it is returned as an
+//! [`IgnoredKey`] (a warning naming the closest key, or the equivalent of
+//! another Proxmox plugin's key). Validation of known keys reports every
+//! problem at once, each naming the key and the fix.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,15 +32,15 @@ pub struct PluginConfig {
     pub credentials_file_path: Option<String>,
     /// The Proxmox pool the instances are cloned into; it must exist. Required.
     pub pool: Option<String>,
-    /// Target storage for full clones. Default: the template's storage.
+    /// Storage for full clones. When it is set and `clone_mode` is not, every instance is a full clone onto it, as in the seed (a source VM that is not a template can then be cloned too). Default: the template's storage.
     pub storage: Option<String>,
     /// VMID of the template to clone. Required.
     pub template_id: Option<u32>,
     /// Most instances this group may have at once, counting those being created. Required.
     pub max_instances: Option<u32>,
-    /// Guest interface to take addresses from when no interface matches net0's MAC. Default `ens18`.
+    /// Guest interface to take addresses from. Set, it is read first (as in the seed); unset, the interface with net0's MAC is read first and `ens18` is only the fallback. Default `ens18`.
     pub instance_network_interface: Option<String>,
-    /// Address family to connect with: `ipv4`, `ipv6` or `any`. Default `ipv4`.
+    /// Address family to connect with: `ipv4`, `ipv6` or `any` (IPv4 preferred, then IPv6). Default `ipv4`.
     pub instance_network_protocol: Option<NetworkProtocol>,
     /// VM name while an instance is being created. Default `fleeting-creating`.
     pub instance_name_creating: Option<String>,
@@ -44,14 +48,26 @@ pub struct PluginConfig {
     pub instance_name_running: Option<String>,
     /// VM name while an instance is being removed. Default `fleeting-removing`.
     pub instance_name_removing: Option<String>,
+    /// Proxmox tags for a VM while it is being created, separated by `;` (Phenix66), added to the plugin's own tags. Default: none.
+    pub instance_tags_creating: Option<String>,
+    /// Proxmox tags for a running VM, separated by `;` (Phenix66), added to the plugin's own tags. Default: none.
+    pub instance_tags_running: Option<String>,
+    /// Proxmox tags for a VM being removed, separated by `;` (Phenix66), added to the plugin's own tags. Default: none.
+    pub instance_tags_removing: Option<String>,
+    /// Disk to resize after the clone (Phenix66): `ide0`-`ide3`, `sata0`-`sata5`, `scsi0`-`scsi30` or `virtio0`-`virtio15`; set it together with `instance_autoresize_size`. Default: none.
+    pub instance_autoresize_disk: Option<String>,
+    /// Size for `instance_autoresize_disk` in Proxmox's syntax (Phenix66): absolute like `20G`, or an increment like `+5.5G`; units `K`, `M`, `G`, `T`. Default: none.
+    pub instance_autoresize_size: Option<String>,
+    /// Seconds between two status reads of a Proxmox task (clone, resize, start, delete), as in Phenix66. Default: adaptive, from 0.2 s up to 2 s.
+    pub proxmox_task_wait_interval: Option<i64>,
 
     /// PEM file with the CA that signed the PVE certificate (e.g. the cluster's `/etc/pve/pve-root-ca.pem`).
     pub ca_file: Option<String>,
     /// SHA-256 fingerprint of the PVE server certificate, as shown under Node → System → Certificates.
     pub tls_fingerprint: Option<String>,
-    /// Name that marks this runner's VMs; set a different one for each runner sharing a pool (lower-case letters, digits, `-`, `_`, `.`). Default `fleeting`.
+    /// Name that marks this runner's VMs; runners sharing a pool need different ones (at most 40 lower-case letters, digits, `-`, `_`, `.`). Unset, it is `fleeting` while the three `instance_name_*` keep their defaults; when any of them is changed it is derived from them, so seed-style runners that differ only in names stay apart: `<prefix>-<hash>`, where prefix is the names' common prefix (the running name when they share fewer than 3 characters), lower-cased, cut to 31 characters, without trailing `-`, `_`, `.`, and hash is the first 8 hex digits of the SHA-256 of the creating, running and removing names joined by newlines. Default `fleeting`, or derived from `instance_name_*`.
     pub group: Option<String>,
-    /// `auto` (linked clones where the template's storage allows them, else full), `linked` or `full`. Default `auto`.
+    /// `auto` (linked clones where the template's storage allows them, else full), `linked` or `full`. Default `auto`, or `full` when `storage` is set.
     pub clone_mode: Option<CloneMode>,
     /// Nodes to spread clones over, each new VM going to the one with the fewest instances; a node whose clone fails is skipped for a minute. Cloning to another node needs the template's disks on shared storage (or `storage` set to a shared one for full clones). Default: the template's node.
     pub target_nodes: Option<Vec<String>>,
@@ -107,15 +123,37 @@ pub struct GroupConfig {
     pub storage: Option<String>,
     pub template_id: Vmid,
     pub max_instances: u32,
+    /// The interface to read addresses from: read first when
+    /// [`Self::instance_network_interface_explicit`], else only a fallback
+    /// behind the interface with net0's MAC.
     pub instance_network_interface: String,
+    /// The user set `instance_network_interface` (to a non-empty value).
+    pub instance_network_interface_explicit: bool,
     pub instance_network_protocol: NetworkProtocol,
     pub instance_name_creating: String,
     pub instance_name_running: String,
     pub instance_name_removing: String,
+    /// Phenix66's per-state tags, valid PVE tags, lower-cased, without
+    /// duplicates; set next to the plugin's own tags while the VM is in that
+    /// state. Empty when not configured.
+    pub instance_tags_creating: Vec<String>,
+    pub instance_tags_running: Vec<String>,
+    pub instance_tags_removing: Vec<String>,
+    /// Resize this disk after the clone (Phenix66), before the VM starts.
+    pub autoresize: Option<DiskResize>,
+    /// How often task status is read; `None` means the client's own
+    /// adaptive polling.
+    pub task_poll_interval: Option<Duration>,
     pub ca_file: Option<PathBuf>,
     pub tls_fingerprint: Option<String>,
+    /// Explicit `group`, `fleeting`, or derived from the instance names
+    /// (see [`derived_group`]).
     pub group: String,
+    /// Resolved: the user's `clone_mode`, else `full` when `storage` is set,
+    /// else `auto`.
     pub clone_mode: CloneMode,
+    /// The user set `clone_mode` (so `storage` did not decide it).
+    pub clone_mode_explicit: bool,
     pub target_nodes: Vec<String>,
     pub vmid_range: Option<(Vmid, Vmid)>,
     pub tags: Vec<String>,
@@ -126,6 +164,15 @@ pub struct GroupConfig {
     pub delete_timeout: Duration,
     pub request_timeout: Duration,
     pub cloud_init_user: String,
+}
+
+/// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskResize {
+    /// `scsi0`, `virtio1`, … (PVE's `disk` parameter).
+    pub disk: String,
+    /// PVE's `size` parameter as written: `20G` (absolute) or `+5.5G` (increment).
+    pub size: String,
 }
 
 impl GroupConfig {
@@ -147,11 +194,259 @@ impl GroupConfig {
     }
 }
 
-/// Every problem found in a `plugin_config`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("could not use plugin_config ({} problem{}): {}", problems.len(), if problems.len() == 1 { "" } else { "s" }, problems.join("; "))]
+/// Every problem found in a `plugin_config`, and the keys it ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub problems: Vec<String>,
+    /// Keys that were ignored (not problems, but often their cause: a
+    /// misspelt required key).
+    pub ignored: Vec<IgnoredKey>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.problems.len();
+        write!(f, "could not use plugin_config ({count} problem{}): ", if count == 1 { "" } else { "s" })?;
+        f.write_str(&self.problems.join("; "))?;
+        if !self.ignored.is_empty() {
+            let ignored: Vec<String> = self.ignored.iter().map(ToString::to_string).collect();
+            write!(f, " (also: {})", ignored.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A valid `plugin_config`, and the keys that were ignored in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub config: GroupConfig,
+    /// One per ignored key, in key order; Init logs each as a warning and
+    /// `check` reports each as a failure.
+    pub warnings: Vec<IgnoredKey>,
+}
+
+/// A key of the `plugin_config` that was not used (Go's decoding in the seed
+/// ignores such keys too, so they never stop Runner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredKey {
+    /// The key as written.
+    pub key: String,
+    pub reason: Ignored,
+}
+
+/// Why a key was ignored, with what is known about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// Close to one of our keys: probably a typo.
+    Misspelt { suggestion: String },
+    /// A key of another Proxmox fleeting plugin.
+    OtherPlugin {
+        plugin: &'static str,
+        /// Our key with the same purpose, if there is one.
+        equivalent: Option<&'static str>,
+        fix: &'static str,
+    },
+    /// Neither ours nor close to ours.
+    Unknown,
+    /// The same key again in other letter case; `kept` (as written) counts.
+    Duplicate { kept: String },
+}
+
+impl IgnoredKey {
+    /// What is wrong, naming the key.
+    pub fn problem(&self) -> String {
+        let key = &self.key;
+        match &self.reason {
+            Ignored::Duplicate { kept } => {
+                format!("`{key}` is ignored: `{kept}` is set too, and key names match regardless of case")
+            }
+            Ignored::OtherPlugin { plugin, .. } => {
+                format!("`{key}` is not a setting of this plugin (it is one of {plugin}) and is ignored")
+            }
+            Ignored::Misspelt { .. } | Ignored::Unknown => {
+                format!("`{key}` is not a setting of this plugin and is ignored")
+            }
+        }
+    }
+
+    /// How to fix it.
+    pub fn fix(&self) -> String {
+        match &self.reason {
+            Ignored::Misspelt { suggestion } => format!("did you mean `{suggestion}`? rename it"),
+            Ignored::OtherPlugin { fix, .. } => (*fix).to_string(),
+            Ignored::Unknown => "remove it (the settings are listed in the README, Configuration)".into(),
+            Ignored::Duplicate { kept } => format!("remove `{}` and keep `{kept}`", self.key),
+        }
+    }
+}
+
+impl std::fmt::Display for IgnoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.problem(), self.fix())
+    }
+}
+
+const NE: &str = "nE0sIghT/fleeting-plugin-proxmox";
+const OV: &str = "overlordtm/fleeting-plugin-proxmox";
+const YO: &str = "yoonda9/fleeting-plugin-proxmox";
+const LC: &str = "LeCyreaxYT/gitlab-fleeting-plugin-proxmox";
+
+const NO_STAGING: &str = "remove it: templates are not staged per node here; with the template's disks on shared storage, \
+                          `target_nodes` clones onto other nodes";
+const NO_SCHEDULER: &str = "remove it: new VMs go to the `target_nodes` entry with the fewest instances, and \
+                            `max_instances` bounds the group";
+const NO_IP_POOL: &str =
+    "remove it: instances take their address from DHCP or the template's cloud-init network settings";
+const NO_SIZING: &str = "remove it: set memory and cores on the template; only a disk can be grown \
+                         (`instance_autoresize_disk`, `instance_autoresize_size`)";
+const NO_RETRIES: &str = "remove it: transient Proxmox API errors are retried automatically";
+const NO_LAZY_START: &str = "remove it: instances start as soon as their clone is done";
+const TOKEN_FILE: &str = "move it into the JSON file named by `credentials_file_path` (fields `token_id` and \
+                          `token_secret`, see README, The credentials file)";
+const DISK_RESIZE: &str =
+    "set `instance_autoresize_disk` (e.g. \"scsi0\") and `instance_autoresize_size` (e.g. \"20G\")";
+
+/// Keys of the other Proxmox fleeting plugins (nE0sIghT and its fork
+/// overlordtm, yoonda9, LeCyreaxYT; dxas90 has only the seed's keys), with
+/// what to do instead: (key, plugin, our equivalent key, fix).
+const OTHER_PLUGIN_KEYS: &[(&str, &str, Option<&str>, &str)] = &[
+    ("api_url", NE, Some("url"), "rename it to `url`"),
+    ("token_id", NE, None, TOKEN_FILE),
+    ("token_secret", NE, None, TOKEN_FILE),
+    ("tls_ca_file", NE, Some("ca_file"), "rename it to `ca_file`"),
+    ("tls_insecure_skip_verify", NE, Some("insecure_skip_tls_verify"), "rename it to `insecure_skip_tls_verify`"),
+    ("cluster_name", NE, None, "remove it: the plugin uses the cluster behind `url`"),
+    ("template_vmids", NE, Some("template_id"), "set `template_id` to the VMID of the one template to clone"),
+    ("template_stage_mode", NE, None, NO_STAGING),
+    ("template_vmid_range", NE, None, NO_STAGING),
+    ("template_name_prefix", NE, None, NO_STAGING),
+    ("name_prefix", NE, Some("group"), "set `group` to mark this runner's VMs (VM names come from `instance_name_*`)"),
+    ("nodes", NE, Some("target_nodes"), "rename it to `target_nodes`"),
+    ("target_storages", NE, Some("storage"), "set `storage` to one storage (full clones onto it)"),
+    ("clone_snapshot", NE, None, "remove it: clones are made from the template's current state"),
+    ("vm_memory_mb", NE, None, NO_SIZING),
+    ("vm_cpu_cores", NE, None, NO_SIZING),
+    ("vm_disk_mb", NE, Some("instance_autoresize_size"), DISK_RESIZE),
+    ("vm_disk_device", NE, Some("instance_autoresize_disk"), DISK_RESIZE),
+    ("node_reserve_memory_mb", NE, None, NO_SCHEDULER),
+    ("node_reserve_memory_percent", NE, None, NO_SCHEDULER),
+    ("node_reserve_cpu_cores", NE, None, NO_SCHEDULER),
+    ("node_reserve_cpu_percent", NE, None, NO_SCHEDULER),
+    ("node_reserve_disk_gb", NE, None, NO_SCHEDULER),
+    ("node_reserve_disk_percent", NE, None, NO_SCHEDULER),
+    ("node_memory_allocation_limit_percent", NE, None, NO_SCHEDULER),
+    ("node_cpu_allocation_limit_percent", NE, None, NO_SCHEDULER),
+    ("node_policies", NE, None, NO_SCHEDULER),
+    ("scheduler", NE, None, NO_SCHEDULER),
+    (
+        "max_parallel_starts",
+        NE,
+        None,
+        "remove it: each instance starts when its clone is done; `max_parallel_clones` bounds the clones",
+    ),
+    (
+        "task_poll_interval",
+        NE,
+        Some("proxmox_task_wait_interval"),
+        "set `proxmox_task_wait_interval` in whole seconds, or leave it out for adaptive polling",
+    ),
+    (
+        "start_timeout",
+        NE,
+        Some("boot_timeout"),
+        "set `boot_timeout` (start until the guest agent reports an address), e.g. \"5m\"",
+    ),
+    (
+        "agent_timeout",
+        NE,
+        Some("boot_timeout"),
+        "set `boot_timeout` (start until the guest agent reports an address), e.g. \"5m\"",
+    ),
+    ("shutdown_timeout", NE, Some("delete_timeout"), "set `delete_timeout` (stop and delete), e.g. \"5m\""),
+    ("metrics_socket", NE, None, "remove it: the plugin has no metrics exporter"),
+    ("metrics_interval", NE, None, "remove it: the plugin has no metrics exporter"),
+    ("network_mode", NE, None, NO_IP_POOL),
+    ("ip_pool_network", NE, None, NO_IP_POOL),
+    ("ip_pool_gateway", NE, None, NO_IP_POOL),
+    ("ip_pool_ranges", NE, None, NO_IP_POOL),
+    ("ip_pool_exclude", NE, None, NO_IP_POOL),
+    ("ip_pool_reuse_cooldown", NE, None, NO_IP_POOL),
+    ("state_file", NE, None, "remove it: the plugin keeps no state file (ownership is written on the VMs)"),
+    ("nameserver", NE, None, NO_IP_POOL),
+    ("searchdomain", NE, None, NO_IP_POOL),
+    ("ci_user", NE, Some("cloud_init_user"), "rename it to `cloud_init_user`"),
+    (
+        "ci_ssh_keys",
+        NE,
+        None,
+        "remove it: Runner connects with the key of [runners.autoscaler.connector_config] or one the plugin generates; put other keys into the template",
+    ),
+    ("agent_required", NE, None, "remove it: the guest agent is always required (it reports the address)"),
+    ("prefer_ipv6", NE, Some("instance_network_protocol"), "set `instance_network_protocol = \"ipv6\"` (or \"any\")"),
+    ("description_template", NE, None, "remove it: the VM description holds the plugin's ownership marker"),
+    ("api_retry_max_elapsed", OV, None, NO_RETRIES),
+    (
+        "proxmox_task_wait_timeout",
+        YO,
+        Some("clone_timeout"),
+        "set `clone_timeout` and `delete_timeout` as durations, e.g. \"5m\"",
+    ),
+    ("instance_agent_start_timeout", YO, Some("boot_timeout"), "set `boot_timeout` as a duration, e.g. \"2m\""),
+    ("instance_connect_timeout", YO, Some("boot_timeout"), "set `boot_timeout` as a duration, e.g. \"2m\""),
+    ("collector_interval", YO, None, "remove it: removals start at once, without a collector"),
+    ("http_timeout", YO, Some("request_timeout"), "set `request_timeout` as a duration, e.g. \"60s\""),
+    ("http_max_idle_conns_per_host", YO, None, "remove it: connections are pooled automatically"),
+    ("proxmox_api_retry_attempts", YO, None, NO_RETRIES),
+    ("clone_concurrency", YO, Some("max_parallel_clones"), "rename it to `max_parallel_clones`"),
+    (
+        "vmid_range_start",
+        YO,
+        Some("vmid_range"),
+        "set `vmid_range = \"first-last\"` instead (both ends included; yoonda9's end is excluded)",
+    ),
+    (
+        "vmid_range_end",
+        YO,
+        Some("vmid_range"),
+        "set `vmid_range = \"first-last\"` instead (both ends included; yoonda9's end is excluded)",
+    ),
+    ("instance_name_idle", LC, None, NO_LAZY_START),
+    ("instance_name_starting", LC, None, "remove it: a starting instance keeps `instance_name_creating`"),
+    ("vmid_range_low", LC, Some("vmid_range"), "set `vmid_range = \"low-high\"` instead"),
+    ("vmid_range_high", LC, Some("vmid_range"), "set `vmid_range = \"low-high\"` instead"),
+    (
+        "cleanup_running_on_init",
+        LC,
+        None,
+        "remove it: after a restart every leftover VM is verified, then adopted or removed",
+    ),
+    ("lazy_start_instances", LC, None, NO_LAZY_START),
+];
+
+impl IgnoredKey {
+    /// Classifies a key that is not ours: another plugin's, a near miss of
+    /// one of `known`, or unknown.
+    fn classify(key: &str, known: &[String]) -> Self {
+        let folded = fold(key);
+        let reason = if let Some((_, plugin, equivalent, fix)) =
+            OTHER_PLUGIN_KEYS.iter().find(|(other, ..)| fold(other) == folded)
+        {
+            Ignored::OtherPlugin { plugin, equivalent: *equivalent, fix }
+        } else if let Some(suggestion) = closest(&key.to_lowercase(), known) {
+            Ignored::Misspelt { suggestion: suggestion.to_string() }
+        } else {
+            Ignored::Unknown
+        };
+        Self { key: key.to_string(), reason }
+    }
+}
+
+/// A key name folded as Go's encoding/json folds it to match struct fields
+/// regardless of case (`ToUpper(ToLower(r))` per character).
+fn fold(key: &str) -> String {
+    key.chars().flat_map(char::to_lowercase).flat_map(char::to_uppercase).collect()
 }
 
 /// The keys `plugin_config` accepts, from the generated JSON Schema.
@@ -248,41 +543,107 @@ fn type_name(property: &Value, definitions: &Value) -> String {
     }
 }
 
+/// The keys whose value is text (plain or one of a list of words): for
+/// them `""` means the default, as in the seed's Go decoding.
+fn text_keys() -> Vec<String> {
+    let schema = serde_json::to_value(schemars::schema_for!(PluginConfig)).unwrap_or_default();
+    let definitions = schema.get("$defs").cloned().unwrap_or_default();
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return Vec::new() };
+    properties.iter().filter(|(_, property)| is_text(property, &definitions)).map(|(key, _)| key.clone()).collect()
+}
+
+fn is_text(property: &Value, definitions: &Value) -> bool {
+    if let Some(reference) = property.get("$ref").and_then(Value::as_str) {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        return is_text(&definitions[name], definitions);
+    }
+    for alternatives in ["anyOf", "oneOf"] {
+        if let Some(values) = property.get(alternatives).and_then(Value::as_array) {
+            return values.iter().any(|v| is_text(v, definitions));
+        }
+    }
+    if property.get("const").is_some_and(Value::is_string) {
+        return true;
+    }
+    match property.get("type") {
+        Some(Value::String(kind)) => kind == "string",
+        Some(Value::Array(kinds)) => kinds.iter().any(|k| k == "string"),
+        _ => false,
+    }
+}
+
 impl PluginConfig {
-    /// Parses and validates the JSON Runner sends.
-    pub fn parse(json: &[u8]) -> Result<GroupConfig, ConfigError> {
-        let value: Value = serde_json::from_slice(json).map_err(|err| ConfigError {
-            problems: vec![format!("it is not valid JSON ({err}); check the [runners.autoscaler.plugin_config] table")],
+    /// Parses and validates the JSON Runner sends. Keys are matched as the
+    /// seed's Go decoding matches them (exact name first, else regardless of
+    /// case); `""` for a text key means its default; keys that are not ours
+    /// are returned in [`Parsed::warnings`], never as errors.
+    pub fn parse(json: &[u8]) -> Result<Parsed, ConfigError> {
+        let whole = |problem: &str| ConfigError { problems: vec![problem.to_string()], ignored: Vec::new() };
+        let value: Value = serde_json::from_slice(json).map_err(|err| {
+            whole(&format!("it is not valid JSON ({err}); check the [runners.autoscaler.plugin_config] table"))
         })?;
         let object = match value {
             Value::Object(object) => object,
             Value::Null => Map::new(),
-            _ => {
-                return Err(ConfigError {
-                    problems: vec!["it must be a table of settings ([runners.autoscaler.plugin_config])".into()],
-                });
-            }
+            _ => return Err(whole("it must be a table of settings ([runners.autoscaler.plugin_config])")),
         };
-        let mut problems = Vec::new();
         let known = known_keys();
+        let text = text_keys();
+        let mut ignored = Vec::new();
+        // Our key → (the key as written, its value). An exact name wins over
+        // another spelling; between other spellings the later one does, as in
+        // Go (Runner sends keys sorted, so an exact lower-case name comes last).
+        let mut chosen: std::collections::BTreeMap<String, (String, Value)> = Default::default();
+        for (key, value) in object {
+            let ours = if known.contains(&key) {
+                Some(key.clone())
+            } else {
+                let folded = fold(&key);
+                known.iter().find(|k| fold(k) == folded).cloned()
+            };
+            let Some(ours) = ours else {
+                ignored.push(IgnoredKey::classify(&key, &known));
+                continue;
+            };
+            match chosen.remove(&ours) {
+                Some((previous, previous_value)) if previous == ours => {
+                    ignored.push(IgnoredKey { key, reason: Ignored::Duplicate { kept: previous.clone() } });
+                    chosen.insert(ours, (previous, previous_value));
+                }
+                Some((previous, _)) => {
+                    ignored.push(IgnoredKey { key: previous, reason: Ignored::Duplicate { kept: key.clone() } });
+                    chosen.insert(ours, (key, value));
+                }
+                None => {
+                    chosen.insert(ours, (key, value));
+                }
+            }
+        }
+        ignored.sort_by(|a, b| a.key.cmp(&b.key));
+
+        let mut problems = Vec::new();
         // Each key on its own, so one mistyped value does not hide the next.
         let mut clean = Map::new();
-        for (key, value) in object {
-            if !known.iter().any(|k| k == &key) {
-                let hint = closest(&key, &known).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default();
-                problems.push(format!("`{key}` is not a known setting{hint}"));
+        for (ours, (written, value)) in chosen {
+            if value.as_str() == Some("") && text.contains(&ours) {
                 continue;
             }
-            let single = Value::Object(Map::from_iter([(key.clone(), value.clone())]));
+            let single = Value::Object(Map::from_iter([(ours.clone(), value.clone())]));
             match serde_json::from_value::<PluginConfig>(single) {
                 Ok(_) => {
-                    clean.insert(key, value);
+                    clean.insert(ours, value);
                 }
-                Err(err) => problems.push(format!("`{key}`: {}", describe_serde_error(&err))),
+                Err(err) => problems.push(format!("`{written}`: {}", describe_serde_error(&err))),
             }
         }
         let config: PluginConfig = serde_json::from_value(Value::Object(clean)).unwrap_or_default();
-        config.resolve(problems)
+        match config.resolve(problems) {
+            Ok(config) => Ok(Parsed { config, warnings: ignored }),
+            Err(mut err) => {
+                err.ignored = ignored;
+                Err(err)
+            }
+        }
     }
 
     /// Applies defaults and checks every value; `problems` already found are kept.
@@ -344,21 +705,29 @@ impl PluginConfig {
         };
 
         let names = [
-            ("instance_name_creating", self.instance_name_creating, "fleeting-creating"),
-            ("instance_name_running", self.instance_name_running, "fleeting-running"),
-            ("instance_name_removing", self.instance_name_removing, "fleeting-removing"),
+            ("instance_name_creating", self.instance_name_creating, DEFAULT_NAMES[0]),
+            ("instance_name_running", self.instance_name_running, DEFAULT_NAMES[1]),
+            ("instance_name_removing", self.instance_name_removing, DEFAULT_NAMES[2]),
         ];
         let mut resolved_names = Vec::new();
+        let mut names_valid = true;
         for (key, value, default) in names {
-            let name = value.unwrap_or_else(|| default.to_string());
+            let name = value.filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string());
             if !is_dns_name(&name) {
+                names_valid = false;
                 problems
                     .push(format!("`{key}` {name:?} is not a valid VM name (letters, digits and `-`, dot-separated)"));
             }
             resolved_names.push(name);
         }
 
-        let group = self.group.unwrap_or_else(|| "fleeting".into());
+        let group = match self.group.filter(|g| !g.is_empty()) {
+            Some(group) => group,
+            None if names_valid && resolved_names.iter().zip(DEFAULT_NAMES).any(|(name, default)| name != default) => {
+                derived_group(&resolved_names[0], &resolved_names[1], &resolved_names[2])
+            }
+            None => DEFAULT_GROUP.to_string(),
+        };
         if !is_tag(&group) || group.len() > 40 {
             problems.push(format!(
                 "`group` {group:?} must be at most 40 lower-case letters, digits, `-`, `_` or `.`, starting with a letter or digit"
@@ -371,6 +740,66 @@ impl PluginConfig {
                     .push(format!("`tags` entry {tag:?} is not a Proxmox tag (letters, digits, `-`, `_`, `+`, `.`)"));
             }
         }
+        let mut state_tags = |value: Option<String>, key: &str| -> Vec<String> {
+            let mut tags: Vec<String> = Vec::new();
+            for tag in value.unwrap_or_default().split(|c: char| c == ';' || c == ',' || c.is_whitespace()) {
+                let tag = tag.to_ascii_lowercase();
+                if tag.is_empty() || tags.contains(&tag) {
+                    continue;
+                }
+                if is_tag(&tag) {
+                    tags.push(tag);
+                } else {
+                    problems.push(format!(
+                        "`{key}` tag {tag:?} is not a Proxmox tag; write tags of letters, digits, `-`, `_`, `+`, `.`, separated by `;`, e.g. \"ci;docker\""
+                    ));
+                }
+            }
+            tags
+        };
+        let instance_tags_creating = state_tags(self.instance_tags_creating, "instance_tags_creating");
+        let instance_tags_running = state_tags(self.instance_tags_running, "instance_tags_running");
+        let instance_tags_removing = state_tags(self.instance_tags_removing, "instance_tags_removing");
+
+        let disk_text = self.instance_autoresize_disk.filter(|d| !d.is_empty());
+        let size_text = self.instance_autoresize_size.filter(|s| !s.is_empty());
+        let (disk_set, size_set) = (disk_text.is_some(), size_text.is_some());
+        let disk = disk_text.as_deref().and_then(|text| match parse_disk(text) {
+            Ok(disk) => Some(disk),
+            Err(problem) => {
+                problems.push(format!("`instance_autoresize_disk` {text:?} {problem}"));
+                None
+            }
+        });
+        let size = size_text.filter(|size| {
+            let valid = is_disk_size(size);
+            if !valid {
+                problems.push(format!(
+                    "`instance_autoresize_size` {size:?} is not a disk size; write an absolute size like \"20G\" or an increment like \"+5.5G\" (units K, M, G, T)"
+                ));
+            }
+            valid
+        });
+        match (disk_set, size_set) {
+            (true, false) => problems.push(
+                "`instance_autoresize_disk` is set without `instance_autoresize_size`; add the new size, e.g. `instance_autoresize_size = \"+10G\"`, or remove the disk".into(),
+            ),
+            (false, true) => problems.push(
+                "`instance_autoresize_size` is set without `instance_autoresize_disk`; add the disk to resize, e.g. `instance_autoresize_disk = \"scsi0\"`, or remove the size".into(),
+            ),
+            _ => {}
+        }
+        let autoresize = disk.zip(size).map(|(disk, size)| DiskResize { disk, size });
+        let task_poll_interval = match self.proxmox_task_wait_interval {
+            None => None,
+            Some(seconds) if (1..=3600).contains(&seconds) => Some(Duration::from_secs(seconds.unsigned_abs())),
+            Some(seconds) => {
+                problems.push(format!(
+                    "`proxmox_task_wait_interval` {seconds} is not between 1 and 3600 seconds; write whole seconds, e.g. `proxmox_task_wait_interval = 2`, or remove it for adaptive polling"
+                ));
+                None
+            }
+        };
 
         let vmid_range = self.vmid_range.as_deref().and_then(|text| match parse_range(text) {
             Ok(range) => Some(range),
@@ -422,10 +851,10 @@ impl PluginConfig {
         let max_parallel_clones = parallel(self.max_parallel_clones, "max_parallel_clones");
         let max_parallel_deletes = parallel(self.max_parallel_deletes, "max_parallel_deletes");
 
-        if let Some(fingerprint) = &self.tls_fingerprint {
-            if let Err(problem) = crate::pve::Fingerprint::parse(fingerprint) {
-                problems.push(format!("`tls_fingerprint` {problem}"));
-            }
+        if let Some(fingerprint) = &self.tls_fingerprint
+            && let Err(problem) = crate::pve::Fingerprint::parse(fingerprint)
+        {
+            problems.push(format!("`tls_fingerprint` {problem}"));
         }
         let cloud_init_user = self.cloud_init_user.unwrap_or_else(|| "fleeting".into());
         let valid_user = !cloud_init_user.is_empty()
@@ -448,13 +877,20 @@ impl PluginConfig {
                 target_nodes.push(node);
             }
         }
-        let interface = self.instance_network_interface.unwrap_or_else(|| "ens18".into());
-        if interface.is_empty() {
-            problems.push("`instance_network_interface` must not be empty".into());
-        }
+        let explicit_interface = self.instance_network_interface.filter(|i| !i.is_empty());
+        let instance_network_interface_explicit = explicit_interface.is_some();
+        let interface = explicit_interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
+        let storage = self.storage.filter(|s| !s.is_empty());
+        // The one place that decides the clone mode: the seed clones in full
+        // onto `storage` whenever it is set.
+        let clone_mode = match (self.clone_mode, &storage) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => CloneMode::Full,
+            (None, None) => CloneMode::Auto,
+        };
 
         if !problems.is_empty() {
-            return Err(ConfigError { problems });
+            return Err(ConfigError { problems, ignored: Vec::new() });
         }
         let mut names = resolved_names.into_iter();
         Ok(GroupConfig {
@@ -462,18 +898,25 @@ impl PluginConfig {
             insecure_skip_tls_verify: self.insecure_skip_tls_verify.unwrap_or(false),
             credentials_file_path: PathBuf::from(credentials_file_path),
             pool,
-            storage: self.storage.filter(|s| !s.is_empty()),
+            storage,
             template_id,
             max_instances,
             instance_network_interface: interface,
+            instance_network_interface_explicit,
             instance_network_protocol: self.instance_network_protocol.unwrap_or_default(),
             instance_name_creating: names.next().unwrap_or_default(),
             instance_name_running: names.next().unwrap_or_default(),
             instance_name_removing: names.next().unwrap_or_default(),
+            instance_tags_creating,
+            instance_tags_running,
+            instance_tags_removing,
+            autoresize,
+            task_poll_interval,
             ca_file: self.ca_file.filter(|s| !s.is_empty()).map(PathBuf::from),
             tls_fingerprint: self.tls_fingerprint,
             group,
-            clone_mode: self.clone_mode.unwrap_or_default(),
+            clone_mode,
+            clone_mode_explicit: self.clone_mode.is_some(),
             target_nodes,
             vmid_range,
             tags: tags.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
@@ -486,6 +929,68 @@ impl PluginConfig {
             cloud_init_user,
         })
     }
+}
+
+const DEFAULT_NAMES: [&str; 3] = ["fleeting-creating", "fleeting-running", "fleeting-removing"];
+const DEFAULT_GROUP: &str = "fleeting";
+const DEFAULT_INTERFACE: &str = "ens18";
+
+/// The group of a config whose instance names are not the defaults (see the
+/// doc of [`PluginConfig::group`]): `<prefix>-<hash>`, a valid PVE tag part
+/// of at most 40 characters, the same for the same names in every release.
+pub fn derived_group(creating: &str, running: &str, removing: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let common: String = creating
+        .chars()
+        .zip(running.chars())
+        .zip(removing.chars())
+        .take_while(|((a, b), c)| a == b && b == c)
+        .map(|((a, _), _)| a)
+        .collect();
+    let trim = |text: &str| text.trim_end_matches(['-', '_', '.']).to_string();
+    let base = if trim(&common).chars().count() >= 3 { common } else { running.to_string() };
+    let prefix: String = base
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        .take(31)
+        .collect();
+    let prefix = trim(prefix.trim_start_matches(['-', '_', '.']));
+    let digest = Sha256::digest(format!("{creating}\n{running}\n{removing}").as_bytes());
+    let hash = hex::encode(&digest[..4]);
+    if prefix.is_empty() { hash } else { format!("{prefix}-{hash}") }
+}
+
+/// Phenix66's disk names: `(ide|scsi|sata|virtio)N` with N within the bus's
+/// range; returned normalised (`scsi01` → `scsi1`).
+fn parse_disk(text: &str) -> Result<String, String> {
+    let buses = [("ide", 3u32), ("sata", 5), ("scsi", 30), ("virtio", 15)];
+    let invalid = || {
+        "is not a disk; write the bus and index as in the VM's Hardware view, e.g. \"scsi0\" or \"virtio0\" (ide0-3, sata0-5, scsi0-30, virtio0-15)".to_string()
+    };
+    let (bus, max) = buses.iter().find(|(bus, _)| text.starts_with(bus)).ok_or_else(invalid)?;
+    let digits = &text[bus.len()..];
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let significant = digits.trim_start_matches('0');
+    let index: u32 = if significant.is_empty() { 0 } else { significant.parse().unwrap_or(u32::MAX) };
+    if index > *max {
+        return Err(format!("has no such index on the {bus} bus; use {bus}0 to {bus}{max}"));
+    }
+    Ok(format!("{bus}{index}"))
+}
+
+/// PVE's resize size: `\+?\d+(\.\d+)?[KMGT]?`.
+fn is_disk_size(text: &str) -> bool {
+    let text = text.strip_prefix('+').unwrap_or(text);
+    let number = text.strip_suffix(['K', 'M', 'G', 'T']).unwrap_or(text);
+    let (whole, fraction) = match number.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (number, None),
+    };
+    let digits = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
+    digits(whole) && fraction.is_none_or(digits)
 }
 
 fn describe_serde_error(err: &serde_json::Error) -> String {
@@ -541,7 +1046,20 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<GroupConfig, ConfigError> {
-        PluginConfig::parse(json.as_bytes())
+        PluginConfig::parse(json.as_bytes()).map(|parsed| parsed.config)
+    }
+
+    fn parse_warned(json: &str) -> Parsed {
+        PluginConfig::parse(json.as_bytes()).unwrap()
+    }
+
+    /// SEED with more keys (`"key": value` pairs, comma-separated).
+    fn seed_with(more: &str) -> String {
+        SEED.replace("\"max_instances\": 5", &format!("\"max_instances\": 5, {more}"))
+    }
+
+    fn seed_without_storage_with(more: &str) -> String {
+        seed_with(more).replace("\"storage\": \"local-lvm\",", "")
     }
 
     const SEED: &str = r#"{
@@ -564,7 +1082,12 @@ mod tests {
         assert_eq!(config.instance_name_removing, "fleeting-removing");
         assert_eq!(config.storage.as_deref(), Some("local-lvm"));
         assert_eq!(config.group, "fleeting");
-        assert_eq!(config.clone_mode, CloneMode::Auto);
+        assert_eq!(config.clone_mode, CloneMode::Full, "storage set, clone_mode unset: a full clone onto it");
+        assert!(!config.clone_mode_explicit);
+        assert!(!config.instance_network_interface_explicit);
+        assert!(config.instance_tags_running.is_empty());
+        assert_eq!(config.autoresize, None);
+        assert_eq!(config.task_poll_interval, None);
         assert_eq!(config.clone_timeout, Duration::from_secs(600));
         assert_eq!(config.max_parallel_clones, 4);
     }
@@ -578,7 +1101,7 @@ mod tests {
         .unwrap_err();
         let text = err.to_string();
         for expected in [
-            "`tempalte_id` is not a known setting (did you mean `template_id`?)",
+            "`tempalte_id` is not a setting of this plugin and is ignored; did you mean `template_id`? rename it",
             "`template_id`: invalid type: string \"abc\", expected a whole number",
             "`url` \"pve:8006\" is not an http(s) URL",
             "`credentials_file_path` is required",
@@ -633,5 +1156,339 @@ mod tests {
             assert!(keys.iter().any(|k| k == key), "{key} missing from {keys:?}");
         }
         assert!(json_schema().contains("\"template_id\""));
+    }
+
+    /// Every key of the seed v1.2.0 and of Phenix66 v1.5.0, as their READMEs
+    /// show them.
+    const PHENIX66: &str = r#"{
+        "url": "https://pve.example.com:8006/api2/json",
+        "insecure_skip_tls_verify": true,
+        "credentials_file_path": "/etc/gitlab-runner/pve.json",
+        "pool": "ci",
+        "storage": "",
+        "template_id": 9000,
+        "max_instances": 5,
+        "instance_network_interface": "eth0",
+        "instance_network_protocol": "ipv6",
+        "instance_name_creating": "ci-a-creating",
+        "instance_name_running": "ci-a-running",
+        "instance_name_removing": "ci-a-removing",
+        "instance_tags_creating": "CI;creating",
+        "instance_tags_running": "ci;running;team-a",
+        "instance_tags_removing": "ci;removing",
+        "instance_autoresize_disk": "scsi0",
+        "instance_autoresize_size": "+10G",
+        "proxmox_task_wait_interval": 2
+    }"#;
+
+    #[test]
+    fn every_seed_and_phenix66_key_is_accepted_with_its_meaning() {
+        let Parsed { config, warnings } = parse_warned(PHENIX66);
+        assert_eq!(warnings, [], "no key of theirs is ignored");
+        assert!(config.insecure_skip_tls_verify);
+        assert_eq!(config.storage, None);
+        assert_eq!(config.clone_mode, CloneMode::Auto);
+        assert_eq!(config.instance_network_interface, "eth0");
+        assert!(config.instance_network_interface_explicit);
+        assert_eq!(config.instance_network_protocol, NetworkProtocol::Ipv6);
+        assert_eq!(config.instance_name_running, "ci-a-running");
+        assert_eq!(config.instance_tags_creating, ["ci", "creating"]);
+        assert_eq!(config.instance_tags_running, ["ci", "running", "team-a"]);
+        assert_eq!(config.instance_tags_removing, ["ci", "removing"]);
+        assert_eq!(config.autoresize, Some(DiskResize { disk: "scsi0".into(), size: "+10G".into() }));
+        assert_eq!(config.task_poll_interval, Some(Duration::from_secs(2)));
+        assert_eq!(config.group, "ci-a-60a18e26", "derived from the instance names");
+        // The fields of the Go structs, each one a key here.
+        let keys = known_keys();
+        let theirs: Value = serde_json::from_str(PHENIX66).unwrap();
+        for key in theirs.as_object().unwrap().keys() {
+            assert!(keys.contains(key), "{key} is not a key of ours");
+        }
+    }
+
+    #[test]
+    fn empty_text_means_the_default_as_in_the_seed() {
+        let json = seed_with(
+            r#""storage": "", "instance_network_interface": "", "instance_network_protocol": "",
+               "instance_name_creating": "", "instance_name_running": "", "instance_name_removing": "",
+               "instance_tags_creating": "", "instance_tags_running": "", "instance_tags_removing": "",
+               "instance_autoresize_disk": "", "instance_autoresize_size": "", "clone_mode": "", "group": "",
+               "ca_file": "", "tls_fingerprint": "", "vmid_range": "", "clone_timeout": "", "cloud_init_user": """#,
+        )
+        .replace("\"storage\": \"local-lvm\",", "");
+        let Parsed { config, warnings } = parse_warned(&json);
+        assert_eq!(warnings, []);
+        assert_eq!(config.storage, None);
+        assert_eq!(config.instance_network_interface, "ens18");
+        assert!(!config.instance_network_interface_explicit, "\"\" is not an explicit interface");
+        assert_eq!(config.instance_network_protocol, NetworkProtocol::Ipv4);
+        assert_eq!(
+            [&config.instance_name_creating, &config.instance_name_running, &config.instance_name_removing],
+            ["fleeting-creating", "fleeting-running", "fleeting-removing"]
+        );
+        assert_eq!(config.group, "fleeting");
+        assert_eq!((config.clone_mode, config.clone_mode_explicit), (CloneMode::Auto, false));
+        assert_eq!(config.autoresize, None);
+        assert_eq!(config.ca_file, None);
+        assert_eq!(config.tls_fingerprint, None);
+        assert_eq!(config.vmid_range, None);
+        assert_eq!(config.clone_timeout, Duration::from_secs(600));
+        assert_eq!(config.cloud_init_user, "fleeting");
+        // Required text keys stay required, and "" is no number.
+        let err = parse(&json.replace("\"pool\": \"ci\"", "\"pool\": \"\"")).unwrap_err();
+        assert_eq!(err.problems, ["`pool` is required; add e.g. `pool = \"ci\"`"]);
+        let err = parse(&json.replace("\"template_id\": 9000", "\"template_id\": \"\"")).unwrap_err();
+        assert!(err.problems[0].starts_with("`template_id`: invalid type: string \"\""), "{err}");
+    }
+
+    #[test]
+    fn storage_means_a_full_clone_unless_clone_mode_is_set() {
+        let config = parse(SEED).unwrap();
+        assert_eq!((config.clone_mode, config.clone_mode_explicit), (CloneMode::Full, false));
+        assert_eq!(config.storage.as_deref(), Some("local-lvm"));
+        for (mode, expected) in [("auto", CloneMode::Auto), ("linked", CloneMode::Linked), ("full", CloneMode::Full)] {
+            let config = parse(&seed_with(&format!("\"clone_mode\": \"{mode}\""))).unwrap();
+            assert_eq!((config.clone_mode, config.clone_mode_explicit), (expected, true), "{mode}");
+        }
+        let config = parse(&seed_without_storage_with("\"clone_mode\": \"full\"")).unwrap();
+        assert_eq!((config.clone_mode, config.storage), (CloneMode::Full, None));
+        let config = parse(&seed_without_storage_with("\"tags\": []")).unwrap();
+        assert_eq!((config.clone_mode, config.clone_mode_explicit), (CloneMode::Auto, false));
+    }
+
+    #[test]
+    fn an_explicit_interface_is_recorded() {
+        let config = parse(&seed_with("\"instance_network_interface\": \"ens18\"")).unwrap();
+        assert_eq!(config.instance_network_interface, "ens18");
+        assert!(config.instance_network_interface_explicit, "written, even if it is the default name");
+        let config = parse(SEED).unwrap();
+        assert_eq!(config.instance_network_interface, "ens18");
+        assert!(!config.instance_network_interface_explicit);
+    }
+
+    #[test]
+    fn key_names_match_regardless_of_case_as_in_go() {
+        let json = r#"{"URL": "https://pve.example.com:8006", "Credentials_File_Path": "/etc/pve.json",
+            "POOL": "ci", "Template_ID": 9000, "max_INSTANCES": 5, "ſtorage": "local-lvm"}"#;
+        let Parsed { config, warnings } = parse_warned(json);
+        assert_eq!(warnings, []);
+        assert_eq!(config.url, "https://pve.example.com:8006");
+        assert_eq!(config.template_id, Vmid(9000));
+        assert_eq!(config.storage.as_deref(), Some("local-lvm"), "Go folds ſ to s as well");
+        // The exact name wins over another spelling, whatever the order.
+        let json = seed_with(r#""URL": "https://other.example.com:8006", "Pool": "other""#);
+        let Parsed { config, warnings } = parse_warned(&json);
+        assert_eq!(config.url, "https://pve.example.com:8006");
+        assert_eq!(config.pool, "ci");
+        let ignored: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(ignored, ["Pool", "URL"]);
+        assert_eq!(warnings[1].reason, Ignored::Duplicate { kept: "url".into() });
+        assert_eq!(
+            warnings[1].to_string(),
+            "`URL` is ignored: `url` is set too, and key names match regardless of case; remove `URL` and keep `url`"
+        );
+        // Between two other spellings the later one counts, as in Go.
+        let json = seed_without_storage_with(r#""STORAGE": "a", "Storage": "b""#);
+        let Parsed { config, warnings } = parse_warned(&json);
+        assert_eq!(config.storage.as_deref(), Some("b"));
+        assert_eq!(warnings[0].reason, Ignored::Duplicate { kept: "Storage".into() });
+        // Type errors name the key as written.
+        let err = parse(&seed_with(r#""Max_Parallel_Clones": "x""#)).unwrap_err();
+        assert!(err.problems[0].starts_with("`Max_Parallel_Clones`: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_never_fail_and_say_what_to_do() {
+        let json = seed_with(
+            r#""tempalte_id": 1, "whatever": true, "api_url": "https://x", "template_vmids": [9000],
+               "tls_insecure_skip_verify": true, "tls_ca_file": "/ca.pem", "nodes": ["pve1"], "token_id": "a@pve!b",
+               "token_secret": "s3cr3t-value", "lazy_start_instances": true, "vmid_range_start": 100, "Clone_Concurrency": 2"#,
+        );
+        let Parsed { config, warnings } = parse_warned(&json);
+        assert_eq!(config.template_id, Vmid(9000));
+        let by_key = |key: &str| warnings.iter().find(|w| w.key == key).unwrap_or_else(|| panic!("{key} not warned"));
+        assert_eq!(warnings.len(), 12, "one per unknown key: {warnings:?}");
+        assert_eq!(by_key("tempalte_id").reason, Ignored::Misspelt { suggestion: "template_id".into() });
+        assert_eq!(by_key("whatever").reason, Ignored::Unknown);
+        assert_eq!(
+            by_key("whatever").to_string(),
+            "`whatever` is not a setting of this plugin and is ignored; remove it (the settings are listed in the README, Configuration)"
+        );
+        for (key, ours) in [
+            ("api_url", "url"),
+            ("template_vmids", "template_id"),
+            ("tls_insecure_skip_verify", "insecure_skip_tls_verify"),
+            ("tls_ca_file", "ca_file"),
+            ("nodes", "target_nodes"),
+            ("vmid_range_start", "vmid_range"),
+            ("Clone_Concurrency", "max_parallel_clones"),
+        ] {
+            let warning = by_key(key);
+            assert!(
+                matches!(warning.reason, Ignored::OtherPlugin { equivalent: Some(e), .. } if e == ours),
+                "{key}: {warning:?}"
+            );
+            assert!(warning.fix().contains(&format!("`{ours}")), "{key}: {warning}");
+        }
+        let api_url = by_key("api_url").to_string();
+        assert_eq!(
+            api_url,
+            "`api_url` is not a setting of this plugin (it is one of nE0sIghT/fleeting-plugin-proxmox) and is ignored; rename it to `url`"
+        );
+        assert!(by_key("token_secret").fix().contains("credentials_file_path"));
+        assert!(by_key("lazy_start_instances").fix().starts_with("remove it: "));
+        for warning in &warnings {
+            assert!(!warning.to_string().contains("s3cr3t"), "a value reached a message: {warning}");
+        }
+    }
+
+    #[test]
+    fn other_plugins_keys_map_onto_ours() {
+        let ours = known_keys();
+        for (key, _, equivalent, fix) in OTHER_PLUGIN_KEYS {
+            assert!(!ours.iter().any(|k| fold(k) == fold(key)), "{key} is one of ours");
+            if let Some(equivalent) = equivalent {
+                assert!(ours.iter().any(|k| k == equivalent), "{key} → {equivalent}, not a key of ours");
+                assert!(fix.contains(&format!("`{equivalent}")), "{key}: the fix names {equivalent}: {fix}");
+            }
+            assert_eq!(OTHER_PLUGIN_KEYS.iter().filter(|(k, ..)| k == key).count(), 1, "{key} twice");
+        }
+    }
+
+    #[test]
+    fn problems_with_known_keys_stay_errors_and_list_the_ignored_keys() {
+        let err = parse(r#"{"url": "https://pve:8006", "tempalte_id": 9000, "max_instances": "5", "pool": "ci"}"#)
+            .unwrap_err();
+        assert_eq!(err.ignored.len(), 1);
+        let text = err.to_string();
+        assert!(text.contains("`max_instances`: invalid type: string \"5\", expected a whole number"), "{text}");
+        assert!(text.contains("`template_id` is required"), "{text}");
+        assert!(text.ends_with("(also: `tempalte_id` is not a setting of this plugin and is ignored; did you mean `template_id`? rename it)"), "{text}");
+    }
+
+    #[test]
+    fn per_state_tags_are_proxmox_tags() {
+        let config = parse(&seed_with(
+            r#""instance_tags_creating": "CI; Docker;;ci", "instance_tags_running": "a,b c", "instance_tags_removing": "x""#,
+        ))
+        .unwrap();
+        assert_eq!(config.instance_tags_creating, ["ci", "docker"], "lower-cased, without empties and repeats");
+        assert_eq!(config.instance_tags_running, ["a", "b", "c"], "`,` and spaces separate too, as in PVE");
+        assert_eq!(config.instance_tags_removing, ["x"]);
+        let err =
+            parse(&seed_with(r#""instance_tags_running": "ok;not/ok", "instance_tags_removing": ["x"]"#)).unwrap_err();
+        assert!(err.problems[0].starts_with("`instance_tags_removing`: invalid type: sequence"), "{err}");
+        assert!(err.problems[1].starts_with("`instance_tags_running` tag \"not/ok\" is not a Proxmox tag"), "{err}");
+    }
+
+    #[test]
+    fn autoresize_needs_a_disk_and_a_size() {
+        let resize = |disk: &str, size: &str| {
+            parse(&seed_with(&format!(
+                "\"instance_autoresize_disk\": \"{disk}\", \"instance_autoresize_size\": \"{size}\""
+            )))
+        };
+        for (disk, size) in
+            [("scsi0", "20G"), ("ide3", "+5.5G"), ("sata5", "512M"), ("scsi30", "1T"), ("virtio15", "100")]
+        {
+            let config = resize(disk, size).unwrap_or_else(|err| panic!("{disk} {size}: {err}"));
+            assert_eq!(config.autoresize, Some(DiskResize { disk: disk.into(), size: size.into() }));
+        }
+        assert_eq!(resize("scsi01", "+1G").unwrap().autoresize.unwrap().disk, "scsi1", "PVE's spelling");
+        for disk in
+            ["ide4", "sata6", "scsi31", "virtio16", "nvme0", "scsi", "scsi-1", "SCSI0", "efidisk0", "scsi99999999999"]
+        {
+            let err = resize(disk, "+1G").unwrap_err();
+            assert!(err.problems[0].starts_with(&format!("`instance_autoresize_disk` \"{disk}\" ")), "{disk}: {err}");
+        }
+        for size in ["1.G", ".5G", "+-1G", "10GB", "1g", "10 G", "+"] {
+            let err = resize("scsi0", size).unwrap_err();
+            assert!(
+                err.problems[0].starts_with(&format!("`instance_autoresize_size` \"{size}\" is not a disk size")),
+                "{size}: {err}"
+            );
+        }
+        let err = parse(&seed_with("\"instance_autoresize_disk\": \"scsi0\"")).unwrap_err();
+        assert!(err.problems[0].contains("without `instance_autoresize_size`"), "{err}");
+        let err =
+            parse(&seed_with("\"instance_autoresize_size\": \"+1G\", \"instance_autoresize_disk\": \"\"")).unwrap_err();
+        assert!(err.problems[0].contains("without `instance_autoresize_disk`"), "{err}");
+    }
+
+    #[test]
+    fn task_wait_interval_is_whole_seconds() {
+        let interval = |value: &str| parse(&seed_with(&format!("\"proxmox_task_wait_interval\": {value}")));
+        assert_eq!(interval("10").unwrap().task_poll_interval, Some(Duration::from_secs(10)));
+        assert_eq!(interval("null").unwrap().task_poll_interval, None);
+        for bad in ["0", "-1", "3601"] {
+            let err = interval(bad).unwrap_err();
+            assert!(
+                err.problems[0].starts_with(&format!("`proxmox_task_wait_interval` {bad} is not between 1 and 3600")),
+                "{err}"
+            );
+        }
+        for bad in ["2.5", "\"10\""] {
+            let err = interval(bad).unwrap_err();
+            assert!(err.problems[0].starts_with("`proxmox_task_wait_interval`: invalid type"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn changed_instance_names_derive_the_group() {
+        let names = |c: &str, r: &str, d: &str| {
+            parse(&seed_with(&format!(
+                "\"instance_name_creating\": \"{c}\", \"instance_name_running\": \"{r}\", \"instance_name_removing\": \"{d}\""
+            )))
+            .unwrap()
+            .group
+        };
+        assert_eq!(names("fleeting-creating", "fleeting-running", "fleeting-removing"), "fleeting", "defaults");
+        assert_eq!(names("", "", ""), "fleeting");
+        // Pinned: the same names give the same group in every release.
+        assert_eq!(names("ci-a-creating", "ci-a-running", "ci-a-removing"), "ci-a-60a18e26");
+        assert_eq!(names("", "team-b-running", ""), "team-b-running-194afc13", "running name when no common prefix");
+        let a = names("x-creating", "x-running", "x-removing");
+        let b = names("x-creating", "x-running", "x-deleting");
+        let c = names("X-creating", "x-running", "x-removing");
+        assert!(a != b && a != c && b != c, "distinct names, distinct groups: {a} {b} {c}");
+        let long = "a".repeat(60);
+        let group = names(&format!("{long}-c"), &format!("{long}-r"), &format!("{long}-d"));
+        assert!(group.len() <= 40 && is_tag(&group), "{group}");
+        assert_eq!(
+            group,
+            format!(
+                "{}-{}",
+                "a".repeat(31),
+                &derived_group(&format!("{long}-c"), &format!("{long}-r"), &format!("{long}-d"))[32..]
+            )
+        );
+        for (c, r, d) in
+            [("A.B-creating", "A.B-running", "A.B-removing"), ("1-c", "1-r", "1-d"), ("Ci.Run", "ci.run2", "x")]
+        {
+            let group = derived_group(c, r, d);
+            assert!(group.len() <= 40 && is_tag(&group) && !group.starts_with(['-', '.']), "{c} {r} {d}: {group}");
+        }
+        // An explicit group wins.
+        let config = parse(&seed_with(r#""instance_name_running": "ci-a-running", "group": "runner-a""#)).unwrap();
+        assert_eq!(config.group, "runner-a");
+    }
+
+    #[test]
+    fn new_keys_appear_in_the_reference() {
+        let table = reference_markdown();
+        assert!(table.contains("| `instance_tags_running` | text | none |"), "{table}");
+        assert!(
+            table.contains("| `proxmox_task_wait_interval` | whole number | adaptive, from 0.2 s up to 2 s |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `clone_mode` | `auto` / `linked` / `full` | `auto`, or `full` when `storage` is set |"),
+            "{table}"
+        );
+        assert!(text_keys().contains(&"instance_network_protocol".to_string()));
+        assert!(text_keys().contains(&"instance_autoresize_size".to_string()));
+        assert!(!text_keys().contains(&"template_id".to_string()));
+        assert!(!text_keys().contains(&"tags".to_string()));
+        assert!(!text_keys().contains(&"insecure_skip_tls_verify".to_string()));
     }
 }

@@ -361,7 +361,9 @@ const NODE_PENALTY: Duration = Duration::from_secs(60);
 
 impl InstanceGroup for ProxmoxGroup {
     async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
-        let config = PluginConfig::parse(config).map_err(|err| failed(err.to_string()))?;
+        let parsed = PluginConfig::parse(config).map_err(|err| failed(err.to_string()))?;
+        parsed.warnings.iter().for_each(|ignored| tracing::warn!(key = %ignored.key, "{ignored}"));
+        let config = parsed.config;
         if let Some(engine) = self.engine.get() {
             return Ok(provider_info(engine));
         }
