@@ -5,6 +5,9 @@
 
 #[path = "support/engine_setup.rs"]
 mod engine_setup;
+#[path = "support/reliability/logs.rs"]
+#[allow(dead_code)]
+mod logs;
 
 use std::time::Instant;
 
@@ -114,6 +117,66 @@ async fn bad_config_lists_every_problem_in_one_init_error() {
     assert!(err.contains("`template_id`"), "{err}");
     assert!(err.contains("did you mean `max_instances`?"), "{err}");
     assert!(err.contains("`pool`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_keys_never_stop_init_and_are_logged_once_each() {
+    let logs = logs::capture("fleeting_plugin_proxmox=warn");
+    let setup = setup(fast_scenario()).await;
+    let mut config = setup.config.clone();
+    config["api_url"] = "https://elsewhere:8006".into();
+    config["max_instancez"] = 3.into();
+    config["Instance_Tags_Running"] = "ci;running".into();
+    let group = ProxmoxGroup::new();
+    group.init(config.to_string().as_bytes(), static_credentials()).await.expect("Init with unknown keys");
+    let warnings: Vec<(String, String)> = logs
+        .lines()
+        .into_iter()
+        .filter(|line| line.level == "warn")
+        .filter_map(|line| line.field("key").map(|key| (key, line.message)))
+        .filter(|(key, _)| ["api_url", "max_instancez", "Instance_Tags_Running"].contains(&key.as_str()))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one line per unknown key, none for a known key in other case: {warnings:?}");
+    assert!(warnings.iter().any(|(k, m)| k == "api_url" && m.ends_with("rename it to `url`")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|(k, m)| k == "max_instancez" && m.contains("did you mean `max_instances`?")),
+        "{warnings:?}"
+    );
+    group.shutdown().await.unwrap();
+}
+
+/// Two seed-style runners in one pool that differ only in `instance_name_*`
+/// get different groups, and neither sees nor removes the other's VMs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_sharing_a_pool_with_different_names_stay_apart() {
+    let setup = setup(fast_scenario()).await;
+    let runner = |prefix: &str| {
+        let mut config = setup.config.clone();
+        for state in ["creating", "running", "removing"] {
+            config[format!("instance_name_{state}")] = format!("{prefix}-{state}").into();
+        }
+        config.to_string()
+    };
+    let (a, b) = (ProxmoxGroup::new(), ProxmoxGroup::new());
+    let info_a = a.init(runner("ci-a").as_bytes(), static_credentials()).await.unwrap();
+    let info_b = b.init(runner("ci-b").as_bytes(), static_credentials()).await.unwrap();
+    assert_ne!(info_a.id, info_b.id, "each runner has its own group");
+    assert_eq!(a.increase(2).await.unwrap().succeeded, 2);
+    assert_eq!(b.increase(1).await.unwrap().succeeded, 1);
+    let running_a = wait_until(&a, "a: 2 running", all_running(2)).await;
+    let running_b = wait_until(&b, "b: 1 running", all_running(1)).await;
+    assert!(running_a.iter().all(|(id, _)| !running_b.iter().any(|(other, _)| other == id)));
+    let vm_b = setup.sim.admin().vm(vmid_of(&running_b[0].0)).unwrap();
+    assert_eq!(vm_b.name.as_deref(), Some("ci-b-running"));
+
+    // a scales to zero; b's VM stays as it was.
+    let removed = a.decrease(running_a.iter().map(|(id, _)| id.clone()).collect()).await.unwrap();
+    assert_eq!(removed.succeeded.len(), 2);
+    wait_until(&a, "a: all gone", |s| s.is_empty()).await;
+    assert_eq!(states(&b).await, running_b);
+    assert_eq!(setup.sim.admin().vm(vm_b.vmid).unwrap(), vm_b, "b's VM must be untouched");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
