@@ -110,6 +110,10 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
 
     let request = Incoming { method: &method, query: parts.uri.query(), headers: &parts.headers, body: &body };
     let result = handle(&shared, operation, request, path_params, caller, decision.task_failure);
+    if decision.lose_answer {
+        shared.counters.update(|c| c.lost_answers += 1);
+        return Err(DropConnection);
+    }
     let response = match result {
         Ok(reply) => wire::success(&reply, format),
         Err(error) => {
