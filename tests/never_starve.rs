@@ -173,3 +173,38 @@ async fn a_clone_request_whose_answer_was_lost_yields_exactly_one_vm() {
     setup.assert_untouched();
     group.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_failed_clone_of_ours_left_behind_is_reclaimed() {
+    let setup = setup(fast_scenario()).await;
+    let admin = setup.sim.admin();
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    // The node crashes mid-copy: the clone task fails, its volumes stay.
+    admin.add_fault(FaultRule {
+        task_failure_rate: 1.0,
+        leave_orphans: true,
+        remaining: Some(1),
+        ..FaultRule::for_operation(CLONE)
+    });
+    assert_eq!(group.increase(1).await.unwrap().succeeded, 1);
+    wait_until(&group, "the failed instance removed", |s| s.is_empty()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !admin.inventory().orphaned_disks.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed clone's volumes are freed: {:?}",
+            admin.inventory().orphaned_disks
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(setup.leftovers().is_empty(), "the VM that held the VMID is gone: {:?}", setup.leftovers());
+    // And the VMID serves the next instance.
+    assert_eq!(group.increase(1).await.unwrap().succeeded, 1);
+    let running = wait_until(&group, "running", all_running(1)).await;
+    assert_eq!(vmid_of(&running[0].0), 100, "the reclaimed VMID is free again");
+    remove_all(&group).await;
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}

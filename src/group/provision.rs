@@ -159,11 +159,19 @@ async fn find_own_clone(engine: &Engine, id: &InstanceId, target: &str) -> Resul
                 let ours = engine.naming.owner_of_description(marker).as_ref() == Some(id);
                 return Ok(ours.then(|| node.to_string()));
             }
-            Err(err) if err.is_not_found() => continue,
+            Err(err) if absent_from_pool(&err, id.vmid) => continue,
             Err(err) => return Err(err),
         }
     }
     Ok(None)
+}
+
+/// Reading a VM that is not there: 404, or, with privileges granted on the
+/// pool only, 403 on `/vms/<vmid>` (PVE checks the privilege before it
+/// looks for the VM, and a VM that does not exist is in no pool).
+fn absent_from_pool(err: &PveError, vmid: Vmid) -> bool {
+    let vm_path = format!("/vms/{vmid}");
+    err.is_not_found() || matches!(err.kind(), ErrorKind::PermissionDenied { path: Some(path), .. } if *path == vm_path)
 }
 
 /// Quarantines a VMID tied to a failure, logging it once.
@@ -340,8 +348,49 @@ async fn provision(
                 });
             }
             if proceed {
+                if err.step() == Some(Step::Clone) && !retry_elsewhere {
+                    hold_vmid_for_cleanup(&engine, &id).await;
+                }
                 delete(engine, id, reason).await;
             }
+        }
+    }
+}
+
+/// After a clone of ours failed, PVE removes the new config, but a node
+/// crash mid-copy can leave the new VMID's volumes behind, where nextid
+/// offers the VMID again and every later clone to it collides. An empty VM
+/// with this instance's marker on the VMID lets the deletion that follows
+/// (with `destroy-unreferenced-disks`) free them, with no privilege beyond
+/// the pool's `VM.Allocate`. A VMID someone else took meanwhile is left alone.
+async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
+    let node = engine.template_node.clone();
+    match engine.pve.vm_config(&node, id.vmid).await {
+        Err(err) if absent_from_pool(&err, id.vmid) => {}
+        // The VM exists (the deletion handles it), or PVE cannot say.
+        _ => return,
+    }
+    let request = crate::pve::EmptyVmRequest {
+        vmid: id.vmid,
+        name: Some(engine.config.instance_name_removing.clone()),
+        description: Some(engine.naming.description(id)),
+        pool: Some(engine.config.pool.clone()),
+    };
+    let created = match engine.pve.create_empty_vm(&node, &request).await {
+        Ok(upid) => engine.pve.wait_task(&upid, Duration::from_secs(60)).await.map(|_| ()),
+        Err(err) => Err(err),
+    };
+    match created {
+        Ok(()) => {
+            tracing::debug!(instance = %id, vmid = %id.vmid, "holding VMID {} to free what the failed clone left", id.vmid);
+            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(id) {
+                tracked.node = node;
+            }
+        }
+        Err(err) if err.is_already_exists() => {}
+        Err(err) => {
+            let reason = ProvisionError::pve(Step::Clone, err);
+            quarantine(engine, id.vmid, &reason);
         }
     }
 }
