@@ -113,9 +113,9 @@ async fn a_systematic_failure_holds_scale_up_probes_with_one_and_resumes_after_t
     let group = ProxmoxGroup::new();
     group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
 
-    // Three failures of one cause open the breaker.
-    assert_eq!(group.increase(3).await.unwrap().succeeded, 3);
-    wait_until(&group, "the three failed instances removed", |s| s.is_empty()).await;
+    // Five failures of one cause (the default threshold) open the breaker.
+    assert_eq!(group.increase(5).await.unwrap().succeeded, 5);
+    wait_until(&group, "the five failed instances removed", |s| s.is_empty()).await;
     let held = group.increase(2).await.unwrap();
     assert_eq!(held.succeeded, 0, "held right after the failures");
     assert!(held.failures[0].contains("scale-up is held"), "{:?}", held.failures);

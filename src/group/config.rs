@@ -77,7 +77,7 @@ pub struct PluginConfig {
     pub request_timeout: Option<String>,
     /// User that cloud-init creates with the generated SSH key (when Runner does not pass static credentials). Default `fleeting`.
     pub cloud_init_user: Option<String>,
-    /// Failed provisioning attempts in a row, all of one cause (e.g. the guest never reports an address), that hold scale-up. Single failures among successes never do; outages, dropped connections and VMID collisions never count. Default `3`.
+    /// Failed provisioning attempts in a row, all of one cause (e.g. the guest never reports an address), that hold scale-up. Single failures among successes never do; outages, dropped connections and VMID collisions never count. Default `5`.
     pub failure_threshold: Option<u32>,
     /// How long scale-up is held after systematic failures before one instance tests whether the cause is gone; doubles after each failed test up to `failure_backoff_max`. A success ends the hold. Default `10s`.
     #[schemars(extend("x-format" = "duration"))]
@@ -447,7 +447,7 @@ impl PluginConfig {
                 1
             }
             Some(n) => n,
-            None => 3,
+            None => 5,
         };
 
         if let Some(fingerprint) = &self.tls_fingerprint {

@@ -129,7 +129,7 @@ async fn send_clone(engine: &Engine, id: &InstanceId, node: &str) -> Result<Acce
             Err(error) => error,
         };
         let lost_answer = maybe_sent && (error.is_already_exists() || error.is_retryable());
-        if lost_answer && let Ok(Some(node)) = find_own_clone(engine, id, node).await {
+        if lost_answer && let Ok(Some(node)) = retry_locked(|| find_own_clone(engine, id, node)).await {
             tracing::info!(instance = %id, vmid = %id.vmid, "the clone request's answer was lost, but the clone is under way");
             return Ok(Accepted::Found { node });
         }
@@ -312,12 +312,17 @@ async fn provision(
             // under way ends it, and nothing failed (no warning, no backoff).
             let removal_requested =
                 engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
+            let verdict = err.verdict(Some(id.vmid));
+            let clone_failed = err.step() == Some(Step::Clone) && !matches!(verdict, Verdict::VmidTied(_));
             if removal_requested {
+                if clone_failed {
+                    // The deletion under way (or the next Update) removes the holder.
+                    hold_vmid_for_cleanup(&engine, &id).await;
+                }
                 tracing::debug!(instance = %id, vmid = %id.vmid, error = %err, "provisioning stopped: removal was requested");
                 record_failure(&engine, &ProvisionError::RemovalRequested, None, probe);
                 return;
             }
-            let verdict = err.verdict(Some(id.vmid));
             record_failure(&engine, &err, Some(id.vmid), probe);
             let reason = err.to_string();
             let retry_elsewhere = matches!(verdict, Verdict::VmidTied(_)) && vmid_attempts > 0;
@@ -348,7 +353,7 @@ async fn provision(
                 });
             }
             if proceed {
-                if err.step() == Some(Step::Clone) && !retry_elsewhere {
+                if clone_failed {
                     hold_vmid_for_cleanup(&engine, &id).await;
                 }
                 delete(engine, id, reason).await;
@@ -376,10 +381,26 @@ async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
         description: Some(engine.naming.description(id)),
         pool: Some(engine.config.pool.clone()),
     };
-    let created = match engine.pve.create_empty_vm(&node, &request).await {
-        Ok(upid) => engine.pve.wait_task(&upid, Duration::from_secs(60)).await.map(|_| ()),
-        Err(err) => Err(err),
-    };
+    // A create whose answer was lost may have made the holder already: a
+    // repeat then finds the VMID taken, and the marker tells.
+    let mut sent = false;
+    let created = retry_locked(|| {
+        let was_sent = std::mem::replace(&mut sent, true);
+        let request = &request;
+        let node = &node;
+        async move {
+            match engine.pve.create_empty_vm(node, request).await {
+                Ok(upid) => engine.pve.wait_task(&upid, Duration::from_secs(60)).await.map(|_| ()),
+                Err(err) if was_sent && err.is_already_exists() => match find_own_clone(engine, id, node).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(err),
+                    Err(check) => Err(check),
+                },
+                Err(err) => Err(err),
+            }
+        }
+    })
+    .await;
     match created {
         Ok(()) => {
             tracing::debug!(instance = %id, vmid = %id.vmid, "holding VMID {} to free what the failed clone left", id.vmid);
