@@ -360,3 +360,65 @@ async fn tasks_are_listed_and_can_be_stopped() {
         .unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }
+
+#[tokio::test]
+async fn an_empty_vm_is_created_in_a_pool_with_the_pools_privileges_and_frees_orphans_when_destroyed() {
+    use fleeting_plugin_proxmox::pve::EmptyVmRequest;
+    let sim = start(fast_scenario()).await;
+    let pve = token_client(&sim);
+    let admin = sim.admin();
+    let leftovers = admin.add_crashed_clone_leftovers("local-lvm", 300).unwrap();
+    let request = EmptyVmRequest {
+        vmid: Vmid(300),
+        name: Some("holder".into()),
+        description: Some("marker".into()),
+        pool: Some("ci".into()),
+    };
+    // Without the pool, VM.Allocate on /vms/300 is needed, which the token lacks.
+    let err = pve.create_empty_vm("pve1", &EmptyVmRequest { pool: None, ..request.clone() }).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::PermissionDenied { .. }), "{err}");
+    let upid = pve.create_empty_vm("pve1", &request).await.unwrap();
+    assert_eq!((upid.task_type.as_str(), upid.id.as_str()), ("qmcreate", "300"));
+    wait(&pve, &upid).await.unwrap();
+    let created = admin.vm(300).unwrap();
+    assert_eq!((created.pool.as_deref(), created.config.get("name").map(String::as_str)), (Some("ci"), Some("holder")));
+    // The VMID is taken now: a second create says so in the request.
+    let err = pve.create_empty_vm("pve1", &request).await.unwrap_err();
+    assert!(err.to_string().contains("unable to create VM 300: config file already exists"), "{err}");
+    // Destroyed with destroy-unreferenced-disks, the VMID's leftovers go with it.
+    assert_eq!(admin.inventory().orphaned_disks.len(), leftovers.len());
+    wait(&pve, &pve.delete_vm("pve1", Vmid(300)).await.unwrap()).await.unwrap();
+    assert!(admin.inventory().orphaned_disks.is_empty());
+}
+
+#[tokio::test]
+async fn a_disk_grows_but_never_shrinks_and_a_cdrom_is_refused() {
+    let sim = start(fast_scenario()).await;
+    let pve = token_client(&sim);
+    let admin = sim.admin();
+    wait(&pve, &pve.clone_vm("pve1", Vmid(9000), &into_pool(301)).await.unwrap()).await.unwrap();
+    // 8G → +2G → 10G; then 12G absolute.
+    let task = pve.resize_disk("pve1", Vmid(301), "scsi0", "+2G").await.unwrap().expect("9.x resizes in a task");
+    assert_eq!(task.task_type, "qmresize");
+    wait(&pve, &task).await.unwrap();
+    assert!(admin.vm(301).unwrap().config["scsi0"].ends_with("size=10G"), "{:?}", admin.vm(301).unwrap().config);
+    wait(&pve, &pve.resize_disk("pve1", Vmid(301), "scsi0", "12G").await.unwrap().unwrap()).await.unwrap();
+    assert!(admin.vm(301).unwrap().config["scsi0"].ends_with("size=12G"));
+    let err = pve.resize_disk("pve1", Vmid(301), "scsi0", "4G").await.unwrap_err();
+    assert!(err.to_string().contains("shrinking disks is not supported"), "{err}");
+    let err = pve.resize_disk("pve1", Vmid(301), "ide2", "+1G").await.unwrap_err();
+    assert!(err.to_string().contains("you can't resize a cdrom"), "{err}");
+    let err = pve.resize_disk("pve1", Vmid(301), "scsi5", "+1G").await.unwrap_err();
+    assert!(err.to_string().contains("disk 'scsi5' does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn pve_7_resizes_in_the_request() {
+    let mut scenario = fast_scenario();
+    scenario.pve_version = "7.4.17".into();
+    let sim = start(scenario).await;
+    let pve = token_client(&sim);
+    wait(&pve, &pve.clone_vm("pve1", Vmid(9000), &into_pool(302)).await.unwrap()).await.unwrap();
+    assert_eq!(pve.resize_disk("pve1", Vmid(302), "scsi0", "+1G").await.unwrap(), None);
+    assert!(sim.admin().vm(302).unwrap().config["scsi0"].ends_with("size=9G"));
+}

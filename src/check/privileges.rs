@@ -96,7 +96,7 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
         need(
             AclPlace::Pool,
             "VM.Allocate",
-            "clone into the pool (POST …/clone with pool=) and delete instances (DELETE …/qemu/{vmid})",
+            "clone into the pool (POST …/clone with pool=), delete instances (DELETE …/qemu/{vmid}), and free what a failed clone left (an empty VM on its VMID, deleted with destroy-unreferenced-disks)",
         ),
         need(AclPlace::Pool, "VM.Audit", "list instances and read their configuration and status"),
         need(AclPlace::Pool, "VM.Config.Options", "tag instances and rename them per state (PUT …/config tags, name)"),

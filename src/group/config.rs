@@ -93,6 +93,14 @@ pub struct PluginConfig {
     pub request_timeout: Option<String>,
     /// User that cloud-init creates with the generated SSH key (when Runner does not pass static credentials). Default `fleeting`.
     pub cloud_init_user: Option<String>,
+    /// Failed provisioning attempts in a row, all of one cause (e.g. the guest never reports an address), that hold scale-up. Single failures among successes never do; outages, dropped connections and VMID collisions never count. Default `5`.
+    pub failure_threshold: Option<u32>,
+    /// How long scale-up is held after systematic failures before one instance tests whether the cause is gone; doubles after each failed test up to `failure_backoff_max`. A success ends the hold. Default `10s`.
+    #[schemars(extend("x-format" = "duration"))]
+    pub failure_backoff: Option<String>,
+    /// Longest hold of scale-up between two tests, e.g. `5m`. Default `5m`.
+    #[schemars(extend("x-format" = "duration"))]
+    pub failure_backoff_max: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -164,6 +172,9 @@ pub struct GroupConfig {
     pub delete_timeout: Duration,
     pub request_timeout: Duration,
     pub cloud_init_user: String,
+    pub failure_threshold: u32,
+    pub failure_backoff: Duration,
+    pub failure_backoff_max: Duration,
 }
 
 /// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
@@ -839,6 +850,15 @@ impl PluginConfig {
         let boot_timeout = duration(self.boot_timeout, "boot_timeout", Duration::from_secs(300));
         let delete_timeout = duration(self.delete_timeout, "delete_timeout", Duration::from_secs(300));
         let request_timeout = duration(self.request_timeout, "request_timeout", Duration::from_secs(30));
+        let failure_backoff = duration(self.failure_backoff, "failure_backoff", Duration::from_secs(10));
+        let failure_backoff_max = duration(self.failure_backoff_max, "failure_backoff_max", Duration::from_secs(300));
+        if failure_backoff_max < failure_backoff {
+            problems.push(format!(
+                "`failure_backoff_max` ({}) is shorter than `failure_backoff` ({}); raise failure_backoff_max",
+                humantime::format_duration(failure_backoff_max),
+                humantime::format_duration(failure_backoff)
+            ));
+        }
 
         let mut parallel = |value: Option<u32>, key: &str| match value {
             Some(0) => {
@@ -850,6 +870,14 @@ impl PluginConfig {
         };
         let max_parallel_clones = parallel(self.max_parallel_clones, "max_parallel_clones");
         let max_parallel_deletes = parallel(self.max_parallel_deletes, "max_parallel_deletes");
+        let failure_threshold = match self.failure_threshold {
+            Some(0) => {
+                problems.push("`failure_threshold` must be at least 1".into());
+                1
+            }
+            Some(n) => n,
+            None => 5,
+        };
 
         if let Some(fingerprint) = &self.tls_fingerprint
             && let Err(problem) = crate::pve::Fingerprint::parse(fingerprint)
@@ -927,6 +955,9 @@ impl PluginConfig {
             delete_timeout,
             request_timeout,
             cloud_init_user,
+            failure_threshold,
+            failure_backoff,
+            failure_backoff_max,
         })
     }
 }

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::address::{self, Addresses};
+use super::breaker::Breaker;
 use super::config::{CloneMode, GroupConfig, PluginConfig};
-use super::limiter::FailureLimiter;
 use super::naming::{InstanceId, Naming};
+use super::quarantine::Quarantine;
 use super::ssh_key::GeneratedKey;
 use super::template::{TemplateFacts, TemplateStorage};
 use super::{
@@ -77,7 +78,10 @@ pub(crate) struct Engine {
     /// VMs with our tags whose description names another instance (a copy
     /// made by hand, or another tool's): checked once, then ignored.
     pub impostors: Mutex<HashSet<InstanceId>>,
-    pub limiter: Mutex<FailureLimiter>,
+    /// Holds scale-up back after systematic provisioning failures.
+    pub breaker: Mutex<Breaker>,
+    /// VMIDs tied to a failure (orphaned volumes, held locks), skipped by allocation.
+    pub quarantine: Mutex<Quarantine>,
     pub clone_slots: Semaphore,
     pub delete_slots: Semaphore,
     pub background: TaskTracker,
@@ -178,7 +182,12 @@ impl Engine {
             naming: Naming::new(&config.group),
             clone_slots: Semaphore::new(config.max_parallel_clones as usize),
             delete_slots: Semaphore::new(config.max_parallel_deletes as usize),
-            limiter: Mutex::new(FailureLimiter::new(Duration::from_secs(10), Duration::from_secs(300))),
+            breaker: Mutex::new(Breaker::new(
+                config.failure_threshold,
+                config.failure_backoff,
+                config.failure_backoff_max,
+            )),
+            quarantine: Mutex::new(Quarantine::default()),
             config,
             pve,
             settings,
@@ -460,9 +469,6 @@ impl InstanceGroup for ProxmoxGroup {
 
     async fn increase(&self, count: u32) -> Result<Partial<u32>, GroupError> {
         let engine = self.engine()?;
-        if let Some(reason) = engine.limiter.lock().unwrap().blocked(Instant::now()) {
-            return Ok(Partial { succeeded: 0, failures: vec![reason] });
-        }
         let room = engine.config.max_instances.saturating_sub(engine.count_active());
         let wanted = count.min(room);
         let mut failures = Vec::new();
@@ -473,13 +479,21 @@ impl InstanceGroup for ProxmoxGroup {
                 engine.config.max_instances
             ));
         }
-        let results =
-            futures::future::join_all((0..wanted).map(|_| super::provision::request_clone(engine.clone()))).await;
+        let admission = engine.breaker.lock().unwrap().admit(wanted, Instant::now());
+        if let Some(held) = admission.held {
+            tracing::info!(requested = count, allowed = admission.allowed, "{held}");
+            failures.push(held);
+        }
+        let probe = admission.probe;
+        let results = futures::future::join_all(
+            (0..admission.allowed).map(|_| super::provision::request_clone(engine.clone(), probe)),
+        )
+        .await;
         let mut accepted = 0;
         for result in results {
             match result {
                 Ok(()) => accepted += 1,
-                Err(message) => failures.push(message),
+                Err(err) => failures.push(format!("could not create an instance: {err}")),
             }
         }
         Ok(Partial { succeeded: accepted, failures })

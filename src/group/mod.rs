@@ -6,11 +6,13 @@
 //! provisioning engine implements it.
 
 pub mod address;
+pub mod breaker;
 pub mod config;
 pub mod engine;
-pub mod limiter;
+pub mod failure;
 pub mod naming;
 mod provision;
+pub mod quarantine;
 pub mod ssh_key;
 pub mod template;
 

@@ -1,9 +1,12 @@
 //! The engine's steps on Proxmox, each ending in a known state:
 //! - `request_clone`: find a VMID, send the clone (with the ownership marker
-//!   in its description), retry a VMID race invisibly;
+//!   in its description); a VMID race or a VMID tied to a failure (orphaned
+//!   volumes, a held lock) is retried on another VMID invisibly, and a clone
+//!   request whose answer was lost is found by its marker before anything is
+//!   sent again;
 //! - provisioning (background): wait for the clone, tag and configure, start,
-//!   wait for the agent's address, rename; on any failure log the reason and
-//!   clean up;
+//!   wait for the agent's address, rename; on any failure log the reason,
+//!   tell the breaker what it says, and clean up;
 //! - deletion (background): re-check ownership, stop, delete with `purge` and
 //!   `destroy-unreferenced-disks`, retry locks, not-found counts as done;
 //! - adoption (background): a VM found after a restart is adopted when it
@@ -13,19 +16,45 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::engine::{Engine, Phase, Tracked, choose_addresses};
+use super::failure::{ProvisionError, Step, Verdict};
 use super::naming::InstanceId;
 use super::{Partial, address::Addresses};
 use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, VmResource, Vmid};
 
-/// Clone attempts per instance before giving up (VMID races, held locks).
-const CLONE_ATTEMPTS: u32 = 5;
+/// VMIDs one instance may go through (races, orphaned volumes, held locks)
+/// before its creation fails.
+const VMID_ATTEMPTS: u32 = 5;
+/// Times one clone request is sent while PVE is briefly unavailable.
+const CLONE_REQUEST_ATTEMPTS: u32 = 5;
 
-/// Allocates a VMID and sends the clone request; `Ok` once Proxmox accepted it.
-pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
-    let _slot = engine.clone_slots.acquire().await.map_err(|_| "the plugin is shutting down".to_string())?;
-    let mut last_error = String::new();
-    for attempt in 0..CLONE_ATTEMPTS {
-        let vmid = allocate_vmid(&engine).await?;
+/// How Proxmox took a clone request.
+enum Accepted {
+    /// It answered with the clone task.
+    Task(Upid),
+    /// The answer was lost, but the new VM carries this instance's marker:
+    /// the clone runs, its task is not known.
+    Found { node: String },
+}
+
+/// Allocates a VMID and sends the clone request; `Ok` once Proxmox accepted
+/// it. `probe` marks the one instance the open breaker lets through.
+pub(crate) async fn request_clone(engine: Arc<Engine>, probe: bool) -> Result<(), ProvisionError> {
+    let result = request_clone_on_some_vmid(&engine, probe, VMID_ATTEMPTS).await;
+    if let Err(err) = &result {
+        record_failure(&engine, err, None, probe);
+    }
+    result
+}
+
+async fn request_clone_on_some_vmid(
+    engine: &Arc<Engine>,
+    probe: bool,
+    mut vmid_attempts: u32,
+) -> Result<(), ProvisionError> {
+    let _slot = engine.clone_slots.acquire().await.map_err(|_| ProvisionError::ShuttingDown)?;
+    loop {
+        vmid_attempts = vmid_attempts.saturating_sub(1);
+        let vmid = allocate_vmid(engine).await?;
         let id = InstanceId::generate(vmid);
         let node = engine.pick_node();
         engine.instances.lock().unwrap().insert(
@@ -37,81 +66,176 @@ pub(crate) async fn request_clone(engine: Arc<Engine>) -> Result<(), String> {
                 missing_since: None,
             },
         );
-        let request = CloneRequest {
-            new_vmid: Some(vmid),
-            name: Some(engine.config.instance_name_creating.clone()),
-            description: Some(engine.naming.description(&id)),
-            pool: Some(engine.config.pool.clone()),
-            full: Some(!engine.linked),
-            storage: if engine.linked { None } else { engine.config.storage.clone() },
-            target_node: (node != engine.template_node).then(|| node.clone()),
-        };
-        match engine.pve.clone_vm(&engine.template_node, engine.config.template_id, &request).await {
-            Ok(upid) => {
+        let err = match send_clone(engine, &id, &node).await {
+            Ok(accepted) => {
                 tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
-                let started = Instant::now();
-                let task_engine = engine.clone();
-                let cancel = engine.cancel.clone();
-                engine.background.spawn(async move {
-                    tokio::select! {
-                        () = provision(task_engine, id, upid, started) => {}
-                        () = cancel.cancelled() => {}
-                    }
-                });
+                spawn_provisioning(engine, id, accepted, probe, vmid_attempts);
                 return Ok(());
             }
-            Err(err) => {
-                engine.instances.lock().unwrap().remove(&id);
-                last_error = err.to_string();
-                if err.is_already_exists() {
-                    // /cluster/nextid reserves nothing: someone took the id.
-                    tracing::debug!(vmid = %vmid, "VMID taken meanwhile; trying another");
-                    continue;
-                }
-                if err.is_retryable() && attempt + 1 < CLONE_ATTEMPTS {
-                    tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt + 1))).await;
-                    continue;
-                }
-                // Another target node may still take it (this one is offline,
-                // full, or misconfigured); permission problems are the same everywhere.
-                let node_specific =
-                    !matches!(err.kind(), ErrorKind::PermissionDenied { .. } | ErrorKind::Unauthorized { .. });
-                if node_specific && engine.config.target_nodes.len() > 1 && attempt + 1 < CLONE_ATTEMPTS {
-                    tracing::warn!(node, error = %err, "could not clone to node {node}; trying another target node");
-                    engine.penalise_node(&node);
-                    continue;
-                }
-                // An outage says nothing about the template: backing off
-                // for it would only delay the recovery after it.
-                if !err.is_retryable() {
-                    engine.limiter.lock().unwrap().failure(&last_error, Instant::now());
-                }
-                return Err(last_error);
-            }
+            Err(err) => err,
+        };
+        engine.instances.lock().unwrap().remove(&id);
+        if vmid_attempts == 0 {
+            return Err(err);
         }
+        match err.verdict(Some(vmid)) {
+            Verdict::VmidTied(vmid) => {
+                quarantine(engine, vmid, &err);
+                continue;
+            }
+            // /cluster/nextid reserves nothing: someone took the id.
+            _ if matches!(&err, ProvisionError::Pve { error, .. } if error.is_already_exists()) => {
+                tracing::debug!(vmid = %vmid, "VMID taken meanwhile; trying another");
+                continue;
+            }
+            _ => {}
+        }
+        // Another target node may still take it (this one is offline, full,
+        // or misconfigured); permission problems are the same everywhere.
+        let node_specific = match &err {
+            ProvisionError::Pve { error, .. } => {
+                !matches!(error.kind(), ErrorKind::PermissionDenied { .. } | ErrorKind::Unauthorized { .. })
+            }
+            _ => false,
+        };
+        if node_specific && engine.config.target_nodes.len() > 1 {
+            tracing::warn!(node, error = %err, "could not clone to node {node}; trying another target node");
+            engine.penalise_node(&node);
+            continue;
+        }
+        return Err(err);
     }
-    Err(format!("could not clone template {} after {CLONE_ATTEMPTS} attempts: {last_error}", engine.config.template_id))
 }
 
-/// A VMID that was free a moment ago (PVE reserves nothing; the clone
-/// request settles any race).
-async fn allocate_vmid(engine: &Engine) -> Result<Vmid, String> {
-    let taken = |vmid: Vmid| engine.instances.lock().unwrap().keys().any(|id| id.vmid == vmid);
+/// Sends the clone request for `id`, again while PVE is briefly
+/// unavailable. A request whose answer was lost may have reached PVE: before
+/// giving up, and when a repeat finds the VMID taken, the VM's marker tells
+/// whether the clone is ours, so it never becomes a VM nobody owns.
+async fn send_clone(engine: &Engine, id: &InstanceId, node: &str) -> Result<Accepted, ProvisionError> {
+    let request = CloneRequest {
+        new_vmid: Some(id.vmid),
+        name: Some(engine.config.instance_name_creating.clone()),
+        description: Some(engine.naming.description(id)),
+        pool: Some(engine.config.pool.clone()),
+        full: Some(!engine.linked),
+        storage: if engine.linked { None } else { engine.config.storage.clone() },
+        target_node: (node != engine.template_node).then(|| node.to_string()),
+    };
+    let mut maybe_sent = false;
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=CLONE_REQUEST_ATTEMPTS {
+        let error = match engine.pve.clone_vm(&engine.template_node, engine.config.template_id, &request).await {
+            Ok(upid) => return Ok(Accepted::Task(upid)),
+            Err(error) => error,
+        };
+        let lost_answer = maybe_sent && (error.is_already_exists() || error.is_retryable());
+        if lost_answer && let Ok(Some(node)) = retry_locked(|| find_own_clone(engine, id, node)).await {
+            tracing::info!(instance = %id, vmid = %id.vmid, "the clone request's answer was lost, but the clone is under way");
+            return Ok(Accepted::Found { node });
+        }
+        if error.is_retryable() && attempt < CLONE_REQUEST_ATTEMPTS {
+            maybe_sent = true;
+            tracing::debug!(instance = %id, error = %error, "clone request failed; sending it again");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            continue;
+        }
+        return Err(ProvisionError::pve(Step::CloneRequest, error));
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// The node where a VM carrying `id`'s marker is, if one exists: the
+/// template's node while the clone runs, the target node after it.
+async fn find_own_clone(engine: &Engine, id: &InstanceId, target: &str) -> Result<Option<String>, PveError> {
+    let mut nodes = vec![engine.template_node.as_str()];
+    if target != engine.template_node {
+        nodes.push(target);
+    }
+    for node in nodes {
+        match engine.pve.vm_config(node, id.vmid).await {
+            Ok(config) => {
+                let marker = config.get("description").map(String::as_str).unwrap_or_default();
+                let ours = engine.naming.owner_of_description(marker).as_ref() == Some(id);
+                return Ok(ours.then(|| node.to_string()));
+            }
+            Err(err) if absent_from_pool(&err, id.vmid) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(None)
+}
+
+/// Reading a VM that is not there: 404, or, with privileges granted on the
+/// pool only, 403 on `/vms/<vmid>` (PVE checks the privilege before it
+/// looks for the VM, and a VM that does not exist is in no pool).
+fn absent_from_pool(err: &PveError, vmid: Vmid) -> bool {
+    let vm_path = format!("/vms/{vmid}");
+    err.is_not_found() || matches!(err.kind(), ErrorKind::PermissionDenied { path: Some(path), .. } if *path == vm_path)
+}
+
+/// Quarantines a VMID tied to a failure, logging it once.
+fn quarantine(engine: &Engine, vmid: Vmid, err: &ProvisionError) {
+    let fresh = engine.quarantine.lock().unwrap().add(vmid, &err.to_string(), Instant::now());
+    if fresh {
+        tracing::warn!(
+            vmid = %vmid,
+            error = %err,
+            "VMID {vmid} is unusable for now (volumes or a lock of that VMID are in the way); skipping it for 30 minutes. \
+             If volumes of VMID {vmid} are left over from a crashed clone and no VM {vmid} exists, remove them, \
+             e.g. `pvesm list <storage> --vmid {vmid}` then `pvesm free <volume>`"
+        );
+    }
+}
+
+/// Tells the breaker what a failure of provisioning says about the cluster.
+fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, probe: bool) {
+    match err.verdict(vmid) {
+        Verdict::Counts { cause } => {
+            let now = Instant::now();
+            let mut breaker = engine.breaker.lock().unwrap();
+            if let Some(wait) = breaker.failure(&cause, &err.to_string(), now) {
+                tracing::warn!(
+                    wait_s = wait.as_secs(),
+                    "{}; set failure_backoff / failure_backoff_max to change the wait",
+                    breaker.status(now).unwrap_or_default()
+                );
+            }
+        }
+        Verdict::VmidTied(vmid) => quarantine(engine, vmid, err),
+        Verdict::Neutral if probe => engine.breaker.lock().unwrap().probe_undecided(Instant::now()),
+        Verdict::Neutral => {}
+    }
+}
+
+/// A VMID that was free a moment ago and is not quarantined (PVE reserves
+/// nothing; the clone request settles any race).
+async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
+    let now = Instant::now();
+    let unusable = |vmid: Vmid| {
+        engine.instances.lock().unwrap().keys().any(|id| id.vmid == vmid)
+            || engine.quarantine.lock().unwrap().contains(vmid, now)
+    };
+    let pve_error = |error| ProvisionError::pve(Step::AllocateVmid, error);
     match engine.config.vmid_range {
         None => {
-            let mut candidate = engine.pve.next_vmid(None).await.map_err(|err| err.to_string())?;
+            let mut candidate = engine.pve.next_vmid(None).await.map_err(pve_error)?;
             for _ in 0..64 {
-                if !taken(candidate) {
+                if !unusable(candidate) {
                     return Ok(candidate);
                 }
+                // Start the next question past what is known to be unusable.
                 candidate = Vmid(candidate.0 + 1);
+                while unusable(candidate) {
+                    candidate = Vmid(candidate.0 + 1);
+                }
                 match engine.pve.next_vmid(Some(candidate)).await {
                     Ok(free) => candidate = free,
                     Err(err) if err.is_already_exists() => continue,
-                    Err(err) => return Err(err.to_string()),
+                    Err(err) => return Err(pve_error(err)),
                 }
             }
-            Err("could not find a free VMID".into())
+            Err(ProvisionError::NoFreeVmid { range: String::new() })
         }
         Some((first, last)) => {
             let size = last.0 - first.0 + 1;
@@ -122,26 +246,44 @@ async fn allocate_vmid(engine: &Engine) -> Result<Vmid, String> {
                     *cursor = if *cursor >= last.0 { first.0 } else { *cursor + 1 };
                     candidate
                 };
-                if taken(candidate) {
+                if unusable(candidate) {
                     continue;
                 }
                 match engine.pve.next_vmid(Some(candidate)).await {
                     Ok(free) => return Ok(free),
                     Err(err) if err.is_already_exists() => continue,
-                    Err(err) => return Err(err.to_string()),
+                    Err(err) => return Err(pve_error(err)),
                 }
             }
-            Err(format!(
-                "could not find a free VMID in vmid_range {first}-{last}; widen the range or lower max_instances"
-            ))
+            Err(ProvisionError::NoFreeVmid { range: format!(" in vmid_range {first}-{last}") })
         }
     }
 }
 
+fn spawn_provisioning(engine: &Arc<Engine>, id: InstanceId, accepted: Accepted, probe: bool, vmid_attempts: u32) {
+    let started = Instant::now();
+    let task_engine = engine.clone();
+    let cancel = engine.cancel.clone();
+    engine.background.spawn(async move {
+        tokio::select! {
+            () = provision(task_engine, id, accepted, started, probe, vmid_attempts) => {}
+            () = cancel.cancelled() => {}
+        }
+    });
+}
+
 /// Clone → configure → start → address → rename. Failures are logged with
-/// the reason, counted by the limiter, and cleaned up.
-async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, started: Instant) {
-    match provision_steps(&engine, &id, &clone_task).await {
+/// the reason, told to the breaker, and cleaned up; a clone that failed for
+/// its VMID is made again on another VMID.
+async fn provision(
+    engine: Arc<Engine>,
+    id: InstanceId,
+    accepted: Accepted,
+    started: Instant,
+    probe: bool,
+    vmid_attempts: u32,
+) {
+    match provision_steps(&engine, &id, accepted).await {
         Ok(addresses) => {
             let node = {
                 let mut instances = engine.instances.lock().unwrap();
@@ -153,7 +295,9 @@ async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, starte
                 tracked.addresses = addresses.clone();
                 tracked.node.clone()
             };
-            engine.limiter.lock().unwrap().success();
+            if engine.breaker.lock().unwrap().success() {
+                tracing::info!(instance = %id, "scale-up resumes: an instance became ready");
+            }
             tracing::info!(
                 instance = %id,
                 vmid = %id.vmid,
@@ -163,17 +307,30 @@ async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, starte
                 "instance running"
             );
         }
-        Err(reason) => {
+        Err(err) => {
             // Runner removed it while it was being created: the deletion
             // under way ends it, and nothing failed (no warning, no backoff).
             let removal_requested =
                 engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
+            let verdict = err.verdict(Some(id.vmid));
+            let clone_failed = err.step() == Some(Step::Clone) && !matches!(verdict, Verdict::VmidTied(_));
             if removal_requested {
-                tracing::debug!(instance = %id, vmid = %id.vmid, reason, "provisioning stopped: removal was requested");
+                if clone_failed {
+                    // The deletion under way (or the next Update) removes the holder.
+                    hold_vmid_for_cleanup(&engine, &id).await;
+                }
+                tracing::debug!(instance = %id, vmid = %id.vmid, error = %err, "provisioning stopped: removal was requested");
+                record_failure(&engine, &ProvisionError::RemovalRequested, None, probe);
                 return;
             }
-            tracing::warn!(instance = %id, vmid = %id.vmid, reason, "could not provision instance; removing it");
-            engine.limiter.lock().unwrap().failure(&reason, Instant::now());
+            record_failure(&engine, &err, Some(id.vmid), probe);
+            let reason = err.to_string();
+            let retry_elsewhere = matches!(verdict, Verdict::VmidTied(_)) && vmid_attempts > 0;
+            if retry_elsewhere {
+                tracing::info!(instance = %id, vmid = %id.vmid, "instance creating again on another VMID");
+            } else {
+                tracing::warn!(instance = %id, vmid = %id.vmid, reason, "could not provision instance; removing it");
+            }
             let proceed = {
                 let mut instances = engine.instances.lock().unwrap();
                 match instances.get_mut(&id) {
@@ -184,19 +341,96 @@ async fn provision(engine: Arc<Engine>, id: InstanceId, clone_task: Upid, starte
                     _ => false,
                 }
             };
+            if retry_elsewhere {
+                // The replacement takes its own clone slot; Runner sees this
+                // instance go and the replacement come.
+                let retry_engine = engine.clone();
+                engine.background.spawn(async move {
+                    if let Err(err) = request_clone_on_some_vmid(&retry_engine, probe, vmid_attempts).await {
+                        record_failure(&retry_engine, &err, None, probe);
+                        tracing::warn!(error = %err, "could not create a replacement instance");
+                    }
+                });
+            }
             if proceed {
+                if clone_failed {
+                    hold_vmid_for_cleanup(&engine, &id).await;
+                }
                 delete(engine, id, reason).await;
             }
         }
     }
 }
 
-async fn provision_steps(engine: &Engine, id: &InstanceId, clone_task: &Upid) -> Result<Addresses, String> {
+/// After a clone of ours failed, PVE removes the new config, but a node
+/// crash mid-copy can leave the new VMID's volumes behind, where nextid
+/// offers the VMID again and every later clone to it collides. An empty VM
+/// with this instance's marker on the VMID lets the deletion that follows
+/// (with `destroy-unreferenced-disks`) free them, with no privilege beyond
+/// the pool's `VM.Allocate`. A VMID someone else took meanwhile is left alone.
+async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
+    let node = engine.template_node.clone();
+    match engine.pve.vm_config(&node, id.vmid).await {
+        Err(err) if absent_from_pool(&err, id.vmid) => {}
+        // The VM exists (the deletion handles it), or PVE cannot say.
+        _ => return,
+    }
+    let request = crate::pve::EmptyVmRequest {
+        vmid: id.vmid,
+        name: Some(engine.config.instance_name_removing.clone()),
+        description: Some(engine.naming.description(id)),
+        pool: Some(engine.config.pool.clone()),
+    };
+    // A create whose answer was lost may have made the holder already: a
+    // repeat then finds the VMID taken, and the marker tells.
+    let mut sent = false;
+    let created = retry_locked(|| {
+        let was_sent = std::mem::replace(&mut sent, true);
+        let request = &request;
+        let node = &node;
+        async move {
+            match engine.pve.create_empty_vm(node, request).await {
+                Ok(upid) => engine.pve.wait_task(&upid, Duration::from_secs(60)).await.map(|_| ()),
+                Err(err) if was_sent && err.is_already_exists() => match find_own_clone(engine, id, node).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(err),
+                    Err(check) => Err(check),
+                },
+                Err(err) => Err(err),
+            }
+        }
+    })
+    .await;
+    match created {
+        Ok(()) => {
+            tracing::debug!(instance = %id, vmid = %id.vmid, "holding VMID {} to free what the failed clone left", id.vmid);
+            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(id) {
+                tracked.node = node;
+            }
+        }
+        Err(err) if err.is_already_exists() => {}
+        Err(err) => {
+            let reason = ProvisionError::pve(Step::Clone, err);
+            quarantine(engine, id.vmid, &reason);
+        }
+    }
+}
+
+async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -> Result<Addresses, ProvisionError> {
     let pve = &engine.pve;
     let vmid = id.vmid;
-    pve.wait_task(clone_task, engine.config.clone_timeout).await.map_err(|err| err.to_string())?;
-    let node = engine.instances.lock().unwrap().get(id).map(|t| t.node.clone()).ok_or("removed while cloning")?;
-    let config = pve.vm_config(&node, vmid).await.map_err(|err| err.to_string())?;
+    let clone_error = |error| ProvisionError::pve(Step::Clone, error);
+    let configure_error = |error| ProvisionError::pve(Step::Configure, error);
+    let start_error = |error| ProvisionError::pve(Step::Start, error);
+    match accepted {
+        Accepted::Task(upid) => {
+            pve.wait_task(&upid, engine.config.clone_timeout).await.map_err(clone_error)?;
+        }
+        Accepted::Found { node } => wait_for_clone_without_task(engine, id, &node).await?,
+    }
+    let node =
+        engine.instances.lock().unwrap().get(id).map(|t| t.node.clone()).ok_or(ProvisionError::RemovalRequested)?;
+    let config = retry_locked(|| pve.vm_config(&node, vmid)).await.map_err(configure_error)?;
 
     let mut update = ConfigUpdate { tags: Some(engine.naming.tags(id, &engine.config.tags)), ..Default::default() };
     if let Some(key) = &engine.key {
@@ -206,11 +440,16 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, clone_task: &Upid) ->
             update.ipconfig0 = Some("ip=dhcp,ip6=auto".into());
         }
     }
-    retry_locked(|| pve.update_vm_config(&node, vmid, &update)).await.map_err(|err| err.to_string())?;
+    retry_locked(|| pve.update_vm_config(&node, vmid, &update)).await.map_err(configure_error)?;
 
     let deadline = Instant::now() + engine.config.boot_timeout;
-    let start = retry_locked(|| pve.start_vm(&node, vmid)).await.map_err(|err| err.to_string())?;
-    pve.wait_task(&start, engine.config.boot_timeout).await.map_err(|err| err.to_string())?;
+    let start = retry_locked(|| pve.start_vm(&node, vmid)).await.map_err(start_error)?;
+    match pve.wait_task(&start, engine.config.boot_timeout).await {
+        Ok(_) => {}
+        // A repeated start whose first request did reach PVE.
+        Err(err) if already_running(&err) => {}
+        Err(err) => return Err(start_error(err)),
+    }
 
     let addresses = wait_for_address(engine, &node, vmid, config.get("net0").map(String::as_str), deadline).await?;
     let rename = ConfigUpdate { name: Some(engine.config.instance_name_running.clone()), ..Default::default() };
@@ -220,6 +459,59 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, clone_task: &Upid) ->
     Ok(addresses)
 }
 
+fn already_running(err: &PveError) -> bool {
+    matches!(err.kind(), ErrorKind::TaskFailed { exit_status, .. } if exit_status.contains("already running"))
+}
+
+/// Waits for a clone whose task is not known: the new VM's config carries
+/// `lock: clone` until the clone ends; a failed clone removes the config.
+async fn wait_for_clone_without_task(engine: &Engine, id: &InstanceId, node: &str) -> Result<(), ProvisionError> {
+    let deadline = Instant::now() + engine.config.clone_timeout;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match find_own_clone(engine, id, node).await {
+            Ok(Some(found)) => {
+                let config = retry_locked(|| engine.pve.vm_config(&found, id.vmid)).await;
+                match config {
+                    Ok(config) if config.get("lock").map(String::as_str) != Some("clone") => {
+                        if let Some(tracked) = engine.instances.lock().unwrap().get_mut(id) {
+                            tracked.node = found;
+                        }
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(err) if err.is_not_found() => {}
+                    Err(err) => return Err(ProvisionError::pve(Step::Clone, err)),
+                }
+            }
+            Ok(None) => {
+                let message = format!(
+                    "the clone of VM {} to {} ended without the new VM: it failed",
+                    engine.config.template_id, id.vmid
+                );
+                let error = PveError::new(
+                    format!("clone VM {} to {}", engine.config.template_id, id.vmid),
+                    ErrorKind::NotFound { message },
+                );
+                return Err(ProvisionError::pve(Step::Clone, error));
+            }
+            Err(err) if err.is_retryable() => {}
+            Err(err) => return Err(ProvisionError::pve(Step::Clone, err)),
+        }
+        if Instant::now() + pause > deadline {
+            let error = PveError::new(
+                format!("clone VM {} to {}", engine.config.template_id, id.vmid),
+                ErrorKind::Transient {
+                    message: format!("still running after clone_timeout ({} s)", engine.config.clone_timeout.as_secs()),
+                },
+            );
+            return Err(ProvisionError::pve(Step::Clone, error));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_secs(3));
+    }
+}
+
 /// Polls the guest agent until it reports an address of the wanted family.
 async fn wait_for_address(
     engine: &Engine,
@@ -227,28 +519,29 @@ async fn wait_for_address(
     vmid: Vmid,
     net0: Option<&str>,
     deadline: Instant,
-) -> Result<Addresses, String> {
+) -> Result<Addresses, ProvisionError> {
+    let started = Instant::now();
     let mut pause = Duration::from_millis(500);
     loop {
-        let last = match engine.pve.guest_interfaces(node, vmid).await {
+        let (last, api_unavailable) = match engine.pve.guest_interfaces(node, vmid).await {
             Ok(interfaces) => {
                 let addresses = choose_addresses(engine, &interfaces, net0);
                 if !addresses.is_empty() {
                     return Ok(addresses);
                 }
-                format!(
+                let message = format!(
                     "the guest agent reports no {:?} address on net0 or {}",
                     engine.config.instance_network_protocol, engine.config.instance_network_interface
-                )
+                );
+                (message, false)
             }
-            Err(err) if matches!(err.kind(), ErrorKind::PermissionDenied { .. }) => return Err(err.to_string()),
-            Err(err) => err.to_string(),
+            Err(err) if matches!(err.kind(), ErrorKind::PermissionDenied { .. }) => {
+                return Err(ProvisionError::pve(Step::Boot, err));
+            }
+            Err(err) => (err.to_string(), err.is_retryable()),
         };
         if Instant::now() + pause > deadline {
-            return Err(format!(
-                "no address within boot_timeout ({} s): {last}; check that qemu-guest-agent runs in the template and the network hands out addresses",
-                engine.config.boot_timeout.as_secs()
-            ));
+            return Err(ProvisionError::NoAddress { waited_secs: started.elapsed().as_secs(), last, api_unavailable });
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(Duration::from_secs(3));

@@ -125,6 +125,15 @@ pub struct CloneRequest {
     pub target_node: Option<String>,
 }
 
+/// A VM without disks or devices (see [`PveClient::create_empty_vm`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmptyVmRequest {
+    pub vmid: Vmid,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub pool: Option<String>,
+}
+
 /// Configuration keys to change with `PUT …/config`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConfigUpdate {
@@ -388,6 +397,41 @@ impl PveClient {
             template: status.template.is_some_and(|t| t.0),
             tags: split_tags(status.tags.as_deref()),
         })
+    }
+
+    /// Creates a VM without disks or devices, holding `request.vmid` (e.g.
+    /// so that deleting it with `destroy-unreferenced-disks` frees what a
+    /// crashed clone left of that VMID). Returns the create task.
+    pub async fn create_empty_vm(&self, node: &str, request: &EmptyVmRequest) -> Result<Upid, Error> {
+        let action = format!("create VM {} on {node}", request.vmid);
+        // The body type has a field for every VM setting; only these are sent.
+        let body: types::PostNodesNodeQemuBody = serde_json::from_value(serde_json::json!({
+            "vmid": i64::from(request.vmid),
+            "name": request.name,
+            "description": request.description,
+            "pool": request.pool,
+        }))
+        .map_err(|err| Error::setup(action.clone(), err.to_string()))?;
+        upid(self.api.post_nodes_node_qemu(node, &body).await, &action).await
+    }
+
+    /// Grows `disk` (e.g. `scsi0`) to `size` (`+10G` grows by, `32G` grows
+    /// to; PVE never shrinks). PVE 8.0+ answers with a task, 7.x resizes in
+    /// the request.
+    pub async fn resize_disk(&self, node: &str, vmid: Vmid, disk: &str, size: &str) -> Result<Option<Upid>, Error> {
+        let action = format!("resize disk {disk} of VM {vmid} to {size}");
+        let disk = disk
+            .parse::<types::PutNodesNodeQemuVmidResizeBodyDisk>()
+            .map_err(|_| Error::setup(action.clone(), format!("`{disk}` is not a disk key such as scsi0")))?;
+        let body = types::PutNodesNodeQemuVmidResizeBody { digest: None, disk, size: size.to_string(), skiplock: None };
+        let result = self.api.put_nodes_node_qemu_vmid_resize(node, vmid.into(), &body).await;
+        match data(result, &action).await {
+            Ok(text) => {
+                text.parse().map(Some).map_err(|err: super::task::UpidParseError| invalid(&action, err.to_string()))
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::InvalidResponse { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// Starts the VM; returns the start task.
@@ -683,6 +727,8 @@ envelope! {
     GetClusterResourcesResponse => always Vec<types::GetClusterResourcesResponseDataItem>,
     GetClusterNextidResponse => optional super::lenient::PveInt,
     PostNodesNodeQemuVmidCloneResponse => optional String,
+    PostNodesNodeQemuResponse => optional String,
+    PutNodesNodeQemuVmidResizeResponse => optional String,
     GetNodesNodeQemuVmidConfigResponse => optional types::GetNodesNodeQemuVmidConfigResponseData,
     GetNodesNodeQemuVmidStatusCurrentResponse => optional types::GetNodesNodeQemuVmidStatusCurrentResponseData,
     PostNodesNodeQemuVmidStatusStartResponse => optional String,

@@ -20,8 +20,8 @@ pub mod tls;
 pub mod version;
 
 pub use client::{
-    ClientConfig, CloneRequest, ConfigUpdate, GuestInterface, NodeInfo, PoolMember, PveClient, StorageInfo, TaskStatus,
-    VmResource, VmStatus, Vmid,
+    ClientConfig, CloneRequest, ConfigUpdate, EmptyVmRequest, GuestInterface, NodeInfo, PoolMember, PveClient,
+    StorageInfo, TaskStatus, VmResource, VmStatus, Vmid,
 };
 pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
 pub use error::{Error, ErrorKind};

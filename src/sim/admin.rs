@@ -260,6 +260,23 @@ impl Admin {
         cluster.create_volume(storage, name, vmid, 1 << 30, None).map_err(problem)
     }
 
+    /// Leaves what a node crash in the middle of a clone to `vmid` leaves on
+    /// `storage`: its first disk and its cloud-init volume, with no config.
+    /// The cloud-init volume has a fixed name, so a later clone to the same
+    /// VMID collides with it ("already exists"). Returns the volume ids.
+    pub fn add_crashed_clone_leftovers(&self, storage: &str, vmid: u32) -> Result<Vec<String>, SimError> {
+        let mut cluster = self.shared.cluster();
+        let problem =
+            |cause: String| SimError::Admin(format!("could not leave volumes of VM {vmid} on {storage}: {cause}"));
+        let disk =
+            cluster.free_disk_name(storage, vmid, None).ok_or_else(|| problem("the storage does not exist".into()))?;
+        let cloudinit =
+            cluster.cloudinit_volume_name(storage, vmid).ok_or_else(|| problem("the storage does not exist".into()))?;
+        let disk = cluster.create_volume(storage, disk, vmid, 1 << 30, None).map_err(problem)?;
+        let cloudinit = cluster.create_volume(storage, cloudinit, vmid, 4 << 20, None).map_err(problem)?;
+        Ok(vec![disk, cloudinit])
+    }
+
     /// The simulated time (Unix seconds).
     pub fn now(&self) -> f64 {
         self.shared.clock.now()

@@ -16,6 +16,9 @@ pub struct Counters {
     pub by_status: BTreeMap<u16, u64>,
     pub injected_errors: u64,
     pub dropped_connections: u64,
+    /// Requests carried out whose answer was then lost (a closed connection).
+    #[serde(default)]
+    pub lost_answers: u64,
     /// Connections refused while the API was made unreachable.
     pub refused_connections: u64,
     /// Worker tasks started, per task type (`qmclone`, `qmstart`, …).

@@ -21,8 +21,13 @@ pub struct FaultRule {
     pub message: Option<String>,
     /// Added before answering (simulated milliseconds).
     pub latency_ms: u64,
-    /// Fraction of requests whose connection is closed without an answer.
+    /// Fraction of requests whose connection is closed without an answer,
+    /// before PVE acted on them.
     pub drop_rate: f64,
+    /// Fraction of requests PVE carries out but whose answer is lost (the
+    /// connection closes after the work is done): the client cannot tell
+    /// this from `drop_rate`.
+    pub lost_answer_rate: f64,
     /// Fraction of the worker tasks this operation starts that fail.
     pub task_failure_rate: f64,
     /// The failed task's error text; a PVE-like default per task type.
@@ -43,6 +48,7 @@ impl Default for FaultRule {
             message: None,
             latency_ms: 0,
             drop_rate: 0.0,
+            lost_answer_rate: 0.0,
             task_failure_rate: 0.0,
             task_error: None,
             leave_orphans: false,
@@ -66,6 +72,8 @@ impl FaultRule {
 pub struct Decision {
     pub latency_ms: u64,
     pub drop_connection: bool,
+    /// Carry the request out, then close the connection without the answer.
+    pub lose_answer: bool,
     pub error: Option<(u16, String)>,
     /// The worker task the request starts fails with this text.
     pub task_failure: Option<TaskFailure>,
@@ -133,6 +141,10 @@ impl Faults {
             }
             if !decision.drop_connection && self.draw(rule.drop_rate) {
                 decision.drop_connection = true;
+                applied = true;
+            }
+            if !decision.drop_connection && !decision.lose_answer && self.draw(rule.lost_answer_rate) {
+                decision.lose_answer = true;
                 applied = true;
             }
             if decision.error.is_none() && self.draw(rule.error_rate) {

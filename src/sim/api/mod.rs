@@ -110,6 +110,10 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
 
     let request = Incoming { method: &method, query: parts.uri.query(), headers: &parts.headers, body: &body };
     let result = handle(&shared, operation, request, path_params, caller, decision.task_failure);
+    if decision.lose_answer {
+        shared.counters.update(|c| c.lost_answers += 1);
+        return Err(DropConnection);
+    }
     let response = match result {
         Ok(reply) => wire::success(&reply, format),
         Err(error) => {
@@ -337,6 +341,8 @@ fn dispatch(call: &Call<'_>) -> Result<Reply, ApiError> {
         "put_pools_poolid" => pools::update(call, Some(call.params.text("poolid").unwrap_or_default())),
         "delete_pools_poolid" => pools::delete(call, Some(call.params.text("poolid").unwrap_or_default())),
         "get_nodes_node_qemu" => qemu::list(call),
+        "post_nodes_node_qemu" => qemu::create(call),
+        "put_nodes_node_qemu_vmid_resize" => qemu::resize(call),
         "get_nodes_node_qemu_vmid_config" => qemu::config(call),
         "put_nodes_node_qemu_vmid_config" => qemu::update_config(call, false),
         "post_nodes_node_qemu_vmid_config" => qemu::update_config(call, true),
@@ -386,6 +392,8 @@ fn handled_operations() -> &'static [&'static str] {
         "put_pools_poolid",
         "delete_pools_poolid",
         "get_nodes_node_qemu",
+        "post_nodes_node_qemu",
+        "put_nodes_node_qemu_vmid_resize",
         "get_nodes_node_qemu_vmid_config",
         "put_nodes_node_qemu_vmid_config",
         "post_nodes_node_qemu_vmid_config",

@@ -925,3 +925,204 @@ mod tests {
         assert_ne!(digest(&config), first);
     }
 }
+
+/// `POST /nodes/{node}/qemu` for a VM without new disks. In the request, as
+/// qemu-server does before forking: `VM.Allocate` on the VM or on the pool
+/// it joins, the privilege of every key, the pool exists, the VMID is free.
+/// The `qmcreate` worker writes the config under the VMID's lock and adds
+/// the VM to its pool. Allocating disks (`storage:size`) or restoring
+/// (`archive`) is outside what the simulator models: 501.
+pub fn create(call: &Call<'_>) -> Result<Reply, ApiError> {
+    let caller = call.caller()?.clone();
+    let shared = call.shared;
+    let mut cluster = shared.cluster();
+    let node = call.node();
+    let vmid = call.vmid();
+    cluster.node(&node)?;
+    let pool = call.params.text("pool");
+    const NOT_CREATE_KEYS: &[&str] = &["node", "vmid", "pool", "start", "unique", "live-restore", "force"];
+    let keys: Vec<(String, String)> = call
+        .params
+        .iter()
+        .filter(|(k, _)| !NOT_CREATE_KEYS.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if call.params.has("archive") || keys.iter().any(|(k, v)| vm::is_disk_key(k) && !vm::is_cdrom(v)) {
+        return Err(ApiError::not_implemented("POST", "/nodes/{node}/qemu with disks or an archive"));
+    }
+    if !caller.is_root() {
+        // check_vm_perm: the VM's path, or the pool it is created in.
+        let require = |privileges: &[&str], any: bool| {
+            cluster.require(&caller, &format!("/vms/{vmid}"), privileges, any).or_else(|err| match &pool {
+                Some(pool) => cluster.require(&caller, &format!("/pool/{pool}"), privileges, any),
+                None => Err(err),
+            })
+        };
+        require(&["VM.Allocate"], false)?;
+        for (key, value) in &keys {
+            match key_privileges(key, Some(value)) {
+                Some((privileges, any)) => require(privileges, any)?,
+                None => return Err(ApiError::internal(format!("only root can set '{key}' config"))),
+            }
+        }
+    }
+    if let Some(pool) = &pool
+        && !cluster.pools.contains_key(pool)
+    {
+        return Err(ApiError::internal(format!("pool '{pool}' does not exist")));
+    }
+    if let Some(existing) = cluster.vms.get(&vmid) {
+        return Err(ApiError::internal(if existing.node == node {
+            format!("unable to create VM {vmid}: config file already exists")
+        } else {
+            format!("VM {vmid} already exists on node '{}'", existing.node)
+        }));
+    }
+    let mut config: BTreeMap<String, String> = keys.into_iter().collect();
+    let net_keys: Vec<String> = config.keys().filter(|k| k.starts_with("net")).cloned().collect();
+    for key in net_keys {
+        let mac = cluster.new_mac();
+        if let Some(value) = config.get(&key).cloned() {
+            config.insert(key, vm::net_with_mac(&value, &mac));
+        }
+    }
+    if let Some(tags) = config.get("tags").cloned() {
+        config.insert("tags".into(), vm::normalize_tags(&tags));
+    }
+    let duration = shared.timings.config;
+    let task_node = node.clone();
+    let upid = shared.spawn_task(
+        &mut cluster,
+        &node,
+        "qmcreate",
+        &vmid.to_string(),
+        caller.id(),
+        move |mut task| async move {
+            task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
+            let result = async {
+                task.sleep(duration).await?;
+                let shared = task.shared.clone();
+                let mut cluster = shared.cluster();
+                if cluster.vms.contains_key(&vmid) {
+                    return Err(format!("unable to create VM {vmid}: config file already exists"));
+                }
+                let now = shared.clock.now();
+                cluster.vms.insert(vmid, Vm::new(vmid, task_node, config, now));
+                if let Some(pool) = &pool {
+                    cluster.join_pool(vmid, pool).map_err(|err| err.message)?;
+                }
+                cluster.touch(vmid, now);
+                Ok(())
+            }
+            .await;
+            task.shared.cluster().release_flock(vmid, true);
+            result
+        },
+    );
+    Ok(Reply::data(&upid))
+}
+
+/// `PUT …/resize`: grows a disk (`+10G` by, `32G` to). qemu-server refuses
+/// CD-ROMs (the cloud-init drive is one), a bad size, and shrinking; an
+/// equal size is a no-op. The storage needs `Datastore.AllocateSpace`.
+/// PVE 7.x resizes in the request (null), 8.0+ in a `qmresize` worker.
+pub fn resize(call: &Call<'_>) -> Result<Reply, ApiError> {
+    let caller = call.caller()?.clone();
+    let skiplock = check_skiplock(call)?;
+    let shared = call.shared;
+    let mut cluster = shared.cluster();
+    let node = call.node();
+    let vmid = call.vmid();
+    let disk = call.params.text("disk").unwrap_or_default();
+    let size_text = call.params.text("size").unwrap_or_default();
+    let guest = cluster.vm_on(&node, vmid)?;
+    if let Some(lock) = guest.lock().filter(|_| !skiplock) {
+        return Err(ApiError::internal(locked(lock)));
+    }
+    if call.params.text("digest").is_some_and(|d| d != digest(&guest.config)) {
+        return Err(ApiError::internal("detected modified configuration - file changed by other user? Try again."));
+    }
+    let value =
+        guest.config.get(&disk).cloned().ok_or_else(|| ApiError::internal(format!("disk '{disk}' does not exist")))?;
+    if vm::property(&value, "media").is_some_and(|m| m == "cdrom") {
+        return Err(ApiError::internal("you can't resize a cdrom"));
+    }
+    let volid = vm::disk_volume(&value).ok_or_else(|| ApiError::internal(format!("disk '{disk}' has no volume")))?;
+    let storage = volid.split(':').next().unwrap_or_default().to_string();
+    if !caller.is_root() {
+        cluster.require(&caller, &format!("/storage/{storage}"), &["Datastore.AllocateSpace"], false)?;
+    }
+    let (grow, amount) = match size_text.strip_prefix('+') {
+        Some(rest) => (true, rest),
+        None => (false, size_text.as_str()),
+    };
+    let valid = {
+        let digits = amount.trim_end_matches(['K', 'M', 'G', 'T']);
+        !digits.is_empty() && amount.len() - digits.len() <= 1 && digits.parse::<f64>().is_ok()
+    };
+    let amount = vm::parse_size(amount).filter(|_| valid).ok_or_else(|| ApiError::internal("invalid size string"))?;
+    let current = cluster
+        .volumes
+        .get(&volid)
+        .map(|v| v.size)
+        .or_else(|| vm::property(&value, "size").as_deref().and_then(vm::parse_size))
+        .unwrap_or(0);
+    let new_size = if grow { current + amount } else { amount };
+    if new_size < current {
+        return Err(ApiError::internal("shrinking disks is not supported"));
+    }
+    let apply = move |cluster: &mut Cluster| {
+        if new_size == current {
+            return;
+        }
+        if let Some(volume) = cluster.volumes.get_mut(&volid) {
+            volume.size = new_size;
+        }
+        if let Some(guest) = cluster.vms.get_mut(&vmid)
+            && let Some(value) = guest.config.get(&disk).cloned()
+        {
+            let mut parts: Vec<String> =
+                value.split(',').filter(|part| !part.starts_with("size=")).map(str::to_string).collect();
+            parts.push(format!("size={}", format_size(new_size)));
+            guest.config.insert(disk.clone(), parts.join(","));
+        }
+    };
+    if shared.version.major < 8 {
+        apply(&mut cluster);
+        cluster.touch(vmid, shared.clock.now());
+        return Ok(Reply::null());
+    }
+    let duration = shared.timings.config;
+    let upid = shared.spawn_task(
+        &mut cluster,
+        &node,
+        "qmresize",
+        &vmid.to_string(),
+        caller.id(),
+        move |mut task| async move {
+            task.flock(vmid, true, CONFIG_LOCK_TIMEOUT).await?;
+            let result = task.sleep(duration).await;
+            {
+                let shared = task.shared.clone();
+                let mut cluster = shared.cluster();
+                if result.is_ok() {
+                    apply(&mut cluster);
+                    cluster.touch(vmid, shared.clock.now());
+                }
+                cluster.release_flock(vmid, true);
+            }
+            result
+        },
+    );
+    Ok(Reply::data(&upid))
+}
+
+/// PVE's size notation: the largest unit that divides the size.
+fn format_size(bytes: u64) -> String {
+    for (unit, factor) in [("T", 1u64 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
+        if bytes >= factor && bytes % factor == 0 {
+            return format!("{}{unit}", bytes / factor);
+        }
+    }
+    bytes.to_string()
+}

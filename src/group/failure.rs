@@ -1,0 +1,182 @@
+//! Why provisioning one instance failed, typed down to the boundary where a
+//! person reads it, and what the failure says about the cluster: whether it
+//! counts toward the scale-up breaker, is tied to one VMID, or says nothing.
+
+use std::fmt;
+
+use crate::pve::{Error as PveError, ErrorKind, Vmid};
+
+/// A step of provisioning one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Finding a free VMID.
+    AllocateVmid,
+    /// Sending the clone request.
+    CloneRequest,
+    /// The clone task.
+    Clone,
+    /// Tags, cloud-init, name.
+    Configure,
+    /// Growing a disk after the clone.
+    Resize,
+    /// The start task.
+    Start,
+    /// From start until the guest reports an address.
+    Boot,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AllocateVmid => "allocate a VMID",
+            Self::CloneRequest => "clone request",
+            Self::Clone => "clone",
+            Self::Configure => "configure",
+            Self::Resize => "resize disk",
+            Self::Start => "start",
+            Self::Boot => "boot",
+        })
+    }
+}
+
+/// Why one instance could not be provisioned.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A Proxmox call of `step` failed.
+    #[error("{error}")]
+    Pve {
+        step: Step,
+        #[source]
+        error: PveError,
+    },
+    /// The guest never reported an address of the wanted family.
+    #[error(
+        "could not find the instance's address within boot_timeout ({waited_secs} s): {last}; check that \
+         qemu-guest-agent runs in the template and the network hands out addresses"
+    )]
+    NoAddress {
+        waited_secs: u64,
+        /// What the last look showed.
+        last: String,
+        /// The last look failed at the API (an outage says nothing about the guest).
+        api_unavailable: bool,
+    },
+    /// No free VMID in the allowed range.
+    #[error("could not find a free VMID{range}; widen vmid_range or lower max_instances")]
+    NoFreeVmid { range: String },
+    /// Runner asked for its removal while it was being created.
+    #[error("its removal was requested while it was being created")]
+    RemovalRequested,
+    /// The plugin is shutting down.
+    #[error("the plugin is shutting down")]
+    ShuttingDown,
+}
+
+/// What a failure says about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It may be systematic (template, storage, permissions): it counts
+    /// toward the breaker under this cause.
+    Counts { cause: String },
+    /// It is tied to this VMID (orphaned volumes, a held lock on its config):
+    /// quarantine the VMID and try another.
+    VmidTied(Vmid),
+    /// It says nothing about the template or the cluster (an outage, a
+    /// dropped connection, a removal Runner asked for).
+    Neutral,
+}
+
+impl ProvisionError {
+    pub fn pve(step: Step, error: PveError) -> Self {
+        Self::Pve { step, error }
+    }
+
+    /// The step that failed, when one did.
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            Self::Pve { step, .. } => Some(*step),
+            Self::NoAddress { .. } => Some(Step::Boot),
+            Self::NoFreeVmid { .. } => Some(Step::AllocateVmid),
+            Self::RemovalRequested | Self::ShuttingDown => None,
+        }
+    }
+
+    /// What this failure says, for the clone to `vmid` (if one was made).
+    pub fn verdict(&self, vmid: Option<Vmid>) -> Verdict {
+        match self {
+            Self::Pve { step, error } => {
+                if let Some(vmid) = vmid
+                    && matches!(step, Step::CloneRequest | Step::Clone)
+                    && super::quarantine::tied_to_vmid(error, vmid)
+                {
+                    return Verdict::VmidTied(vmid);
+                }
+                if error.is_retryable() {
+                    return Verdict::Neutral;
+                }
+                Verdict::Counts { cause: format!("{step}: {}", kind_class(error.kind())) }
+            }
+            Self::NoAddress { api_unavailable: true, .. } => Verdict::Neutral,
+            Self::NoAddress { .. } => Verdict::Counts { cause: "boot: no address".into() },
+            Self::NoFreeVmid { .. } => Verdict::Counts { cause: "allocate a VMID: none free".into() },
+            Self::RemovalRequested | Self::ShuttingDown => Verdict::Neutral,
+        }
+    }
+}
+
+/// A short, bounded name for an error kind (a cause of the breaker, a log field).
+pub fn kind_class(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound { .. } => "not found",
+        ErrorKind::Locked { .. } => "locked",
+        ErrorKind::AlreadyExists { .. } => "already exists",
+        ErrorKind::PermissionDenied { .. } => "permission denied",
+        ErrorKind::Unauthorized { .. } => "unauthorized",
+        ErrorKind::InvalidParameter { .. } => "invalid parameter",
+        ErrorKind::Transient { .. } => "unavailable",
+        ErrorKind::TaskFailed { .. } => "task failed",
+        ErrorKind::TaskTimeout { .. } => "task timed out",
+        ErrorKind::Api { .. } => "error answer",
+        ErrorKind::InvalidResponse { .. } => "invalid answer",
+        ErrorKind::Tls { .. } => "TLS",
+        ErrorKind::Setup { .. } => "setup",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pve::Upid;
+
+    fn task_failed(exit_status: &str) -> PveError {
+        let upid: Upid = "UPID:pve1:0000A1B2:0001C3D4:6553F000:qmclone:9000:root@pam:".parse().unwrap();
+        PveError::new(
+            "complete task qmclone of VM 9000",
+            ErrorKind::TaskFailed { upid, exit_status: exit_status.into(), log_tail: Vec::new() },
+        )
+    }
+
+    #[test]
+    fn verdicts() {
+        let collision = ProvisionError::pve(
+            Step::Clone,
+            task_failed("clone failed: zfs error: cannot create 'rpool/data/vm-104-disk-0': dataset already exists"),
+        );
+        assert_eq!(collision.verdict(Some(Vmid(104))), Verdict::VmidTied(Vmid(104)));
+
+        let broken = ProvisionError::pve(Step::Clone, task_failed("clone failed: storage 'local-lvm' is full"));
+        assert_eq!(broken.verdict(Some(Vmid(104))), Verdict::Counts { cause: "clone: task failed".into() });
+
+        let outage = ProvisionError::pve(
+            Step::Start,
+            PveError::new("start VM 104", ErrorKind::Transient { message: "503".into() }),
+        );
+        assert_eq!(outage.verdict(Some(Vmid(104))), Verdict::Neutral);
+
+        let no_address = ProvisionError::NoAddress { waited_secs: 300, last: "no IPv4".into(), api_unavailable: false };
+        assert_eq!(no_address.verdict(Some(Vmid(104))), Verdict::Counts { cause: "boot: no address".into() });
+        let during_outage = ProvisionError::NoAddress { waited_secs: 300, last: "503".into(), api_unavailable: true };
+        assert_eq!(during_outage.verdict(Some(Vmid(104))), Verdict::Neutral);
+        assert_eq!(ProvisionError::RemovalRequested.verdict(Some(Vmid(104))), Verdict::Neutral);
+    }
+}
