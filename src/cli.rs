@@ -84,10 +84,10 @@ struct CheckArgs {
     /// In a config.toml: check only the [[runners]] entry with this name.
     #[arg(long, value_name = "NAME")]
     runner: Option<String>,
-    /// Whether Runner brings its own SSH credentials
-    /// ([runners.autoscaler.connector_config] use_static_credentials); a
-    /// cloud-init drive is required only when it does not. Overrides the
-    /// value read from config.toml.
+    /// Whether Runner brings its own credentials ([runners.autoscaler.connector_config]
+    /// key_path, password, or use_static_credentials = true); the plugin
+    /// generates a key, and needs a cloud-init drive, only when it does not.
+    /// Overrides what config.toml says.
     #[arg(long, value_name = "BOOL")]
     use_static_credentials: Option<bool>,
 }

@@ -180,7 +180,7 @@ async fn runners_sharing_a_pool_with_different_names_stay_apart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_clone_is_cleaned_up_and_backs_off_scale_up() {
+async fn a_failed_clone_is_cleaned_up_and_does_not_hold_scale_up() {
     let setup = setup(fast_scenario()).await;
     let admin = setup.sim.admin();
     admin.add_fault(fleeting_plugin_proxmox::sim::FaultRule {
@@ -195,10 +195,11 @@ async fn a_failed_clone_is_cleaned_up_and_backs_off_scale_up() {
     wait_until(&group, "failed instance removed", |s| s.is_empty()).await;
     setup.assert_no_leaks();
     setup.assert_untouched();
-    // Right after a failure, scale-up waits and says why.
-    let blocked = group.increase(1).await.unwrap();
-    assert_eq!(blocked.succeeded, 0);
-    assert!(blocked.failures[0].contains("failed attempt"), "{:?}", blocked.failures);
+    // One failure says nothing systematic: the next scale-up goes ahead
+    // (tests/never_starve.rs holds it for failures of one cause in a row).
+    let next = group.increase(1).await.unwrap();
+    assert_eq!((next.succeeded, next.failures.len()), (1, 0), "{:?}", next.failures);
+    wait_until(&group, "running", all_running(1)).await;
     group.shutdown().await.unwrap();
 }
 

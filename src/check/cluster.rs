@@ -36,7 +36,7 @@ pub async fn check_target(target: &Target) -> Report {
     };
     check_version(&version, &mut report);
     check_pool(&pve, &config, &mut report).await;
-    let generate = !target.use_static_credentials;
+    let generate = !target.runner_brings_credentials;
     let template = check_template(&pve, &config, generate, &mut report).await;
     if let Some(template) = &template {
         check_target_nodes(&pve, &config, template, &mut report).await;
@@ -379,47 +379,13 @@ async fn check_template(
         }
     };
     let facts = TemplateFacts::from_config(&vm.node, &vm_config, vm.template);
-    if facts.is_template {
-        report.pass(&subject, format!("a template on node {}", facts.node));
-    } else {
-        report.fail(
-            &subject,
-            format!("VM {id} on node {} is not a template", facts.node),
-            format!("convert it: `qm template {id}` (or More → Convert to template in the GUI)"),
-        );
-    }
-    if facts.agent_enabled {
-        report.pass(format!("{subject} guest agent"), "enabled");
-    } else {
-        report.fail(
-            format!("{subject} guest agent"),
-            "not enabled, so the plugin cannot learn the instances' addresses",
-            format!("`qm set {id} --agent enabled=1`, and install and enable qemu-guest-agent inside the template"),
-        );
-    }
-    match (&facts.cloud_init_drive, generate) {
-        (Some(drive), _) => report.pass(format!("{subject} cloud-init drive"), drive.clone()),
-        (None, true) => report.fail(
-            format!("{subject} cloud-init drive"),
-            "missing; the plugin needs it to install the SSH key it generates",
-            format!(
-                "`qm set {id} --ide2 {}:cloudinit` (and cloud-init in the guest), or set use_static_credentials = true \
-                 with your own key in [runners.autoscaler.connector_config]",
-                facts.disk_storages.first().map_or("<storage>", String::as_str)
-            ),
-        ),
-        (None, false) => {
-            report.pass(format!("{subject} cloud-init drive"), "none, and none needed (use_static_credentials)")
+    for requirement in crate::group::template::judge(&facts, id, config.storage.as_deref(), generate) {
+        let aspect =
+            if requirement.aspect == "source" { subject.clone() } else { format!("{subject} {}", requirement.aspect) };
+        match requirement.verdict {
+            Ok(how) => report.pass(aspect, how),
+            Err(problem) => report.fail(aspect, problem.problem, problem.fix),
         }
-    }
-    if facts.has_net0 {
-        report.pass(format!("{subject} network"), format!("net0 on {}", facts.bridges.join(", ")));
-    } else {
-        report.fail(
-            format!("{subject} network"),
-            "no net0 network interface",
-            format!("`qm set {id} --net0 virtio,bridge=vmbr0`"),
-        );
     }
 
     // Linked clones need a template whose every disk sits on storage that
@@ -433,35 +399,17 @@ async fn check_template(
             format!("grant Datastore.AllocateSpace on /storage/{name} (see the privileges below)"),
         );
     }
-    let linkable = facts.is_template && storage.linked_clones_possible();
-    let kinds = storage.describe_disks();
-    let linked = match config.clone_mode {
-        CloneMode::Full => {
-            let why = if config.clone_mode_explicit { "clone_mode = full" } else { "`storage` is set" };
-            report.pass(
-                "clone mode",
-                format!("full clones ({why}); linked clones would be {}possible", if linkable { "" } else { "im" }),
-            );
-            false
-        }
-        CloneMode::Linked if !linkable => {
-            report.fail(
-                "clone mode",
-                format!("clone_mode = linked, but the template's storage {kinds} cannot make linked clones"),
-                "set clone_mode = \"auto\" or \"full\", or move the template's disks to storage with linked clones \
-                 (LVM-thin, ZFS, Ceph RBD, directory/NFS with qcow2)",
-            );
-            true
-        }
-        _ if linkable => {
-            report.pass("clone mode", format!("linked clones on {kinds}"));
-            true
-        }
-        _ => {
-            report.pass("clone mode", format!("full clones: {kinds} cannot make linked clones (slower, more space)"));
-            false
-        }
-    };
+    let linked =
+        match crate::group::template::clone_kind(&facts, &storage, config.clone_mode, config.clone_mode_explicit) {
+            Ok((linked, how)) => {
+                report.pass("clone mode", how);
+                linked
+            }
+            Err(problem) => {
+                report.fail("clone mode", problem.problem, problem.fix);
+                config.clone_mode == CloneMode::Linked
+            }
+        };
     let clone_storages: Vec<String> = match (&config.storage, linked) {
         (Some(storage), false) => vec![storage.clone()],
         _ => facts.all_storages(),
@@ -533,7 +481,7 @@ async fn check_privileges(
     };
     let requirements: Vec<_> = privileges::required_privileges(version)
         .into_iter()
-        .filter(|r| generate || !r.only_for_generated_credentials)
+        .filter(|r| r.needed.applies(generate, config.autoresize.is_some()))
         .collect();
     let objects = |place: AclPlace| -> Vec<String> {
         match place {

@@ -12,8 +12,10 @@ pub struct Target {
     /// `plugin_config.json`, or `runner "name" in config.toml`.
     pub label: String,
     pub plugin_config: Value,
-    /// `[runners.autoscaler.connector_config] use_static_credentials`.
-    pub use_static_credentials: bool,
+    /// Runner brings its own credentials (`[runners.autoscaler.connector_config]`
+    /// `key_path`, `password` or `use_static_credentials = true`), so the
+    /// plugin generates none and the template needs no cloud-init drive.
+    pub runner_brings_credentials: bool,
     /// `[runners.autoscaler] max_instances`, when given.
     pub runner_max_instances: Option<u64>,
 }
@@ -34,7 +36,7 @@ pub fn load(path: &Path, runner: Option<&str>, static_credentials: Option<bool>)
         }
         let plugin_config: Value = serde_json::from_str(&text)
             .map_err(|err| format!("could not read {name}: it is not valid JSON ({err})"))?;
-        vec![Target { label: name, plugin_config, use_static_credentials: false, runner_max_instances: None }]
+        vec![Target { label: name, plugin_config, runner_brings_credentials: false, runner_max_instances: None }]
     } else {
         let document: toml::Table = toml::from_str(&text)
             .map_err(|err| format!("could not read {name}: it is not valid TOML ({})", err.message()))?;
@@ -42,7 +44,7 @@ pub fn load(path: &Path, runner: Option<&str>, static_credentials: Option<bool>)
     };
     if let Some(value) = static_credentials {
         for target in &mut targets {
-            target.use_static_credentials = value;
+            target.runner_brings_credentials = value;
         }
     }
     Ok(targets)
@@ -57,7 +59,7 @@ fn from_toml(document: toml::Table, name: &str, runner: Option<&str>) -> Result<
         return Ok(vec![Target {
             label: name.to_string(),
             plugin_config: to_json(&toml::Value::Table(document)),
-            use_static_credentials: false,
+            runner_brings_credentials: false,
             runner_max_instances: None,
         }]);
     };
@@ -110,18 +112,19 @@ fn from_toml(document: toml::Table, name: &str, runner: Option<&str>) -> Result<
         .into_iter()
         .map(|(runner_name, autoscaler)| {
             let plugin_config = autoscaler.get("plugin_config").map_or(Value::Null, to_json);
-            let use_static_credentials = autoscaler
-                .get("connector_config")
-                .and_then(toml::Value::as_table)
-                .and_then(|c| c.get("use_static_credentials"))
-                .and_then(toml::Value::as_bool)
-                .unwrap_or(false);
+            let connector = autoscaler.get("connector_config").and_then(toml::Value::as_table);
+            let set = |key: &str| {
+                connector.and_then(|c| c.get(key)).and_then(toml::Value::as_str).is_some_and(|v| !v.is_empty())
+            };
+            let static_flag =
+                connector.and_then(|c| c.get("use_static_credentials")).and_then(toml::Value::as_bool).unwrap_or(false);
+            let runner_brings_credentials = static_flag || set("key_path") || set("password");
             let runner_max_instances =
                 autoscaler.get("max_instances").and_then(toml::Value::as_integer).and_then(|n| u64::try_from(n).ok());
             Target {
                 label: format!("runner \"{runner_name}\" in {name}"),
                 plugin_config,
-                use_static_credentials,
+                runner_brings_credentials,
                 runner_max_instances,
             }
         })
@@ -188,9 +191,9 @@ tags = ["ci"]
             target.plugin_config,
             serde_json::json!({"url": "https://pve:8006", "template_id": 9000, "tags": ["ci"]})
         );
-        assert!(target.use_static_credentials);
+        assert!(target.runner_brings_credentials);
         assert_eq!(target.runner_max_instances, Some(12));
-        assert!(!load(&path, None, Some(false)).unwrap()[0].use_static_credentials);
+        assert!(!load(&path, None, Some(false)).unwrap()[0].runner_brings_credentials);
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub struct CheckOptions {
     pub config: PathBuf,
     /// In a config.toml: check only this `[[runners]]` entry.
     pub runner: Option<String>,
-    /// Overrides `use_static_credentials` (a JSON plugin_config does not carry it).
+    /// Whether Runner brings its own credentials; overrides config.toml (a JSON plugin_config does not say).
     pub use_static_credentials: Option<bool>,
 }
 

@@ -65,9 +65,39 @@ pub struct Requirement {
     pub alternatives: &'static [&'static str],
     /// What the plugin does with it.
     pub why: &'static str,
-    /// Needed only when the plugin generates SSH credentials (Runner's
-    /// `use_static_credentials = false`, the default).
-    pub only_for_generated_credentials: bool,
+    /// When it is needed.
+    pub needed: Need,
+}
+
+/// When a privilege is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Always,
+    /// Only when the plugin generates SSH credentials (Runner's
+    /// connector_config brings no key, password or `use_static_credentials`).
+    GeneratedCredentials,
+    /// Only with `instance_autoresize_disk` / `instance_autoresize_size`.
+    DiskResize,
+}
+
+impl Need {
+    /// Whether it applies to a group that generates credentials or not and
+    /// resizes a disk or not.
+    pub fn applies(self, generated_credentials: bool, disk_resize: bool) -> bool {
+        match self {
+            Self::Always => true,
+            Self::GeneratedCredentials => generated_credentials,
+            Self::DiskResize => disk_resize,
+        }
+    }
+
+    fn note(self) -> &'static str {
+        match self {
+            Self::Always => "",
+            Self::GeneratedCredentials => "; only when the plugin generates credentials",
+            Self::DiskResize => "; only with `instance_autoresize_disk`",
+        }
+    }
 }
 
 impl Requirement {
@@ -84,13 +114,7 @@ pub fn is_supported(version: &PveVersion) -> bool {
 
 /// Every privilege the plugin needs on `version`, with the reason.
 pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
-    let need = |place, privilege, why| Requirement {
-        place,
-        privilege,
-        alternatives: &[],
-        why,
-        only_for_generated_credentials: false,
-    };
+    let need = |place, privilege, why| Requirement { place, privilege, alternatives: &[], why, needed: Need::Always };
     let mut list = vec![
         need(AclPlace::Pool, "Pool.Audit", "see the pool and the pool of each VM (GET /pools, /cluster/resources)"),
         need(
@@ -105,9 +129,16 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
             privilege: "VM.Config.Cloudinit",
             alternatives: &["VM.Config.Network"],
             why: "hand the generated SSH key to cloud-init (PUT …/config ciuser, sshkeys, ipconfig0)",
-            only_for_generated_credentials: true,
+            needed: Need::GeneratedCredentials,
         },
         need(AclPlace::Pool, "VM.PowerMgmt", "start, stop, suspend and resume instances"),
+        Requirement {
+            place: AclPlace::Pool,
+            privilege: "VM.Config.Disk",
+            alternatives: &[],
+            why: "grow a disk after the clone (PUT …/resize)",
+            needed: Need::DiskResize,
+        },
     ];
     if version.major >= 9 {
         list.push(Requirement {
@@ -115,7 +146,7 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
             privilege: "VM.GuestAgent.Audit",
             alternatives: &["VM.GuestAgent.Unrestricted"],
             why: "read instance addresses from the guest agent (agent/network-get-interfaces, agent/ping)",
-            only_for_generated_credentials: false,
+            needed: Need::Always,
         });
     } else {
         list.push(need(
@@ -215,17 +246,17 @@ pub fn setup_script(major: u32) -> String {
 pub fn privilege_table() -> String {
     let releases: Vec<(u32, PveVersion)> =
         [7u32, 8, 9].iter().map(|&major| (major, PveVersion { major, minor: 0, patch: 0 })).collect();
-    let mut rows: Vec<(AclPlace, &'static str, &'static [&'static str], &'static str, bool)> = Vec::new();
+    let mut rows: Vec<(AclPlace, &'static str, &'static [&'static str], &'static str, Need)> = Vec::new();
     for (_, version) in &releases {
         for r in required_privileges(version) {
             if !rows.iter().any(|(place, privilege, ..)| *place == r.place && *privilege == r.privilege) {
-                rows.push((r.place, r.privilege, r.alternatives, r.why, r.only_for_generated_credentials));
+                rows.push((r.place, r.privilege, r.alternatives, r.why, r.needed));
             }
         }
     }
     rows.sort_by_key(|(place, ..)| *place);
     let mut out = String::from("| Path | Privilege | PVE 7 | PVE 8 | PVE 9 | Why |\n|---|---|---|---|---|---|\n");
-    for (place, privilege, alternatives, why, generated_only) in rows {
+    for (place, privilege, alternatives, why, needed) in rows {
         let mut name = format!("`{privilege}`");
         for alternative in alternatives {
             name.push_str(&format!(" (or `{alternative}`)"));
@@ -240,8 +271,7 @@ pub fn privilege_table() -> String {
                 }
             })
             .collect();
-        let why =
-            if generated_only { format!("{why}; only when the plugin generates credentials") } else { why.to_string() };
+        let why = format!("{why}{}", needed.note());
         out.push_str(&format!(
             "| `{}` | {name} | {} | {} | {} | {why} |\n",
             place.placeholder(),

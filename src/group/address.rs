@@ -59,11 +59,15 @@ fn is_private(ip: &IpAddr) -> bool {
 pub fn select(
     interfaces: &[GuestInterface],
     net0_mac: Option<&str>,
-    fallback_name: &str,
+    name: &str,
+    name_first: bool,
     protocol: NetworkProtocol,
 ) -> Addresses {
-    let by_mac = net0_mac.and_then(|mac| interfaces.iter().find(|i| i.mac.as_deref() == Some(mac)));
-    let chosen = by_mac.or_else(|| interfaces.iter().find(|i| i.name == fallback_name));
+    let by_mac = || net0_mac.and_then(|mac| interfaces.iter().find(|i| i.mac.as_deref() == Some(mac)));
+    let by_name = || interfaces.iter().find(|i| i.name == name);
+    // An interface the admin named is read first, as the seed reads it;
+    // otherwise net0's MAC decides and the default name is the fallback.
+    let chosen = if name_first { by_name().or_else(by_mac) } else { by_mac().or_else(by_name) };
     let Some(interface) = chosen.filter(|i| i.name != "lo" && !is_container_bridge(&i.name)) else {
         return Addresses::default();
     };
@@ -114,22 +118,37 @@ mod tests {
 
     #[test]
     fn picks_the_interface_of_net0_by_mac() {
-        let chosen = select(&guest(), Some("bc:24:11:aa:bb:cc"), "ens18", NetworkProtocol::Ipv4);
+        let chosen = select(&guest(), Some("bc:24:11:aa:bb:cc"), "ens18", false, NetworkProtocol::Ipv4);
         assert_eq!(chosen.internal, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(chosen.external, None);
-        let chosen = select(&guest(), Some("bc:24:11:aa:bb:cc"), "ens18", NetworkProtocol::Ipv6);
+        let chosen = select(&guest(), Some("bc:24:11:aa:bb:cc"), "ens18", false, NetworkProtocol::Ipv6);
         assert_eq!(chosen.external, Some("2001:db8::5".parse().unwrap()), "link-local is skipped");
-        let chosen = select(&guest(), Some("bc:24:11:aa:bb:cc"), "ens18", NetworkProtocol::Any);
+        let chosen = select(&guest(), Some("bc:24:11:aa:bb:cc"), "ens18", false, NetworkProtocol::Any);
         assert_eq!(chosen.internal, Some("10.0.0.5".parse().unwrap()));
         assert_eq!(chosen.external, Some("2001:db8::5".parse().unwrap()));
     }
 
     #[test]
     fn falls_back_to_the_named_interface_never_to_bridges() {
-        let chosen = select(&guest(), None, "eth0", NetworkProtocol::Ipv4);
+        let chosen = select(&guest(), None, "eth0", false, NetworkProtocol::Ipv4);
         assert_eq!(chosen.internal, Some("10.0.0.5".parse().unwrap()));
-        assert!(select(&guest(), None, "docker0", NetworkProtocol::Ipv4).is_empty());
-        assert!(select(&guest(), Some("00:00:00:00:00:00"), "ens18", NetworkProtocol::Any).is_empty(), "loopback");
-        assert!(select(&guest(), None, "ens18", NetworkProtocol::Ipv4).is_empty());
+        assert!(select(&guest(), None, "docker0", false, NetworkProtocol::Ipv4).is_empty());
+        assert!(
+            select(&guest(), Some("00:00:00:00:00:00"), "ens18", false, NetworkProtocol::Any).is_empty(),
+            "loopback"
+        );
+        assert!(select(&guest(), None, "ens18", false, NetworkProtocol::Ipv4).is_empty());
+    }
+
+    #[test]
+    fn an_interface_the_admin_named_is_read_first() {
+        let mut interfaces = guest();
+        interfaces.push(interface("ens19", "bc:24:11:00:00:19", &["192.168.50.7"]));
+        let named = select(&interfaces, Some("bc:24:11:aa:bb:cc"), "ens19", true, NetworkProtocol::Ipv4);
+        assert_eq!(named.internal, Some("192.168.50.7".parse().unwrap()), "the named one, not net0's");
+        let by_mac = select(&interfaces, Some("bc:24:11:aa:bb:cc"), "ens19", false, NetworkProtocol::Ipv4);
+        assert_eq!(by_mac.internal, Some("10.0.0.5".parse().unwrap()), "the default name is only a fallback");
+        let missing = select(&interfaces, Some("bc:24:11:aa:bb:cc"), "ens20", true, NetworkProtocol::Ipv4);
+        assert_eq!(missing.internal, Some("10.0.0.5".parse().unwrap()), "net0's when the named one is absent");
     }
 }

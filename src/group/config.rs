@@ -101,6 +101,8 @@ pub struct PluginConfig {
     /// Longest hold of scale-up between two tests, e.g. `5m`. Default `5m`.
     #[schemars(extend("x-format" = "duration"))]
     pub failure_backoff_max: Option<String>,
+    /// At Init, finish what the seed plugin (LukasK32, Phenix66) left in the pool under this config's `instance_name_*`: VMs named creating or removing are deleted, running ones adopted when they answer with an address (deleted otherwise). Only VMs in `pool` with one of these names, without this plugin's marker and without another group's tag are touched; never the template. Default `true`.
+    pub take_over_seed_instances: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -175,6 +177,7 @@ pub struct GroupConfig {
     pub failure_threshold: u32,
     pub failure_backoff: Duration,
     pub failure_backoff_max: Duration,
+    pub take_over_seed_instances: bool,
 }
 
 /// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
@@ -958,6 +961,7 @@ impl PluginConfig {
             failure_threshold,
             failure_backoff,
             failure_backoff_max,
+            take_over_seed_instances: self.take_over_seed_instances.unwrap_or(true),
         })
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::address::{self, Addresses};
 use super::breaker::Breaker;
-use super::config::{CloneMode, GroupConfig, PluginConfig};
+use super::config::{GroupConfig, PluginConfig};
 use super::naming::{InstanceId, Naming};
 use super::quarantine::Quarantine;
 use super::ssh_key::GeneratedKey;
@@ -29,7 +29,7 @@ use super::{
     CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
 };
-use crate::pve::{Credentials, PveClient, VmResource, Vmid};
+use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource, Vmid};
 
 /// Where one instance is in its life, as the engine knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +114,10 @@ impl Engine {
     async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, GroupError> {
         let credentials = Credentials::load(&config.credentials_file_path).map_err(|err| failed(err.to_string()))?;
         let client_config = config.client_config(credentials);
-        let pve = PveClient::connect(client_config).await.map_err(|err| failed(err.to_string()))?;
+        let pve = PveClient::connect(client_config)
+            .await
+            .map_err(|err| failed(err.to_string()))?
+            .with_task_poll_interval(config.task_poll_interval);
         let version = pve.version().await.map_err(|err| failed(err.to_string()))?;
 
         // The template: where it is, that it is one, and what it can do.
@@ -129,29 +132,12 @@ impl Engine {
         let template_config =
             pve.vm_config(&template_node, config.template_id).await.map_err(|err| failed(err.to_string()))?;
         let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
-        let mut problems = Vec::new();
-        if !facts.is_template {
-            problems.push(format!(
-                "VM {} (template_id) is not a template; convert it in the GUI (More → Convert to template) or with `qm template {}`",
-                config.template_id, config.template_id
-            ));
-        }
-        if !facts.agent_enabled {
-            problems.push(format!(
-                "template {} has no guest agent enabled, so instance addresses cannot be found; enable it with `qm set {} --agent enabled=1` and install qemu-guest-agent in the template",
-                config.template_id, config.template_id
-            ));
-        }
-        let generate_credentials = !settings.use_static_credentials;
-        if generate_credentials && facts.cloud_init_drive.is_none() {
-            problems.push(format!(
-                "template {} has no cloud-init drive, which the plugin needs to install the SSH key it generates; add one with `qm set {} --ide2 <storage>:cloudinit`, or set use_static_credentials = true with your own key in [runners.autoscaler.connector_config]",
-                config.template_id, config.template_id
-            ));
-        }
-        if !facts.has_net0 {
-            problems.push(format!("template {} has no net0 network interface; add one", config.template_id));
-        }
+        let generate_credentials = !settings.brings_credentials();
+        let problems: Vec<String> =
+            super::template::judge(&facts, config.template_id, config.storage.as_deref(), generate_credentials)
+                .into_iter()
+                .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
+                .collect();
         if !problems.is_empty() {
             return Err(failed(format!("could not use template {}: {}", config.template_id, problems.join("; "))));
         }
@@ -160,11 +146,8 @@ impl Engine {
         for (name, err) in storage.unreadable() {
             tracing::warn!(storage = name, error = %err, "could not read the template's storage; assuming no linked clones");
         }
-        let linked = match config.clone_mode {
-            CloneMode::Full => false,
-            CloneMode::Linked => true,
-            CloneMode::Auto => storage.linked_clones_possible(),
-        };
+        let (linked, _) = super::template::clone_kind(&facts, &storage, config.clone_mode, config.clone_mode_explicit)
+            .map_err(|problem| failed(format!("could not use template {}: {problem}", config.template_id)))?;
         check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
         let key = if generate_credentials { Some(GeneratedKey::generate().map_err(failed)?) } else { None };
@@ -203,6 +186,30 @@ impl Engine {
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
         })
+    }
+
+    /// The tags an instance carries in `state`: the group's ownership tags,
+    /// `tags`, and the state's own (`instance_tags_creating` / `_running` /
+    /// `_removing`, as Phenix66 sets them).
+    pub fn tags_for(&self, id: &InstanceId, state: InstanceState) -> Vec<String> {
+        let per_state = match state {
+            InstanceState::Creating => &self.config.instance_tags_creating,
+            InstanceState::Running => &self.config.instance_tags_running,
+            InstanceState::Deleting => &self.config.instance_tags_removing,
+            _ => &Vec::new(),
+        };
+        let extra: Vec<String> = self.config.tags.iter().chain(per_state).cloned().collect();
+        self.naming.tags(id, &extra)
+    }
+
+    /// The name and tags of an instance in `state` (creating, running, removing).
+    pub fn label_for(&self, id: &InstanceId, state: InstanceState) -> ConfigUpdate {
+        let name = match state {
+            InstanceState::Creating => &self.config.instance_name_creating,
+            InstanceState::Deleting => &self.config.instance_name_removing,
+            _ => &self.config.instance_name_running,
+        };
+        ConfigUpdate { name: Some(name.clone()), tags: Some(self.tags_for(id, state)), ..Default::default() }
     }
 
     /// Whether `vm` is one of the group's, judged from the cheap listing.
@@ -378,6 +385,19 @@ impl InstanceGroup for ProxmoxGroup {
         }
         let engine = Arc::new(Engine::start(config, settings).await?);
         let engine = self.engine.get_or_init(|| async { engine }).await;
+        if engine.config.take_over_seed_instances {
+            match engine.pve.cluster_vms().await {
+                Ok(vms) => {
+                    let claimed = super::takeover::take_over(engine, &vms).await;
+                    if claimed > 0 {
+                        tracing::info!(count = claimed, "took over VMs the seed plugin left in the pool");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not look for VMs the seed plugin left; the next start looks again")
+                }
+            }
+        }
         Ok(provider_info(engine))
     }
 
@@ -637,6 +657,7 @@ pub(crate) fn choose_addresses(
         interfaces,
         mac.as_deref(),
         &engine.config.instance_network_interface,
+        engine.config.instance_network_interface_explicit,
         engine.config.instance_network_protocol,
     )
 }

@@ -14,6 +14,7 @@ pub mod naming;
 mod provision;
 pub mod quarantine;
 pub mod ssh_key;
+mod takeover;
 pub mod template;
 
 use std::future::Future;
@@ -36,6 +37,16 @@ pub struct ConnectorSettings {
     pub use_static_credentials: bool,
     pub keepalive: Duration,
     pub timeout: Duration,
+}
+
+impl ConnectorSettings {
+    /// Whether Runner brings its own credentials: a key, a password, or
+    /// `use_static_credentials = true`. They are then handed back unchanged
+    /// (username included) and the template needs no cloud-init drive; only
+    /// when Runner brings none does the plugin generate a key.
+    pub fn brings_credentials(&self) -> bool {
+        self.use_static_credentials || !self.key.is_empty() || !self.password.is_empty()
+    }
 }
 
 /// What `Init` reports back.

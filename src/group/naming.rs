@@ -108,6 +108,17 @@ impl Naming {
         (group == Some(self.group.as_str())).then_some(instance).flatten()
     }
 
+    /// Whether a description carries this plugin's marker, of any group.
+    pub fn has_any_marker(description: &str) -> bool {
+        description.lines().next().is_some_and(|first| first.trim().starts_with(MARKER_PREFIX))
+    }
+
+    /// Whether tags mark a VM as another group's (`fleeting-<group>`).
+    pub fn tagged_by_another_group(&self, tags: &[String]) -> bool {
+        let own = self.group_tag();
+        tags.iter().any(|tag| tag.starts_with(&format!("{PLUGIN_TAG}-")) && *tag != own)
+    }
+
     /// The tags an instance carries: the plugin's, the group's, its token's,
     /// and the user's extra tags, normalised the way PVE stores them.
     pub fn tags(&self, id: &InstanceId, extra: &[String]) -> Vec<String> {

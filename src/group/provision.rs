@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::engine::{Engine, Phase, Tracked, choose_addresses};
 use super::failure::{ProvisionError, Step, Verdict};
 use super::naming::InstanceId;
-use super::{Partial, address::Addresses};
+use super::{InstanceState, Partial, address::Addresses};
 use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, VmResource, Vmid};
 
 /// VMIDs one instance may go through (races, orphaned volumes, held locks)
@@ -432,7 +432,7 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         engine.instances.lock().unwrap().get(id).map(|t| t.node.clone()).ok_or(ProvisionError::RemovalRequested)?;
     let config = retry_locked(|| pve.vm_config(&node, vmid)).await.map_err(configure_error)?;
 
-    let mut update = ConfigUpdate { tags: Some(engine.naming.tags(id, &engine.config.tags)), ..Default::default() };
+    let mut update = ConfigUpdate { tags: Some(engine.tags_for(id, InstanceState::Creating)), ..Default::default() };
     if let Some(key) = &engine.key {
         update.ciuser = Some(engine.config.cloud_init_user.clone());
         update.ssh_public_keys = Some(format!("{}\n", key.public_openssh));
@@ -441,6 +441,9 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         }
     }
     retry_locked(|| pve.update_vm_config(&node, vmid, &update)).await.map_err(configure_error)?;
+    if let Some(resize) = &engine.config.autoresize {
+        grow_disk(engine, &node, vmid, resize, &config).await?;
+    }
 
     let deadline = Instant::now() + engine.config.boot_timeout;
     let start = retry_locked(|| pve.start_vm(&node, vmid)).await.map_err(start_error)?;
@@ -452,11 +455,58 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
     }
 
     let addresses = wait_for_address(engine, &node, vmid, config.get("net0").map(String::as_str), deadline).await?;
-    let rename = ConfigUpdate { name: Some(engine.config.instance_name_running.clone()), ..Default::default() };
+    let rename = engine.label_for(id, InstanceState::Running);
     if let Err(err) = retry_locked(|| pve.update_vm_config(&node, vmid, &rename)).await {
         tracing::warn!(vmid = %vmid, error = %err, "could not rename the VM; it is running anyway");
     }
     Ok(addresses)
+}
+
+/// Grows the disk `instance_autoresize_*` names before the first start:
+/// `+N` grows by N; an absolute size only grows (a disk already that large
+/// or larger is left as it is: PVE never shrinks). The cloud-init drive is
+/// never resized (PVE refuses CD-ROMs).
+async fn grow_disk(
+    engine: &Engine,
+    node: &str,
+    vmid: Vmid,
+    resize: &super::config::DiskResize,
+    config: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ProvisionError> {
+    let resize_error = |error| ProvisionError::pve(Step::Resize, error);
+    let current = config
+        .get(&resize.disk)
+        .and_then(|value| value.split(',').find_map(|part| part.strip_prefix("size=")))
+        .and_then(size_in_bytes);
+    if let (Some(current), Some(wanted)) = (current, size_in_bytes(&resize.size))
+        && !resize.size.starts_with('+')
+        && wanted <= current
+    {
+        tracing::debug!(vmid = %vmid, disk = resize.disk, size = resize.size, "the disk is already that large; not resizing");
+        return Ok(());
+    }
+    let task =
+        retry_locked(|| engine.pve.resize_disk(node, vmid, &resize.disk, &resize.size)).await.map_err(resize_error)?;
+    if let Some(task) = task {
+        engine.pve.wait_task(&task, engine.config.clone_timeout).await.map_err(resize_error)?;
+    }
+    Ok(())
+}
+
+/// PVE's size notation (`8G`, `512M`, `1.5T`, bytes) in bytes.
+fn size_in_bytes(text: &str) -> Option<u64> {
+    let text = text.trim().trim_start_matches('+');
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    Some((value * factor as f64) as u64)
 }
 
 fn already_running(err: &PveError) -> bool {
@@ -610,13 +660,7 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
             if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
                 return Ok(false);
             }
-            let _ = pve
-                .update_vm_config(
-                    &node,
-                    id.vmid,
-                    &ConfigUpdate { name: Some(engine.config.instance_name_removing.clone()), ..Default::default() },
-                )
-                .await;
+            let _ = pve.update_vm_config(&node, id.vmid, &engine.label_for(&id, InstanceState::Deleting)).await;
             let status = pve.vm_status(&node, id.vmid).await?;
             if status.status != "stopped" {
                 let stop = pve.stop_vm(&node, id.vmid, Some(Duration::from_secs(30))).await?;
@@ -720,7 +764,7 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         }
         // Killed before its rename: the name tells the state, as for any instance.
         if config.get("name") != Some(&engine.config.instance_name_running) {
-            let rename = ConfigUpdate { name: Some(engine.config.instance_name_running.clone()), ..Default::default() };
+            let rename = engine.label_for(&id, InstanceState::Running);
             if let Err(err) = retry_locked(|| pve.update_vm_config(&vm.node, id.vmid, &rename)).await {
                 tracing::warn!(vmid = %id.vmid, error = %err, "could not rename the adopted VM; it is running anyway");
             }

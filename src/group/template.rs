@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::pve::{PveClient, StorageInfo};
+use crate::pve::{PveClient, StorageInfo, Vmid};
 
 /// The facts `GET /nodes/{node}/qemu/{vmid}/config` gives about a template.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,6 +72,124 @@ impl TemplateFacts {
             storages.push(storage.clone());
         }
         storages
+    }
+}
+
+/// One requirement of the template: what passed, or the problem and its fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// What is judged: `source`, `guest agent`, `cloud-init drive`, `network`.
+    pub aspect: &'static str,
+    pub verdict: Result<String, Problem>,
+}
+
+/// A requirement the template does not meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub problem: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.problem, self.fix)
+    }
+}
+
+/// What the template must offer, decided once for Init and `check`:
+/// - a template, or any VM when `storage` is set (a full clone onto it, as
+///   the seed does);
+/// - the guest agent, which reports the instances' addresses;
+/// - a cloud-init drive only when the plugin generates the credentials
+///   (Runner brought none);
+/// - a `net0`.
+pub fn judge(
+    facts: &TemplateFacts,
+    template_id: Vmid,
+    storage: Option<&str>,
+    generated_credentials: bool,
+) -> Vec<Requirement> {
+    let id = template_id;
+    let mut list = Vec::new();
+    let source = if facts.is_template {
+        Ok(format!("a template on node {}", facts.node))
+    } else if let Some(storage) = storage {
+        Ok(format!("VM on node {} (not a template): every instance is a full clone onto storage {storage}", facts.node))
+    } else {
+        Err(Problem {
+            problem: format!("VM {id} on node {} is not a template", facts.node),
+            fix: format!(
+                "convert it with `qm template {id}` (or More → Convert to template in the GUI), or set `storage` to clone it in full onto that storage"
+            ),
+        })
+    };
+    list.push(Requirement { aspect: "source", verdict: source });
+    let agent = if facts.agent_enabled {
+        Ok("enabled".to_string())
+    } else {
+        Err(Problem {
+            problem: "the guest agent is not enabled, so the plugin cannot learn the instances' addresses".into(),
+            fix: format!(
+                "`qm set {id} --agent enabled=1`, and install and enable qemu-guest-agent inside the template"
+            ),
+        })
+    };
+    list.push(Requirement { aspect: "guest agent", verdict: agent });
+    let cloud_init = match (&facts.cloud_init_drive, generated_credentials) {
+        (Some(drive), _) => Ok(drive.clone()),
+        (None, false) => Ok("none, and none needed: Runner brings its own credentials".into()),
+        (None, true) => Err(Problem {
+            problem: "it has no cloud-init drive, which the plugin needs to install the SSH key it generates when Runner brings no credentials".into(),
+            fix: format!(
+                "give Runner its own credentials in [runners.autoscaler.connector_config] (`username` and `key_path`, or `password`, as with the seed plugin), or add a drive with `qm set {id} --ide2 {}:cloudinit` (and cloud-init in the guest)",
+                facts.disk_storages.first().map_or("<storage>", String::as_str)
+            ),
+        }),
+    };
+    list.push(Requirement { aspect: "cloud-init drive", verdict: cloud_init });
+    let network = if facts.has_net0 {
+        Ok(format!("net0 on {}", facts.bridges.join(", ")))
+    } else {
+        Err(Problem {
+            problem: "it has no net0 network interface".into(),
+            fix: format!("`qm set {id} --net0 virtio,bridge=vmbr0`"),
+        })
+    };
+    list.push(Requirement { aspect: "network", verdict: network });
+    list
+}
+
+/// How instances are cloned from this template, decided once for Init and
+/// `check`: linked when `clone_mode` allows it and every disk's storage can
+/// make linked clones of a template; full otherwise. `clone_mode = linked`
+/// where that is impossible is a problem, not a silent full clone.
+pub fn clone_kind(
+    facts: &TemplateFacts,
+    storage: &TemplateStorage,
+    clone_mode: crate::group::config::CloneMode,
+    clone_mode_explicit: bool,
+) -> Result<(bool, String), Problem> {
+    use crate::group::config::CloneMode;
+    let linkable = facts.is_template && storage.linked_clones_possible();
+    let kinds = storage.describe_disks();
+    match clone_mode {
+        CloneMode::Full => {
+            let why = if clone_mode_explicit { "clone_mode = full" } else { "`storage` is set" };
+            let could = if linkable { "" } else { "im" };
+            Ok((false, format!("full clones ({why}); linked clones would be {could}possible")))
+        }
+        CloneMode::Linked if !facts.is_template => Err(Problem {
+            problem: "clone_mode = linked, but the source VM is not a template; Proxmox makes linked clones only of templates".into(),
+            fix: "set clone_mode = \"full\" (or leave it unset with `storage` set), or convert the VM to a template".into(),
+        }),
+        CloneMode::Linked if !linkable => Err(Problem {
+            problem: format!("clone_mode = linked, but the template's storage {kinds} cannot make linked clones"),
+            fix: "set clone_mode = \"auto\" or \"full\", or move the template's disks to storage with linked clones \
+                  (LVM-thin, ZFS, Ceph RBD, directory/NFS with qcow2)"
+                .into(),
+        }),
+        _ if linkable => Ok((true, format!("linked clones on {kinds}"))),
+        _ => Ok((false, format!("full clones: {kinds} cannot make linked clones (slower, more space)"))),
     }
 }
 

@@ -220,9 +220,19 @@ pub struct PoolMember {
 pub struct PveClient {
     api: api::Client,
     version: Arc<OnceCell<PveVersion>>,
+    /// A fixed pause between two reads of a task's status; `None` polls
+    /// adaptively (0.2 s growing to 2 s).
+    task_poll_interval: Option<Duration>,
 }
 
 impl PveClient {
+    /// Reads task status every `interval` instead of adaptively (Phenix66's
+    /// `proxmox_task_wait_interval`).
+    pub fn with_task_poll_interval(mut self, interval: Option<Duration>) -> Self {
+        self.task_poll_interval = interval;
+        self
+    }
+
     /// Builds the client and, for password credentials, logs in.
     pub async fn connect(config: ClientConfig) -> Result<Self, Error> {
         let client = Self::new(config)?;
@@ -244,7 +254,11 @@ impl PveClient {
         let http = builder.build().map_err(|err| Error::setup("build the HTTP client", err.to_string()))?;
         let login_client = api::Client::new_with_client(&base_url, http.clone(), Session::anonymous(config.retry));
         let session = Session::new(&config.credentials, config.retry, login_client)?;
-        Ok(Self { api: api::Client::new_with_client(&base_url, http, session), version: Arc::new(OnceCell::new()) })
+        Ok(Self {
+            api: api::Client::new_with_client(&base_url, http, session),
+            version: Arc::new(OnceCell::new()),
+            task_poll_interval: None,
+        })
     }
 
     /// The generated client, for operations this wrapper does not cover. It
@@ -551,7 +565,11 @@ impl PveClient {
     /// `WARNINGS: n` are success; errors carry the last lines of the log.
     pub async fn wait_task(&self, upid: &Upid, timeout: Duration) -> Result<TaskSuccess, Error> {
         let started = Instant::now();
-        let mut interval = Duration::from_millis(200);
+        let mut interval = self.task_poll_interval.unwrap_or(Duration::from_millis(200));
+        let grow = |interval: Duration| match self.task_poll_interval {
+            Some(fixed) => fixed,
+            None => (interval * 3 / 2).min(Duration::from_secs(2)),
+        };
         loop {
             // A task runs on regardless of the API: ride out an outage or a
             // restarting pveproxy until the deadline instead of giving up.
@@ -560,7 +578,7 @@ impl PveClient {
                 Err(err) if err.is_retryable() && started.elapsed() + interval < timeout => {
                     tracing::debug!(upid = %upid, error = %err, "could not read task status; polling on");
                     tokio::time::sleep(interval).await;
-                    interval = (interval * 3 / 2).min(Duration::from_secs(2));
+                    interval = grow(interval);
                     continue;
                 }
                 Err(err) => return Err(err),
@@ -586,7 +604,7 @@ impl PveClient {
                 ));
             }
             tokio::time::sleep(interval.min(timeout - elapsed)).await;
-            interval = (interval * 3 / 2).min(Duration::from_secs(2));
+            interval = grow(interval);
         }
     }
 
