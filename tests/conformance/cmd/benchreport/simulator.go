@@ -75,7 +75,9 @@ func scenario(t timings, capacity int) map[string]any {
 			{"id": "local-lvm", "type": "lvmthin", "content": "images,rootdir", "total_gib": 1 << 20},
 			{"id": "local", "type": "dir", "content": "iso,vztmpl,backup,images,snippets", "total_gib": 256},
 		},
-		"pools": []map[string]any{{"id": poolName, "comment": "CI runners"}},
+		// The READMEs of the LukasK32 and nE0sIghT lineages ask for the
+		// storage to be a pool member.
+		"pools": []map[string]any{{"id": poolName, "comment": "CI runners", "storages": []string{"local-lvm"}}},
 		"vms": []map[string]any{{
 			"vmid": templateID, "node": "pve1", "template": true, "pool": poolName,
 			"config": map[string]string{
@@ -94,7 +96,8 @@ func scenario(t timings, capacity int) map[string]any {
 			acl("/pool/ci", "PVEVMAdmin", "PVEPoolUser"),
 			acl("/storage/local-lvm", "PVEDatastoreUser"),
 			acl("/storage/local", "PVEDatastoreUser"),
-			acl("/sdn/zones/localnetwork/vmbr0", "PVESDNUser"),
+			// PVESDNAdmin: the LukasK32 lineage's README asks for it (PVESDNUser would do).
+			acl("/sdn/zones/localnetwork/vmbr0", "PVESDNAdmin"),
 			acl("/nodes", "PVEAuditor"),
 		},
 	}
