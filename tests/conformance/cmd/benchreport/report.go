@@ -43,7 +43,12 @@ func renderMarkdown(r *report, chartPath string) string {
 				profile, ratioText(s), s.Up/s.IdealUnlimited, s.IdealUnlimited, yes(s.Error == "" && s.Ratio() <= 1.1))
 		}
 	}
-	seedText, seedMet := "not measured: the seed plugin did not run (see Contenders)", "—"
+	seedText, seedMet := "not measured: the seed plugin was not given", "—"
+	if _, ok := findScale(r, us.Name, "linked", 0, 20); !ok {
+		seedText = "not measured: no n = 20 in this run"
+	} else if seed != nil {
+		seedText = "not measured: the seed plugin has no result for n = 20"
+	}
 	if seed != nil {
 		if mine, ok := findScale(r, us.Name, "linked", 0, 20); ok {
 			if theirs, ok := findScale(r, seed.Name, "linked", 0, 20); ok && theirs.Error == "" && mine.Error == "" {

@@ -40,7 +40,7 @@ type deadlines struct {
 
 var limits = deadlines{
 	Init: 2 * time.Minute, Increase: 2 * time.Minute, Update: time.Minute, ConnectInfo: time.Minute,
-	Decrease: 2 * time.Minute, Shutdown: 10 * time.Second, Kill: 15 * time.Second, Start: time.Minute,
+	Decrease: 2 * time.Minute, Shutdown: time.Minute, Kill: 15 * time.Second, Start: time.Minute,
 }
 
 // incident is one time a plugin process exited, panicked or hung.
@@ -90,7 +90,7 @@ type pluginLog struct {
 	status string
 }
 
-const tailLines = 25
+const tailLines = 40
 
 var exitedLine = regexp.MustCompile(`plugin process exited: .*?(?:error="([^"]*)")?\s*$`)
 
