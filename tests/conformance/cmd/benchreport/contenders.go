@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -234,8 +235,11 @@ func redactedSettings(config []byte) json.RawMessage {
 			}
 		}
 	}
-	raw, _ := json.Marshal(settings)
-	return raw
+	var out bytes.Buffer
+	encoder := json.NewEncoder(&out)
+	encoder.SetEscapeHTML(false)
+	encoder.Encode(settings)
+	return bytes.TrimSpace(out.Bytes())
 }
 
 func configureOurs(sim *simulator, work string, p runParams) ([]byte, error) {

@@ -146,7 +146,7 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 	if s.gone() {
 		// Scale-down needs a live plugin; what it left behind is counted.
 		if left, err := sim.instances(); err == nil && left > 0 {
-			result.Error += fmt.Sprintf("; %d VMs left in Proxmox", left)
+			result.Error += fmt.Sprintf("; %d VMs left in Proxmox: %s", left, sim.leftovers())
 		}
 		return result
 	}
@@ -161,13 +161,26 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 // calling Update as Runner does meanwhile.
 func scaleDown(s *session, sim *simulator, instances map[string]bool) (float64, error) {
 	sim.clearFaults()
-	ids := make([]string, 0, len(instances))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// Scaling to zero, Runner removes every instance it knows of, not only
+	// the ready ones: add what Update reports (say, still creating).
+	wanted := map[string]bool{}
 	for id := range instances {
+		wanted[id] = true
+	}
+	if states, err := s.states(ctx); err == nil {
+		for id, state := range states {
+			if state != provider.StateDeleting && state != provider.StateDeleted {
+				wanted[id] = true
+			}
+		}
+	}
+	ids := make([]string, 0, len(wanted))
+	for id := range wanted {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	started := time.Now()
 	if len(ids) > 0 {
 		if _, err := s.decrease(ctx, ids); err != nil {
@@ -186,7 +199,7 @@ func scaleDown(s *session, sim *simulator, instances map[string]bool) (float64, 
 			return 0, fmt.Errorf("%d VMs still in Proxmox after Decrease, then the %v", left, s.err())
 		}
 		if ctx.Err() != nil {
-			return 0, fmt.Errorf("%d VMs still in Proxmox %.0f s (simulated) after Decrease", left, sim.simSeconds(time.Since(started)))
+			return 0, fmt.Errorf("%d VMs still in Proxmox %.0f s (simulated) after Decrease: %s", left, sim.simSeconds(time.Since(started)), sim.leftovers())
 		}
 		s.states(ctx)
 		time.Sleep(updateEvery)

@@ -255,7 +255,8 @@ func renderMarkdown(r *report, chartPath string) string {
 			w("- %s: %s\n", c.Name, c.Version)
 		}
 	}
-	w("\n## Settings given to each plugin\n\nSecrets, the simulator's URL and per-run paths replaced by placeholders; a credentials file is shown inline.\n\n")
+	w("\n## Settings given to each plugin\n\nSecrets, the simulator's URL and per-run paths replaced by placeholders; a credentials file is shown inline. ")
+	w("`max_instances` is each run's size (shown: the first run's); everything else is the same in every run of a profile.\n\n")
 	for _, c := range r.Contenders {
 		labels := make([]string, 0, len(c.Settings))
 		for label := range c.Settings {

@@ -208,11 +208,28 @@ func (s *simulator) resetCounters() error {
 
 type inventory struct {
 	VMs []struct {
-		VMID     int    `json:"vmid"`
-		Template bool   `json:"template"`
-		Status   string `json:"status"`
+		VMID     int               `json:"vmid"`
+		Template bool              `json:"template"`
+		Status   string            `json:"status"`
+		Config   map[string]string `json:"config"`
 	} `json:"vms"`
 	OrphanedDisks []any `json:"orphaned_disks"`
+}
+
+// leftovers describes the instance VMs still in the simulator, e.g.
+// "100 (stopped, name fleeting-creating)".
+func (s *simulator) leftovers() string {
+	var inv inventory
+	if err := s.admin(http.MethodGet, "inventory", nil, &inv); err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, vm := range inv.VMs {
+		if !vm.Template {
+			parts = append(parts, fmt.Sprintf("%d (%s, name %s)", vm.VMID, vm.Status, vm.Config["name"]))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // instances counts the VMs that are not the template.
