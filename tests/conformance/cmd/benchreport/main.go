@@ -222,8 +222,8 @@ func runContender(r *report, c *contender, p plan) {
 			}
 			for _, n := range p.sizes {
 				result := scaleUpDown(c, p.simBinary, p.dir("scale"), realisticTimings, full, n, p.cloneLimit, scale, faults)
-				logf("  scale %s n=%d faults=%.0f%%: up %.1f s (ideal %.1f s, %.2f×), down %.1f s, %d requests %s",
-					result.Profile, n, faults*100, result.Up, result.Ideal, result.Ratio(), result.Down, result.Requests, result.Error)
+				logf("  scale %s n=%d faults=%.0f%%: up %.1f s (ideal %.1f s, %.2f×), down %.1f s, %d requests %s %s",
+					result.Profile, n, faults*100, result.Up, result.Ideal, result.Ratio(), result.Down, result.Requests, result.Error, result.DownError)
 				r.Scale = append(r.Scale, result)
 			}
 		}

@@ -40,9 +40,11 @@ type scaleResult struct {
 	Down float64 `json:"down_seconds"`
 	// ⌈n / delete limit⌉ × (stop + delete): deletions limited only by the configured limit.
 	DownIdeal float64 `json:"down_ideal_seconds"`
-	Requests  int64   `json:"requests"`
-	Injected  int64   `json:"injected_errors"`
-	Error     string  `json:"error,omitempty"`
+	// DownError is why scale-down did not finish (scale-up may have).
+	DownError string `json:"down_error,omitempty"`
+	Requests  int64  `json:"requests"`
+	Injected  int64  `json:"injected_errors"`
+	Error     string `json:"error,omitempty"`
 }
 
 func (r scaleResult) Ratio() float64 { return r.Up / r.Ideal }
@@ -151,8 +153,8 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 		return result
 	}
 	result.Down, err = scaleDown(s, sim, addressed)
-	if err != nil && result.Error == "" {
-		result.Error = err.Error()
+	if err != nil {
+		result.DownError = err.Error()
 	}
 	return result
 }
