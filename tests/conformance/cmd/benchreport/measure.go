@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gitlab.com/gitlab-org/fleeting/fleeting/provider"
@@ -40,6 +41,9 @@ type scaleResult struct {
 	Down float64 `json:"down_seconds"`
 	// ⌈n / delete limit⌉ × (stop + delete): deletions limited only by the configured limit.
 	DownIdeal float64 `json:"down_ideal_seconds"`
+	// Replaced counts instances the plugin gave up on before they ran
+	// (reported deleting or deleted), which the host then asked for again.
+	Replaced int `json:"replaced,omitempty"`
 	// DownError is why scale-down did not finish (scale-up may have).
 	DownError string `json:"down_error,omitempty"`
 	Requests  int64  `json:"requests"`
@@ -85,49 +89,77 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 	defer cancel()
 
 	started := time.Now()
-	increased := make(chan error, 1)
-	go func() {
-		// Runner asks again for what a plugin did not accept; so does this loop.
-		accepted := 0
-		for accepted < n && ctx.Err() == nil && !s.gone() {
-			got, err := s.increase(ctx, n-accepted)
-			accepted += got
-			if err != nil && accepted < n {
-				time.Sleep(updateEvery)
-			}
-		}
-		if s.gone() {
-			increased <- s.err()
-			return
-		}
-		increased <- ctx.Err()
-	}()
-	addressed := map[string]bool{}
-	increaseDone := false
+	// Runner keeps asking until it has the capacity it wants: again for what
+	// a plugin did not accept, and again for an instance the plugin gave up
+	// on (reported deleting or deleted before it ever ran); so does this.
+	var mu sync.Mutex
+	target, accepted, inFlight := n, 0, false
 	var lastErr error
-	for !(increaseDone && len(addressed) >= n) {
-		select {
-		case err := <-increased:
-			increaseDone = true
+	stop := make(chan struct{})
+	increaserDone := make(chan struct{})
+	go func() {
+		defer close(increaserDone)
+		for ctx.Err() == nil && !s.gone() {
+			mu.Lock()
+			need := target - accepted
+			inFlight = need > 0
+			mu.Unlock()
+			if need <= 0 {
+				select {
+				case <-stop:
+					return
+				case <-time.After(updateEvery):
+				}
+				continue
+			}
+			got, err := s.increase(ctx, need)
+			mu.Lock()
+			accepted += got
+			inFlight = false
 			if err != nil {
 				lastErr = err
 			}
-		case <-time.After(updateEvery):
+			mu.Unlock()
+			if err != nil && got < need {
+				time.Sleep(updateEvery)
+			}
 		}
+	}()
+	addressed := map[string]bool{}
+	lost := map[string]bool{}
+	for {
+		mu.Lock()
+		done := len(addressed) >= n && accepted >= target && !inFlight
+		mu.Unlock()
+		if done {
+			break
+		}
+		time.Sleep(updateEvery)
 		if s.gone() {
 			result.Error = fmt.Sprintf("%d of %d running with an address, then the %v", len(addressed), n, s.err())
 			break
 		}
 		if ctx.Err() != nil {
+			mu.Lock()
 			result.Error = fmt.Sprintf("%d of %d running with an address after %.0f s (simulated); last error: %v", len(addressed), n, sim.simSeconds(time.Since(started)), lastErr)
+			mu.Unlock()
 			break
 		}
 		states, err := s.states(ctx)
 		if err != nil {
+			mu.Lock()
 			lastErr = err
+			mu.Unlock()
 			continue
 		}
 		for id, state := range states {
+			if (state == provider.StateDeleting || state == provider.StateDeleted) && !addressed[id] && !lost[id] {
+				lost[id] = true
+				mu.Lock()
+				target++
+				mu.Unlock()
+				continue
+			}
 			if state != provider.StateRunning || addressed[id] {
 				continue
 			}
@@ -135,9 +167,17 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 			if err == nil && (info.InternalAddr != "" || info.ExternalAddr != "") {
 				addressed[id] = true
 			} else if err != nil {
+				mu.Lock()
 				lastErr = err
+				mu.Unlock()
 			}
 		}
+	}
+	result.Replaced = len(lost)
+	close(stop)
+	select { // bounded: every Increase has a deadline
+	case <-increaserDone:
+	case <-time.After(limits.Increase + 10*time.Second):
 	}
 	if result.Error == "" {
 		result.Up = sim.simSeconds(time.Since(started))

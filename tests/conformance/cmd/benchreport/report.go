@@ -181,6 +181,8 @@ func renderMarkdown(r *report, chartPath string) string {
 				row += " | — | —"
 			case s.Error != "":
 				row += " | failed: " + oneLine(s.Error) + " | —"
+			case s.Replaced > 0:
+				row += fmt.Sprintf(" | %.1f (%d given up and asked for again) | %.2f×", s.Up, s.Replaced, s.Ratio())
 			default:
 				row += fmt.Sprintf(" | %.1f | %.2f×", s.Up, s.Ratio())
 			}
