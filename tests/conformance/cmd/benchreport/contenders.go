@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 )
 
 // runParams are what a benchmark asks of a plugin's configuration.
@@ -16,48 +18,235 @@ type runParams struct {
 	cloneLimit   int
 }
 
-// contender is one fleeting plugin under test.
-type contender struct {
-	Name    string `json:"name"`
-	Module  string `json:"module,omitempty"`  // Go module path
-	Package string `json:"package,omitempty"` // main package inside the module
-	Version string `json:"version"`
-	Binary  string `json:"binary,omitempty"`
-	// BuildError is why it could not be built (exact text); empty when it built.
-	BuildError string `json:"build_error,omitempty"`
-	// configure writes the plugin's config (and credentials file) for a run.
-	configure func(sim *simulator, work string, p runParams) ([]byte, error) `json:"-"`
+// label names the settings a run gets, for the report.
+func (p runParams) label() string {
+	if p.fullClone {
+		return "full clones"
+	}
+	return "linked clones"
 }
 
-// Every public Proxmox fleeting plugin we know of (docs in
-// /work/shared/docs/anchors.md §0): the LukasK32 lineage shares one config
-// format (ticket login from a JSON credentials file, TLS verification only
-// switchable off); the nE0sIghT lineage uses an API token in the config.
-func competitors() []*contender {
-	lineageLK := func(name, module string) *contender {
-		return &contender{Name: name, Module: module, Package: "cmd/fleeting-plugin-proxmox", configure: configureLukasK32}
+// contender is one fleeting plugin under test: ours, or a competitor's
+// prebuilt binary given with -competitor.
+type contender struct {
+	Key  string `json:"key"`
+	Name string `json:"name"`
+	// Repository and Commit are what the binary was built from, as the
+	// person running the benchmark stated them (-competitor ...,repo=,commit=).
+	Repository string `json:"repository,omitempty"`
+	Commit     string `json:"commit,omitempty"`
+	// Version is ours only: git describe of this checkout.
+	Version string `json:"version,omitempty"`
+	Binary  string `json:"binary,omitempty"`
+	// Style names the configuration format the contender is given.
+	Style string `json:"config_style"`
+	// Settings are the plugin configs it was given, by label (linked or
+	// full clones), with secrets replaced; credentials files are inlined.
+	Settings map[string]json.RawMessage `json:"settings,omitempty"`
+	// Incidents are the times the plugin process exited, panicked or hung.
+	Incidents []incident `json:"incidents,omitempty"`
+	// configure writes the plugin's config (and credentials file) for a run.
+	configure func(sim *simulator, work string, p runParams) ([]byte, error)
+	mu        sync.Mutex
+}
+
+// knownCompetitor is a public Proxmox fleeting plugin the harness knows how
+// to configure (/work/shared/docs/anchors.md §0).
+type knownCompetitor struct {
+	key, name, repository, style string
+	aliases                      []string
+}
+
+const (
+	styleOurs     = "ours"
+	styleLukasK32 = "lukask32"
+	styleNE0sIghT = "ne0sight"
+)
+
+// The LukasK32 lineage shares one config format (ticket login from a JSON
+// credentials file, TLS verification only switchable off); the nE0sIghT
+// lineage uses an API token in the plugin config.
+var knownCompetitors = []knownCompetitor{
+	{key: "seed", name: "seed (LukasK32)", repository: "github.com/LukasK32/fleeting-plugin-proxmox", style: styleLukasK32, aliases: []string{"lukask32"}},
+	{key: "phenix66", name: "Phenix66", repository: "github.com/Phenix66/fleeting-plugin-proxmox", style: styleLukasK32},
+	{key: "yoonda9", name: "yoonda9", repository: "github.com/yoonda9/fleeting-plugin-proxmox", style: styleLukasK32},
+	{key: "leseratte10", name: "Leseratte10", repository: "github.com/Leseratte10/fleeting-plugin-proxmox", style: styleLukasK32},
+	{key: "dxas90", name: "dxas90", repository: "github.com/dxas90/gitlab-fleeting-plugin-proxmox", style: styleLukasK32},
+	{key: "lecyreaxyt", name: "LeCyreaxYT", repository: "github.com/LeCyreaxYT/gitlab-fleeting-plugin-proxmox", style: styleLukasK32},
+	{key: "ne0sight", name: "nE0sIghT", repository: "github.com/nE0sIghT/fleeting-plugin-proxmox", style: styleNE0sIghT},
+	{key: "overlordtm", name: "overlordtm", repository: "github.com/overlordtm/fleeting-plugin-proxmox", style: styleNE0sIghT},
+}
+
+func findKnown(name string) (knownCompetitor, bool) {
+	name = strings.ToLower(strings.TrimSpace(name))
+	for _, k := range knownCompetitors {
+		if k.key == name {
+			return k, true
+		}
+		for _, alias := range k.aliases {
+			if alias == name {
+				return k, true
+			}
+		}
 	}
-	return []*contender{
-		lineageLK("lukask32 (seed)", "github.com/lukask32/fleeting-plugin-proxmox"),
-		lineageLK("Phenix66", "github.com/Phenix66/fleeting-plugin-proxmox"),
-		lineageLK("yoonda9", "github.com/yoonda9/fleeting-plugin-proxmox"),
-		lineageLK("Leseratte10", "github.com/Leseratte10/fleeting-plugin-proxmox"),
-		lineageLK("dxas90", "github.com/dxas90/gitlab-fleeting-plugin-proxmox"),
-		lineageLK("LeCyreaxYT", "github.com/LeCyreaxYT/gitlab-fleeting-plugin-proxmox"),
-		{Name: "nE0sIghT", Module: "gitlab.com/gitlab-org/fleeting/plugins/proxmox", Package: "cmd/fleeting-plugin-proxmox", configure: configureNE0sIghT},
-		{Name: "overlordtm", Module: "github.com/overlordtm/fleeting-plugin-proxmox", Package: "cmd/fleeting-plugin-proxmox", configure: configureNE0sIghT},
+	return knownCompetitor{}, false
+}
+
+func knownKeys() string {
+	keys := make([]string, 0, len(knownCompetitors))
+	for _, k := range knownCompetitors {
+		keys = append(keys, k.key)
 	}
+	return strings.Join(keys, ", ")
+}
+
+// competitorFlags collects -competitor NAME=BINARY[,repo=R][,commit=C].
+type competitorFlags []*contender
+
+func (f *competitorFlags) String() string {
+	parts := make([]string, 0, len(*f))
+	for _, c := range *f {
+		parts = append(parts, c.Key+"="+c.Binary)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (f *competitorFlags) Set(value string) error {
+	c, err := parseCompetitor(value)
+	if err != nil {
+		return err
+	}
+	for _, other := range *f {
+		if other.Key == c.Key {
+			return fmt.Errorf("could not take -competitor %q: %s is given twice", value, c.Key)
+		}
+	}
+	*f = append(*f, c)
+	return nil
+}
+
+// parseCompetitor reads NAME=BINARY[,repo=REPOSITORY][,commit=COMMIT].
+func parseCompetitor(value string) (*contender, error) {
+	fields := strings.Split(value, ",")
+	name, binary, ok := strings.Cut(fields[0], "=")
+	if !ok || strings.TrimSpace(binary) == "" {
+		return nil, fmt.Errorf("could not read -competitor %q: it takes NAME=BINARY[,repo=REPOSITORY][,commit=COMMIT]", value)
+	}
+	known, ok := findKnown(name)
+	if !ok {
+		return nil, fmt.Errorf("could not read -competitor %q: unknown competitor %q (known: %s)", value, name, knownKeys())
+	}
+	abs, err := filepath.Abs(binary)
+	if err != nil {
+		return nil, fmt.Errorf("could not read -competitor %q: %w", value, err)
+	}
+	if info, err := os.Stat(abs); err != nil {
+		return nil, fmt.Errorf("could not read -competitor %q: %w", value, err)
+	} else if info.IsDir() || info.Mode()&0o111 == 0 {
+		return nil, fmt.Errorf("could not read -competitor %q: %s is not an executable file", value, abs)
+	}
+	c := &contender{Key: known.key, Name: known.name, Repository: known.repository, Binary: abs, Style: known.style}
+	for _, field := range fields[1:] {
+		key, val, ok := strings.Cut(field, "=")
+		val = strings.TrimSpace(val)
+		switch {
+		case ok && key == "repo" && val != "":
+			c.Repository = strings.TrimPrefix(strings.TrimPrefix(val, "https://"), "http://")
+		case ok && key == "commit" && val != "":
+			c.Commit = val
+		default:
+			return nil, fmt.Errorf("could not read -competitor %q: unknown part %q (repo=... or commit=...)", value, field)
+		}
+	}
+	switch c.Style {
+	case styleLukasK32:
+		c.configure = configureLukasK32
+	case styleNE0sIghT:
+		c.configure = configureNE0sIghT
+	}
+	return c, nil
+}
+
+// notGiven lists the known competitors that have no binary in this run.
+func notGiven(given []*contender) []string {
+	have := map[string]bool{}
+	for _, c := range given {
+		have[c.Key] = true
+	}
+	var out []string
+	for _, k := range knownCompetitors {
+		if !have[k.key] {
+			out = append(out, k.name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func ours(binary string) *contender {
-	return &contender{Name: "ours (Rust)", Binary: binary, Version: gitDescribe(), configure: configureOurs}
+	return &contender{Key: "ours", Name: "ours (Rust)", Binary: binary, Version: gitDescribe(), Style: styleOurs, configure: configureOurs}
+}
+
+// settingsFor writes a contender's config for one run and records it
+// (secrets replaced) for the report.
+func (c *contender) settingsFor(sim *simulator, work string, p runParams) ([]byte, error) {
+	config, err := c.configure(sim, work, p)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.Settings == nil {
+		c.Settings = map[string]json.RawMessage{}
+	}
+	if _, seen := c.Settings[p.label()]; !seen {
+		c.Settings[p.label()] = redactedSettings(config)
+	}
+	return config, nil
+}
+
+// redactedSettings replaces secrets, replaces the run's own paths and ports
+// by placeholders and inlines a credentials file (its password replaced).
+func redactedSettings(config []byte) json.RawMessage {
+	var settings map[string]any
+	if err := json.Unmarshal(config, &settings); err != nil {
+		return json.RawMessage(`"unreadable"`)
+	}
+	for key, value := range settings {
+		switch key {
+		case "token_secret", "password":
+			settings[key] = "<secret>"
+		case "url", "api_url":
+			settings[key] = "<simulator URL>"
+		case "tls_fingerprint":
+			settings[key] = "<SHA-256 of the simulator's certificate>"
+		case "tls_ca_file":
+			settings[key] = "<the simulator's CA file>"
+		case "credentials_file_path":
+			path, _ := value.(string)
+			var inner map[string]any
+			if raw, err := os.ReadFile(path); err == nil && json.Unmarshal(raw, &inner) == nil {
+				for k := range inner {
+					if k == "password" || k == "token_secret" {
+						inner[k] = "<secret>"
+					}
+				}
+				settings[key] = map[string]any{"<file>": filepath.Base(path), "<contents>": inner}
+			}
+		}
+	}
+	var out bytes.Buffer
+	encoder := json.NewEncoder(&out)
+	encoder.SetEscapeHTML(false)
+	encoder.Encode(settings)
+	return bytes.TrimSpace(out.Bytes())
 }
 
 func configureOurs(sim *simulator, work string, p runParams) ([]byte, error) {
 	credentials := filepath.Join(work, "pve-token.json")
 	raw, _ := json.Marshal(map[string]string{"token_id": tokenID, "token_secret": tokenSecret})
 	if err := os.WriteFile(credentials, raw, 0o600); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("could not write %s: %w", credentials, err)
 	}
 	mode := "linked"
 	if p.fullClone {
@@ -70,16 +259,20 @@ func configureOurs(sim *simulator, work string, p runParams) ([]byte, error) {
 	})
 }
 
-// The LukasK32 lineage: user/password from a credentials file; a linked
-// clone when `storage` is empty, a full clone onto `storage` otherwise.
+// The LukasK32 lineage (README "Plugin settings"): user/password from a
+// credentials file; `url` is the bare base URL (the plugin appends
+// /api2/json itself); a linked clone when `storage` is empty, a full clone
+// onto `storage` otherwise. Its only TLS option is to skip verification.
+// `instance_network_interface` keeps its default ens18 (the simulated
+// guest agent reports ens18).
 func configureLukasK32(sim *simulator, work string, p runParams) ([]byte, error) {
 	credentials := filepath.Join(work, "pve-password.json")
 	raw, _ := json.Marshal(map[string]string{"realm": userRealm, "username": userName, "password": userPassword})
 	if err := os.WriteFile(credentials, raw, 0o600); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("could not write %s: %w", credentials, err)
 	}
 	config := map[string]any{
-		"url": sim.URL + "/api2/json", "insecure_skip_tls_verify": true, "credentials_file_path": credentials,
+		"url": sim.URL, "insecure_skip_tls_verify": true, "credentials_file_path": credentials,
 		"pool": poolName, "template_id": templateID, "max_instances": p.maxInstances,
 	}
 	if p.fullClone {
@@ -88,86 +281,30 @@ func configureLukasK32(sim *simulator, work string, p runParams) ([]byte, error)
 	return json.Marshal(config)
 }
 
-// The nE0sIghT lineage: an API token in the plugin config and a mandatory
-// VMID range.
+// The nE0sIghT lineage (its README "Plugin configuration reference" and
+// config.go): an API token in the plugin config, the CA file to verify
+// the API, a dedicated name prefix and VMID range, a node allowlist, the
+// template list; DHCP networking (the template's ipconfig0 is ip=dhcp, so
+// the guest agent must report the address); no staged templates (the
+// template is on the only allowed node); the clone and delete limits of the
+// scenario, the other limits and timeouts at their documented defaults.
 func configureNE0sIghT(sim *simulator, work string, p runParams) ([]byte, error) {
-	parts := strings.SplitN(tokenID, "!", 2)
 	mode := "linked"
 	if p.fullClone {
 		mode = "full"
 	}
-	return json.Marshal(map[string]any{
-		"url": sim.URL, "token_id": parts[0] + "!" + parts[1], "token_secret": tokenSecret, "tls_insecure_skip_verify": true,
-		"pool": poolName, "template_id": templateID, "max_instances": p.maxInstances, "vmid_range": "1000-9999",
-		"clone_mode": mode, "max_parallel_clones": p.cloneLimit, "nodes": []string{"pve1"},
-	})
-}
-
-// build installs a competitor's latest tag from the Go module proxy into
-// dir, or builds it from a local checkout named by -source NAME=DIR.
-func (c *contender) build(dir, source string) {
-	bin := filepath.Join(dir, strings.NewReplacer(" ", "-", "(", "", ")", "").Replace(c.Name))
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		c.BuildError = err.Error()
-		return
+	config := map[string]any{
+		"api_url": sim.URL, "token_id": tokenID, "token_secret": tokenSecret,
+		"pool": poolName, "template_vmids": []int{templateID}, "template_stage_mode": "off",
+		"name_prefix": "bench", "vmid_range": "1000-8999", "nodes": []string{"pve1"},
+		"clone_mode": mode, "target_storages": []string{"local-lvm"},
+		"network_mode": "dhcp", "agent_required": true,
+		"max_parallel_clones": p.cloneLimit, "max_parallel_deletes": p.cloneLimit,
 	}
-	var cmd *exec.Cmd
-	if source != "" {
-		c.Version = "checkout " + gitDescribeIn(source)
-		cmd = exec.Command("go", "build", "-o", bin, "./"+c.Package)
-		cmd.Dir = source
+	if sim.CAFile != "" {
+		config["tls_ca_file"] = sim.CAFile
 	} else {
-		version, err := latestVersion(c.Module)
-		if err != nil {
-			c.BuildError = err.Error()
-			return
-		}
-		c.Version = version
-		cmd = exec.Command("go", "install", c.Module+"/"+c.Package+"@"+version)
-		cmd.Env = append(os.Environ(), "GOBIN="+bin)
+		config["tls_insecure_skip_verify"] = true
 	}
-	// A checkout may lack go.sum entries; `go install m@v` takes no -mod.
-	goflags := "GOFLAGS="
-	if source != "" {
-		goflags = "GOFLAGS=-mod=mod"
-	}
-	cmd.Env = append(cmdEnv(cmd), goflags, "GONOSUMDB=gitlab.com/gitlab-org/fleeting")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		c.BuildError = fmt.Sprintf("%s: %s", strings.Join(cmd.Args, " "), strings.TrimSpace(string(out)))
-		return
-	}
-	entries, _ := os.ReadDir(bin)
-	for _, entry := range entries {
-		c.Binary = filepath.Join(bin, entry.Name())
-		if source != "" {
-			break
-		}
-	}
-	if c.Binary == "" {
-		c.BuildError = "the build produced no binary in " + bin
-	}
-}
-
-func cmdEnv(cmd *exec.Cmd) []string {
-	if cmd.Env != nil {
-		return cmd.Env
-	}
-	return os.Environ()
-}
-
-// latestVersion asks the Go module proxy for the newest tag (or
-// pseudo-version of the default branch when there is no tag).
-func latestVersion(module string) (string, error) {
-	cmd := exec.Command("go", "list", "-m", "-json", module+"@latest")
-	cmd.Dir = os.TempDir()
-	cmd.Env = append(os.Environ(), "GOFLAGS=", "GO111MODULE=on")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go list -m %s@latest: %s", module, strings.TrimSpace(string(out)))
-	}
-	var info struct{ Version string }
-	if err := json.Unmarshal(out, &info); err != nil {
-		return "", fmt.Errorf("go list -m %s@latest: %v", module, err)
-	}
-	return info.Version, nil
+	return json.Marshal(config)
 }

@@ -1,10 +1,12 @@
-// Command benchreport runs the side-by-side benchmarks of issue 7 through
-// the real fleeting host (gitlab.com/gitlab-org/fleeting, go-plugin) against
-// pve-sim, for our binary and every public Proxmox fleeting plugin that
-// builds from the Go module proxy, and writes docs/benchmarks.md with a chart.
-// Numbers are printed and recorded, never asserted.
+// Command benchreport runs the side-by-side benchmarks of issues 7 and 14
+// through the real fleeting host (gitlab.com/gitlab-org/fleeting, go-plugin)
+// against pve-sim, for our binary and the prebuilt binaries of competing
+// Proxmox fleeting plugins given with -competitor, and writes
+// docs/benchmarks.md with a chart. Numbers are printed and recorded, never
+// asserted. Every call to a plugin has a deadline; a plugin that exits,
+// panics or hangs is killed, recorded, and the run goes on.
 //
-// Usually run through scripts/bench-report, which builds the release binaries.
+// Usually run through scripts/bench-report, which builds our binaries.
 package main
 
 import (
@@ -21,22 +23,26 @@ import (
 )
 
 type report struct {
-	Started     time.Time         `json:"started"`
-	Command     string            `json:"command"`
-	Quick       bool              `json:"quick"`
-	Machine     machine           `json:"machine"`
-	Versions    map[string]string `json:"versions"`
-	Contenders  []*contender      `json:"contenders"`
-	LinkedScale float64           `json:"linked_time_scale"`
-	FullScale   float64           `json:"full_time_scale"`
-	APIScale    float64           `json:"api_time_scale"`
-	CloneLimit  int               `json:"clone_limit"`
-	FaultRate   float64           `json:"fault_rate"`
-	Timings     timings           `json:"timings"`
-	Footprints  []footprint       `json:"footprints"`
-	APICost     []apiCostResult   `json:"api_cost"`
-	Scale       []scaleResult     `json:"scale"`
-	Elapsed     float64           `json:"elapsed_seconds"`
+	Started    time.Time         `json:"started"`
+	Command    string            `json:"command"`
+	Quick      bool              `json:"quick"`
+	Machine    machine           `json:"machine"`
+	Versions   map[string]string `json:"versions"`
+	Contenders []*contender      `json:"contenders"`
+	// NotGiven are the known competitors with no binary in this run;
+	// Skipped were given but left out by -competitors.
+	NotGiven    []string        `json:"not_given,omitempty"`
+	Skipped     []string        `json:"skipped,omitempty"`
+	LinkedScale float64         `json:"linked_time_scale"`
+	FullScale   float64         `json:"full_time_scale"`
+	APIScale    float64         `json:"api_time_scale"`
+	CloneLimit  int             `json:"clone_limit"`
+	FaultRate   float64         `json:"fault_rate"`
+	Timings     timings         `json:"timings"`
+	Footprints  []footprint     `json:"footprints"`
+	APICost     []apiCostResult `json:"api_cost"`
+	Scale       []scaleResult   `json:"scale"`
+	Elapsed     float64         `json:"elapsed_seconds"`
 }
 
 type machine struct {
@@ -46,7 +52,43 @@ type machine struct {
 	Kernel string `json:"kernel"`
 }
 
+// plan is what one run measures, for every contender alike.
+type plan struct {
+	simBinary                        string
+	sizes, apiSizes                  []int
+	linkedScale, fullScale, apiScale float64
+	cloneLimit                       int
+	faultRate                        float64
+	profiles                         []bool // full clone or not
+	handshakeRuns                    int
+	skipAPICost                      bool
+	// dir makes a fresh scratch directory for one measurement.
+	dir func(what string) string
+}
+
+const usage = `benchreport runs the side-by-side benchmarks through the real fleeting host
+against pve-sim and writes docs/benchmarks.md and its chart. Usually run
+through scripts/bench-report.
+
+Competitors are prebuilt binaries, built by whoever runs the benchmark from
+the competitor's public repository; this repository has no recipe for that.
+Give each with -competitor, and say what it was built from:
+
+  -competitor 'seed=/path/to/fleeting-plugin-proxmox,repo=github.com/LukasK32/fleeting-plugin-proxmox,commit=229b964'
+
+NAME is one of: %s.
+repo defaults to the competitor's known public repository; commit is
+reported as "not given" when absent. The report lists the competitors that
+were not given.
+
+Flags:
+`
+
 func main() {
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), usage, knownKeys())
+		flag.PrintDefaults()
+	}
 	plugin := flag.String("plugin", "", "our plugin binary (release build)")
 	simBinary := flag.String("sim", "", "the pve-sim binary (release build)")
 	out := flag.String("out", "docs/benchmarks.md", "the report to write")
@@ -61,16 +103,17 @@ func main() {
 	cloneLimit := flag.Int("clone-limit", 4, "parallel clones configured for every contender that has the setting")
 	faultRate := flag.Float64("fault-rate", 0.05, "fraction of API requests answered 503 in the fault runs")
 	profilesFlag := flag.String("profiles", "linked,full", "clone profiles for scale-up and scale-down")
-	only := flag.String("competitors", "all", "competitors to try: all, none, or comma-separated names")
-	var sources sourceFlags
-	flag.Var(&sources, "source", "NAME=DIR: build competitor NAME from a local checkout instead of the module proxy (repeatable)")
+	handshakeRuns := flag.Int("handshake-runs", 20, "exec → handshake runs per plugin (the median is reported)")
+	var given competitorFlags
+	flag.Var(&given, "competitor", "NAME=BINARY[,repo=REPOSITORY][,commit=COMMIT]: a competitor's prebuilt binary and what it was built from (repeatable)")
+	only := flag.String("competitors", "all", "which of the given competitors to run: all, none, or comma-separated names")
 	fromJSON := flag.String("from-json", "", "only re-render the report and chart from the raw results of an earlier run (-json)")
 	work := flag.String("work", "", "scratch directory (default: a new temporary one, removed at the end)")
 	flag.Parse()
 	if *fromJSON != "" {
 		data, err := os.ReadFile(*fromJSON)
 		if err != nil {
-			fatal(err)
+			fatal(fmt.Errorf("could not read %s: %w", *fromJSON, err))
 		}
 		var r report
 		if err := json.Unmarshal(data, &r); err != nil {
@@ -80,8 +123,14 @@ func main() {
 		return
 	}
 	if *plugin == "" || *simBinary == "" {
-		fmt.Fprintln(os.Stderr, "benchreport: -plugin and -sim are required (see scripts/bench-report)")
+		fmt.Fprintln(os.Stderr, "benchreport: -plugin and -sim are required (see scripts/bench-report, or -h)")
 		os.Exit(2)
+	}
+	for _, name := range strings.Split(*only, ",") {
+		name = strings.TrimSpace(name)
+		if _, ok := findKnown(name); !ok && name != "all" && name != "none" && name != "" {
+			fatal(fmt.Errorf("could not read -competitors %q: unknown name %q (known: %s)", *only, name, knownKeys()))
+		}
 	}
 	sizes, apiSizes := ints(*sizesFlag), ints(*apiSizesFlag)
 	if *quick {
@@ -91,7 +140,7 @@ func main() {
 	if scratch == "" {
 		dir, err := os.MkdirTemp("", "benchreport-")
 		if err != nil {
-			fatal(err)
+			fatal(fmt.Errorf("could not create a scratch directory: %w", err))
 		}
 		defer os.RemoveAll(dir)
 		scratch = dir
@@ -99,46 +148,62 @@ func main() {
 
 	r := &report{Started: time.Now().UTC(), Command: reRunCommand(), Quick: *quick, Machine: describeMachine(), Versions: versions(),
 		LinkedScale: *linkedScale, FullScale: *fullScale, APIScale: *apiScale, CloneLimit: *cloneLimit, FaultRate: *faultRate, Timings: realisticTimings}
-	us := ours(*plugin)
-	r.Contenders = append(r.Contenders, us)
-	for _, c := range competitors() {
-		if !selected(*only, c.Name) {
-			continue
-		}
-		logf("building %s (%s)", c.Name, c.Module)
-		c.build(filepath.Join(scratch, "bin"), sources[c.Name])
-		if c.BuildError != "" {
-			logf("  could not build %s: %s", c.Name, c.BuildError)
+	r.Contenders = append(r.Contenders, ours(*plugin))
+	var skipped []*contender
+	for _, c := range given {
+		if selected(*only, c.Key) {
+			r.Contenders = append(r.Contenders, c)
+			logf("competitor %s: %s (%s at %s)", c.Name, c.Binary, c.Repository, orText(c.Commit, "commit not given"))
 		} else {
-			logf("  built %s %s", c.Name, c.Version)
+			skipped = append(skipped, c)
 		}
-		r.Contenders = append(r.Contenders, c)
 	}
+	r.NotGiven = notGiven(r.Contenders[1:])
+	r.Skipped = names(skipped)
 
+	p := plan{simBinary: *simBinary, sizes: sizes, apiSizes: apiSizes, linkedScale: *linkedScale, fullScale: *fullScale,
+		apiScale: *apiScale, cloneLimit: *cloneLimit, faultRate: *faultRate, handshakeRuns: *handshakeRuns}
+	for _, profile := range strings.Split(*profilesFlag, ",") {
+		if !*quick || profile == "linked" {
+			p.profiles = append(p.profiles, profile == "full")
+		}
+	}
 	run := 0
-	dir := func(what string) string {
+	p.dir = func(what string) string {
 		run++
 		return filepath.Join(scratch, fmt.Sprintf("%03d-%s", run, what))
 	}
 	for _, c := range r.Contenders {
-		if c.Binary == "" {
-			continue
-		}
-		logf("== %s", c.Name)
-		fp := footprint{Contender: c.Name, HandshakeRuns: 20}
-		if info, err := os.Stat(c.Binary); err == nil {
-			fp.BinaryBytes = info.Size()
-		}
-		var err error
-		if fp.HandshakeMillis, err = handshakeMillis(c.Binary, fp.HandshakeRuns); err != nil {
-			fp.Error = "handshake: " + err.Error()
-		}
-		if fp.IdleRSSKB, fp.IdleAnonKB, err = idleRSS(c, *simBinary, dir("idle")); err != nil {
-			fp.Error = strings.TrimPrefix(fp.Error+"; ", "; ") + "idle RSS: " + err.Error()
-		}
-		logf("  handshake %.1f ms, idle RSS %d KB (%d KB anonymous), binary %d bytes", fp.HandshakeMillis, fp.IdleRSSKB, fp.IdleAnonKB, fp.BinaryBytes)
+		runContender(r, c, p)
+	}
+	r.Elapsed = time.Since(r.Started).Seconds()
 
-		for _, result := range apiCost(c, *simBinary, dir("api"), apiSizes, *apiScale) {
+	write(r, *out, *chart, *raw)
+}
+
+// runContender runs every scenario of the plan for one plugin. A plugin
+// that exits, panics or hangs fails the scenario it was in (recorded in
+// c.Incidents); the next scenario starts a fresh process.
+func runContender(r *report, c *contender, p plan) {
+	logf("== %s", c.Name)
+	fp := footprint{Contender: c.Name, HandshakeRuns: p.handshakeRuns}
+	if info, err := os.Stat(c.Binary); err == nil {
+		fp.BinaryBytes = info.Size()
+	}
+	var errs []string
+	var err error
+	if fp.HandshakeMillis, fp.HandshakeKilled, err = handshakeMillis(c.Binary, p.handshakeRuns); err != nil {
+		errs = append(errs, "handshake: "+err.Error())
+	}
+	if fp.IdleRSSKB, fp.IdleAnonKB, err = idleRSS(c, p.simBinary, p.dir("idle")); err != nil {
+		errs = append(errs, "idle RSS: "+err.Error())
+	}
+	fp.Error = strings.Join(errs, "; ")
+	logf("  handshake %.1f ms (%d of %d runs needed SIGKILL), idle RSS %d KB (%d KB anonymous), binary %d bytes %s",
+		fp.HandshakeMillis, fp.HandshakeKilled, fp.HandshakeRuns, fp.IdleRSSKB, fp.IdleAnonKB, fp.BinaryBytes, fp.Error)
+
+	if !p.skipAPICost {
+		for _, result := range apiCost(c, p.simBinary, p.dir("api"), p.apiSizes, p.apiScale) {
 			logf("  API cost N=%d: %.2f requests/Update, %.2f ms CPU/Update, %.1f ms/Update, RSS %d KB %s",
 				result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.UpdateMillis, result.RSSKB, result.Error)
 			if result.N == 1000 && result.Error == "" {
@@ -146,32 +211,23 @@ func main() {
 			}
 			r.APICost = append(r.APICost, result)
 		}
-		r.Footprints = append(r.Footprints, fp)
+	}
+	r.Footprints = append(r.Footprints, fp)
 
-		var profiles []bool
-		for _, p := range strings.Split(*profilesFlag, ",") {
-			if !*quick || p == "linked" {
-				profiles = append(profiles, p == "full")
+	for _, faults := range []float64{0, p.faultRate} {
+		for _, full := range p.profiles {
+			scale := p.linkedScale
+			if full {
+				scale = p.fullScale
 			}
-		}
-		for _, faults := range []float64{0, *faultRate} {
-			for _, full := range profiles {
-				scale := *linkedScale
-				if full {
-					scale = *fullScale
-				}
-				for _, n := range sizes {
-					result := scaleUpDown(c, *simBinary, dir("scale"), realisticTimings, full, n, *cloneLimit, scale, faults)
-					logf("  scale %s n=%d faults=%.0f%%: up %.1f s (ideal %.1f s, %.2f×), down %.1f s, %d requests %s",
-						result.Profile, n, faults*100, result.Up, result.Ideal, result.Ratio(), result.Down, result.Requests, result.Error)
-					r.Scale = append(r.Scale, result)
-				}
+			for _, n := range p.sizes {
+				result := scaleUpDown(c, p.simBinary, p.dir("scale"), realisticTimings, full, n, p.cloneLimit, scale, faults)
+				logf("  scale %s n=%d faults=%.0f%%: up %.1f s (ideal %.1f s, %.2f×), down %.1f s, %d requests %s %s",
+					result.Profile, n, faults*100, result.Up, result.Ideal, result.Ratio(), result.Down, result.Requests, result.Error, result.DownError)
+				r.Scale = append(r.Scale, result)
 			}
 		}
 	}
-	r.Elapsed = time.Since(r.Started).Seconds()
-
-	write(r, *out, *chart, *raw)
 }
 
 // write saves the raw results (when asked), the chart and the report.
@@ -195,26 +251,6 @@ func write(r *report, out, chart, raw string) {
 	logf("wrote %s and %s", out, chart)
 }
 
-type sourceFlags map[string]string
-
-func (s *sourceFlags) String() string { return fmt.Sprint(map[string]string(*s)) }
-
-func (s *sourceFlags) Set(value string) error {
-	name, dir, ok := strings.Cut(value, "=")
-	if !ok {
-		return fmt.Errorf("-source takes NAME=DIR, got %q", value)
-	}
-	if *s == nil {
-		*s = map[string]string{}
-	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return err
-	}
-	(*s)[name] = abs
-	return nil
-}
-
 func selected(only, name string) bool {
 	switch only {
 	case "all":
@@ -223,7 +259,7 @@ func selected(only, name string) bool {
 		return false
 	}
 	for _, n := range strings.Split(only, ",") {
-		if strings.EqualFold(strings.TrimSpace(n), name) || strings.HasPrefix(strings.ToLower(name), strings.ToLower(strings.TrimSpace(n))+" ") {
+		if k, ok := findKnown(n); ok && k.key == name {
 			return true
 		}
 	}
@@ -288,12 +324,8 @@ func moduleVersion(module string) string {
 	return "unknown"
 }
 
-func gitDescribe() string { return gitDescribeIn(".") }
-
-func gitDescribeIn(dir string) string {
-	cmd := exec.Command("git", "describe", "--always", "--dirty", "--tags")
-	cmd.Dir = dir
-	text, err := cmd.Output()
+func gitDescribe() string {
+	text, err := exec.Command("git", "describe", "--always", "--dirty", "--tags").Output()
 	if err != nil {
 		return "unknown"
 	}

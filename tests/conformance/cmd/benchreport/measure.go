@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -15,8 +13,6 @@ import (
 	"sync"
 	"time"
 
-	hclog "github.com/hashicorp/go-hclog"
-	"gitlab.com/gitlab-org/fleeting/fleeting"
 	"gitlab.com/gitlab-org/fleeting/fleeting/provider"
 )
 
@@ -28,59 +24,6 @@ const updateEvery = 250 * time.Millisecond
 var connector = provider.Settings{ConnectorConfig: provider.ConnectorConfig{
 	OS: "linux", Arch: "amd64", Protocol: provider.ProtocolSSH, Username: "fleeting", Keepalive: 30 * time.Second, Timeout: time.Minute,
 }}
-
-// session is one plugin process driven by the real fleeting host.
-type session struct {
-	runner *fleeting.Runner
-	group  provider.InstanceGroup
-	log    *os.File
-	pid    int
-}
-
-func openSession(c *contender, sim *simulator, work string, p runParams) (*session, error) {
-	config, err := c.configure(sim, work, p)
-	if err != nil {
-		return nil, err
-	}
-	log, err := os.Create(filepath.Join(work, "plugin.log"))
-	if err != nil {
-		return nil, err
-	}
-	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: log})
-	runner, err := fleeting.RunPlugin(c.Binary, config, fleeting.WithPluginLogger(logger))
-	if err != nil {
-		log.Close()
-		return nil, fmt.Errorf("could not start the plugin: %w", err)
-	}
-	s := &session{runner: runner, group: runner.InstanceGroup(), log: log, pid: childPID(c.Binary)}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if _, err := s.group.Init(ctx, logger, connector); err != nil {
-		s.close()
-		return nil, fmt.Errorf("Init: %w", err)
-	}
-	return s, nil
-}
-
-func (s *session) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	s.group.Shutdown(ctx)
-	cancel()
-	s.runner.Kill()
-	s.log.Close()
-}
-
-// states runs one Update.
-func (s *session) states(ctx context.Context) (map[string]provider.State, error) {
-	states := map[string]provider.State{}
-	var mu sync.Mutex
-	err := s.group.Update(ctx, func(id string, state provider.State) {
-		mu.Lock()
-		states[id] = state
-		mu.Unlock()
-	})
-	return states, err
-}
 
 type scaleResult struct {
 	Contender string  `json:"contender"`
@@ -98,9 +41,14 @@ type scaleResult struct {
 	Down float64 `json:"down_seconds"`
 	// ⌈n / delete limit⌉ × (stop + delete): deletions limited only by the configured limit.
 	DownIdeal float64 `json:"down_ideal_seconds"`
-	Requests  int64   `json:"requests"`
-	Injected  int64   `json:"injected_errors"`
-	Error     string  `json:"error,omitempty"`
+	// Replaced counts instances the plugin gave up on before they ran
+	// (reported deleting or deleted), which the host then asked for again.
+	Replaced int `json:"replaced,omitempty"`
+	// DownError is why scale-down did not finish (scale-up may have).
+	DownError string `json:"down_error,omitempty"`
+	Requests  int64  `json:"requests"`
+	Injected  int64  `json:"injected_errors"`
+	Error     string `json:"error,omitempty"`
 }
 
 func (r scaleResult) Ratio() float64 { return r.Up / r.Ideal }
@@ -108,6 +56,7 @@ func (r scaleResult) Ratio() float64 { return r.Up / r.Ideal }
 // scaleUpDown measures Increase(n) → n running with addresses, then
 // Decrease(all) → none left in Proxmox, on a fresh simulator.
 func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, cloneLimit int, scale, faultRate float64) scaleResult {
+	scenario := fmt.Sprintf("scale-up %s n=%d faults=%.0f%%", map[bool]string{false: "linked", true: "full"}[full], n, faultRate*100)
 	profile := "linked"
 	clone := t.CloneLinked
 	if full {
@@ -122,7 +71,7 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 		return result
 	}
 	defer sim.stop()
-	s, err := openSession(c, sim, work, runParams{maxInstances: n, fullClone: full, cloneLimit: cloneLimit})
+	s, err := openSession(c, sim, work, scenario, runParams{maxInstances: n, fullClone: full, cloneLimit: cloneLimit})
 	if err != nil {
 		result.Error = err.Error()
 		return result
@@ -140,51 +89,95 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 	defer cancel()
 
 	started := time.Now()
-	increased := make(chan error, 1)
-	go func() {
-		// Runner asks again for what a plugin did not accept; so does this loop.
-		accepted := 0
-		for accepted < n && ctx.Err() == nil {
-			got, err := s.group.Increase(ctx, n-accepted)
-			accepted += got
-			if err != nil && accepted < n {
-				time.Sleep(updateEvery)
-			}
-		}
-		increased <- ctx.Err()
-	}()
-	addressed := map[string]bool{}
-	increaseDone := false
+	// Runner keeps asking until it has the capacity it wants: again for what
+	// a plugin did not accept, and again for an instance the plugin gave up
+	// on (reported deleting or deleted before it ever ran); so does this.
+	var mu sync.Mutex
+	target, accepted, inFlight := n, 0, false
 	var lastErr error
-	for !(increaseDone && len(addressed) >= n) {
-		select {
-		case err := <-increased:
-			increaseDone = true
+	stop := make(chan struct{})
+	increaserDone := make(chan struct{})
+	go func() {
+		defer close(increaserDone)
+		for ctx.Err() == nil && !s.gone() {
+			mu.Lock()
+			need := target - accepted
+			inFlight = need > 0
+			mu.Unlock()
+			if need <= 0 {
+				select {
+				case <-stop:
+					return
+				case <-time.After(updateEvery):
+				}
+				continue
+			}
+			got, err := s.increase(ctx, need)
+			mu.Lock()
+			accepted += got
+			inFlight = false
 			if err != nil {
 				lastErr = err
 			}
-		case <-time.After(updateEvery):
+			mu.Unlock()
+			if err != nil && got < need {
+				time.Sleep(updateEvery)
+			}
+		}
+	}()
+	addressed := map[string]bool{}
+	lost := map[string]bool{}
+	for {
+		mu.Lock()
+		done := len(addressed) >= n && accepted >= target && !inFlight
+		mu.Unlock()
+		if done {
+			break
+		}
+		time.Sleep(updateEvery)
+		if s.gone() {
+			result.Error = fmt.Sprintf("%d of %d running with an address, then the %v", len(addressed), n, s.err())
+			break
 		}
 		if ctx.Err() != nil {
+			mu.Lock()
 			result.Error = fmt.Sprintf("%d of %d running with an address after %.0f s (simulated); last error: %v", len(addressed), n, sim.simSeconds(time.Since(started)), lastErr)
+			mu.Unlock()
 			break
 		}
 		states, err := s.states(ctx)
 		if err != nil {
+			mu.Lock()
 			lastErr = err
+			mu.Unlock()
 			continue
 		}
 		for id, state := range states {
+			if (state == provider.StateDeleting || state == provider.StateDeleted) && !addressed[id] && !lost[id] {
+				lost[id] = true
+				mu.Lock()
+				target++
+				mu.Unlock()
+				continue
+			}
 			if state != provider.StateRunning || addressed[id] {
 				continue
 			}
-			info, err := s.group.ConnectInfo(ctx, id)
+			info, err := s.connectInfo(ctx, id)
 			if err == nil && (info.InternalAddr != "" || info.ExternalAddr != "") {
 				addressed[id] = true
 			} else if err != nil {
+				mu.Lock()
 				lastErr = err
+				mu.Unlock()
 			}
 		}
+	}
+	result.Replaced = len(lost)
+	close(stop)
+	select { // bounded: every Increase has a deadline
+	case <-increaserDone:
+	case <-time.After(limits.Increase + 10*time.Second):
 	}
 	if result.Error == "" {
 		result.Up = sim.simSeconds(time.Since(started))
@@ -192,9 +185,16 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 	if counters, err := sim.counters(); err == nil {
 		result.Requests, result.Injected = counters.RequestsTotal, counters.Injected
 	}
+	if s.gone() {
+		// Scale-down needs a live plugin; what it left behind is counted.
+		if left, err := sim.instances(); err == nil && left > 0 {
+			result.Error += fmt.Sprintf("; %d VMs left in Proxmox: %s", left, sim.leftovers())
+		}
+		return result
+	}
 	result.Down, err = scaleDown(s, sim, addressed)
-	if err != nil && result.Error == "" {
-		result.Error = err.Error()
+	if err != nil {
+		result.DownError = err.Error()
 	}
 	return result
 }
@@ -203,16 +203,29 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 // calling Update as Runner does meanwhile.
 func scaleDown(s *session, sim *simulator, instances map[string]bool) (float64, error) {
 	sim.clearFaults()
-	ids := make([]string, 0, len(instances))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// Scaling to zero, Runner removes every instance it knows of, not only
+	// the ready ones: add what Update reports (say, still creating).
+	wanted := map[string]bool{}
 	for id := range instances {
+		wanted[id] = true
+	}
+	if states, err := s.states(ctx); err == nil {
+		for id, state := range states {
+			if state != provider.StateDeleting && state != provider.StateDeleted {
+				wanted[id] = true
+			}
+		}
+	}
+	ids := make([]string, 0, len(wanted))
+	for id := range wanted {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	started := time.Now()
 	if len(ids) > 0 {
-		if _, err := s.group.Decrease(ctx, ids); err != nil {
+		if _, err := s.decrease(ctx, ids); err != nil {
 			return 0, fmt.Errorf("Decrease: %w", err)
 		}
 	}
@@ -224,8 +237,11 @@ func scaleDown(s *session, sim *simulator, instances map[string]bool) (float64, 
 		if left == 0 {
 			return sim.simSeconds(time.Since(started)), nil
 		}
+		if s.gone() {
+			return 0, fmt.Errorf("%d VMs still in Proxmox after Decrease, then the %v", left, s.err())
+		}
 		if ctx.Err() != nil {
-			return 0, fmt.Errorf("%d VMs still in Proxmox %.0f s (simulated) after Decrease", left, sim.simSeconds(time.Since(started)))
+			return 0, fmt.Errorf("%d VMs still in Proxmox %.0f s (simulated) after Decrease: %s", left, sim.simSeconds(time.Since(started)), sim.leftovers())
 		}
 		s.states(ctx)
 		time.Sleep(updateEvery)
@@ -263,7 +279,7 @@ func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) [
 		return fail(err)
 	}
 	defer sim.stop()
-	s, err := openSession(c, sim, work, runParams{maxInstances: largest, cloneLimit: 16})
+	s, err := openSession(c, sim, work, "API cost", runParams{maxInstances: largest, cloneLimit: 16})
 	if err != nil {
 		return fail(err)
 	}
@@ -283,7 +299,7 @@ func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) [
 		if n >= 1000 {
 			result.Updates = 20
 		}
-		ctx := context.Background()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(result.Updates)*limits.Update)
 		sim.resetCounters()
 		cpuBefore := cpuTicks(s.pid)
 		started := time.Now()
@@ -294,6 +310,7 @@ func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) [
 			}
 		}
 		elapsed := time.Since(started)
+		cancel()
 		cpu := cpuTicks(s.pid) - cpuBefore
 		counters, err := sim.counters()
 		if err != nil {
@@ -316,7 +333,7 @@ func growTo(s *session, n, have int) error {
 	asked := have
 	for {
 		if asked < n {
-			got, _ := s.group.Increase(ctx, n-asked)
+			got, _ := s.increase(ctx, n-asked)
 			asked += got
 		}
 		states, err := s.states(ctx)
@@ -329,6 +346,9 @@ func growTo(s *session, n, have int) error {
 		if err == nil && running >= n {
 			return nil
 		}
+		if s.gone() {
+			return fmt.Errorf("%d of %d instances running, then the %v", running, n, s.err())
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("only %d of %d instances running after 15 minutes (last Update error: %v)", running, n, err)
 		}
@@ -340,41 +360,16 @@ type footprint struct {
 	Contender       string  `json:"contender"`
 	HandshakeMillis float64 `json:"handshake_ms"` // median of the runs
 	HandshakeRuns   int     `json:"handshake_runs"`
-	IdleRSSKB       int     `json:"idle_rss_kb"`
+	// HandshakeKilled counts the runs in which the plugin did not exit
+	// within 2 s of the controller's Shutdown and got SIGKILL.
+	HandshakeKilled int `json:"handshake_killed"`
+	IdleRSSKB       int `json:"idle_rss_kb"`
 	// The anonymous part of IdleRSSKB (heap, stacks); the rest is the
 	// binary's own file pages, shared with the page cache and reclaimable.
 	IdleAnonKB  int    `json:"idle_anon_kb"`
 	RSS1000KB   int    `json:"rss_1000_kb"`
 	BinaryBytes int64  `json:"binary_bytes"`
 	Error       string `json:"error,omitempty"`
-}
-
-// handshakeMillis times exec → go-plugin handshake line, as the host waits for it.
-func handshakeMillis(binary string, runs int) (float64, error) {
-	var samples []float64
-	for i := 0; i < runs; i++ {
-		cmd := exec.Command(binary)
-		cmd.Env = append(os.Environ(), "FLEETING_INSTANCE_GROUP_PLUGIN=4c6410b1-cb78-4962-8c76-ab936d0ea908", "PLUGIN_PROTOCOL_VERSIONS=0",
-			"PLUGIN_MIN_PORT=10000", "PLUGIN_MAX_PORT=25000")
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			return 0, err
-		}
-		started := time.Now()
-		if err := cmd.Start(); err != nil {
-			return 0, err
-		}
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		elapsed := time.Since(started)
-		cmd.Process.Signal(os.Interrupt)
-		cmd.Wait()
-		if err != nil || !strings.Contains(line, "|") {
-			return 0, fmt.Errorf("no handshake line (got %q): %v", line, err)
-		}
-		samples = append(samples, float64(elapsed.Microseconds())/1000)
-	}
-	sort.Float64s(samples)
-	return samples[len(samples)/2], nil
 }
 
 // idleRSS starts the plugin against the simulator, runs Init and one
@@ -386,12 +381,14 @@ func idleRSS(c *contender, simBinary, work string) (rss, anon int, err error) {
 		return 0, 0, err
 	}
 	defer sim.stop()
-	s, err := openSession(c, sim, work, runParams{maxInstances: 10, cloneLimit: 4})
+	s, err := openSession(c, sim, work, "idle RSS", runParams{maxInstances: 10, cloneLimit: 4})
 	if err != nil {
 		return 0, 0, err
 	}
 	defer s.close()
-	s.states(context.Background())
+	if _, err := s.states(context.Background()); err != nil && s.gone() {
+		return 0, 0, err
+	}
 	time.Sleep(2 * time.Second)
 	if kb := rssKB(s.pid); kb > 0 {
 		return kb, statusKB(s.pid, "RssAnon:"), nil

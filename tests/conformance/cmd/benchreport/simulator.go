@@ -75,7 +75,9 @@ func scenario(t timings, capacity int) map[string]any {
 			{"id": "local-lvm", "type": "lvmthin", "content": "images,rootdir", "total_gib": 1 << 20},
 			{"id": "local", "type": "dir", "content": "iso,vztmpl,backup,images,snippets", "total_gib": 256},
 		},
-		"pools": []map[string]any{{"id": poolName, "comment": "CI runners"}},
+		// The READMEs of the LukasK32 and nE0sIghT lineages ask for the
+		// storage to be a pool member.
+		"pools": []map[string]any{{"id": poolName, "comment": "CI runners", "storages": []string{"local-lvm"}}},
 		"vms": []map[string]any{{
 			"vmid": templateID, "node": "pve1", "template": true, "pool": poolName,
 			"config": map[string]string{
@@ -94,7 +96,8 @@ func scenario(t timings, capacity int) map[string]any {
 			acl("/pool/ci", "PVEVMAdmin", "PVEPoolUser"),
 			acl("/storage/local-lvm", "PVEDatastoreUser"),
 			acl("/storage/local", "PVEDatastoreUser"),
-			acl("/sdn/zones/localnetwork/vmbr0", "PVESDNUser"),
+			// PVESDNAdmin: the LukasK32 lineage's README asks for it (PVESDNUser would do).
+			acl("/sdn/zones/localnetwork/vmbr0", "PVESDNAdmin"),
 			acl("/nodes", "PVEAuditor"),
 		},
 	}
@@ -205,11 +208,28 @@ func (s *simulator) resetCounters() error {
 
 type inventory struct {
 	VMs []struct {
-		VMID     int    `json:"vmid"`
-		Template bool   `json:"template"`
-		Status   string `json:"status"`
+		VMID     int               `json:"vmid"`
+		Template bool              `json:"template"`
+		Status   string            `json:"status"`
+		Config   map[string]string `json:"config"`
 	} `json:"vms"`
 	OrphanedDisks []any `json:"orphaned_disks"`
+}
+
+// leftovers describes the instance VMs still in the simulator, e.g.
+// "100 (stopped, name fleeting-creating)".
+func (s *simulator) leftovers() string {
+	var inv inventory
+	if err := s.admin(http.MethodGet, "inventory", nil, &inv); err != nil {
+		return err.Error()
+	}
+	var parts []string
+	for _, vm := range inv.VMs {
+		if !vm.Template {
+			parts = append(parts, fmt.Sprintf("%d (%s, name %s)", vm.VMID, vm.Status, vm.Config["name"]))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // instances counts the VMs that are not the template.
