@@ -151,10 +151,6 @@ async fn desired_capacity_is_reached_and_held_under_harsh_faults() {
                 );
             }
         }
-        let orphans: Vec<String> = admin.inventory().orphaned_disks.iter().map(|v| v.volid.clone()).collect();
-        if !orphans.is_empty() {
-            eprintln!("DEBUG cycle {cycle} at {:?}: orphans {orphans:?}", chrono_now());
-        }
         tokio::time::sleep(pause).await;
     }
     let soak_time = started.elapsed();
@@ -249,9 +245,4 @@ async fn desired_capacity_is_reached_and_held_under_harsh_faults() {
     assert!(time_to_capacity.is_some(), "the desired capacity of {DESIRED} was never reached");
     assert!(held_share >= 0.8, "capacity held in only {:.0}% of the cycles after reaching it", held_share * 100.0);
     sim.shutdown().await.unwrap();
-}
-
-fn chrono_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    format!("{}.{:03}", now.as_secs() % 86400, now.subsec_millis())
 }
