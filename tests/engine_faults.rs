@@ -53,7 +53,7 @@ async fn a_locked_vm_is_deleted_once_the_lock_is_released() {
     // A backup holds the VM: stop and destroy answer "VM is locked (backup)".
     admin.set_config_lock(vmid, Some("backup")).unwrap();
     admin.reset_counters();
-    assert_eq!(group.decrease(vec![id.clone()]).await.unwrap().succeeded, [id.clone()]);
+    assert_eq!(group.decrease(vec![id.clone()]).await.unwrap().succeeded, std::slice::from_ref(id));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(admin.vm(vmid).is_some(), "deleted through a lock");
     let refused = admin.counters().by_status.get(&500).copied().unwrap_or(0);

@@ -256,14 +256,14 @@ async fn suspend_and_resume_use_proxmox_suspend() {
     group.increase(1).await.unwrap();
     let running = wait_until(&group, "running", all_running(1)).await;
     let id = running[0].0.clone();
-    assert_eq!(group.suspend(vec![id.clone()]).await.unwrap().succeeded, [id.clone()]);
+    assert_eq!(group.suspend(vec![id.clone()]).await.unwrap().succeeded, std::slice::from_ref(&id));
     wait_until(&group, "suspended", |s| s == [(id.clone(), InstanceState::Suspended)]).await;
     assert_eq!(
         setup.sim.admin().vm(vmid_of(&id)).unwrap().status,
         "running",
         "a suspended (paused) VM stays running in PVE's listing"
     );
-    assert_eq!(group.resume(vec![id.clone()]).await.unwrap().succeeded, [id.clone()]);
+    assert_eq!(group.resume(vec![id.clone()]).await.unwrap().succeeded, std::slice::from_ref(&id));
     wait_until(&group, "running again", all_running(1)).await;
     // Not ours: refused.
     let refused = group.suspend(vec![format!("{STRANGER_VMID}-abcdef")]).await.unwrap();

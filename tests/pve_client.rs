@@ -130,11 +130,11 @@ async fn api(
     if !authenticated(&state, &method, &headers) {
         return pve_error(401, "No ticket", json!({ "data": null }));
     }
-    if let Some(remaining) = state.unavailable.get_mut(&path) {
-        if *remaining > 0 {
-            *remaining -= 1;
-            return (StatusCode::SERVICE_UNAVAILABLE, "<html><body>proxy says no</body></html>").into_response();
-        }
+    if let Some(remaining) = state.unavailable.get_mut(&path)
+        && *remaining > 0
+    {
+        *remaining -= 1;
+        return (StatusCode::SERVICE_UNAVAILABLE, "<html><body>proxy says no</body></html>").into_response();
     }
     let query = form(&query.unwrap_or_default());
     let body = form(&body);

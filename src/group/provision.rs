@@ -773,11 +773,11 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
     };
     match verdict.await {
         Ok(Some(addresses)) => {
-            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id) {
-                if tracked.phase == Phase::Adopting {
-                    tracked.phase = Phase::Running;
-                    tracked.addresses = addresses;
-                }
+            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id)
+                && tracked.phase == Phase::Adopting
+            {
+                tracked.phase = Phase::Running;
+                tracked.addresses = addresses;
             }
             tracing::info!(instance = %id, vmid = %id.vmid, node = vm.node, "instance running: adopted after a restart");
         }

@@ -586,8 +586,8 @@ impl PveClient {
             if !status.running {
                 let exit_status = status.exit_status.unwrap_or_else(|| "unexpected status".into());
                 return match exit_status_outcome(&exit_status) {
-                    Ok(success) => Ok(success),
-                    Err(()) => {
+                    Some(success) => Ok(success),
+                    None => {
                         let log_tail = self.task_log_tail(upid, 10).await.unwrap_or_default();
                         Err(Error::new(
                             format!("complete task {} of {}", upid.task_type, describe_task_object(upid)),

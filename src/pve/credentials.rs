@@ -132,12 +132,12 @@ impl Credentials {
         let username = non_empty(&file.username);
         let userid = match (&username, &realm) {
             (Some(user), _) if user.contains('@') => {
-                if let Some(realm) = &realm {
-                    if !user.ends_with(&format!("@{realm}")) {
-                        problems.push(format!(
-                            "`username` {user} names a realm other than `realm` {realm}; drop `realm` or the `@…` part"
-                        ));
-                    }
+                if let Some(realm) = &realm
+                    && !user.ends_with(&format!("@{realm}"))
+                {
+                    problems.push(format!(
+                        "`username` {user} names a realm other than `realm` {realm}; drop `realm` or the `@…` part"
+                    ));
                 }
                 Some(user.clone())
             }
@@ -267,11 +267,11 @@ impl Credentials {
 
 fn describe_json_error(err: &serde_json::Error) -> String {
     let text = err.to_string();
-    if let Some(rest) = text.strip_prefix("unknown field `") {
-        if let Some(field) = rest.split('`').next() {
-            let hint = closest_field(field).map(|known| format!("; did you mean `{known}`?")).unwrap_or_default();
-            return format!("unknown field `{field}` (line {}){hint}; known fields: {}", err.line(), FIELDS.join(", "));
-        }
+    if let Some(rest) = text.strip_prefix("unknown field `")
+        && let Some(field) = rest.split('`').next()
+    {
+        let hint = closest_field(field).map(|known| format!("; did you mean `{known}`?")).unwrap_or_default();
+        return format!("unknown field `{field}` (line {}){hint}; known fields: {}", err.line(), FIELDS.join(", "));
     }
     // serde's own text may quote the offending value, which could be a
     // secret; only the position and the kind of problem are reported.

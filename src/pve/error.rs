@@ -10,7 +10,8 @@ use super::task::Upid;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Error {
     action: String,
-    kind: ErrorKind,
+    /// Boxed: an error travels through many `Result`s, which stay small.
+    kind: Box<ErrorKind>,
 }
 
 /// What went wrong, in terms a caller can act on.
@@ -101,7 +102,7 @@ pub enum ErrorKind {
 impl Error {
     /// An error of `kind` while doing `action` (`clone VM 9000`).
     pub fn new(action: impl Into<String>, kind: ErrorKind) -> Self {
-        Self { action: action.into(), kind }
+        Self { action: action.into(), kind: Box::new(kind) }
     }
 
     /// A setup error (bad URL, unreadable file, bad TLS pin).
@@ -121,22 +122,22 @@ impl Error {
 
     /// The object does not exist (anymore).
     pub fn is_not_found(&self) -> bool {
-        matches!(self.kind, ErrorKind::NotFound { .. })
+        matches!(*self.kind, ErrorKind::NotFound { .. })
     }
 
     /// The object is locked or busy; retrying later may work.
     pub fn is_locked(&self) -> bool {
-        matches!(self.kind, ErrorKind::Locked { .. })
+        matches!(*self.kind, ErrorKind::Locked { .. })
     }
 
     /// The object exists already (for clones: the VMID was taken).
     pub fn is_already_exists(&self) -> bool {
-        matches!(self.kind, ErrorKind::AlreadyExists { .. })
+        matches!(*self.kind, ErrorKind::AlreadyExists { .. })
     }
 
     /// Whether the same call may succeed if repeated later unchanged.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::Transient { .. } | ErrorKind::Locked { .. })
+        matches!(*self.kind, ErrorKind::Transient { .. } | ErrorKind::Locked { .. })
     }
 
     /// Replaces the action, keeping the cause (used when a low-level call is

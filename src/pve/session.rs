@@ -240,11 +240,11 @@ impl Session {
                     value.set_sensitive(true);
                     request.headers_mut().insert(reqwest::header::COOKIE, value);
                 }
-                if request.method() != reqwest::Method::GET {
-                    if let Ok(mut value) = HeaderValue::from_str(ticket.csrf_token.expose()) {
-                        value.set_sensitive(true);
-                        request.headers_mut().insert(HeaderName::from_static("csrfpreventiontoken"), value);
-                    }
+                if request.method() != reqwest::Method::GET
+                    && let Ok(mut value) = HeaderValue::from_str(ticket.csrf_token.expose())
+                {
+                    value.set_sensitive(true);
+                    request.headers_mut().insert(HeaderName::from_static("csrfpreventiontoken"), value);
                 }
                 Some(ticket.generation)
             }

@@ -92,16 +92,15 @@ pub struct TaskSuccess {
     pub warnings: u32,
 }
 
-/// Interprets a stopped task's exit status: `Ok` for `OK` and `WARNINGS: n`.
-pub fn exit_status_outcome(exit_status: &str) -> Result<TaskSuccess, ()> {
+/// Interprets a stopped task's exit status: a success for `OK` and
+/// `WARNINGS: n`, `None` for anything else (the status is then PVE's error).
+pub fn exit_status_outcome(exit_status: &str) -> Option<TaskSuccess> {
     let status = exit_status.trim();
     if status == "OK" {
-        return Ok(TaskSuccess { warnings: 0 });
+        return Some(TaskSuccess { warnings: 0 });
     }
-    if let Some(count) = status.strip_prefix("WARNINGS:") {
-        return Ok(TaskSuccess { warnings: count.trim().parse().unwrap_or(1) });
-    }
-    Err(())
+    let count = status.strip_prefix("WARNINGS:")?;
+    Some(TaskSuccess { warnings: count.trim().parse().unwrap_or(1) })
 }
 
 #[cfg(test)]
@@ -140,9 +139,9 @@ mod tests {
 
     #[test]
     fn warnings_count_as_success() {
-        assert_eq!(exit_status_outcome("OK"), Ok(TaskSuccess { warnings: 0 }));
-        assert_eq!(exit_status_outcome("WARNINGS: 3"), Ok(TaskSuccess { warnings: 3 }));
-        assert_eq!(exit_status_outcome("clone failed: no space"), Err(()));
-        assert_eq!(exit_status_outcome("unexpected status"), Err(()));
+        assert_eq!(exit_status_outcome("OK"), Some(TaskSuccess { warnings: 0 }));
+        assert_eq!(exit_status_outcome("WARNINGS: 3"), Some(TaskSuccess { warnings: 3 }));
+        assert_eq!(exit_status_outcome("clone failed: no space"), None);
+        assert_eq!(exit_status_outcome("unexpected status"), None);
     }
 }

@@ -85,8 +85,7 @@ fn foreign_vm(vmid: u32, extra: &[(&str, &str)]) -> VmSpec {
 
 /// The default cluster, fast: 50 simulated seconds per real second.
 pub fn fast_scenario() -> Scenario {
-    let mut scenario = Scenario::default();
-    scenario.time_scale = 50.0;
+    let mut scenario = Scenario { time_scale: 50.0, ..Scenario::default() };
     scenario.timings.resources_staleness = 0.5;
     scenario.timings.unauthorized_delay = 0.0;
     scenario

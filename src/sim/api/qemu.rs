@@ -898,34 +898,6 @@ pub fn agent_os_info(call: &Call<'_>) -> Result<Reply, ApiError> {
     with_agent(call, |_, _| agent::os_info())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_keys_need_pve_privileges() {
-        assert_eq!(key_privileges("name", None), Some((&["VM.Config.Options"][..], false)));
-        assert_eq!(key_privileges("ipconfig0", None), Some((&["VM.Config.Cloudinit", "VM.Config.Network"][..], true)));
-        assert_eq!(key_privileges("net3", None), Some((&["VM.Config.Network"][..], false)));
-        assert_eq!(
-            key_privileges("ide2", Some("local:iso/x.iso,media=cdrom")),
-            Some((&["VM.Config.CDROM"][..], false))
-        );
-        assert_eq!(key_privileges("scsi0", Some("local-lvm:vm-1-disk-0")), Some((&["VM.Config.Disk"][..], false)));
-        assert_eq!(key_privileges("lock", None), None);
-        assert_eq!(key_privileges("args", None), None);
-    }
-
-    #[test]
-    fn digests_change_with_the_config() {
-        let mut config = BTreeMap::from([("name".to_string(), "a".to_string())]);
-        let first = digest(&config);
-        assert_eq!(first.len(), 40);
-        config.insert("name".into(), "b".into());
-        assert_ne!(digest(&config), first);
-    }
-}
-
 /// `POST /nodes/{node}/qemu` for a VM without new disks. In the request, as
 /// qemu-server does before forking: `VM.Allocate` on the VM or on the pool
 /// it joins, the privilege of every key, the pool exists, the VMID is free.
@@ -1120,9 +1092,37 @@ pub fn resize(call: &Call<'_>) -> Result<Reply, ApiError> {
 /// PVE's size notation: the largest unit that divides the size.
 fn format_size(bytes: u64) -> String {
     for (unit, factor) in [("T", 1u64 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{}{unit}", bytes / factor);
         }
     }
     bytes.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keys_need_pve_privileges() {
+        assert_eq!(key_privileges("name", None), Some((&["VM.Config.Options"][..], false)));
+        assert_eq!(key_privileges("ipconfig0", None), Some((&["VM.Config.Cloudinit", "VM.Config.Network"][..], true)));
+        assert_eq!(key_privileges("net3", None), Some((&["VM.Config.Network"][..], false)));
+        assert_eq!(
+            key_privileges("ide2", Some("local:iso/x.iso,media=cdrom")),
+            Some((&["VM.Config.CDROM"][..], false))
+        );
+        assert_eq!(key_privileges("scsi0", Some("local-lvm:vm-1-disk-0")), Some((&["VM.Config.Disk"][..], false)));
+        assert_eq!(key_privileges("lock", None), None);
+        assert_eq!(key_privileges("args", None), None);
+    }
+
+    #[test]
+    fn digests_change_with_the_config() {
+        let mut config = BTreeMap::from([("name".to_string(), "a".to_string())]);
+        let first = digest(&config);
+        assert_eq!(first.len(), 40);
+        config.insert("name".into(), "b".into());
+        assert_ne!(digest(&config), first);
+    }
 }
