@@ -249,10 +249,7 @@ async fn a_template_without_agent_or_cloud_init_fails() {
     assert!(detail.contains("cannot learn the instances' addresses"), "{detail}");
     assert!(fix.contains("`qm set 9000 --agent enabled=1`") && fix.contains("qemu-guest-agent"), "{fix}");
     let (_, fix) = failure(&outcome, "template 9000 cloud-init drive");
-    assert!(
-        fix.contains("`qm set 9000 --ide2 local-lvm:cloudinit`") && fix.contains("use_static_credentials = true"),
-        "{fix}"
-    );
+    assert!(fix.contains("`qm set 9000 --ide2 local-lvm:cloudinit`") && fix.contains("`key_path`"), "{fix}");
     assert_eq!(failed_subjects(&outcome), ["template 9000 guest agent", "template 9000 cloud-init drive"]);
 
     // With Runner's own credentials no cloud-init drive is needed.
@@ -448,7 +445,7 @@ tags = ["ci", "team-a"]
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.starts_with(&format!("Checking runner \"proxmox\" in {}", toml_path.display())), "{stdout}");
     assert!(!stdout.contains("\"aws\""), "only the Proxmox runner is checked: {stdout}");
-    assert!(stdout.contains("cloud-init drive: none, and none needed (use_static_credentials)"), "{stdout}");
+    assert!(stdout.contains("cloud-init drive: none, and none needed: Runner brings its own credentials"), "{stdout}");
     assert_no_secrets(&stdout);
 
     // The same runner with generated credentials needs the drive: exit 1.
@@ -465,7 +462,7 @@ tags = ["ci", "team-a"]
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FAIL  template 9000 cloud-init drive: missing"), "{stdout}");
+    assert!(stdout.contains("FAIL  template 9000 cloud-init drive: it has no cloud-init drive"), "{stdout}");
     assert!(stdout.contains("FAILED: "), "{stdout}");
     setup.sim.shutdown().await.unwrap();
 }
