@@ -42,6 +42,10 @@ struct Args {
     /// Once listening, write {"url", "fingerprint", "ca_file", "pid"} as JSON here.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Print the scenario (the built-in cluster, or --scenario with the
+    /// overrides applied) as JSON and exit: a starting point for your own.
+    #[arg(long)]
+    print_scenario: bool,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,16 @@ async fn serve(args: Args) -> Result<(), String> {
     }
     if let Some(version) = &args.pve_version {
         scenario.pve_version = version.clone();
+    }
+    if args.print_scenario {
+        let text =
+            serde_json::to_string_pretty(&scenario).map_err(|err| format!("could not print the scenario: {err}"))?;
+        // The scenario is this command's output.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{text}");
+        }
+        return Ok(());
     }
     let tls = match (args.plain_http, args.cert, args.key) {
         (true, _, _) => TlsMode::Plain,

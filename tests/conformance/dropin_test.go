@@ -17,33 +17,41 @@ import (
 	"gitlab.com/gitlab-org/fleeting/fleeting/provider"
 )
 
-// The template the seed plugin asks for: the guest agent and DHCP, and
-// optionally a cloud-init drive (the seed needs none).
-func seedTemplate(cloudInit bool) map[string]any {
-	config := map[string]any{
-		"name": "debian-12-ci", "agent": "enabled=1", "boot": "order=scsi0", "cores": 2, "memory": 2048,
-		"ostype": "l26", "scsihw": "virtio-scsi-single", "scsi0": "local-lvm:base-9000-disk-0,iothread=1,size=8G",
-		"net0": "virtio=BC:24:11:90:00:00,bridge=vmbr0,firewall=1",
+// The built-in cluster, its template as the seed plugin asks for one: the
+// guest agent and DHCP, with or without a cloud-init drive (the seed needs none).
+func seedScenario(t *testing.T, cloudInit bool) map[string]any {
+	t.Helper()
+	out, err := exec.Command(binary(t, "PVE_SIM_BINARY"), "--print-scenario").Output()
+	if err != nil {
+		t.Fatalf("pve-sim --print-scenario: %v", err)
 	}
-	if cloudInit {
-		config["ide2"] = "local-lvm:vm-9000-cloudinit,media=cdrom"
+	var scenario map[string]any
+	if err := json.Unmarshal(out, &scenario); err != nil {
+		t.Fatal(err)
 	}
-	return map[string]any{"vmid": 9000, "node": "pve1", "template": true, "pool": "ci", "config": config}
+	if !cloudInit {
+		for _, vm := range scenario["vms"].([]any) {
+			config := vm.(map[string]any)["config"].(map[string]any)
+			delete(config, "ide2")
+			delete(config, "ciuser")
+			delete(config, "ipconfig0")
+		}
+	}
+	return scenario
 }
 
-// startSimulator runs pve-sim with the built-in cluster and `template` as
-// its only VM, and returns its URL.
-func startSimulator(t *testing.T, template map[string]any) string {
+// startSimulator runs pve-sim with `scenario` and returns its URL.
+func startSimulator(t *testing.T, scenario map[string]any) string {
 	t.Helper()
 	work := t.TempDir()
-	scenario := filepath.Join(work, "scenario.json")
-	raw, _ := json.Marshal(map[string]any{"vms": []any{template}})
-	if err := os.WriteFile(scenario, raw, 0o600); err != nil {
+	scenarioFile := filepath.Join(work, "scenario.json")
+	raw, _ := json.Marshal(scenario)
+	if err := os.WriteFile(scenarioFile, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ready := filepath.Join(work, "ready.json")
 	cmd := exec.Command(binary(t, "PVE_SIM_BINARY"), "--listen", "127.0.0.1:0", "--time-scale", "40", "--seed", "7",
-		"--scenario", scenario, "--cert-dir", filepath.Join(work, "certs"), "--ready-file", ready)
+		"--scenario", scenarioFile, "--cert-dir", filepath.Join(work, "certs"), "--ready-file", ready)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -74,7 +82,7 @@ func TestSeedUsersSettingsWorkUnchanged(t *testing.T) {
 			name = "template with a cloud-init drive"
 		}
 		t.Run(name, func(t *testing.T) {
-			url := startSimulator(t, seedTemplate(cloudInit))
+			url := startSimulator(t, seedScenario(t, cloudInit))
 			work := t.TempDir()
 			credentials := filepath.Join(work, "credentials.json")
 			// The built-in scenario's user (src/sim/config.rs, defaults).

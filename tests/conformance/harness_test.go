@@ -48,7 +48,9 @@ func binary(t testing.TB, variable string) string {
 // call any service on it (health, reflection, the fleeting service).
 type rawPlugin struct{ plugin.NetRPCUnsupportedPlugin }
 
-func (rawPlugin) GRPCServer(*plugin.GRPCBroker, *grpc.Server) error { return errors.New("host side only") }
+func (rawPlugin) GRPCServer(*plugin.GRPCBroker, *grpc.Server) error {
+	return errors.New("host side only")
+}
 
 func (rawPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, conn *grpc.ClientConn) (interface{}, error) {
 	return conn, nil
