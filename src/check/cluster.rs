@@ -37,6 +37,16 @@ pub async fn check_target(target: &Target) -> Report {
     check_version(&version, &mut report);
     check_pool(&pve, &config, &mut report).await;
     let generate = !target.runner_brings_credentials;
+    report.pass(
+        "credentials for the VMs",
+        if generate {
+            "Runner's connector_config brings none (no key_path, password or use_static_credentials): the plugin \
+             generates an ed25519 key at Init and installs it with cloud-init for `cloud_init_user`"
+        } else {
+            "Runner's own (key_path, password or use_static_credentials): handed back unchanged, username included; \
+             the plugin generates and injects nothing"
+        },
+    );
     let template = check_template(&pve, &config, generate, &mut report).await;
     if let Some(template) = &template {
         check_target_nodes(&pve, &config, template, &mut report).await;
