@@ -524,3 +524,41 @@ async fn target_nodes_must_exist_and_be_reachable_from_the_template_storage() {
     assert_eq!(setup.check(&config, None).await.exit_code(), 0);
     setup.sim.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_volumes_of_a_vmid_without_a_vm_are_reported_with_the_command_that_frees_them() {
+    let mut scenario = Scenario::default();
+    // The storage admin's view: Datastore.Allocate on the clones' storage.
+    scenario.acl.push(fleeting_plugin_proxmox::sim::config::AclSpec {
+        path: "/storage/local-lvm".into(),
+        roles: vec!["PVEDatastoreAdmin".into()],
+        users: vec![defaults::USER.into()],
+        tokens: vec![defaults::TOKEN_ID.into()],
+        ..Default::default()
+    });
+    let setup = Setup::start(scenario).await;
+    let leftovers = setup.sim.admin().add_crashed_clone_leftovers("local-lvm", 300).unwrap();
+    let outcome = setup.check(&setup.config, Some(true)).await;
+    let finding = outcome.reports[0]
+        .findings
+        .iter()
+        .find(|f| f.subject == "leftover volumes")
+        .unwrap_or_else(|| panic!("{}", outcome.render()));
+    assert_eq!(finding.status, Status::Warn, "{}", outcome.render());
+    assert!(finding.detail.contains("VMID 300 has no VM"), "{}", finding.detail);
+    let fix = finding.fix.as_deref().unwrap_or_default();
+    for volid in &leftovers {
+        assert!(fix.contains(&format!("`pvesm free {volid}`")), "{fix}");
+    }
+    assert!(!finding.detail.contains("9000"), "the template's volumes are a VM's: {}", finding.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_least_privilege_token_is_told_that_leftover_volumes_are_hidden_from_it() {
+    let setup = Setup::start(Scenario::default()).await;
+    setup.sim.admin().add_crashed_clone_leftovers("local-lvm", 300).unwrap();
+    let outcome = setup.check(&setup.config, Some(true)).await;
+    let finding = outcome.reports[0].findings.iter().find(|f| f.subject == "leftover volumes").unwrap();
+    assert_eq!(finding.status, Status::Pass, "{}", outcome.render());
+    assert!(finding.detail.contains("visible only with Datastore.Allocate"), "{}", finding.detail);
+}

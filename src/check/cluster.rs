@@ -53,6 +53,9 @@ pub async fn check_target(target: &Target) -> Report {
     }
     check_privileges(&pve, &config, &version, &credentials, template.as_ref(), generate, &mut report).await;
     check_vmids(&pve, &config, &mut report).await;
+    if let Some(template) = &template {
+        check_leftover_volumes(&pve, template, &mut report).await;
+    }
     report
 }
 
@@ -574,6 +577,62 @@ async fn check_privileges(
                 );
             }
         }
+    }
+}
+
+/// Volumes on the clones' storages named for a VMID that has no VM (a node
+/// crashed mid-clone): Proxmox offers that VMID again and every clone to it
+/// fails. The plugin skips such a VMID and frees what its own failed clones
+/// left; others are reported here with the command that frees them.
+async fn check_leftover_volumes(pve: &PveClient, template: &TemplateOutcome, report: &mut Report) {
+    let subject = "leftover volumes";
+    let node = &template.facts.node;
+    let mut leftovers: std::collections::BTreeMap<Vmid, Vec<String>> = std::collections::BTreeMap::new();
+    let mut unreadable = Vec::new();
+    let mut volumes_seen = 0;
+    for storage in &template.clone_storages {
+        match pve.storage_images(node, storage).await {
+            Ok(images) => {
+                volumes_seen += images.len();
+                for image in images {
+                    if let Some(vmid) = image.vmid {
+                        leftovers.entry(vmid).or_default().push(image.volid);
+                    }
+                }
+            }
+            Err(err) => unreadable.push(format!("{storage}: {err}")),
+        }
+    }
+    // A VMID whose config exists anywhere in the cluster is taken: its
+    // volumes are a VM's. nextid tells, whatever the user may see.
+    let mut orphaned = Vec::new();
+    for (vmid, volumes) in leftovers {
+        if pve.next_vmid(Some(vmid)).await.is_ok() {
+            orphaned.push((vmid, volumes));
+        }
+    }
+    for problem in &unreadable {
+        report.warn(subject, format!("could not list the disk images ({problem})"), "see the privileges above");
+    }
+    if !orphaned.is_empty() {
+        for (vmid, volumes) in orphaned {
+            report.warn(
+                subject,
+                format!(
+                    "VMID {vmid} has no VM but volumes {}; Proxmox offers VMID {vmid} for new VMs and every clone to it fails (the plugin skips it)",
+                    volumes.join(", ")
+                ),
+                volumes.iter().map(|volid| format!("`pvesm free {volid}`")).collect::<Vec<_>>().join(", "),
+            );
+        }
+    } else if unreadable.is_empty() {
+        report.pass(
+            subject,
+            format!(
+                "none on {} among the {volumes_seen} disk images these credentials may see (volumes of a VMID without a VM are visible only with Datastore.Allocate on the storage; the plugin's log names any VMID it skips)",
+                template.clone_storages.join(", ")
+            ),
+        );
     }
 }
 

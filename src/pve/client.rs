@@ -175,6 +175,17 @@ pub struct TaskStatus {
     pub exit_status: Option<String>,
 }
 
+/// A disk image on a storage, as `GET …/storage/{storage}/content` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageVolume {
+    /// `local-lvm:vm-100-disk-0`.
+    pub volid: String,
+    /// The VMID the volume is named for, if any.
+    pub vmid: Option<Vmid>,
+    /// Bytes.
+    pub size: u64,
+}
+
 /// A storage as `GET /storage/{storage}` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageInfo {
@@ -625,6 +636,27 @@ impl PveClient {
         Ok(members.iter().map(pool_member).collect())
     }
 
+    /// The disk images on `storage` that PVE lets this user see: all of
+    /// them with `Datastore.Allocate` on the storage; otherwise only those of
+    /// VMs the user may configure (`VM.Config.Disk`), so volumes of a VMID
+    /// without a VM stay hidden from a least-privilege token.
+    pub async fn storage_images(&self, node: &str, storage: &str) -> Result<Vec<StorageVolume>, Error> {
+        let action = format!("list the disk images on storage {storage} of node {node}");
+        let items =
+            data(self.api.get_nodes_node_storage_storage_content(node, storage, Some("images"), None).await, &action)
+                .await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                Some(StorageVolume {
+                    volid: item.volid?,
+                    vmid: item.vmid.and_then(|v| u32::try_from(v.0).ok()).filter(|v| *v >= 100).map(Vmid),
+                    size: item.size.map_or(0, |s| u64::try_from(s.0).unwrap_or(0)),
+                })
+            })
+            .collect())
+    }
+
     /// A storage's type (`lvmthin`, `dir`, `nfs`, …) and whether it is
     /// shared, as `node` sees it. Read from the node's storage list, which
     /// needs only `Datastore.Audit`/`AllocateSpace` (`GET /storage/{id}`
@@ -762,6 +794,7 @@ envelope! {
     GetPoolsPoolidResponse => optional types::GetPoolsPoolidResponseData,
     GetAccessPermissionsResponse => always serde_json::Map<String, Value>,
     GetNodesNodeStorageResponse => always Vec<types::GetNodesNodeStorageResponseDataItem>,
+    GetNodesNodeStorageStorageContentResponse => always Vec<types::GetNodesNodeStorageStorageContentResponseDataItem>,
     GetNodesResponse => always Vec<types::GetNodesResponseDataItem>,
 }
 

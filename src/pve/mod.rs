@@ -21,7 +21,7 @@ pub mod version;
 
 pub use client::{
     ClientConfig, CloneRequest, ConfigUpdate, EmptyVmRequest, GuestInterface, NodeInfo, PoolMember, PveClient,
-    StorageInfo, TaskStatus, VmResource, VmStatus, Vmid,
+    StorageInfo, StorageVolume, TaskStatus, VmResource, VmStatus, Vmid,
 };
 pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
 pub use error::{Error, ErrorKind};

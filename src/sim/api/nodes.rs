@@ -135,6 +135,54 @@ pub fn storage(call: &Call<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::data(&items))
 }
 
+/// `GET /nodes/{node}/storage/{storage}/content`: the volumes, each shown
+/// only if `check_volume_access` lets the caller see it: everything with
+/// `Datastore.Allocate` on the storage; a VM's images with
+/// `Datastore.Audit` on the storage and `VM.Config.Disk` on `/vms/<owner>`
+/// (so the volumes of a VMID without a VM, which is in no pool, stay hidden
+/// from a pool-scoped token).
+pub fn storage_content(call: &Call<'_>) -> Result<Reply, ApiError> {
+    let caller = call.caller()?;
+    let cluster = call.shared.cluster();
+    let node = call.node();
+    cluster.node(&node)?;
+    let id = call.params.text("storage").unwrap_or_default();
+    let storage = cluster
+        .storages
+        .get(&id)
+        .filter(|s| s.available_on(&node))
+        .ok_or_else(|| ApiError::internal(format!("storage '{id}' does not exist")))?;
+    let content = call.params.get("content");
+    if content.is_some_and(|c| !storage.content.split(',').any(|have| have == c)) {
+        return Ok(Reply::data(&Vec::<types::GetNodesNodeStorageStorageContentResponseDataItem>::new()));
+    }
+    let only_vmid = call.params.int("vmid");
+    let on_storage = cluster.privileges(caller, &format!("/storage/{id}"));
+    let allocate = caller.is_root() || on_storage.contains("Datastore.Allocate");
+    let mut items: Vec<types::GetNodesNodeStorageStorageContentResponseDataItem> = Vec::new();
+    for volume in cluster.volumes.values().filter(|v| v.storage == id) {
+        if only_vmid.is_some_and(|vmid| vmid != i64::from(volume.owner)) {
+            continue;
+        }
+        let visible = allocate
+            || (on_storage.contains("Datastore.Audit")
+                && cluster.privileges(caller, &format!("/vms/{}", volume.owner)).contains("VM.Config.Disk"));
+        if !visible {
+            continue;
+        }
+        let format = if volume.volid.ends_with(".qcow2") { "qcow2" } else { "raw" };
+        items.push(types::GetNodesNodeStorageStorageContentResponseDataItem {
+            volid: Some(volume.volid.clone()),
+            vmid: Some(PveInt(i64::from(volume.owner))),
+            size: Some(PveInt(volume.size as i64)),
+            format: Some(format.into()),
+            parent: volume.base.clone(),
+            ..Default::default()
+        });
+    }
+    Ok(Reply::data(&items))
+}
+
 fn storage_config(storage: &Storage) -> Value {
     let mut item = json!({
         "storage": storage.id,
