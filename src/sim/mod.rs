@@ -33,6 +33,11 @@
 //!
 //! # Invariants
 //!
+//! - It depends on nothing of the plugin but the generated API types
+//!   (`crate::pve::api::types`) and the lenient scalars they embed
+//!   (`crate::pve::lenient`): UPIDs, TOTP, certificate fingerprints and
+//!   releases are its own, written from PVE's rules, so it never judges the
+//!   client by the client's own code (`tests/sim_independence.rs`).
 //! - The surface is the OpenAPI document's: a request it does not route is
 //!   501 `Method '…' not implemented`; a handler exists for each operation
 //!   (a unit test checks).
