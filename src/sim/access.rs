@@ -14,13 +14,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use totp_rs::TOTP;
-
 use super::SimError;
 use super::clock::SimTime;
 use super::config::{AclSpec, Scenario};
 use super::privileges::{self, PrivilegeSet};
-use crate::pve::PveVersion;
+use super::release::PveRelease;
+use super::totp::TotpKey;
 
 /// Who is calling: a user with a ticket, or an API token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +52,7 @@ impl Caller {
 
 pub struct User {
     password: Option<String>,
-    totp: Option<TOTP>,
+    totp: Option<TotpKey>,
     pub enabled: bool,
     groups: Vec<String>,
 }
@@ -70,7 +69,7 @@ impl User {
     /// TOTP codes are computed from the caller's wall clock, so they are
     /// checked against real time, not the simulated clock.
     pub fn totp_matches(&self, code: &str) -> bool {
-        self.totp.as_ref().is_some_and(|totp| totp.check_current(code.trim()).unwrap_or(false))
+        self.totp.as_ref().is_some_and(|totp| totp.accepts_now(code))
     }
 }
 
@@ -103,7 +102,7 @@ pub enum AuthFailure {
 }
 
 pub struct Access {
-    version: PveVersion,
+    version: PveRelease,
     users: HashMap<String, User>,
     tokens: HashMap<String, Token>,
     group_members: HashMap<String, HashSet<String>>,
@@ -112,7 +111,7 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn from_scenario(scenario: &Scenario, version: &PveVersion) -> Result<Self, SimError> {
+    pub fn from_scenario(scenario: &Scenario, version: &PveRelease) -> Result<Self, SimError> {
         let mut problems = Vec::new();
         let mut roles: HashMap<String, PrivilegeSet> =
             privileges::builtin_roles(version).into_iter().map(|(name, set)| (name.to_string(), set)).collect();
@@ -139,7 +138,7 @@ impl Access {
                 continue;
             }
             let totp = match &spec.totp_secret {
-                Some(secret) => match crate::pve::auth::totp_from_base32(secret) {
+                Some(secret) => match TotpKey::from_base32(secret) {
                     Ok(totp) => Some(totp),
                     Err(problem) => {
                         problems.push(format!("user {}: totp_secret {problem}", spec.userid));
@@ -400,7 +399,7 @@ mod tests {
             acl,
             ..Scenario::default()
         };
-        Access::from_scenario(&scenario, &PveVersion::parse("9.1.3").unwrap()).unwrap()
+        Access::from_scenario(&scenario, &PveRelease::parse("9.1.3").unwrap()).unwrap()
     }
 
     fn acl(path: &str, roles: &[&str], users: &[&str], tokens: &[&str], propagate: bool) -> AclSpec {

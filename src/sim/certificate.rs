@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use sha2::{Digest, Sha256};
+
 use super::SimError;
-use crate::pve::Fingerprint;
 
 pub struct ServerCertificate {
     pub chain: Vec<CertificateDer<'static>>,
@@ -52,7 +53,7 @@ impl ServerCertificate {
 
         let der = node_certificate.der().clone();
         Ok(Self {
-            fingerprint: Fingerprint::of_certificate(&der).to_string(),
+            fingerprint: fingerprint(&der),
             chain: vec![der, ca_certificate.der().clone()],
             key: PrivateKeyDer::Pkcs8(node_key.serialize_der().into()),
             ca_pem: Some(ca_certificate.pem()),
@@ -78,7 +79,7 @@ impl ServerCertificate {
             .map_err(|err| SimError::Tls(format!("could not parse {}: {err}", key.display())))?
             .ok_or_else(|| SimError::Tls(format!("could not use {}: it holds no private key", key.display())))?;
         Ok(Self {
-            fingerprint: Fingerprint::of_certificate(first).to_string(),
+            fingerprint: fingerprint(first),
             chain,
             key,
             ca_pem: None,
@@ -121,6 +122,14 @@ impl ServerCertificate {
     }
 }
 
+/// The SHA-256 fingerprint of a DER certificate as PVE shows it (`GET /nodes`
+/// `ssl_fingerprint`, the GUI, `openssl x509 -fingerprint -sha256`): upper-case
+/// hex bytes joined by `:`.
+fn fingerprint(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
 #[cfg(unix)]
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -132,4 +141,44 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_read_as_openssl_prints_them() {
+        // A node certificate and what `openssl x509 -noout -fingerprint -sha256` printed for it.
+        const PEM: &str = "-----BEGIN CERTIFICATE-----
+MIICBzCCAa2gAwIBAgIUGPgs3jvf5OcSyhC3GZ+sQ7cwkgMwCgYIKoZIzj0EAwIw
+WDEZMBcGA1UECwwQUFZFIENsdXN0ZXIgTm9kZTEkMCIGA1UECgwbUHJveG1veCBW
+aXJ0dWFsIEVudmlyb25tZW50MRUwEwYDVQQDDAxwdmUxLmV4YW1wbGUwIBcNMjYx
+MjAyMTAyMzQxWhgPMjEyNjExMDgxMDIzNDFaMFgxGTAXBgNVBAsMEFBWRSBDbHVz
+dGVyIE5vZGUxJDAiBgNVBAoMG1Byb3htb3ggVmlydHVhbCBFbnZpcm9ubWVudDEV
+MBMGA1UEAwwMcHZlMS5leGFtcGxlMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE
+CWWDNi1YPnfYaEhHdsSz6uPnTSnOjRapqgD8LK6SFoeN62VzHhnL1p0X0m+njMWX
+dXg67UJ9M41FhsmHfE5qWaNTMFEwHQYDVR0OBBYEFIDPYZooX+9Y14UOLB1AC5eI
+bA6/MB8GA1UdIwQYMBaAFIDPYZooX+9Y14UOLB1AC5eIbA6/MA8GA1UdEwEB/wQF
+MAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgENb4avqeJqcVjzCR0jiF39vrhk7+WoP6
+VX7Np+Ftyn4CIQCRbj6WzAFUDhSXH2tv+EztFVYhRR7CXqtWDuLDs19L1g==
+-----END CERTIFICATE-----
+";
+        const OPENSSL: &str =
+            "35:7C:D2:D2:FC:6D:92:9E:B6:3E:0F:CC:E8:7F:8E:60:C1:8B:35:93:28:94:92:B7:97:FF:E7:64:96:8D:A4:9C";
+        let der = rustls_pemfile::certs(&mut PEM.as_bytes()).next().unwrap().unwrap();
+        assert_eq!(fingerprint(&der), OPENSSL);
+        // FIPS 180-2's "abc" digest, in the same form.
+        assert_eq!(
+            fingerprint(b"abc"),
+            "BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD"
+        );
+    }
+
+    #[test]
+    fn a_generated_certificate_reports_its_own_fingerprint() {
+        let certificate = ServerCertificate::generate("sim", &["pve1".to_string()]).unwrap();
+        assert_eq!(certificate.fingerprint, fingerprint(&certificate.chain[0]));
+        assert_eq!(certificate.fingerprint.len(), 32 * 3 - 1);
+    }
 }

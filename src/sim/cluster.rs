@@ -23,11 +23,11 @@ use super::access::{Access, Caller};
 use super::clock::SimTime;
 use super::config::{NextIdRange, Scenario};
 use super::privileges::PrivilegeSet;
+use super::release::PveRelease;
 use super::schema::parse_cidr_v4;
 use super::tasks::Tasks;
 use super::vm::{self, Power, Vm};
 use super::wire::ApiError;
-use crate::pve::PveVersion;
 
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -159,7 +159,7 @@ impl Cluster {
         self.generation
     }
 
-    pub fn from_scenario(scenario: &Scenario, version: PveVersion, now: SimTime) -> Result<Self, SimError> {
+    pub fn from_scenario(scenario: &Scenario, version: PveRelease, now: SimTime) -> Result<Self, SimError> {
         let mut problems = Vec::new();
         let mut random = match scenario.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -719,7 +719,7 @@ mod tests {
 
     fn cluster() -> Cluster {
         let scenario = Scenario { seed: Some(3), ..Scenario::default() };
-        Cluster::from_scenario(&scenario, PveVersion::parse("9.1.3").unwrap(), 1_700_000_000.0).unwrap()
+        Cluster::from_scenario(&scenario, PveRelease::parse("9.1.3").unwrap(), 1_700_000_000.0).unwrap()
     }
 
     #[test]

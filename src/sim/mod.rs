@@ -21,9 +21,11 @@
 //!   authenticate, verify parameters (`schema.rs`), check permissions, run
 //!   the handler; `wire.rs` writes PVE's envelopes and errors.
 //! - `cluster.rs` (nodes, storages, volumes, pools, locks, leases), `vm.rs`
-//!   (a guest's config and power state), `tasks.rs` (UPIDs, logs),
-//!   `agent.rs` (the guest agent), `access.rs` + `privileges.rs` +
-//!   `ticket.rs` (users, tokens, ACLs, roles, tickets).
+//!   (a guest's config and power state), `tasks.rs` (task state, logs) and
+//!   `upid.rs` (UPIDs written and read as PVE does), `agent.rs` (the guest
+//!   agent), `access.rs` + `privileges.rs` + `ticket.rs` + `totp.rs` (users,
+//!   tokens, ACLs, roles, tickets, TOTP codes); `release.rs` the simulated
+//!   PVE release.
 //! - `faults.rs`, `counters.rs`, `admin.rs`: fault injection, request
 //!   counters, and the control room ([`Admin`], HTTP under `/_sim/`).
 //! - `clock.rs`: the one clock; every duration is simulated seconds scaled
@@ -31,6 +33,11 @@
 //!
 //! # Invariants
 //!
+//! - It depends on nothing of the plugin but the generated API types
+//!   (`crate::pve::api::types`) and the lenient scalars they embed
+//!   (`crate::pve::lenient`): UPIDs, TOTP, certificate fingerprints and
+//!   releases are its own, written from PVE's rules, so it never judges the
+//!   client by the client's own code (`tests/sim_independence.rs`).
 //! - The surface is the OpenAPI document's: a request it does not route is
 //!   501 `Method '…' not implemented`; a handler exists for each operation
 //!   (a unit test checks).
@@ -156,11 +163,14 @@ pub mod config;
 mod counters;
 mod faults;
 mod privileges;
+mod release;
 mod schema;
 mod server;
 mod simulator;
 mod tasks;
 mod ticket;
+mod totp;
+mod upid;
 mod vm;
 mod wire;
 

@@ -3,7 +3,7 @@
 //! A privilege set is a bit set over the known privilege names, so checking
 //! 2,000 VMs for `VM.Audit` costs a few thousand integer operations.
 
-use crate::pve::PveVersion;
+use super::release::PveRelease;
 
 /// The privilege names and the releases that know them (`since` inclusive,
 /// `until` exclusive, as (major, minor)).
@@ -102,7 +102,7 @@ impl PrivilegeSet {
     }
 
     /// Every privilege this release knows (root@pam, `Administrator`).
-    pub fn all(version: &PveVersion) -> Self {
+    pub fn all(version: &PveRelease) -> Self {
         let mut set = Self::EMPTY;
         for (name, _, _) in PRIVILEGES {
             if exists_in(name, version) {
@@ -119,14 +119,14 @@ fn index_of(privilege: &str) -> Option<usize> {
 
 /// Whether `privilege` exists in this release (PVE rejects unknown names in
 /// role definitions).
-pub fn exists_in(privilege: &str, version: &PveVersion) -> bool {
+pub fn exists_in(privilege: &str, version: &PveRelease) -> bool {
     PRIVILEGES.iter().any(|(name, since, until)| {
         *name == privilege && (version.major, version.minor) >= *since && (version.major, version.minor) < *until
     })
 }
 
 /// The built-in roles of `version` (pve-access-control's `create_roles`).
-pub fn builtin_roles(version: &PveVersion) -> Vec<(&'static str, PrivilegeSet)> {
+pub fn builtin_roles(version: &PveRelease) -> Vec<(&'static str, PrivilegeSet)> {
     let all = PrivilegeSet::all(version);
     let set = |names: &[&str]| {
         let mut set = PrivilegeSet::EMPTY;
@@ -192,8 +192,8 @@ pub fn builtin_roles(version: &PveVersion) -> Vec<(&'static str, PrivilegeSet)> 
 mod tests {
     use super::*;
 
-    fn version(text: &str) -> PveVersion {
-        PveVersion::parse(text).unwrap()
+    fn version(text: &str) -> PveRelease {
+        PveRelease::parse(text).unwrap()
     }
 
     #[test]

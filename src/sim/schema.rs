@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::pve::PveVersion;
+use super::release::PveRelease;
 
 const DOCUMENT: &str = include_str!("../../openapi/pve.json");
 
@@ -188,7 +188,7 @@ fn config_kinds() -> &'static HashMap<String, ConfigValueKind> {
 
 impl Api {
     /// The operations as `version` has them.
-    pub fn for_version(version: &PveVersion) -> Result<Self, String> {
+    pub fn for_version(version: &PveRelease) -> Result<Self, String> {
         let base = document().as_ref().map_err(|err| format!("could not read openapi/pve.json: {err}"))?;
         let release = (version.major, version.minor);
         let mut operations = Vec::new();
@@ -698,7 +698,7 @@ mod tests {
     use super::*;
 
     fn api(version: &str) -> Api {
-        Api::for_version(&PveVersion::parse(version).unwrap()).unwrap()
+        Api::for_version(&PveRelease::parse(version).unwrap()).unwrap()
     }
 
     fn raw(pairs: &[(&str, &str)]) -> BTreeMap<String, RawValue> {

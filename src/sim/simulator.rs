@@ -18,17 +18,17 @@ use super::cluster::{Cluster, ClusterGuard};
 use super::config::{SimConfig, Timings, TlsMode};
 use super::counters::CounterSet;
 use super::faults::Faults;
+use super::release::PveRelease;
 use super::schema::Api;
 use super::ticket::TicketKey;
 use super::wire::WireStyle;
-use crate::pve::PveVersion;
 
 /// A fixed start date for seeded runs without `start_epoch` (2025-01-01),
 /// so their UPIDs repeat.
 const SEEDED_EPOCH: u64 = 1_735_689_600;
 
 pub(crate) struct Shared {
-    pub version: PveVersion,
+    pub version: PveRelease,
     pub timings: Timings,
     pub api: Api,
     pub clock: Clock,
@@ -175,7 +175,7 @@ impl Simulator {
     /// Checks the scenario, builds the cluster and (for HTTPS) the certificate.
     pub fn new(config: SimConfig) -> Result<Self, SimError> {
         let scenario = &config.scenario;
-        let version = PveVersion::parse(&scenario.pve_version).filter(|v| v.major >= 7).ok_or_else(|| {
+        let version = PveRelease::parse(&scenario.pve_version).filter(|v| v.major >= 7).ok_or_else(|| {
             SimError::Scenario(format!(
                 "could not load the scenario: pve_version `{}` is not a PVE release 7.0 or later",
                 scenario.pve_version

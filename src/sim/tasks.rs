@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use tokio::sync::watch;
 
 use super::clock::SimTime;
-use crate::pve::Upid;
+use super::upid::Upid;
 
 #[derive(Debug)]
 pub struct Task {
@@ -152,7 +152,7 @@ mod tests {
     fn tasks_have_pve_upids_and_exit_statuses() {
         let mut tasks = Tasks::new(5000);
         let (upid, _stop) = tasks.start("pve1", "qmclone", "9000", "fleeting@pve!ci", 1_700_000_000.0, 1_699_990_000.0);
-        let parsed: Upid = upid.parse().unwrap();
+        let parsed = Upid::decode(&upid).unwrap();
         assert_eq!((parsed.node.as_str(), parsed.task_type.as_str(), parsed.id.as_str()), ("pve1", "qmclone", "9000"));
         assert_eq!(parsed.user, "fleeting@pve!ci");
         assert_eq!(parsed.starttime, 1_700_000_000);

@@ -11,7 +11,8 @@ use crate::sim::wire::{ApiError, Reply};
 pub fn version(call: &Call<'_>) -> Result<Reply, ApiError> {
     let version = call.shared.version;
     Ok(Reply::data(&types::GetVersionResponseData {
-        console: (version >= crate::pve::PveVersion { major: 7, minor: 4, patch: 0 }).then(|| "html5".to_string()),
+        console: (version >= crate::sim::release::PveRelease { major: 7, minor: 4, patch: 0 })
+            .then(|| "html5".to_string()),
         release: Some(format!("{}.{}", version.major, version.minor)),
         repoid: Some("5a1c3f1de2b8c9a0".into()),
         version: Some(version.to_string()),

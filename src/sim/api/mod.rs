@@ -418,12 +418,12 @@ fn handled_operations() -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pve::PveVersion;
+    use crate::sim::release::PveRelease;
     use crate::sim::schema::Api;
 
     #[test]
     fn every_operation_of_the_document_has_a_handler() {
-        let api = Api::for_version(&PveVersion::parse("9.1.3").unwrap()).unwrap();
+        let api = Api::for_version(&PveRelease::parse("9.1.3").unwrap()).unwrap();
         for operation in api.operations() {
             assert!(handled_operations().contains(&operation.id.as_str()), "{} has no handler", operation.id);
         }
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn templates_fill_from_parameters() {
-        let api = Api::for_version(&PveVersion::parse("9.1.3").unwrap()).unwrap();
+        let api = Api::for_version(&PveRelease::parse("9.1.3").unwrap()).unwrap();
         let clone = api.operation("post_nodes_node_qemu_vmid_clone").unwrap();
         let raw = [("node", "pve1"), ("vmid", "9000"), ("newid", "105"), ("pool", "ci")]
             .into_iter()

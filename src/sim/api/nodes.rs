@@ -3,12 +3,12 @@
 use serde_json::{Value, json};
 
 use super::Call;
-use crate::pve::Upid;
 use crate::pve::api::types;
 use crate::pve::lenient::{PveBool, PveInt, PveNumber};
 use crate::sim::access::Caller;
 use crate::sim::cluster::{Cluster, Storage};
 use crate::sim::tasks::Task;
+use crate::sim::upid::Upid;
 use crate::sim::wire::{ApiError, Reply};
 
 pub fn list(call: &Call<'_>) -> Result<Reply, ApiError> {
@@ -281,7 +281,7 @@ pub fn tasks(call: &Call<'_>) -> Result<Reply, ApiError> {
 
 fn find_task<'a>(cluster: &'a Cluster, call: &Call<'_>) -> Result<&'a Task, ApiError> {
     let text = call.params.text("upid").unwrap_or_default();
-    let upid: Upid = text.parse().map_err(|_| ApiError::parameter("upid", "unable to parse worker upid"))?;
+    let upid = Upid::decode(&text).ok_or_else(|| ApiError::parameter("upid", "unable to parse worker upid"))?;
     let task = cluster
         .tasks
         .get(&text)

@@ -625,11 +625,11 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::pve::PveVersion;
     use crate::pve::api::types::GetClusterResourcesResponseDataItem as Item;
     use crate::pve::lenient::{PveInt, PveNumber};
     use crate::sim::cluster::ClusterGuard;
     use crate::sim::config::{AclSpec, PoolSpec, Scenario, VmSpec, defaults};
+    use crate::sim::release::PveRelease;
     use crate::sim::wire::perl_json;
 
     const START: SimTime = 1_700_000_000.0;
@@ -825,7 +825,7 @@ mod tests {
     #[test]
     fn kept_answers_equal_fresh_ones_across_changes_and_time() {
         let state =
-            Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+            Mutex::new(Cluster::from_scenario(&scenario(), PveRelease::parse("9.1.3").unwrap(), START).unwrap());
         let cluster = || ClusterGuard::new(state.lock().unwrap());
         let mut check = Check { cache: ResourcesCache::default(), reused: 0, built: 0 };
         let staleness = cluster().staleness;
@@ -933,7 +933,7 @@ mod tests {
     #[test]
     fn only_guests_whose_inputs_changed_are_rewritten() {
         let state =
-            Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+            Mutex::new(Cluster::from_scenario(&scenario(), PveRelease::parse("9.1.3").unwrap(), START).unwrap());
         let cluster = || ClusterGuard::new(state.lock().unwrap());
         let mut check = Check { cache: ResourcesCache::default(), reused: 0, built: 0 };
         let now = START + 100.0;
@@ -966,7 +966,7 @@ mod tests {
     #[test]
     fn reading_the_cluster_keeps_answers() {
         let state =
-            Mutex::new(Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap());
+            Mutex::new(Cluster::from_scenario(&scenario(), PveRelease::parse("9.1.3").unwrap(), START).unwrap());
         let before = ClusterGuard::new(state.lock().unwrap()).generation();
         let cluster = ClusterGuard::new(state.lock().unwrap());
         let _ = (cluster.vms.len(), cluster.privileges(&callers()[1], "/vms/100"));
@@ -979,7 +979,7 @@ mod tests {
 
     #[test]
     fn pool_members_carry_the_resources_item() {
-        let cluster = Cluster::from_scenario(&scenario(), PveVersion::parse("9.1.3").unwrap(), START).unwrap();
+        let cluster = Cluster::from_scenario(&scenario(), PveRelease::parse("9.1.3").unwrap(), START).unwrap();
         let root = Caller::User { userid: "root@pam".into() };
         let all: Vec<serde_json::Value> =
             serde_json::from_slice(&reference(&cluster, &root, Some("vm"), START + 5.0)).unwrap();
