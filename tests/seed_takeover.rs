@@ -5,6 +5,10 @@
 //! the template, not a VM with those names in another pool, not a foreign VM
 //! in the pool, not another group's instance.
 
+#[path = "sim/common.rs"]
+#[allow(dead_code)]
+mod sim_common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -197,5 +201,34 @@ async fn without_runners_credentials_the_seeds_running_vms_are_replaced() {
             && sim.admin().vm(FOREIGN).is_some()
             && sim.admin().vm(OTHER_GROUP).is_some()
     );
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_the_seed_left_running_is_taken_over_once_it_ends() {
+    use fleeting_plugin_proxmox::pve::{CloneRequest, Vmid};
+    // The seed died while its clone to VM 230 still ran: at Init the VM is
+    // locked and not yet in the pool; it is finished once the clone ends.
+    let mut scenario = Scenario { time_scale: 50.0, ..Scenario::default() };
+    scenario.timings.resources_staleness = 0.5;
+    scenario.timings.clone_linked = 150.0; // three real seconds
+    let sim = Simulator::start(SimConfig::new(scenario)).await.unwrap();
+    let root = sim_common::root_client(&sim);
+    let request = CloneRequest {
+        new_vmid: Some(Vmid(230)),
+        name: Some("fleeting-creating".into()),
+        pool: Some(defaults::POOL.into()),
+        ..Default::default()
+    };
+    root.clone_vm("pve1", Vmid(defaults::TEMPLATE_VMID), &request).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let group = ProxmoxGroup::new();
+    group.init(seed_config(&sim, dir.path()).to_string().as_bytes(), runner_credentials()).await.unwrap();
+    assert!(sim.admin().vm(230).is_some_and(|vm| vm.lock.as_deref() == Some("clone")), "still cloning at Init");
+    wait_for(&group, &sim, "the seed's clone deleted once it ended", |states, sim| {
+        states.is_empty() && sim.admin().vm(230).is_none()
+    })
+    .await;
+    assert!(sim.admin().inventory().orphaned_disks.is_empty());
     group.shutdown().await.unwrap();
 }

@@ -86,6 +86,9 @@ pub(crate) struct Engine {
     pub delete_slots: Semaphore,
     pub background: TaskTracker,
     pub cancel: CancellationToken,
+    /// Until when VMs found in the pool are judged as the seed plugin's;
+    /// `None` when `take_over_seed_instances` is off.
+    pub takeover_until: Option<Instant>,
     /// Next VMID to try inside `vmid_range`.
     pub range_cursor: Mutex<u32>,
 }
@@ -161,6 +164,7 @@ impl Engine {
             "Proxmox instance group ready"
         );
         let first = config.vmid_range.map_or(0, |(first, _)| first.0);
+        let config_takeover = config.take_over_seed_instances;
         Ok(Self {
             naming: Naming::new(&config.group),
             clone_slots: Semaphore::new(config.max_parallel_clones as usize),
@@ -185,6 +189,7 @@ impl Engine {
             background: TaskTracker::new(),
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
+            takeover_until: config_takeover.then(|| Instant::now() + super::takeover::TAKEOVER_WINDOW),
         })
     }
 
@@ -210,6 +215,12 @@ impl Engine {
             _ => &self.config.instance_name_running,
         };
         ConfigUpdate { name: Some(name.clone()), tags: Some(self.tags_for(id, state)), ..Default::default() }
+    }
+
+    /// Whether VMs found in the pool are still judged as the seed plugin's
+    /// (see `takeover`).
+    pub fn takeover_open(&self) -> bool {
+        self.takeover_until.is_some_and(|until| Instant::now() < until)
     }
 
     /// Whether `vm` is one of the group's, judged from the cheap listing.

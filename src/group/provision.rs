@@ -847,6 +847,13 @@ async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
             }
         }
         _ => {
+            if engine.takeover_open() {
+                match super::takeover::claim(&engine, &vm, &config).await {
+                    super::takeover::Claim::NotSeed => {}
+                    // Claimed, or judged again on the next Update.
+                    super::takeover::Claim::Claimed | super::takeover::Claim::Later => return,
+                }
+            }
             engine.foreign.lock().unwrap().insert(vm.vmid);
         }
     }

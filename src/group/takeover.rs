@@ -1,12 +1,20 @@
 //! Taking over from the seed plugin (LukasK32/fleeting-plugin-proxmox and
-//! its fork Phenix66): at Init, the VMs it left in the pool under this
-//! config's `instance_name_*` are finished the way it would have finished
-//! them, so switching binaries leaves nothing behind.
+//! its fork Phenix66): the VMs it left in the pool under this config's
+//! `instance_name_*` are finished the way it would have finished them, so
+//! switching binaries leaves nothing behind.
 //!
 //! A VM is the seed's when it is in the pool, is not a template nor the
-//! template VMID, is named with one of this config's three instance names,
-//! carries no marker of this plugin (any group) and no other group's tag.
-//! Anything else is never touched.
+//! template VMID, is named (in its config) with one of this config's three
+//! instance names, carries no marker of this plugin (any group) and no
+//! other group's tag. Anything else is never touched.
+//!
+//! The seed may die in the middle of a clone: that VM is listed late (PVE
+//! publishes a new guest's name and pool only after a while) and stays
+//! locked until the clone task ends. So the takeover is not one look at
+//! Init: for [`TAKEOVER_WINDOW`] after Init, every untagged VM Update finds
+//! in the pool is judged from its config, and one still locked is looked at
+//! again on the next Update. VMs appearing later are left alone (they would
+//! be a seed that still runs beside this plugin, which must not be fought).
 //!
 //! Each one is first claimed: this plugin's marker and tags are written into
 //! it (guarded by the config digest, so a VM that changed meanwhile is left
@@ -16,7 +24,9 @@
 //! named running is adopted when it runs and answers with an address, and
 //! deleted otherwise.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::InstanceState;
 use super::address::Addresses;
@@ -24,7 +34,23 @@ use super::engine::{Engine, Phase, Tracked};
 use super::naming::{InstanceId, Naming};
 use crate::pve::VmResource;
 
-/// What became of one seed VM.
+/// How long after Init VMs found in the pool are judged as the seed's: long
+/// enough for a clone the seed started just before it died to end.
+pub const TAKEOVER_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// What became of one VM judged for the takeover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Claimed, and handed to deletion or adoption.
+    Claimed,
+    /// The seed's, but it cannot be claimed yet (locked, or PVE did not
+    /// answer): look again on the next Update.
+    Later,
+    /// Not the seed's: leave it alone.
+    NotSeed,
+}
+
+/// What to do with a VM of the seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plan {
     /// Named creating or removing: the seed would have deleted it.
@@ -33,78 +59,97 @@ enum Plan {
     Adopt,
 }
 
-/// Finds the seed's VMs in `vms` (the listing Init already read), claims
-/// them and hands them to deletion or adoption in the background. Returns
-/// how many were claimed.
+/// At Init: judges every VM of the listing that may be the seed's. Returns
+/// how many were claimed; the rest are judged again by Update.
 pub(crate) async fn take_over(engine: &Arc<Engine>, vms: &[VmResource]) -> usize {
-    let config = &engine.config;
     let mut claimed = 0;
-    for vm in vms {
-        let Some(plan) = seed_plan(engine, vm) else { continue };
-        let id = InstanceId::generate(vm.vmid);
-        // Read the config: the marker decides, and its digest guards the claim.
+    for vm in vms.iter().filter(|vm| may_be_seed(engine, vm)) {
         let current = match engine.pve.vm_config(&vm.node, vm.vmid).await {
             Ok(current) => current,
             Err(err) => {
-                tracing::warn!(vmid = %vm.vmid, error = %err, "could not read a VM the seed plugin may have left; leaving it for now");
+                tracing::debug!(vmid = %vm.vmid, error = %err, "could not read a VM the seed plugin may have left; Update looks again");
                 continue;
             }
         };
-        let description = current.get("description").map(String::as_str).unwrap_or_default();
-        if Naming::has_any_marker(description) || current.get("name") != vm.name.as_ref() {
-            continue;
-        }
-        // The seed's own description, if any, is kept below the marker.
-        let mut marker = engine.naming.description(&id);
-        if !description.trim().is_empty() {
-            marker.push_str("\n\n");
-            marker.push_str(description);
-        }
-        let state = if plan == Plan::Delete { InstanceState::Deleting } else { InstanceState::Running };
-        let mut claim = engine.label_for(&id, state);
-        if plan == Plan::Adopt {
-            claim.name = None;
-        }
-        claim.description = Some(marker);
-        claim.digest = current.get("digest").cloned();
-        let phase = if plan == Plan::Delete { Phase::Deleting } else { Phase::Adopting };
-        engine.instances.lock().unwrap().insert(
-            id.clone(),
-            Tracked { node: vm.node.clone(), phase, addresses: Addresses::default(), missing_since: None },
-        );
-        if let Err(err) = engine.pve.update_vm_config(&vm.node, vm.vmid, &claim).await {
-            engine.instances.lock().unwrap().remove(&id);
-            tracing::warn!(vmid = %vm.vmid, error = %err, "could not take over a VM the seed plugin left; leaving it for now");
-            continue;
-        }
-        claimed += 1;
-        let name = vm.name.as_deref().unwrap_or_default();
-        match plan {
-            Plan::Delete => {
-                tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: deleting a VM it left {}", if name == config.instance_name_creating { "half-created" } else { "half-removed" });
-                super::provision::spawn_deletion(engine.clone(), id, "left by the seed plugin".into());
-            }
-            Plan::Adopt => {
-                tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: adopting its running VM if it answers, else deleting it");
-                super::provision::spawn_adoption(engine.clone(), id, vm.clone());
-            }
+        if claim(engine, vm, &current).await == Claim::Claimed {
+            claimed += 1;
         }
     }
     claimed
 }
 
-/// Whether the listing shows a VM the seed left for this config, and what
-/// to do with it.
-fn seed_plan(engine: &Engine, vm: &VmResource) -> Option<Plan> {
+/// Whether the listing leaves open that `vm` is the seed's (its config
+/// decides): in the pool, not a template, not tagged by any group, and
+/// named with one of this config's names or not named yet.
+pub(crate) fn may_be_seed(engine: &Engine, vm: &VmResource) -> bool {
     let config = &engine.config;
-    if vm.template || vm.vmid == config.template_id || vm.pool.as_deref() != Some(config.pool.as_str()) {
-        return None;
+    !vm.template
+        && vm.vmid != config.template_id
+        && vm.pool.as_deref() == Some(config.pool.as_str())
+        && engine.naming.owner_of_tags(vm.vmid, &vm.tags).is_none()
+        && !engine.naming.tagged_by_another_group(&vm.tags)
+        && vm.name.as_deref().is_none_or(|name| plan_for(engine, name).is_some())
+}
+
+/// Claims `vm` if its config (`current`) shows it is the seed's.
+pub(crate) async fn claim(engine: &Arc<Engine>, vm: &VmResource, current: &BTreeMap<String, String>) -> Claim {
+    let config = &engine.config;
+    let description = current.get("description").map(String::as_str).unwrap_or_default();
+    let tags: Vec<String> = current
+        .get("tags")
+        .map(|t| t.split([';', ',', ' ']).filter(|t| !t.is_empty()).map(str::to_ascii_lowercase).collect())
+        .unwrap_or_default();
+    let name = current.get("name").map(String::as_str).unwrap_or_default();
+    let seeds = current.get("template").is_none_or(|t| t != "1")
+        && !Naming::has_any_marker(description)
+        && engine.naming.owner_of_tags(vm.vmid, &tags).is_none()
+        && !engine.naming.tagged_by_another_group(&tags);
+    let Some(plan) = plan_for(engine, name).filter(|_| seeds) else { return Claim::NotSeed };
+    if current.contains_key("lock") {
+        // A clone the seed started is still running; its VM is claimed once it ends.
+        return Claim::Later;
     }
-    // Ours already (any state), or another group's: not the seed's.
-    if engine.naming.owner_of_tags(vm.vmid, &vm.tags).is_some() || engine.naming.tagged_by_another_group(&vm.tags) {
-        return None;
+    let id = InstanceId::generate(vm.vmid);
+    // The seed's own description, if any, is kept below the marker.
+    let mut marker = engine.naming.description(&id);
+    if !description.trim().is_empty() {
+        marker.push_str("\n\n");
+        marker.push_str(description);
     }
-    let name = vm.name.as_deref()?;
+    let state = if plan == Plan::Delete { InstanceState::Deleting } else { InstanceState::Running };
+    let mut update = engine.label_for(&id, state);
+    if plan == Plan::Adopt {
+        update.name = None;
+    }
+    update.description = Some(marker);
+    update.digest = current.get("digest").cloned();
+    let phase = if plan == Plan::Delete { Phase::Deleting } else { Phase::Adopting };
+    engine.instances.lock().unwrap().insert(
+        id.clone(),
+        Tracked { node: vm.node.clone(), phase, addresses: Addresses::default(), missing_since: None },
+    );
+    if let Err(err) = engine.pve.update_vm_config(&vm.node, vm.vmid, &update).await {
+        engine.instances.lock().unwrap().remove(&id);
+        tracing::debug!(vmid = %vm.vmid, error = %err, "could not claim a VM the seed plugin left yet; Update looks again");
+        return Claim::Later;
+    }
+    match plan {
+        Plan::Delete => {
+            let left = if name == config.instance_name_creating { "half-created" } else { "half-removed" };
+            tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: deleting a VM it left {left}");
+            super::provision::spawn_deletion(engine.clone(), id, "left by the seed plugin".into());
+        }
+        Plan::Adopt => {
+            tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: adopting its running VM if it answers, else deleting it");
+            super::provision::spawn_adoption(engine.clone(), id, vm.clone());
+        }
+    }
+    Claim::Claimed
+}
+
+/// What the seed would do with a VM of this name.
+fn plan_for(engine: &Engine, name: &str) -> Option<Plan> {
+    let config = &engine.config;
     if name == config.instance_name_running {
         // Seed configs may use one name for several states; running wins,
         // as the seed's own Update reads it. The seed always handed out
