@@ -2,7 +2,9 @@
 // through the real fleeting host (gitlab.com/gitlab-org/fleeting, go-plugin)
 // against pve-sim, for our binary and the prebuilt binaries of competing
 // Proxmox fleeting plugins given with -competitor, and writes
-// docs/benchmarks.md with a chart. Numbers are printed and recorded, never
+// docs/benchmarks.md with a chart. With a seed-lineage competitor it also
+// runs the switch-over from the seed of issue 12 (switchover.go): the seed's
+// binary provisions, is killed, and ours must take over its VMs. Numbers are printed and recorded, never
 // asserted. Every call to a plugin has a deadline; a plugin that exits,
 // panics or hangs is killed, recorded, and the run goes on.
 //
@@ -42,7 +44,10 @@ type report struct {
 	Footprints  []footprint     `json:"footprints"`
 	APICost     []apiCostResult `json:"api_cost"`
 	Scale       []scaleResult   `json:"scale"`
-	Elapsed     float64         `json:"elapsed_seconds"`
+	// Scenarios are the ones this run was limited to (-scenarios).
+	Scenarios  []string    `json:"scenarios"`
+	Switchover *switchover `json:"switchover,omitempty"`
+	Elapsed    float64     `json:"elapsed_seconds"`
 }
 
 type machine struct {
@@ -62,6 +67,10 @@ type plan struct {
 	profiles                         []bool // full clone or not
 	handshakeRuns                    int
 	skipAPICost                      bool
+	// scenarios are the measurements to run (-scenarios).
+	scenarios map[string]bool
+	// switchoverWait is the pause between the seed's kill and our start.
+	switchoverWait time.Duration
 	// dir makes a fresh scratch directory for one measurement.
 	dir func(what string) string
 }
@@ -104,6 +113,9 @@ func main() {
 	faultRate := flag.Float64("fault-rate", 0.05, "fraction of API requests answered 503 in the fault runs")
 	profilesFlag := flag.String("profiles", "linked,full", "clone profiles for scale-up and scale-down")
 	handshakeRuns := flag.Int("handshake-runs", 20, "exec → handshake runs per plugin (the median is reported)")
+	scenariosFlag := flag.String("scenarios", "all", "which measurements to run: all, or comma-separated of "+strings.Join(allScenarios, ", ")+
+		" (switchover runs only with a seed-lineage competitor)")
+	switchoverWait := flag.Duration("switchover-wait", 0, "switchover: pause between the seed's kill and our plugin's start (0: at once, as a restarted Runner does)")
 	var given competitorFlags
 	flag.Var(&given, "competitor", "NAME=BINARY[,repo=REPOSITORY][,commit=COMMIT]: a competitor's prebuilt binary and what it was built from (repeatable)")
 	only := flag.String("competitors", "all", "which of the given competitors to run: all, none, or comma-separated names")
@@ -131,6 +143,10 @@ func main() {
 		if _, ok := findKnown(name); !ok && name != "all" && name != "none" && name != "" {
 			fatal(fmt.Errorf("could not read -competitors %q: unknown name %q (known: %s)", *only, name, knownKeys()))
 		}
+	}
+	scenarios, err := parseScenarios(*scenariosFlag)
+	if err != nil {
+		fatal(err)
 	}
 	sizes, apiSizes := ints(*sizesFlag), ints(*apiSizesFlag)
 	if *quick {
@@ -162,7 +178,12 @@ func main() {
 	r.Skipped = names(skipped)
 
 	p := plan{simBinary: *simBinary, sizes: sizes, apiSizes: apiSizes, linkedScale: *linkedScale, fullScale: *fullScale,
-		apiScale: *apiScale, cloneLimit: *cloneLimit, faultRate: *faultRate, handshakeRuns: *handshakeRuns}
+		apiScale: *apiScale, cloneLimit: *cloneLimit, faultRate: *faultRate, handshakeRuns: *handshakeRuns, scenarios: scenarios, switchoverWait: *switchoverWait}
+	for _, name := range allScenarios {
+		if scenarios[name] {
+			r.Scenarios = append(r.Scenarios, name)
+		}
+	}
 	for _, profile := range strings.Split(*profilesFlag, ",") {
 		if !*quick || profile == "linked" {
 			p.profiles = append(p.profiles, profile == "full")
@@ -176,6 +197,7 @@ func main() {
 	for _, c := range r.Contenders {
 		runContender(r, c, p)
 	}
+	r.Switchover = runSwitchover(r, p, skipped)
 	r.Elapsed = time.Since(r.Started).Seconds()
 
 	write(r, *out, *chart, *raw)
@@ -186,23 +208,28 @@ func main() {
 // c.Incidents); the next scenario starts a fresh process.
 func runContender(r *report, c *contender, p plan) {
 	logf("== %s", c.Name)
+	if !p.runs("footprint") && !p.runs("api") && !p.runs("scale") {
+		return
+	}
 	fp := footprint{Contender: c.Name, HandshakeRuns: p.handshakeRuns}
 	if info, err := os.Stat(c.Binary); err == nil {
 		fp.BinaryBytes = info.Size()
 	}
-	var errs []string
-	var err error
-	if fp.HandshakeMillis, fp.HandshakeKilled, err = handshakeMillis(c.Binary, p.handshakeRuns); err != nil {
-		errs = append(errs, "handshake: "+err.Error())
+	if p.runs("footprint") {
+		var errs []string
+		var err error
+		if fp.HandshakeMillis, fp.HandshakeKilled, err = handshakeMillis(c.Binary, p.handshakeRuns); err != nil {
+			errs = append(errs, "handshake: "+err.Error())
+		}
+		if fp.IdleRSSKB, fp.IdleAnonKB, err = idleRSS(c, p.simBinary, p.dir("idle")); err != nil {
+			errs = append(errs, "idle RSS: "+err.Error())
+		}
+		fp.Error = strings.Join(errs, "; ")
+		logf("  handshake %.1f ms (%d of %d runs needed SIGKILL), idle RSS %d KB (%d KB anonymous), binary %d bytes %s",
+			fp.HandshakeMillis, fp.HandshakeKilled, fp.HandshakeRuns, fp.IdleRSSKB, fp.IdleAnonKB, fp.BinaryBytes, fp.Error)
 	}
-	if fp.IdleRSSKB, fp.IdleAnonKB, err = idleRSS(c, p.simBinary, p.dir("idle")); err != nil {
-		errs = append(errs, "idle RSS: "+err.Error())
-	}
-	fp.Error = strings.Join(errs, "; ")
-	logf("  handshake %.1f ms (%d of %d runs needed SIGKILL), idle RSS %d KB (%d KB anonymous), binary %d bytes %s",
-		fp.HandshakeMillis, fp.HandshakeKilled, fp.HandshakeRuns, fp.IdleRSSKB, fp.IdleAnonKB, fp.BinaryBytes, fp.Error)
 
-	if !p.skipAPICost {
+	if !p.skipAPICost && p.runs("api") {
 		for _, result := range apiCost(c, p.simBinary, p.dir("api"), p.apiSizes, p.apiScale) {
 			logf("  API cost N=%d: %.2f requests/Update, %.2f ms CPU/Update, %.1f ms/Update, RSS %d KB %s",
 				result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.UpdateMillis, result.RSSKB, result.Error)
@@ -212,9 +239,14 @@ func runContender(r *report, c *contender, p plan) {
 			r.APICost = append(r.APICost, result)
 		}
 	}
-	r.Footprints = append(r.Footprints, fp)
+	if p.runs("footprint") {
+		r.Footprints = append(r.Footprints, fp)
+	}
 
 	for _, faults := range []float64{0, p.faultRate} {
+		if !p.runs("scale") {
+			break
+		}
 		for _, full := range p.profiles {
 			scale := p.linkedScale
 			if full {
@@ -228,6 +260,72 @@ func runContender(r *report, c *contender, p plan) {
 			}
 		}
 	}
+}
+
+// runs reports whether the plan includes a scenario (all when not limited).
+func (p plan) runs(name string) bool { return p.scenarios == nil || p.scenarios[name] }
+
+// allScenarios are the measurements -scenarios can choose from.
+var allScenarios = []string{"footprint", "api", "scale", "switchover"}
+
+func parseScenarios(text string) (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, name := range strings.Split(text, ",") {
+		name = strings.TrimSpace(name)
+		switch {
+		case name == "all":
+			for _, n := range allScenarios {
+				out[n] = true
+			}
+		case name == "":
+		default:
+			known := false
+			for _, n := range allScenarios {
+				known = known || n == name
+			}
+			if !known {
+				return nil, fmt.Errorf("could not read -scenarios %q: unknown scenario %q (known: all, %s)", text, name, strings.Join(allScenarios, ", "))
+			}
+			out[name] = true
+		}
+	}
+	return out, nil
+}
+
+// runSwitchover runs the switch-over from the seed once per seed-lineage
+// competitor given, or says why it did not.
+func runSwitchover(r *report, p plan, skipped []*contender) *switchover {
+	if !p.runs("switchover") {
+		return &switchover{NotRun: "not run: left out by -scenarios"}
+	}
+	seeds := seedLineage(r)
+	if len(seeds) == 0 {
+		reason := "not run: it needs the binary of a seed-lineage plugin (the LukasK32 config format: " + strings.Join(lineageKeys(), ", ") +
+			"), given with -competitor 'seed=BINARY,commit=...'; none was given"
+		for _, c := range skipped {
+			if c.Style == styleLukasK32 {
+				reason = "not run: the seed-lineage competitor " + c.Name + " was given but left out by -competitors"
+			}
+		}
+		logf("== switch-over from the seed: %s", reason)
+		return &switchover{NotRun: reason}
+	}
+	out := &switchover{}
+	for _, seed := range seeds {
+		logf("== switch-over from %s to %s", seed.Name, r.Contenders[0].Name)
+		out.Runs = append(out.Runs, switchOver(seed, r.Contenders[0], p.simBinary, p.dir("switchover"), p.switchoverWait))
+	}
+	return out
+}
+
+func lineageKeys() []string {
+	var keys []string
+	for _, k := range knownCompetitors {
+		if k.style == styleLukasK32 {
+			keys = append(keys, k.key)
+		}
+	}
+	return keys
 }
 
 // write saves the raw results (when asked), the chart and the report.

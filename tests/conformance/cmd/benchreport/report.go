@@ -36,7 +36,11 @@ func renderMarkdown(r *report, chartPath string) string {
 			maxReq, maxAt = a.RequestsPerUpdate, a.N
 		}
 	}
-	w("| 1 PVE request per Update at any N | at most %.2f requests/Update (N = %d) | %s |\n", maxReq, maxAt, yes(maxReq > 0 && maxReq <= 1.0001))
+	if maxAt > 0 {
+		w("| 1 PVE request per Update at any N | at most %.2f requests/Update (N = %d) | %s |\n", maxReq, maxAt, yes(maxReq > 0 && maxReq <= 1.0001))
+	} else {
+		w("| 1 PVE request per Update at any N | not measured in this run | — |\n")
+	}
 	for _, profile := range []string{"linked", "full"} {
 		if s, ok := findScale(r, us.Name, profile, 0, 20); ok {
 			w("| 20-instance scale-up within 1.1× the ideal critical path (%s clones) | %s; %.2f× the ideal with unlimited parallel clones (%.1f s) | %s |\n",
@@ -64,6 +68,14 @@ func renderMarkdown(r *report, chartPath string) string {
 	if fp := findFootprint(r, us.Name); fp != nil {
 		w("| Idle RSS under 10 MB | %s (%s of it anonymous: heap and stacks; the rest is the binary's own pages) | %s |\n",
 			mib(fp.IdleRSSKB), mib(fp.IdleAnonKB), yes(fp.IdleRSSKB > 0 && fp.IdleRSSKB < 10*1024))
+	}
+	if r.Switchover != nil && len(r.Switchover.Runs) > 0 {
+		for _, run := range r.Switchover.Runs {
+			w("| Switch-over from the seed leaves 0 VMs behind and touches nothing else (%s) | %d left behind, %d deleted, %d adopted, decoys unchanged: %s, %d left after Decrease | %s |\n",
+				run.Seed, run.LeftBehind, run.Deleted, run.Adopted, yesNo(run.DecoysUnchanged), run.AfterDecreaseLeft, yes(run.Passed))
+		}
+	} else if r.Switchover != nil {
+		w("| Switch-over from the seed leaves 0 VMs behind | %s | — |\n", oneLine(r.Switchover.NotRun))
 	}
 	w("\n")
 
@@ -245,6 +257,8 @@ func renderMarkdown(r *report, chartPath string) string {
 	}
 	w("\n")
 
+	renderSwitchover(w, r)
+
 	w("## Machine and versions\n\n")
 	w("- Machine: %d CPUs (%s), %s RAM, %s; shared with other builds, so absolute timings carry noise.\n", r.Machine.CPUs, r.Machine.CPU, r.Machine.Memory, r.Machine.Kernel)
 	keys := make([]string, 0, len(r.Versions))
@@ -275,7 +289,8 @@ func renderMarkdown(r *report, chartPath string) string {
 	w("## Re-running\n\n")
 	w("```sh\nscripts/bench-report            # full run, rewrites docs/benchmarks.md and docs/benchmarks.svg\n")
 	w("scripts/bench-report -quick     # CI-sized run\nscripts/bench-report -competitors none   # ours only\n")
-	w("scripts/bench-report -competitor 'seed=/path/to/binary,repo=github.com/LukasK32/fleeting-plugin-proxmox,commit=229b964'  # a competitor's prebuilt binary\n```\n\n")
+	w("scripts/bench-report -competitor 'seed=/path/to/binary,repo=github.com/LukasK32/fleeting-plugin-proxmox,commit=229b964'  # a competitor's prebuilt binary\n")
+	w("scripts/bench-report -quick -scenarios switchover -competitor 'seed=/path/to/binary,commit=229b964'  # only the switch-over from the seed\n```\n\n")
 	w("This run's command line: `%s`\n", r.Command)
 	return b.String()
 }

@@ -115,11 +115,16 @@ type simulator struct {
 }
 
 func startSimulator(binary, work string, t timings, capacity int, timeScale float64, seed int) (*simulator, error) {
+	return startSimulatorWith(binary, work, scenario(t, capacity), timeScale, seed)
+}
+
+// startSimulatorWith starts pve-sim on loopback with the given scenario.
+func startSimulatorWith(binary, work string, scenario map[string]any, timeScale float64, seed int) (*simulator, error) {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return nil, err
 	}
 	scenarioFile := filepath.Join(work, "scenario.json")
-	raw, _ := json.MarshalIndent(scenario(t, capacity), "", "  ")
+	raw, _ := json.MarshalIndent(scenario, "", "  ")
 	if err := os.WriteFile(scenarioFile, raw, 0o644); err != nil {
 		return nil, err
 	}

@@ -185,6 +185,13 @@ func openSession(c *contender, sim *simulator, work, scenario string, p runParam
 	if err != nil {
 		return nil, err
 	}
+	return startSession(c, config, work, scenario, connector)
+}
+
+// startSession starts the plugin with the given plugin_config, logging to
+// work/plugin.log, and calls Init with the given connector settings
+// (Runner's connector_config).
+func startSession(c *contender, config []byte, work, scenario string, settings provider.Settings) (*session, error) {
 	log, err := newPluginLog(filepath.Join(work, "plugin.log"))
 	if err != nil {
 		return nil, err
@@ -209,7 +216,7 @@ func openSession(c *contender, sim *simulator, work, scenario string, p runParam
 	}
 	s := &session{c: c, scenario: scenario, runner: runner, group: runner.InstanceGroup(), log: log, pid: childPID(c.Binary), logger: logger}
 	err = s.do(context.Background(), "Init", limits.Init, func(ctx context.Context) error {
-		_, err := s.group.Init(ctx, logger, connector)
+		_, err := s.group.Init(ctx, logger, settings)
 		return err
 	})
 	if err != nil {
