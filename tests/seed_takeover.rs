@@ -6,7 +6,6 @@
 //! in the pool, not another group's instance.
 
 #[path = "sim/common.rs"]
-#[allow(dead_code)]
 mod sim_common;
 
 use std::collections::BTreeMap;
