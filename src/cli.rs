@@ -57,13 +57,12 @@ struct SimulateArgs {
     /// How many instances to scale up to.
     #[arg(long, short = 'n', value_name = "N", default_value_t = 10)]
     instances: u32,
-    /// `realistic` (PVE-like durations at 10x speed) or `short` (for CI).
-    #[arg(long, value_name = "PROFILE", default_value = "realistic")]
-    profile: String,
-    /// `none`, or `flaky`: transient API errors, dropped connections, a
-    /// failing clone and a slow guest agent.
-    #[arg(long, value_name = "MODE", default_value = "none")]
-    faults: String,
+    /// How long things take in the simulated cluster.
+    #[arg(long, value_enum, value_name = "PROFILE", default_value_t = Profile::Realistic)]
+    profile: Profile,
+    /// Faults injected into the simulated cluster.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = FaultMode::None)]
+    faults: FaultMode,
     /// Simulated seconds per real second (overrides the profile's).
     #[arg(long, value_name = "FACTOR")]
     time_scale: Option<f64>,
@@ -104,10 +103,9 @@ struct OpenapiArgs {
     /// copy of openapi/operations.txt.
     #[arg(long, value_name = "FILE")]
     operations: Option<PathBuf>,
-    /// How to restore collapsed keys such as `net[n]`: `expand` (net0…net31)
-    /// or `map` (an open map, far less generated code).
-    #[arg(long, value_name = "MODE", default_value = "expand")]
-    indexed_keys: String,
+    /// How to restore collapsed keys such as `net[n]`.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = IndexedKeys::Expand)]
+    indexed_keys: IndexedKeys,
     /// PVE release recorded in the document; defaults to the `X.Y` in a file
     /// name like `pve-9.1-apidoc.json`.
     #[arg(long, value_name = "X.Y")]
@@ -212,8 +210,6 @@ fn report(result: Result<(), String>) -> ExitCode {
 }
 
 fn convert(args: &OpenapiArgs) -> Result<(), String> {
-    let indexed_keys = IndexedKeys::parse(&args.indexed_keys)
-        .ok_or_else(|| format!("could not use --indexed-keys `{}`: expected `expand` or `map`", args.indexed_keys))?;
     let selection = if args.all {
         Selection::All
     } else {
@@ -231,8 +227,8 @@ fn convert(args: &OpenapiArgs) -> Result<(), String> {
         .unwrap_or_else(|| "unknown".to_string());
     let text = std::fs::read_to_string(&args.dump)
         .map_err(|err| format!("could not read schema dump {}: {err}", args.dump.display()))?;
-    let conversion = openapi::convert(&text, &ConvertOptions { selection, indexed_keys, pve_version })
-        .map_err(|err| format!("{err} (in {})", args.dump.display()))?;
+    let options = ConvertOptions { selection, indexed_keys: args.indexed_keys, pve_version };
+    let conversion = openapi::convert(&text, &options).map_err(|err| format!("{err} (in {})", args.dump.display()))?;
     for (method, path) in &conversion.missing {
         eprintln!("note: {method} {path} is not in this schema (older PVE release); skipped");
     }
@@ -246,16 +242,13 @@ fn convert(args: &OpenapiArgs) -> Result<(), String> {
 }
 
 fn simulate(args: &SimulateArgs) -> ExitCode {
-    let Some(profile) = Profile::parse(&args.profile) else {
-        eprintln!("error: could not use --profile `{}`: expected `realistic` or `short`", args.profile);
-        return ExitCode::from(2);
+    let options = session::Options {
+        instances: args.instances,
+        profile: args.profile,
+        faults: args.faults,
+        time_scale: args.time_scale,
+        seed: args.seed,
     };
-    let Some(faults) = FaultMode::parse(&args.faults) else {
-        eprintln!("error: could not use --faults `{}`: expected `none` or `flaky`", args.faults);
-        return ExitCode::from(2);
-    };
-    let options =
-        session::Options { instances: args.instances, profile, faults, time_scale: args.time_scale, seed: args.seed };
     let mut progress = Progress::for_stderr();
     session::install_logging(&progress);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
