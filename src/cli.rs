@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
 use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Profile, Progress};
-use fleeting_plugin_proxmox::{check, plugin, plugin_dir, version};
+use fleeting_plugin_proxmox::{check, plugin, plugin_dir, runtime, version};
 
 #[derive(Debug, Parser)]
 #[command(name = "fleeting-plugin-proxmox", about, long_about = None, disable_version_flag = true)]
@@ -147,14 +147,13 @@ fn check(args: CheckArgs) -> ExitCode {
         runner: args.runner,
         use_static_credentials: args.use_static_credentials,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
+    let outcome = match runtime::block_on(check::run(&options)) {
+        Ok(outcome) => outcome,
         Err(err) => {
-            eprintln!("error: could not start the async runtime: {err}");
+            eprintln!("error: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(check::run(&options));
     emit(&outcome.render());
     ExitCode::from(outcome.exit_code())
 }
@@ -251,17 +250,15 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
     };
     let mut progress = Progress::for_stderr();
     session::install_logging(&progress);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    let result = runtime::block_on(session::run(&options, &mut progress));
+    progress.finish();
+    let result = match result {
+        Ok(result) => result,
         Err(err) => {
-            eprintln!("error: could not start the async runtime: {err}");
+            eprintln!("error: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(session::run(&options, &mut progress));
-    progress.finish();
-    // The engine's background work must not hold the process open.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(summary) => {
             if args.json {

@@ -25,6 +25,7 @@
 //!   Runner's plugin directory.
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
+//! - [`runtime`]: the one async runtime of the plugin and the commands.
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout)]
 // The layout above links rooms that only the `plugin` feature builds.
@@ -46,6 +47,8 @@ pub mod plugin;
 pub mod plugin_dir;
 #[cfg(feature = "client")]
 pub mod pve;
+#[cfg(feature = "plugin")]
+pub mod runtime;
 #[cfg(feature = "plugin")]
 pub mod sim;
 #[cfg(feature = "plugin")]
