@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
 use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Profile, Progress};
-use fleeting_plugin_proxmox::{check, plugin, plugin_dir, runtime, version};
+use fleeting_plugin_proxmox::{check, plugin, plugin_dir, runtime, stdout, version};
 
 #[derive(Debug, Parser)]
 #[command(name = "fleeting-plugin-proxmox", about, long_about = None, disable_version_flag = true)]
@@ -193,9 +193,7 @@ fn bootstrap(args: &BootstrapArgs) -> ExitCode {
 /// Writes command output to stdout. A reader that went away (`| head`)
 /// ends the output quietly instead of panicking as `print!` would.
 fn emit(text: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    let _ = stdout::write(text);
 }
 
 fn report(result: Result<(), String>) -> ExitCode {

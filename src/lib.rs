@@ -26,6 +26,8 @@
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
 //! - [`runtime`]: the one async runtime of the plugin and the commands.
+//! - [`stdout`]: the one writer of standard output (the plugin's handshake
+//!   line, the commands' results); nothing else may print there.
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout)]
 // The layout above links rooms that only the `plugin` feature builds.
@@ -53,6 +55,8 @@ pub mod runtime;
 pub mod sim;
 #[cfg(feature = "plugin")]
 pub mod simulate;
+#[cfg(feature = "plugin")]
+pub mod stdout;
 #[cfg(feature = "plugin")]
 pub mod version;
 
