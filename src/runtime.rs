@@ -9,7 +9,7 @@ use std::time::Duration;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs `future` to completion on a multi-threaded tokio runtime with I/O
-/// and timers, then shuts the runtime down within [`SHUTDOWN_GRACE`].
+/// and timers, then gives left-behind work 2 s to stop before it returns.
 /// Fails only when the runtime cannot be started; the message says so.
 pub fn block_on<F: Future>(future: F) -> Result<F::Output, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -5,7 +5,7 @@
 //! connection. So the crate and the binary deny `print!`/`println!`
 //! (`clippy::print_stdout`), `clippy.toml` disallows `std::io::stdout`, and
 //! this function is the exception: every write to stdout is a call to
-//! [`write`] (the handshake line in `goplugin::serve`, a command's result in
+//! [`write()`] (the handshake line in `goplugin::serve`, a command's result in
 //! the CLI), which a reviewer can find.
 
 /// Writes `text` to stdout and flushes it. Unlike `print!` it returns an
