@@ -5,6 +5,10 @@
 //!   services for the fleeting and go-plugin protocols, from `proto/`,
 //!   compiled by protox (pure Rust, no system `protoc`).
 //!
+//! Each half runs only with its cargo feature: `client` generates the PVE
+//! client, `plugin` also compiles the protocols and records version info, so
+//! a program that depends on the client alone builds no protobuf tooling.
+//!
 //! `generated/` holds a reviewed copy of each file; `tests/generated_copy.rs`
 //! fails when it is stale and `UPDATE_GENERATED=1 cargo test` refreshes it.
 //! The functions here are also used by `tests/full-api/build.rs`, which proves
@@ -12,23 +16,35 @@
 
 use std::error::Error;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[allow(dead_code)] // `tests/full-api/build.rs` includes this file for its functions only.
 fn main() -> Result<(), Box<dyn Error>> {
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let spec = Path::new("openapi/pve.json");
-    println!("cargo:rerun-if-changed={}", spec.display());
     println!("cargo:rerun-if-changed=build.rs");
-    let code = generate_pve_client(spec, "crate::pve::lenient", Some("std::sync::Arc<crate::pve::session::Session>"))?;
-    fs::write(out_dir.join("pve_api.rs"), code)?;
-    compile_protos(&out_dir)?;
-    emit_version_info();
+    #[cfg(feature = "client")]
+    {
+        let spec = Path::new("openapi/pve.json");
+        println!("cargo:rerun-if-changed={}", spec.display());
+        let code =
+            generate_pve_client(spec, "crate::pve::lenient", Some("std::sync::Arc<crate::pve::session::Session>"))?;
+        fs::write(out_dir()?.join("pve_api.rs"), code)?;
+    }
+    #[cfg(feature = "plugin")]
+    {
+        compile_protos(&out_dir()?)?;
+        emit_version_info();
+    }
     Ok(())
+}
+
+#[cfg(any(feature = "client", feature = "plugin"))]
+fn out_dir() -> Result<std::path::PathBuf, Box<dyn Error>> {
+    Ok(std::path::PathBuf::from(std::env::var("OUT_DIR")?))
 }
 
 /// Git revision, ref and build time for `--version` and ProviderInfo, like
 /// Go plugins' VersionInfo. `SOURCE_DATE_EPOCH` makes the date reproducible.
+#[cfg(feature = "plugin")]
 fn emit_version_info() {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -75,6 +91,7 @@ fn emit_version_info() {
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SS+0000`, as Go plugins' Makefiles write it.
+#[cfg(feature = "plugin")]
 fn format_utc(epoch: i64) -> String {
     let days = epoch.div_euclid(86_400);
     let seconds = epoch.rem_euclid(86_400);
@@ -94,6 +111,7 @@ fn format_utc(epoch: i64) -> String {
 /// The `.proto` files, relative to `proto/`. Each include root below makes a
 /// file's registered name match upstream's (`proto/instance_group.proto`,
 /// `internal/plugin/grpc_stdio.proto`), which the descriptor test relies on.
+#[cfg(feature = "plugin")]
 const PROTO_FILES: &[&str] = &[
     "fleeting/proto/instance_group.proto",
     "plugin/internal/plugin/grpc_broker.proto",
@@ -102,10 +120,11 @@ const PROTO_FILES: &[&str] = &[
     "grpc/health/v1/health.proto",
 ];
 
+#[cfg(feature = "plugin")]
 fn compile_protos(out_dir: &Path) -> Result<(), Box<dyn Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     println!("cargo:rerun-if-changed={}", root.display());
-    let files: Vec<PathBuf> = PROTO_FILES.iter().map(|file| root.join(file)).collect();
+    let files: Vec<std::path::PathBuf> = PROTO_FILES.iter().map(|file| root.join(file)).collect();
     // Order matters: protox names a file after the first root containing it.
     let includes = [root.join("fleeting"), root.join("plugin"), root.clone()];
     let descriptors = protox::compile(&files, includes)?;
@@ -123,6 +142,7 @@ fn compile_protos(out_dir: &Path) -> Result<(), Box<dyn Error>> {
 /// Generates the client for `spec`. `lenient_path` is the module holding
 /// `PveBool`, `PveInt`, `PveNumber` and `PveText`; `inner` is the per-client state type
 /// the request hooks see (our crate implements the hooks, so it is required).
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 pub fn generate_pve_client(
     spec_path: &Path,
     lenient_path: &str,
@@ -165,6 +185,7 @@ pub fn generate_pve_client(
 
 /// A small stable hash for the header line: tells a reviewer whether two
 /// generated files came from the same input without pulling in a hash crate.
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes
         .iter()

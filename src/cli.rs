@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
 use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Profile, Progress};
-use fleeting_plugin_proxmox::{check, plugin, plugin_dir, version};
+use fleeting_plugin_proxmox::{check, plugin, plugin_dir, runtime, stdout, version};
 
 #[derive(Debug, Parser)]
 #[command(name = "fleeting-plugin-proxmox", about, long_about = None, disable_version_flag = true)]
@@ -57,13 +57,12 @@ struct SimulateArgs {
     /// How many instances to scale up to.
     #[arg(long, short = 'n', value_name = "N", default_value_t = 10)]
     instances: u32,
-    /// `realistic` (PVE-like durations at 10x speed) or `short` (for CI).
-    #[arg(long, value_name = "PROFILE", default_value = "realistic")]
-    profile: String,
-    /// `none`, or `flaky`: transient API errors, dropped connections, a
-    /// failing clone and a slow guest agent.
-    #[arg(long, value_name = "MODE", default_value = "none")]
-    faults: String,
+    /// How long things take in the simulated cluster.
+    #[arg(long, value_enum, value_name = "PROFILE", default_value_t = Profile::Realistic)]
+    profile: Profile,
+    /// Faults injected into the simulated cluster.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = FaultMode::None)]
+    faults: FaultMode,
     /// Simulated seconds per real second (overrides the profile's).
     #[arg(long, value_name = "FACTOR")]
     time_scale: Option<f64>,
@@ -104,10 +103,9 @@ struct OpenapiArgs {
     /// copy of openapi/operations.txt.
     #[arg(long, value_name = "FILE")]
     operations: Option<PathBuf>,
-    /// How to restore collapsed keys such as `net[n]`: `expand` (net0…net31)
-    /// or `map` (an open map, far less generated code).
-    #[arg(long, value_name = "MODE", default_value = "expand")]
-    indexed_keys: String,
+    /// How to restore collapsed keys such as `net[n]`.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = IndexedKeys::Expand)]
+    indexed_keys: IndexedKeys,
     /// PVE release recorded in the document; defaults to the `X.Y` in a file
     /// name like `pve-9.1-apidoc.json`.
     #[arg(long, value_name = "X.Y")]
@@ -149,14 +147,13 @@ fn check(args: CheckArgs) -> ExitCode {
         runner: args.runner,
         use_static_credentials: args.use_static_credentials,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(runtime) => runtime,
+    let outcome = match runtime::block_on(check::run(&options)) {
+        Ok(outcome) => outcome,
         Err(err) => {
-            eprintln!("error: could not start the async runtime: {err}");
+            eprintln!("error: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(check::run(&options));
     emit(&outcome.render());
     ExitCode::from(outcome.exit_code())
 }
@@ -196,9 +193,7 @@ fn bootstrap(args: &BootstrapArgs) -> ExitCode {
 /// Writes command output to stdout. A reader that went away (`| head`)
 /// ends the output quietly instead of panicking as `print!` would.
 fn emit(text: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    let _ = stdout::write(text);
 }
 
 fn report(result: Result<(), String>) -> ExitCode {
@@ -212,8 +207,6 @@ fn report(result: Result<(), String>) -> ExitCode {
 }
 
 fn convert(args: &OpenapiArgs) -> Result<(), String> {
-    let indexed_keys = IndexedKeys::parse(&args.indexed_keys)
-        .ok_or_else(|| format!("could not use --indexed-keys `{}`: expected `expand` or `map`", args.indexed_keys))?;
     let selection = if args.all {
         Selection::All
     } else {
@@ -231,8 +224,8 @@ fn convert(args: &OpenapiArgs) -> Result<(), String> {
         .unwrap_or_else(|| "unknown".to_string());
     let text = std::fs::read_to_string(&args.dump)
         .map_err(|err| format!("could not read schema dump {}: {err}", args.dump.display()))?;
-    let conversion = openapi::convert(&text, &ConvertOptions { selection, indexed_keys, pve_version })
-        .map_err(|err| format!("{err} (in {})", args.dump.display()))?;
+    let options = ConvertOptions { selection, indexed_keys: args.indexed_keys, pve_version };
+    let conversion = openapi::convert(&text, &options).map_err(|err| format!("{err} (in {})", args.dump.display()))?;
     for (method, path) in &conversion.missing {
         eprintln!("note: {method} {path} is not in this schema (older PVE release); skipped");
     }
@@ -246,29 +239,24 @@ fn convert(args: &OpenapiArgs) -> Result<(), String> {
 }
 
 fn simulate(args: &SimulateArgs) -> ExitCode {
-    let Some(profile) = Profile::parse(&args.profile) else {
-        eprintln!("error: could not use --profile `{}`: expected `realistic` or `short`", args.profile);
-        return ExitCode::from(2);
+    let options = session::Options {
+        instances: args.instances,
+        profile: args.profile,
+        faults: args.faults,
+        time_scale: args.time_scale,
+        seed: args.seed,
     };
-    let Some(faults) = FaultMode::parse(&args.faults) else {
-        eprintln!("error: could not use --faults `{}`: expected `none` or `flaky`", args.faults);
-        return ExitCode::from(2);
-    };
-    let options =
-        session::Options { instances: args.instances, profile, faults, time_scale: args.time_scale, seed: args.seed };
     let mut progress = Progress::for_stderr();
     session::install_logging(&progress);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    let result = runtime::block_on(session::run(&options, &mut progress));
+    progress.finish();
+    let result = match result {
+        Ok(result) => result,
         Err(err) => {
-            eprintln!("error: could not start the async runtime: {err}");
+            eprintln!("error: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(session::run(&options, &mut progress));
-    progress.finish();
-    // The engine's background work must not hold the process open.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(summary) => {
             if args.json {

@@ -1,6 +1,13 @@
 //! fleeting-plugin-proxmox: a GitLab Runner fleeting plugin for Proxmox VE,
 //! and a typed Proxmox VE client usable on its own.
 //!
+//! # Features
+//! - `client`: only [`pve`], the typed client, and what it needs (reqwest,
+//!   rustls, progenitor's runtime). A program that talks to PVE depends on
+//!   the crate with `default-features = false, features = ["client"]`.
+//! - `plugin` (default): `client` and everything else below, with the
+//!   binaries (`fleeting-plugin-proxmox`, `pve-sim`) and the tests.
+//!
 //! # Layout
 //! Rooms, each depending only on the ones after it:
 //! - [`goplugin`]: the go-plugin transport (handshake, socket, AutoMTLS,
@@ -18,22 +25,43 @@
 //!   Runner's plugin directory.
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
+//! - [`runtime`]: the one async runtime of the plugin and the commands.
+//! - [`stdout`]: the one writer of standard output (the plugin's handshake
+//!   line, the commands' results); nothing else may print there.
 #![forbid(unsafe_code)]
 #![deny(clippy::print_stdout)]
+// The layout above links rooms that only the `plugin` feature builds.
+#![cfg_attr(not(feature = "plugin"), allow(rustdoc::broken_intra_doc_links))]
 
+#[cfg(feature = "plugin")]
 pub mod check;
+#[cfg(feature = "plugin")]
 pub mod fleeting;
+#[cfg(feature = "plugin")]
 pub mod goplugin;
+#[cfg(feature = "plugin")]
 pub mod group;
+#[cfg(feature = "plugin")]
 pub mod openapi;
+#[cfg(feature = "plugin")]
 pub mod plugin;
+#[cfg(feature = "plugin")]
 pub mod plugin_dir;
+#[cfg(feature = "client")]
 pub mod pve;
+#[cfg(feature = "plugin")]
+pub mod runtime;
+#[cfg(feature = "plugin")]
 pub mod sim;
+#[cfg(feature = "plugin")]
 pub mod simulate;
+#[cfg(feature = "plugin")]
+pub mod stdout;
+#[cfg(feature = "plugin")]
 pub mod version;
 
-/// Compiles the README's Rust examples as doctests, so they cannot rot.
-#[cfg(doctest)]
+/// Compiles the README's Rust examples as doctests, so they cannot rot; its
+/// one example uses the client alone, so it builds with `client` only.
+#[cfg(all(doctest, feature = "client"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;

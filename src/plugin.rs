@@ -27,23 +27,15 @@ pub fn run<G: InstanceGroup>(group: G) -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::registry().with(goplugin::log::HclogLayer.with_filter(filter)).init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::error!("could not start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
+    // Background work of the group does not hold the process open (see `runtime`).
+    let result = crate::runtime::block_on(async move {
         let routes = tonic::service::Routes::new(FleetingService::new(group).into_server());
         goplugin::serve(handshake, routes, ShutdownSignal::default()).await
     });
-    // Background work of the group must not hold the process open.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    match result {
+    match result.and_then(|served| served.map_err(|err| err.to_string())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err}");
+        Err(message) => {
+            tracing::error!("{message}");
             ExitCode::FAILURE
         }
     }

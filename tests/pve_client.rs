@@ -517,12 +517,12 @@ async fn tls_pinned_by_fingerprint() {
     assert!(matches!(err.kind(), ErrorKind::Tls { .. }), "{err:?}");
     assert!(err.to_string().contains("tls_fingerprint"), "{err}");
 
-    config.tls = TlsOptions { fingerprint: Some(fingerprint.clone()), ..Default::default() };
+    config.tls = TlsOptions { fingerprint: Some(fingerprint.parse().unwrap()), ..Default::default() };
     let client = PveClient::connect(config.clone()).await.unwrap();
     assert_eq!(client.cluster_vms().await.unwrap().len(), 2);
 
     let wrong = "AB:".repeat(31) + "CD";
-    config.tls = TlsOptions { fingerprint: Some(wrong), ..Default::default() };
+    config.tls = TlsOptions { fingerprint: Some(wrong.parse().unwrap()), ..Default::default() };
     let err = PveClient::connect(config.clone()).await.unwrap().cluster_vms().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Tls { .. }), "{err:?}");
     assert!(err.to_string().contains("does not match tls_fingerprint"), "{err}");

@@ -33,8 +33,8 @@ async fn https_is_pinned_by_fingerprint_or_trusted_by_the_ca_file() {
     assert_eq!(listed[0].ssl_fingerprint.as_deref(), Some(fingerprint.as_str()));
 
     let mut wrong = client_config(&sim, token(defaults::TOKEN_ID, defaults::TOKEN_SECRET));
-    wrong.tls.fingerprint =
-        Some(fingerprint.replace(&fingerprint[..2], if &fingerprint[..2] == "00" { "11" } else { "00" }));
+    let other = fingerprint.replace(&fingerprint[..2], if &fingerprint[..2] == "00" { "11" } else { "00" });
+    wrong.tls.fingerprint = Some(other.parse().unwrap());
     let err = PveClient::new(wrong).unwrap().cluster_vms().await.unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Tls { .. }), "{err}");
 
@@ -131,7 +131,7 @@ async fn the_pve_sim_binary_serves_a_scenario() {
         url,
         token("gotest@pve!ci", "0c7a2f6e-3d51-4f0b-9a66-5e1f2b3c4d5e"),
     );
-    config.tls.fingerprint = Some(fingerprint.to_string());
+    config.tls.fingerprint = Some(fingerprint.parse().unwrap());
     let pve = PveClient::new(config).unwrap();
     let vms = pve.cluster_vms().await.unwrap();
     assert_eq!(vms[0].vmid, Vmid(9000));

@@ -68,5 +68,6 @@ fn bad_options_name_the_fix() {
         .expect("the binary runs");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("could not use --faults `sometimes`: expected `none` or `flaky`"), "{stderr}");
+    assert!(stderr.contains("invalid value 'sometimes' for '--faults <MODE>'"), "{stderr}");
+    assert!(stderr.contains("[possible values: none, flaky]"), "{stderr}");
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use fleeting_plugin_proxmox::runtime;
 use fleeting_plugin_proxmox::sim::{Scenario, SimConfig, Simulator, TlsMode};
 
 #[derive(Debug, Parser)]
@@ -54,14 +55,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("pve-sim: could not start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
+    match runtime::block_on(serve(args)).and_then(|served| served) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("pve-sim: {message}");

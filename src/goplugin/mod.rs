@@ -15,7 +15,6 @@ pub mod proto;
 pub mod services;
 pub mod tls;
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -84,13 +83,7 @@ pub async fn serve(handshake: HandshakeEnv, app: Routes, shutdown: ShutdownSigna
         auto_mtls.as_ref().map(|m| m.server_cert_der.as_slice()),
     );
     // The handshake line: the first and only output on stdout.
-    {
-        let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(line.as_bytes())
-            .and_then(|()| stdout.flush())
-            .map_err(|err| Error::Serve(format!("could not write the handshake line: {err}")))?;
-    }
+    crate::stdout::write(&line).map_err(|err| Error::Serve(format!("could not write the handshake line: {err}")))?;
     tracing::debug!(socket = %socket.path.display(), tls = auto_mtls.is_some(), "plugin serving");
 
     let stop = shutdown.clone();

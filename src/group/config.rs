@@ -155,7 +155,7 @@ pub struct GroupConfig {
     /// adaptive polling.
     pub task_poll_interval: Option<Duration>,
     pub ca_file: Option<PathBuf>,
-    pub tls_fingerprint: Option<String>,
+    pub tls_fingerprint: Option<crate::pve::Fingerprint>,
     /// Explicit `group`, `fleeting`, or derived from the instance names
     /// (see [`derived_group`]).
     pub group: String,
@@ -197,7 +197,7 @@ impl GroupConfig {
             url: self.url.clone(),
             tls: crate::pve::TlsOptions {
                 ca_file: self.ca_file.clone(),
-                fingerprint: self.tls_fingerprint.clone(),
+                fingerprint: self.tls_fingerprint,
                 insecure_skip_verify: self.insecure_skip_tls_verify,
             },
             credentials,
@@ -882,11 +882,14 @@ impl PluginConfig {
             None => 5,
         };
 
-        if let Some(fingerprint) = &self.tls_fingerprint
-            && let Err(problem) = crate::pve::Fingerprint::parse(fingerprint)
-        {
-            problems.push(format!("`tls_fingerprint` {problem}"));
-        }
+        let tls_fingerprint = match self.tls_fingerprint.as_deref().map(crate::pve::Fingerprint::parse) {
+            Some(Err(problem)) => {
+                problems.push(format!("`tls_fingerprint` {problem}"));
+                None
+            }
+            Some(Ok(fingerprint)) => Some(fingerprint),
+            None => None,
+        };
         let cloud_init_user = self.cloud_init_user.unwrap_or_else(|| "fleeting".into());
         let valid_user = !cloud_init_user.is_empty()
             && cloud_init_user.len() <= 32
@@ -944,7 +947,7 @@ impl PluginConfig {
             autoresize,
             task_poll_interval,
             ca_file: self.ca_file.filter(|s| !s.is_empty()).map(PathBuf::from),
-            tls_fingerprint: self.tls_fingerprint,
+            tls_fingerprint,
             group,
             clone_mode,
             clone_mode_explicit: self.clone_mode.is_some(),

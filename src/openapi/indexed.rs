@@ -5,8 +5,8 @@
 //! constants (`$MAX_NETS` and friends); keys not in the table are kept as an
 //! open map so nothing the server sends is lost.
 
-/// How collapsed `name[n]` keys are restored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How collapsed `name[n]` keys are restored (`--indexed-keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum IndexedKeys {
     /// One property per index (`net0`, `net1`, …): typed fields.
     #[default]
@@ -20,14 +20,6 @@ impl IndexedKeys {
         match self {
             Self::Expand => "expand",
             Self::Map => "map",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "expand" => Some(Self::Expand),
-            "map" => Some(Self::Map),
-            _ => None,
         }
     }
 }

@@ -7,6 +7,9 @@
 //!   and request logging, applied to every generated call through hooks;
 //! - [`client`]: [`PveClient`], domain-shaped calls;
 //! - [`error`]: errors classified once into kinds a caller can act on.
+//!
+//! It uses nothing else of the crate, and is all that the `client` feature
+//! builds (`default-features = false, features = ["client"]`).
 
 pub mod api;
 pub mod auth;

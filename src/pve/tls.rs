@@ -22,8 +22,9 @@ use super::error::Error;
 pub struct TlsOptions {
     /// PEM file with the CA certificate(s) to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
-    /// SHA-256 fingerprint of the server certificate (`AB:CD:…` or plain hex).
-    pub fingerprint: Option<String>,
+    /// Pin the server certificate by its SHA-256 fingerprint
+    /// (`"AB:CD:…".parse()` or [`Fingerprint::parse`]); decides over `ca_file`.
+    pub fingerprint: Option<Fingerprint>,
     /// Accept any certificate. Logged loudly.
     pub insecure_skip_verify: bool,
 }
@@ -49,6 +50,14 @@ impl Fingerprint {
     /// The fingerprint of a DER-encoded certificate.
     pub fn of_certificate(der: &[u8]) -> Self {
         Self(Sha256::digest(der).into())
+    }
+}
+
+impl std::str::FromStr for Fingerprint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text)
     }
 }
 
@@ -96,12 +105,10 @@ pub fn client_config(options: &TlsOptions) -> Result<Option<rustls::ClientConfig
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth(),
         ));
     }
-    if let Some(text) = &options.fingerprint {
+    if let Some(pinned) = options.fingerprint {
         if options.ca_file.is_some() {
             tracing::warn!("both tls_fingerprint and ca_file are set; the fingerprint pin decides, ca_file is ignored");
         }
-        let pinned =
-            Fingerprint::parse(text).map_err(|problem| Error::setup(action, format!("tls_fingerprint {problem}")))?;
         let verifier =
             ServerCertificate { pinned: Some(pinned), algorithms: provider.signature_verification_algorithms };
         return Ok(Some(

@@ -59,8 +59,8 @@ impl Default for Options {
     }
 }
 
-/// How long things take in the simulated cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How long things take in the simulated cluster (`--profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
     /// PVE-like durations (linked clone 2 s, boot 15 s, agent 5 s after
     /// boot, a 10 s stale `/cluster/resources`), ten times faster than real.
@@ -71,16 +71,7 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// `realistic` or `short`.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "realistic" => Some(Self::Realistic),
-            "short" => Some(Self::Short),
-            _ => None,
-        }
-    }
-
-    /// The name `parse` accepts.
+    /// The name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Self::Realistic => "realistic",
@@ -107,8 +98,8 @@ impl Profile {
     }
 }
 
-/// Faults injected into the simulated cluster after Init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Faults injected into the simulated cluster after Init (`--faults`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FaultMode {
     /// A healthy cluster.
     None,
@@ -119,16 +110,7 @@ pub enum FaultMode {
 }
 
 impl FaultMode {
-    /// `none` or `flaky`.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "none" => Some(Self::None),
-            "flaky" => Some(Self::Flaky),
-            _ => None,
-        }
-    }
-
-    /// The name `parse` accepts.
+    /// The name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",

@@ -1,8 +1,9 @@
 //! Generates a client for the whole PVE API with the same settings as the
 //! main crate (`../../build.rs`), from the document named by PVE_FULL_SPEC.
 
+// Its `#[cfg(feature = …)]` name the main crate's features, not ours.
 #[path = "../../build.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unexpected_cfgs)]
 mod main_build;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

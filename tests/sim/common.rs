@@ -31,7 +31,7 @@ fn no_retries() -> RetryPolicy {
 
 pub fn client_config(sim: &SimHandle, credentials: Credentials) -> ClientConfig {
     let mut config = ClientConfig::new(sim.base_url(), credentials);
-    config.tls.fingerprint = sim.fingerprint().map(str::to_string);
+    config.tls.fingerprint = sim.fingerprint().map(|text| text.parse().expect("the simulator's fingerprint parses"));
     config.retry = no_retries();
     config
 }
