@@ -562,3 +562,80 @@ async fn a_least_privilege_token_is_told_that_leftover_volumes_are_hidden_from_i
     assert_eq!(finding.status, Status::Pass, "{}", outcome.render());
     assert!(finding.detail.contains("visible only with Datastore.Allocate"), "{}", finding.detail);
 }
+
+/// Init and `check` read the template with one judgement
+/// (`group::template::judge` and `clone_kind`): for every fixture they agree
+/// on whether the template can be used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_and_check_give_the_same_verdict_for_every_template_fixture() {
+    // (name, change to the cluster, extra setting, Runner brings credentials)
+    type Fixture = (&'static str, fn(&mut Scenario), Option<&'static str>, bool);
+    let refused = [false, true, false, true, true, true, false, true];
+    let fixtures: [Fixture; 8] = [
+        ("a good template", |_| {}, None, true),
+        ("no guest agent", |s| drop(s.vms[0].config.remove("agent")), None, true),
+        ("no cloud-init drive, Runner's credentials", |s| drop(s.vms[0].config.remove("ide2")), None, true),
+        ("no cloud-init drive, generated credentials", |s| drop(s.vms[0].config.remove("ide2")), None, false),
+        ("no net0", |s| drop(s.vms[0].config.remove("net0")), None, true),
+        (
+            "not a template, no storage",
+            |s| {
+                s.vms[0].template = false;
+                s.vms[0].config.insert("scsi0".into(), "local-lvm:vm-9000-disk-0,size=8G".into());
+            },
+            None,
+            true,
+        ),
+        (
+            "not a template, storage set",
+            |s| {
+                s.vms[0].template = false;
+                s.vms[0].config.insert("scsi0".into(), "local-lvm:vm-9000-disk-0,size=8G".into());
+            },
+            Some("local-lvm"),
+            true,
+        ),
+        (
+            "linked clones asked of a VM that is not a template",
+            |s| {
+                s.vms[0].template = false;
+                s.vms[0].config.insert("scsi0".into(), "local-lvm:vm-9000-disk-0,size=8G".into());
+            },
+            Some("linked"),
+            true,
+        ),
+    ];
+    for ((name, change, setting, runner_credentials), refused) in fixtures.into_iter().zip(refused) {
+        let mut scenario = Scenario::default();
+        change(&mut scenario);
+        let setup = Setup::start(scenario).await;
+        let mut config = setup.config.clone();
+        match setting {
+            Some("linked") => {
+                config["storage"] = "local-lvm".into();
+                config["clone_mode"] = "linked".into();
+            }
+            Some(storage) => config["storage"] = storage.into(),
+            None => {}
+        }
+        let connector =
+            ConnectorSettings { use_static_credentials: runner_credentials, ..ConnectorSettings::default() };
+        let group = ProxmoxGroup::new();
+        let engine = group.init(config.to_string().as_bytes(), connector).await;
+        let outcome = setup.check(&config, Some(runner_credentials)).await;
+        let check_refuses = outcome.reports[0]
+            .findings
+            .iter()
+            .any(|f| f.status == Status::Fail && (f.subject.starts_with("template 9000") || f.subject == "clone mode"));
+        assert_eq!(
+            engine.is_err(),
+            check_refuses,
+            "{name}: Init said {:?}, check said:\n{}",
+            engine.as_ref().err().map(ToString::to_string),
+            outcome.render()
+        );
+        assert_eq!(check_refuses, refused, "{name}: expected {}", if refused { "refused" } else { "usable" });
+        let _ = group.shutdown().await;
+        setup.sim.shutdown().await.unwrap();
+    }
+}
