@@ -23,41 +23,24 @@ use super::breaker::Breaker;
 use super::config::{GroupConfig, PluginConfig};
 use super::naming::{InstanceId, Naming};
 use super::quarantine::Quarantine;
+use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
 use super::ssh_key::GeneratedKey;
 use super::template::{TemplateFacts, TemplateStorage};
 use super::{
     CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
 };
-use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource, Vmid};
-
-/// Where one instance is in its life, as the engine knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Clone requested, configuring, starting or waiting for the agent.
-    Creating,
-    /// Ready: the agent reported an address.
-    Running,
-    Suspending,
-    Suspended,
-    Resuming,
-    /// Removal requested or cleanup after a failure.
-    Deleting,
-    /// Found at start-up; being checked before it is adopted or cleaned up.
-    Adopting,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Tracked {
-    pub node: String,
-    pub phase: Phase,
-    pub addresses: Addresses,
-    /// When the engine stopped seeing the VM in `/cluster/resources`
-    /// while it expected it (used to forget finished deletions).
-    pub missing_since: Option<Instant>,
-}
+use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource};
 
 /// Everything `init` sets up.
+///
+/// Lock order: the engine's mutexes (`node_penalties`, `breaker`,
+/// `quarantine`, `range_cursor`, and the registry's private one) are leaves:
+/// never hold two at once, and never hold one across an `.await`. Take a
+/// value out in one statement (`let x = m.lock().unwrap().f();`) and drop
+/// the guard before the next lock; beware temporaries, which live to the end
+/// of their statement (`a.lock().unwrap().x() || b.lock().unwrap().y()`
+/// holds both).
 pub(crate) struct Engine {
     pub config: GroupConfig,
     pub naming: Naming,
@@ -71,13 +54,9 @@ pub(crate) struct Engine {
     pub guest: GuestDefaults,
     /// Target nodes whose last clone failed, until when they are skipped.
     pub node_penalties: Mutex<HashMap<String, Instant>>,
-    pub instances: Mutex<BTreeMap<InstanceId, Tracked>>,
-    /// VMs in the pool without our tag whose description says they are not
-    /// ours: checked once, not on every Update.
-    pub foreign: Mutex<HashSet<Vmid>>,
-    /// VMs with our tags whose description names another instance (a copy
-    /// made by hand, or another tool's): checked once, then ignored.
-    pub impostors: Mutex<HashSet<InstanceId>>,
+    /// Every tracked instance, impostor and foreign VMID; the only way to
+    /// change an instance's phase.
+    pub registry: Registry,
     /// Holds scale-up back after systematic provisioning failures.
     pub breaker: Mutex<Breaker>,
     /// VMIDs tied to a failure (orphaned volumes, held locks), skipped by allocation.
@@ -183,9 +162,7 @@ impl Engine {
             template_node,
             linked,
             node_penalties: Mutex::new(HashMap::new()),
-            instances: Mutex::new(BTreeMap::new()),
-            foreign: Mutex::new(HashSet::new()),
-            impostors: Mutex::new(HashSet::new()),
+            registry: Registry::default(),
             background: TaskTracker::new(),
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
@@ -250,10 +227,13 @@ impl Engine {
         };
         let healthy: Vec<&String> = targets.iter().filter(|node| !penalised.contains(*node)).collect();
         let candidates = if healthy.is_empty() { targets.iter().collect() } else { healthy };
-        let instances = self.instances.lock().unwrap();
-        let load = |node: &str| instances.values().filter(|t| t.node == node && t.phase != Phase::Deleting).count();
+        let load = self.registry.active_per_node();
         // min_by_key keeps the first of equals: the configured order breaks ties.
-        candidates.into_iter().min_by_key(|node| load(node)).cloned().unwrap_or_else(|| self.template_node.clone())
+        candidates
+            .into_iter()
+            .min_by_key(|node| load.get(node.as_str()).copied().unwrap_or(0))
+            .cloned()
+            .unwrap_or_else(|| self.template_node.clone())
     }
 
     /// Skips `node` for new clones for a while after a clone there failed.
@@ -264,8 +244,7 @@ impl Engine {
     }
 
     fn count_active(&self) -> u32 {
-        let instances = self.instances.lock().unwrap();
-        instances.values().filter(|t| t.phase != Phase::Deleting).count() as u32
+        self.registry.count_active() as u32
     }
 }
 
@@ -366,23 +345,6 @@ impl GuestDefaults {
     }
 }
 
-fn state_of(phase: &Phase) -> InstanceState {
-    match phase {
-        Phase::Creating | Phase::Adopting => InstanceState::Creating,
-        Phase::Running => InstanceState::Running,
-        Phase::Suspending => InstanceState::Suspending,
-        Phase::Suspended => InstanceState::Suspended,
-        Phase::Resuming => InstanceState::Resuming,
-        Phase::Deleting => InstanceState::Deleting,
-    }
-}
-
-/// How long a VM under deletion may be absent from the listing before it
-/// counts as gone (the listing itself can lag behind).
-const GONE_AFTER: Duration = Duration::from_secs(2);
-/// How long a ready instance may be missing from the listing (e.g. deleted
-/// by hand) before the engine forgets it.
-const VANISHED_AFTER: Duration = Duration::from_secs(30);
 /// How long a target node whose clone failed is skipped.
 const NODE_PENALTY: Duration = Duration::from_secs(60);
 
@@ -415,80 +377,14 @@ impl InstanceGroup for ProxmoxGroup {
     async fn update(&self) -> Result<Vec<(String, InstanceState)>, GroupError> {
         let engine = self.engine()?;
         let vms = engine.pve.cluster_vms().await.map_err(|err| failed(err.to_string()))?;
-        let now = Instant::now();
-        let mut adopt = Vec::new();
-        let mut check_foreign = Vec::new();
-        let states = {
-            let mut instances = engine.instances.lock().unwrap();
-            let mut seen = HashSet::new();
-            let impostors = engine.impostors.lock().unwrap().clone();
-            for vm in &vms {
-                match engine.owned(vm).filter(|id| !impostors.contains(id)) {
-                    Some(id) => {
-                        seen.insert(id.clone());
-                        match instances.get_mut(&id) {
-                            Some(tracked) => {
-                                tracked.node.clone_from(&vm.node);
-                                tracked.missing_since = None;
-                            }
-                            None => {
-                                instances.insert(
-                                    id.clone(),
-                                    Tracked {
-                                        node: vm.node.clone(),
-                                        phase: Phase::Adopting,
-                                        addresses: Addresses::default(),
-                                        missing_since: None,
-                                    },
-                                );
-                                adopt.push((id, vm.clone()));
-                            }
-                        }
-                    }
-                    None => {
-                        // An untagged VM in our pool: a crash between clone and
-                        // tagging leaves one; its description decides.
-                        let in_pool = vm.pool.as_deref() == Some(engine.config.pool.as_str());
-                        let tracked = instances.keys().any(|id| id.vmid == vm.vmid);
-                        if in_pool
-                            && !vm.template
-                            && vm.vmid != engine.config.template_id
-                            && !tracked
-                            && !engine.foreign.lock().unwrap().contains(&vm.vmid)
-                        {
-                            check_foreign.push(vm.clone());
-                        }
-                    }
-                }
-            }
-            // A deletion finishes when the VM has been gone for a moment; a VM
-            // that vanished otherwise (removed by hand) is forgotten after a
-            // longer grace, so Runner stops seeing it. VMs being created are
-            // not listed until they are tagged, so they are kept.
-            instances.retain(|id, tracked| {
-                if seen.contains(id) {
-                    return true;
-                }
-                let grace = match tracked.phase {
-                    Phase::Creating => return true,
-                    Phase::Deleting => GONE_AFTER,
-                    _ => VANISHED_AFTER,
-                };
-                let since = *tracked.missing_since.get_or_insert(now);
-                now.duration_since(since) < grace
-            });
-            // Forget foreign VMs that are gone, so a recycled VMID is judged afresh.
-            let listed: HashSet<Vmid> = vms.iter().map(|vm| vm.vmid).collect();
-            engine.foreign.lock().unwrap().retain(|vmid| listed.contains(vmid));
-            engine.impostors.lock().unwrap().retain(|id| listed.contains(&id.vmid));
-            // VMs found but not yet verified stay hidden: Runner must not
-            // count or remove what may turn out not to be ours.
-            instances
-                .iter()
-                .filter(|(_, tracked)| tracked.phase != Phase::Adopting)
-                .map(|(id, tracked)| (id.to_string(), state_of(&tracked.phase)))
-                .collect()
-        };
+        let pool = engine.config.pool.as_str();
+        let template_id = engine.config.template_id;
+        let Reconciled { states, adopt, check_foreign } = engine.registry.reconcile(
+            &vms,
+            Instant::now(),
+            |vm| engine.owned(vm),
+            |vm| vm.pool.as_deref() == Some(pool) && !vm.template && vm.vmid != template_id,
+        );
         for (id, vm) in adopt {
             super::provision::spawn_adoption(engine.clone(), id, vm);
         }
@@ -540,18 +436,12 @@ impl InstanceGroup for ProxmoxGroup {
                     .push(format!("could not remove instance {text}: it is not an instance of this plugin"));
                 continue;
             };
-            let start = {
-                let mut instances = engine.instances.lock().unwrap();
-                match instances.get_mut(&id) {
-                    Some(tracked) if tracked.phase == Phase::Deleting => false,
-                    Some(tracked) => {
-                        tracked.phase = Phase::Deleting;
-                        true
-                    }
-                    None => {
-                        partial.failures.push(format!("could not remove instance {text}: this group does not own it"));
-                        continue;
-                    }
+            let start = match engine.registry.begin_removal(&id) {
+                Removal::Started => true,
+                Removal::AlreadyDeleting => false,
+                Removal::Unknown => {
+                    partial.failures.push(format!("could not remove instance {text}: this group does not own it"));
+                    continue;
                 }
             };
             if start {
@@ -566,7 +456,7 @@ impl InstanceGroup for ProxmoxGroup {
     async fn connect_info(&self, id: &str) -> Result<ConnectInfo, GroupError> {
         let engine = self.engine()?;
         let parsed: InstanceId = id.parse().map_err(|err: super::naming::InstanceIdError| failed(err.to_string()))?;
-        let tracked = engine.instances.lock().unwrap().get(&parsed).cloned().ok_or_else(|| {
+        let tracked = engine.registry.get(&parsed).ok_or_else(|| {
             failed(format!("could not get connect info for instance {id}: this group does not own it"))
         })?;
         if tracked.phase != Phase::Running || tracked.addresses.is_empty() {
@@ -602,7 +492,7 @@ impl InstanceGroup for ProxmoxGroup {
         let engine = self.engine()?;
         let parsed: InstanceId =
             id.parse().map_err(|_| GroupError::Unhealthy(format!("{id} is not an instance of this plugin")))?;
-        let node = engine.instances.lock().unwrap().get(&parsed).map(|t| t.node.clone());
+        let node = engine.registry.node_of(&parsed);
         let Some(node) = node else {
             return Err(GroupError::Unhealthy(format!("instance {id} is gone")));
         };
@@ -628,12 +518,12 @@ impl InstanceGroup for ProxmoxGroup {
 
     async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
         let engine = self.engine()?;
-        Ok(super::provision::power(engine, ids, true).await)
+        Ok(super::provision::power(engine, ids, PowerAction::Suspend).await)
     }
 
     async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
         let engine = self.engine()?;
-        Ok(super::provision::power(engine, ids, false).await)
+        Ok(super::provision::power(engine, ids, PowerAction::Resume).await)
     }
 
     async fn shutdown(&self) -> Result<(), GroupError> {

@@ -13,6 +13,7 @@ pub mod failure;
 pub mod naming;
 mod provision;
 pub mod quarantine;
+mod registry;
 pub mod ssh_key;
 mod takeover;
 pub mod template;

@@ -15,9 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::engine::{Engine, Phase, Tracked, choose_addresses};
+use super::engine::{Engine, choose_addresses};
 use super::failure::{ProvisionError, Step, Verdict};
 use super::naming::InstanceId;
+use super::registry::{Phase, PowerAction, PowerRefused, Removal};
 use super::{InstanceState, Partial, address::Addresses};
 use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, VmResource, Vmid};
 
@@ -57,15 +58,7 @@ async fn request_clone_on_some_vmid(
         let vmid = allocate_vmid(engine).await?;
         let id = InstanceId::generate(vmid);
         let node = engine.pick_node();
-        engine.instances.lock().unwrap().insert(
-            id.clone(),
-            Tracked {
-                node: node.clone(),
-                phase: Phase::Creating,
-                addresses: Addresses::default(),
-                missing_since: None,
-            },
-        );
+        engine.registry.track_creating(id.clone(), &node);
         let err = match send_clone(engine, &id, &node).await {
             Ok(accepted) => {
                 tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
@@ -74,7 +67,7 @@ async fn request_clone_on_some_vmid(
             }
             Err(err) => err,
         };
-        engine.instances.lock().unwrap().remove(&id);
+        engine.registry.forget(&id);
         if vmid_attempts == 0 {
             return Err(err);
         }
@@ -212,9 +205,12 @@ fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, pro
 /// nothing; the clone request settles any race).
 async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
     let now = Instant::now();
+    // One lock at a time: the registry's guard is gone before the quarantine's is taken.
     let unusable = |vmid: Vmid| {
-        engine.instances.lock().unwrap().keys().any(|id| id.vmid == vmid)
-            || engine.quarantine.lock().unwrap().contains(vmid, now)
+        if engine.registry.tracks_vmid(vmid) {
+            return true;
+        }
+        engine.quarantine.lock().unwrap().contains(vmid, now)
     };
     let pve_error = |error| ProvisionError::pve(Step::AllocateVmid, error);
     match engine.config.vmid_range {
@@ -285,17 +281,10 @@ async fn provision(
 ) {
     match provision_steps(&engine, &id, accepted).await {
         Ok(addresses) => {
-            let node = {
-                let mut instances = engine.instances.lock().unwrap();
-                let Some(tracked) = instances.get_mut(&id) else { return };
-                if tracked.phase != Phase::Creating {
-                    return; // removal was requested meanwhile
-                }
-                tracked.phase = Phase::Running;
-                tracked.addresses = addresses.clone();
-                tracked.node.clone()
-            };
-            if engine.breaker.lock().unwrap().success() {
+            // None: removal was requested meanwhile.
+            let Some(node) = engine.registry.provisioned(&id, addresses.clone()) else { return };
+            let resumed = engine.breaker.lock().unwrap().success();
+            if resumed {
                 tracing::info!(instance = %id, "scale-up resumes: an instance became ready");
             }
             tracing::info!(
@@ -310,8 +299,7 @@ async fn provision(
         Err(err) => {
             // Runner removed it while it was being created: the deletion
             // under way ends it, and nothing failed (no warning, no backoff).
-            let removal_requested =
-                engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
+            let removal_requested = engine.registry.phase_of(&id).is_none_or(|phase| phase == Phase::Deleting);
             let verdict = err.verdict(Some(id.vmid));
             let clone_failed = err.step() == Some(Step::Clone) && !matches!(verdict, Verdict::VmidTied(_));
             if removal_requested {
@@ -331,16 +319,7 @@ async fn provision(
             } else {
                 tracing::warn!(instance = %id, vmid = %id.vmid, reason, "could not provision instance; removing it");
             }
-            let proceed = {
-                let mut instances = engine.instances.lock().unwrap();
-                match instances.get_mut(&id) {
-                    Some(tracked) if tracked.phase != Phase::Deleting => {
-                        tracked.phase = Phase::Deleting;
-                        true
-                    }
-                    _ => false,
-                }
-            };
+            let proceed = engine.registry.begin_removal(&id) == Removal::Started;
             if retry_elsewhere {
                 // The replacement takes its own clone slot; Runner sees this
                 // instance go and the replacement come.
@@ -404,9 +383,7 @@ async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
     match created {
         Ok(()) => {
             tracing::debug!(instance = %id, vmid = %id.vmid, "holding VMID {} to free what the failed clone left", id.vmid);
-            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(id) {
-                tracked.node = node;
-            }
+            engine.registry.moved(id, node);
         }
         Err(err) if err.is_already_exists() => {}
         Err(err) => {
@@ -428,8 +405,7 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         }
         Accepted::Found { node } => wait_for_clone_without_task(engine, id, &node).await?,
     }
-    let node =
-        engine.instances.lock().unwrap().get(id).map(|t| t.node.clone()).ok_or(ProvisionError::RemovalRequested)?;
+    let node = engine.registry.node_of(id).ok_or(ProvisionError::RemovalRequested)?;
     let config = retry_locked(|| pve.vm_config(&node, vmid)).await.map_err(configure_error)?;
 
     let mut update = ConfigUpdate { tags: Some(engine.tags_for(id, InstanceState::Creating)), ..Default::default() };
@@ -524,9 +500,7 @@ async fn wait_for_clone_without_task(engine: &Engine, id: &InstanceId, node: &st
                 let config = retry_locked(|| engine.pve.vm_config(&found, id.vmid)).await;
                 match config {
                     Ok(config) if config.get("lock").map(String::as_str) != Some("clone") => {
-                        if let Some(tracked) = engine.instances.lock().unwrap().get_mut(id) {
-                            tracked.node = found;
-                        }
+                        engine.registry.moved(id, found);
                         return Ok(());
                     }
                     Ok(_) => {}
@@ -644,8 +618,7 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
     let pve = &engine.pve;
     let mut delay = Duration::from_millis(500);
     loop {
-        let node = engine.instances.lock().unwrap().get(&id).map(|t| t.node.clone());
-        let Some(node) = node else {
+        let Some(node) = engine.registry.node_of(&id) else {
             // Update forgot it after its VM had left the listing: done.
             tracing::info!(instance = %id, vmid = %id.vmid, reason, duration_ms = started.elapsed().as_millis() as u64, confirmed_by = "listing", "instance deleted");
             return;
@@ -681,7 +654,7 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
             }
             Ok(false) => {
                 tracing::error!(instance = %id, vmid = %id.vmid, "VM {} no longer carries this instance's marker; not deleting it", id.vmid);
-                engine.instances.lock().unwrap().remove(&id);
+                engine.registry.forget(&id);
                 return;
             }
             Err(err) if err.is_not_found() => {
@@ -692,9 +665,7 @@ async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
                 if Instant::now() + delay > deadline {
                     tracing::error!(instance = %id, vmid = %id.vmid, error = %err, "could not delete instance within delete_timeout; Runner will ask again");
                     // Back to a state Runner can ask to remove again.
-                    if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id) {
-                        tracked.phase = Phase::Running;
-                    }
+                    engine.registry.removal_failed(&id);
                     return;
                 }
                 tracing::debug!(instance = %id, error = %err, "deletion failed; retrying");
@@ -773,18 +744,12 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
     };
     match verdict.await {
         Ok(Some(addresses)) => {
-            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id)
-                && tracked.phase == Phase::Adopting
-            {
-                tracked.phase = Phase::Running;
-                tracked.addresses = addresses;
-            }
+            engine.registry.adopted(&id, addresses);
             tracing::info!(instance = %id, vmid = %id.vmid, node = vm.node, "instance running: adopted after a restart");
         }
         Ok(None) => {
             tracing::warn!(instance = %id, vmid = %id.vmid, "VM {} carries this group's tags but not its marker; ignoring it", id.vmid);
-            engine.instances.lock().unwrap().remove(&id);
-            engine.impostors.lock().unwrap().insert(id);
+            engine.registry.impostor(id);
         }
         Err(Undecided(err)) => {
             // Forget it; the next Update finds it again and retries.
@@ -793,20 +758,10 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
             } else {
                 tracing::warn!(instance = %id, error = %err, "could not check a found instance; leaving it alone");
             }
-            let mut instances = engine.instances.lock().unwrap();
-            if instances.get(&id).is_some_and(|t| t.phase == Phase::Adopting) {
-                instances.remove(&id);
-            }
+            engine.registry.adoption_undecided(&id);
         }
         Err(Leftover(reason)) => {
-            let proceed = match engine.instances.lock().unwrap().get_mut(&id) {
-                Some(tracked) if tracked.phase == Phase::Adopting => {
-                    tracked.phase = Phase::Deleting;
-                    true
-                }
-                _ => false,
-            };
-            if proceed {
+            if engine.registry.leftover(&id) {
                 tracing::info!(instance = %id, vmid = %id.vmid, reason, "removing a leftover instance");
                 delete(engine, id, reason).await;
             }
@@ -832,16 +787,7 @@ async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
     let marker = config.get("description").map(String::as_str).unwrap_or_default();
     match engine.naming.owner_of_description(marker) {
         Some(id) if id.vmid == vm.vmid => {
-            let fresh = engine.instances.lock().unwrap().insert(
-                id.clone(),
-                Tracked {
-                    node: vm.node.clone(),
-                    phase: Phase::Deleting,
-                    addresses: Addresses::default(),
-                    missing_since: None,
-                },
-            );
-            if fresh.is_none() {
+            if engine.registry.track_deleting(id.clone(), &vm.node) {
                 tracing::info!(instance = %id, vmid = %vm.vmid, "removing a half-provisioned instance left by an earlier run");
                 delete(engine, id, "half-provisioned by an earlier run".into()).await;
             }
@@ -854,68 +800,46 @@ async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
                     super::takeover::Claim::Claimed | super::takeover::Claim::Later => return,
                 }
             }
-            engine.foreign.lock().unwrap().insert(vm.vmid);
+            engine.registry.mark_foreign(vm.vmid);
         }
     }
 }
 
-/// Suspend (`true`) or resume running instances with Proxmox's own calls.
-pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, suspend: bool) -> Partial<Vec<String>> {
-    let verb = if suspend { "suspend" } else { "resume" };
-    let (from, during, to) = if suspend {
-        (Phase::Running, Phase::Suspending, Phase::Suspended)
-    } else {
-        (Phase::Suspended, Phase::Resuming, Phase::Running)
-    };
+/// Suspends or resumes instances with Proxmox's own calls.
+pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, action: PowerAction) -> Partial<Vec<String>> {
+    let verb = action.verb();
     let mut partial: Partial<Vec<String>> = Partial::default();
     for text in ids {
         let Ok(id) = text.parse::<InstanceId>() else {
             partial.failures.push(format!("could not {verb} instance {text}: it is not an instance of this plugin"));
             continue;
         };
-        let node = {
-            let mut instances = engine.instances.lock().unwrap();
-            match instances.get_mut(&id) {
-                Some(tracked) if tracked.phase == from => {
-                    tracked.phase = during.clone();
-                    tracked.node.clone()
-                }
-                Some(tracked) => {
-                    partial.failures.push(format!("could not {verb} instance {text}: it is {:?}", tracked.phase));
-                    continue;
-                }
-                None => {
-                    partial.failures.push(format!("could not {verb} instance {text}: this group does not own it"));
-                    continue;
-                }
+        let node = match engine.registry.begin_power(&id, action) {
+            Ok(node) => node,
+            Err(PowerRefused::WrongPhase(phase)) => {
+                partial.failures.push(format!("could not {verb} instance {text}: it is {phase:?}"));
+                continue;
+            }
+            Err(PowerRefused::Unknown) => {
+                partial.failures.push(format!("could not {verb} instance {text}: this group does not own it"));
+                continue;
             }
         };
-        let result = if suspend {
-            engine.pve.suspend_vm(&node, id.vmid).await
-        } else {
-            engine.pve.resume_vm(&node, id.vmid).await
+        let result = match action {
+            PowerAction::Suspend => engine.pve.suspend_vm(&node, id.vmid).await,
+            PowerAction::Resume => engine.pve.resume_vm(&node, id.vmid).await,
         };
         match result {
             Ok(upid) => {
                 partial.succeeded.push(text);
                 let task_engine = engine.clone();
-                let to = to.clone();
-                let from = from.clone();
                 engine.background.spawn(async move {
                     let ok = task_engine.pve.wait_task(&upid, Duration::from_secs(120)).await.is_ok();
-                    let mut instances = task_engine.instances.lock().unwrap();
-                    if let Some(tracked) = instances.get_mut(&id) {
-                        // Addresses are not kept across suspend/resume.
-                        tracked.addresses =
-                            if ok && to == Phase::Running { tracked.addresses.clone() } else { Addresses::default() };
-                        tracked.phase = if ok { to } else { from };
-                    }
+                    task_engine.registry.end_power(&id, action, ok);
                 });
             }
             Err(err) => {
-                if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id) {
-                    tracked.phase = from.clone();
-                }
+                engine.registry.power_refused(&id, action);
                 partial.failures.push(err.to_string());
             }
         }

@@ -29,8 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::InstanceState;
-use super::address::Addresses;
-use super::engine::{Engine, Phase, Tracked};
+use super::engine::Engine;
 use super::naming::{InstanceId, Naming};
 use crate::pve::VmResource;
 
@@ -123,13 +122,14 @@ pub(crate) async fn claim(engine: &Arc<Engine>, vm: &VmResource, current: &BTree
     }
     update.description = Some(marker);
     update.digest = current.get("digest").cloned();
-    let phase = if plan == Plan::Delete { Phase::Deleting } else { Phase::Adopting };
-    engine.instances.lock().unwrap().insert(
-        id.clone(),
-        Tracked { node: vm.node.clone(), phase, addresses: Addresses::default(), missing_since: None },
-    );
+    match plan {
+        Plan::Delete => {
+            engine.registry.track_deleting(id.clone(), &vm.node);
+        }
+        Plan::Adopt => engine.registry.track_adopting(id.clone(), &vm.node),
+    }
     if let Err(err) = engine.pve.update_vm_config(&vm.node, vm.vmid, &update).await {
-        engine.instances.lock().unwrap().remove(&id);
+        engine.registry.forget(&id);
         tracing::debug!(vmid = %vm.vmid, error = %err, "could not claim a VM the seed plugin left yet; Update looks again");
         return Claim::Later;
     }
