@@ -27,7 +27,7 @@ use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
 use super::ssh_key::GeneratedKey;
 use super::template::{TemplateFacts, TemplateStorage};
 use super::{
-    CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial,
+    CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, Error, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
 };
 use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource};
@@ -83,36 +83,26 @@ impl ProxmoxGroup {
         Self::default()
     }
 
-    fn engine(&self) -> Result<&Arc<Engine>, GroupError> {
-        self.engine.get().ok_or(GroupError::NotInitialised)
+    fn engine(&self) -> Result<&Arc<Engine>, Error> {
+        self.engine.get().ok_or(Error::NotInitialised)
     }
 }
 
-fn failed(message: impl Into<String>) -> GroupError {
-    GroupError::Failed(message.into())
-}
-
 impl Engine {
-    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, GroupError> {
-        let credentials = Credentials::load(&config.credentials_file_path).map_err(|err| failed(err.to_string()))?;
+    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, Error> {
+        let credentials = Credentials::load(&config.credentials_file_path)?;
         let client_config = config.client_config(credentials);
-        let pve = PveClient::connect(client_config)
-            .await
-            .map_err(|err| failed(err.to_string()))?
-            .with_task_poll_interval(config.task_poll_interval);
-        let version = pve.version().await.map_err(|err| failed(err.to_string()))?;
+        let pve = PveClient::connect(client_config).await?.with_task_poll_interval(config.task_poll_interval);
+        let version = pve.version().await?;
 
         // The template: where it is, that it is one, and what it can do.
-        let vms = pve.cluster_vms().await.map_err(|err| failed(err.to_string()))?;
-        let template = vms.iter().find(|vm| vm.vmid == config.template_id).ok_or_else(|| {
-            failed(format!(
-                "could not find template {} (template_id): no such VM, or the user lacks VM.Audit on /vms/{}",
-                config.template_id, config.template_id
-            ))
-        })?;
+        let vms = pve.cluster_vms().await?;
+        let template = vms
+            .iter()
+            .find(|vm| vm.vmid == config.template_id)
+            .ok_or(Error::TemplateNotFound { template_id: config.template_id })?;
         let template_node = template.node.clone();
-        let template_config =
-            pve.vm_config(&template_node, config.template_id).await.map_err(|err| failed(err.to_string()))?;
+        let template_config = pve.vm_config(&template_node, config.template_id).await?;
         let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
         let generate_credentials = !settings.brings_credentials();
         let problems: Vec<String> =
@@ -121,18 +111,20 @@ impl Engine {
                 .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
                 .collect();
         if !problems.is_empty() {
-            return Err(failed(format!("could not use template {}: {}", config.template_id, problems.join("; "))));
+            return Err(Error::Template { template_id: config.template_id, problems });
         }
 
         let storage = TemplateStorage::inspect(&pve, &facts).await;
         for (name, err) in storage.unreadable() {
             tracing::warn!(storage = name, error = %err, "could not read the template's storage; assuming no linked clones");
         }
-        let (linked, _) = super::template::clone_kind(&facts, &storage, config.clone_mode, config.clone_mode_explicit)
-            .map_err(|problem| failed(format!("could not use template {}: {problem}", config.template_id)))?;
+        let (linked, _) =
+            super::template::clone_kind(&facts, &storage, config.clone_mode, config.clone_mode_explicit).map_err(
+                |problem| Error::Template { template_id: config.template_id, problems: vec![problem.to_string()] },
+            )?;
         check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
-        let key = if generate_credentials { Some(GeneratedKey::generate().map_err(failed)?) } else { None };
+        let key = if generate_credentials { Some(GeneratedKey::generate().map_err(Error::SshKey)?) } else { None };
         tracing::info!(
             pve = %version,
             template = %config.template_id,
@@ -299,17 +291,12 @@ async fn check_target_nodes(
     config: &GroupConfig,
     template_node: &str,
     storage: &TemplateStorage,
-) -> Result<(), GroupError> {
-    let findings =
-        inspect_target_nodes(pve, config, template_node, storage).await.map_err(|err| failed(err.to_string()))?;
+) -> Result<(), Error> {
+    let findings = inspect_target_nodes(pve, config, template_node, storage).await?;
     for node in &findings.offline {
         tracing::warn!(node, "target node is offline; clones go to the other target nodes until it is back");
     }
-    if findings.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(failed(format!("could not use target_nodes: {}", findings.problems.join("; "))))
-    }
+    if findings.problems.is_empty() { Ok(()) } else { Err(Error::TargetNodes { problems: findings.problems }) }
 }
 
 /// The guest's OS, architecture and connection protocol, read from the
@@ -349,8 +336,8 @@ impl GuestDefaults {
 const NODE_PENALTY: Duration = Duration::from_secs(60);
 
 impl InstanceGroup for ProxmoxGroup {
-    async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
-        let parsed = PluginConfig::parse(config).map_err(|err| failed(err.to_string()))?;
+    async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, Error> {
+        let parsed = PluginConfig::parse(config)?;
         parsed.warnings.iter().for_each(|ignored| tracing::warn!(key = %ignored.key, "{ignored}"));
         let config = parsed.config;
         if let Some(engine) = self.engine.get() {
@@ -374,9 +361,9 @@ impl InstanceGroup for ProxmoxGroup {
         Ok(provider_info(engine))
     }
 
-    async fn update(&self) -> Result<Vec<(String, InstanceState)>, GroupError> {
+    async fn update(&self) -> Result<Vec<(String, InstanceState)>, Error> {
         let engine = self.engine()?;
-        let vms = engine.pve.cluster_vms().await.map_err(|err| failed(err.to_string()))?;
+        let vms = engine.pve.cluster_vms().await?;
         let pool = engine.config.pool.as_str();
         let template_id = engine.config.template_id;
         let Reconciled { states, adopt, check_foreign } = engine.registry.reconcile(
@@ -394,7 +381,7 @@ impl InstanceGroup for ProxmoxGroup {
         Ok(states)
     }
 
-    async fn increase(&self, count: u32) -> Result<Partial<u32>, GroupError> {
+    async fn increase(&self, count: u32) -> Result<Partial<u32>, Error> {
         let engine = self.engine()?;
         let room = engine.config.max_instances.saturating_sub(engine.count_active());
         let wanted = count.min(room);
@@ -426,7 +413,7 @@ impl InstanceGroup for ProxmoxGroup {
         Ok(Partial { succeeded: accepted, failures })
     }
 
-    async fn decrease(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+    async fn decrease(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
         let mut partial: Partial<Vec<String>> = Partial::default();
         for text in ids {
@@ -453,14 +440,15 @@ impl InstanceGroup for ProxmoxGroup {
         Ok(partial)
     }
 
-    async fn connect_info(&self, id: &str) -> Result<ConnectInfo, GroupError> {
+    async fn connect_info(&self, id: &str) -> Result<ConnectInfo, Error> {
         let engine = self.engine()?;
-        let parsed: InstanceId = id.parse().map_err(|err: super::naming::InstanceIdError| failed(err.to_string()))?;
-        let tracked = engine.registry.get(&parsed).ok_or_else(|| {
-            failed(format!("could not get connect info for instance {id}: this group does not own it"))
-        })?;
+        let parsed: InstanceId = id.parse()?;
+        let tracked = engine
+            .registry
+            .get(&parsed)
+            .ok_or_else(|| Error::NotOwned { verb: "get connect info for", id: id.to_string() })?;
         if tracked.phase != Phase::Running || tracked.addresses.is_empty() {
-            return Err(failed(format!("could not get connect info for instance {id}: it is not running yet")));
+            return Err(Error::NotRunning { id: id.to_string() });
         }
         let mut connector = engine.settings.clone();
         if connector.os.is_empty() {
@@ -488,13 +476,13 @@ impl InstanceGroup for ProxmoxGroup {
 
     /// One request: the agent's ping fails when the VM is gone, stopped or
     /// its agent is dead (transient API errors are retried, not reported).
-    async fn heartbeat(&self, id: &str) -> Result<(), GroupError> {
+    async fn heartbeat(&self, id: &str) -> Result<(), Error> {
         let engine = self.engine()?;
         let parsed: InstanceId =
-            id.parse().map_err(|_| GroupError::Unhealthy(format!("{id} is not an instance of this plugin")))?;
+            id.parse().map_err(|_| Error::Unhealthy(format!("{id} is not an instance of this plugin")))?;
         let node = engine.registry.node_of(&parsed);
         let Some(node) = node else {
-            return Err(GroupError::Unhealthy(format!("instance {id} is gone")));
+            return Err(Error::Unhealthy(format!("instance {id} is gone")));
         };
         // An API hiccup says nothing about the VM: retry it briefly, and if
         // PVE stays unreachable do not make Runner replace healthy instances.
@@ -510,23 +498,23 @@ impl InstanceGroup for ProxmoxGroup {
                     tracing::warn!(instance = %id, error = %err, "could not reach PVE to check the instance's health; assuming it is healthy");
                     return Ok(());
                 }
-                Err(err) => return Err(GroupError::Unhealthy(format!("instance {id}: {}", err.kind()))),
+                Err(err) => return Err(Error::Unhealthy(format!("instance {id}: {}", err.kind()))),
             }
         }
         Ok(())
     }
 
-    async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+    async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
         Ok(super::provision::power(engine, ids, PowerAction::Suspend).await)
     }
 
-    async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+    async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
         Ok(super::provision::power(engine, ids, PowerAction::Resume).await)
     }
 
-    async fn shutdown(&self) -> Result<(), GroupError> {
+    async fn shutdown(&self) -> Result<(), Error> {
         if let Some(engine) = self.engine.get() {
             // Background work stops; nothing is deleted (Runner decides that).
             engine.cancel.cancel();
