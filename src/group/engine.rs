@@ -373,10 +373,10 @@ impl InstanceGroup for ProxmoxGroup {
             |vm| vm.pool.as_deref() == Some(pool) && !vm.template && vm.vmid != template_id,
         );
         for (id, vm) in adopt {
-            super::provision::spawn_adoption(engine.clone(), id, vm);
+            super::adoption::spawn_adoption(engine.clone(), id, vm);
         }
         for vm in check_foreign {
-            super::provision::spawn_untagged_check(engine.clone(), vm);
+            super::adoption::spawn_untagged_check(engine.clone(), vm);
         }
         Ok(states)
     }
@@ -433,7 +433,7 @@ impl InstanceGroup for ProxmoxGroup {
             };
             if start {
                 tracing::info!(instance = %id, vmid = %id.vmid, "instance deleting: removal requested by Runner");
-                super::provision::spawn_deletion(engine.clone(), id, "removal requested by Runner".into());
+                super::deletion::spawn_deletion(engine.clone(), id, "removal requested by Runner".into());
             }
             partial.succeeded.push(text);
         }
@@ -506,12 +506,12 @@ impl InstanceGroup for ProxmoxGroup {
 
     async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
-        Ok(super::provision::power(engine, ids, PowerAction::Suspend).await)
+        Ok(super::power::power(engine, ids, PowerAction::Suspend).await)
     }
 
     async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
-        Ok(super::provision::power(engine, ids, PowerAction::Resume).await)
+        Ok(super::power::power(engine, ids, PowerAction::Resume).await)
     }
 
     async fn shutdown(&self) -> Result<(), Error> {

@@ -6,11 +6,14 @@
 //! provisioning engine implements it.
 
 pub mod address;
+mod adoption;
 pub mod breaker;
 pub mod config;
+mod deletion;
 pub mod engine;
 pub mod failure;
 pub mod naming;
+mod power;
 mod provision;
 pub mod quarantine;
 mod registry;
