@@ -286,7 +286,7 @@ async fn heartbeat_is_one_request_and_reports_a_dead_agent_or_a_gone_vm() {
     assert_eq!(admin.counters().requests_total, 1, "one request per heartbeat");
     admin.set_agent(vmid_of(broken), fleeting_plugin_proxmox::sim::AgentState::Killed).unwrap();
     let err = group.heartbeat(broken).await.unwrap_err();
-    assert!(matches!(err, fleeting_plugin_proxmox::group::GroupError::Unhealthy(_)), "{err:?}");
+    assert!(matches!(err, fleeting_plugin_proxmox::group::Error::Unhealthy(_)), "{err:?}");
     assert!(group.heartbeat("4242-abcdef").await.is_err(), "an unknown instance is not healthy");
     group.decrease(vec![broken.clone()]).await.unwrap();
     wait_until(&group, "broken one removed", |s| s.len() == 1).await;

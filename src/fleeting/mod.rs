@@ -19,7 +19,7 @@ use futures::Stream;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use crate::group::{GroupError, InstanceGroup};
+use crate::group::{self, InstanceGroup};
 use proto::instance_group_server::InstanceGroupServer;
 
 /// Serves `proto.InstanceGroup` for one domain group.
@@ -46,16 +46,16 @@ impl<G: InstanceGroup> FleetingService<G> {
         if self.initialised.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(Status::failed_precondition(GroupError::NotInitialised.to_string()))
+            Err(Status::failed_precondition(group::Error::NotInitialised.to_string()))
         }
     }
 }
 
 /// fleeting's Go server sends every handler error as UNKNOWN with its text.
-fn to_status(err: GroupError) -> Status {
+fn to_status(err: group::Error) -> Status {
     match err {
-        GroupError::NotInitialised => Status::failed_precondition(err.to_string()),
-        GroupError::NotSupported(_) => Status::unimplemented(err.to_string()),
+        group::Error::NotInitialised => Status::failed_precondition(err.to_string()),
+        group::Error::NotSupported(_) => Status::unimplemented(err.to_string()),
         other => Status::unknown(other.to_string()),
     }
 }

@@ -23,41 +23,24 @@ use super::breaker::Breaker;
 use super::config::{GroupConfig, PluginConfig};
 use super::naming::{InstanceId, Naming};
 use super::quarantine::Quarantine;
+use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
 use super::ssh_key::GeneratedKey;
 use super::template::{TemplateFacts, TemplateStorage};
 use super::{
-    CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial,
+    CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, Error, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
 };
-use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource, Vmid};
-
-/// Where one instance is in its life, as the engine knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Clone requested, configuring, starting or waiting for the agent.
-    Creating,
-    /// Ready: the agent reported an address.
-    Running,
-    Suspending,
-    Suspended,
-    Resuming,
-    /// Removal requested or cleanup after a failure.
-    Deleting,
-    /// Found at start-up; being checked before it is adopted or cleaned up.
-    Adopting,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Tracked {
-    pub node: String,
-    pub phase: Phase,
-    pub addresses: Addresses,
-    /// When the engine stopped seeing the VM in `/cluster/resources`
-    /// while it expected it (used to forget finished deletions).
-    pub missing_since: Option<Instant>,
-}
+use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource};
 
 /// Everything `init` sets up.
+///
+/// Lock order: the engine's mutexes (`node_penalties`, `breaker`,
+/// `quarantine`, `range_cursor`, and the registry's private one) are leaves:
+/// never hold two at once, and never hold one across an `.await`. Take a
+/// value out in one statement (`let x = m.lock().unwrap().f();`) and drop
+/// the guard before the next lock; beware temporaries, which live to the end
+/// of their statement (`a.lock().unwrap().x() || b.lock().unwrap().y()`
+/// holds both).
 pub(crate) struct Engine {
     pub config: GroupConfig,
     pub naming: Naming,
@@ -71,13 +54,9 @@ pub(crate) struct Engine {
     pub guest: GuestDefaults,
     /// Target nodes whose last clone failed, until when they are skipped.
     pub node_penalties: Mutex<HashMap<String, Instant>>,
-    pub instances: Mutex<BTreeMap<InstanceId, Tracked>>,
-    /// VMs in the pool without our tag whose description says they are not
-    /// ours: checked once, not on every Update.
-    pub foreign: Mutex<HashSet<Vmid>>,
-    /// VMs with our tags whose description names another instance (a copy
-    /// made by hand, or another tool's): checked once, then ignored.
-    pub impostors: Mutex<HashSet<InstanceId>>,
+    /// Every tracked instance, impostor and foreign VMID; the only way to
+    /// change an instance's phase.
+    pub registry: Registry,
     /// Holds scale-up back after systematic provisioning failures.
     pub breaker: Mutex<Breaker>,
     /// VMIDs tied to a failure (orphaned volumes, held locks), skipped by allocation.
@@ -104,36 +83,26 @@ impl ProxmoxGroup {
         Self::default()
     }
 
-    fn engine(&self) -> Result<&Arc<Engine>, GroupError> {
-        self.engine.get().ok_or(GroupError::NotInitialised)
+    fn engine(&self) -> Result<&Arc<Engine>, Error> {
+        self.engine.get().ok_or(Error::NotInitialised)
     }
 }
 
-fn failed(message: impl Into<String>) -> GroupError {
-    GroupError::Failed(message.into())
-}
-
 impl Engine {
-    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, GroupError> {
-        let credentials = Credentials::load(&config.credentials_file_path).map_err(|err| failed(err.to_string()))?;
+    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, Error> {
+        let credentials = Credentials::load(&config.credentials_file_path)?;
         let client_config = config.client_config(credentials);
-        let pve = PveClient::connect(client_config)
-            .await
-            .map_err(|err| failed(err.to_string()))?
-            .with_task_poll_interval(config.task_poll_interval);
-        let version = pve.version().await.map_err(|err| failed(err.to_string()))?;
+        let pve = PveClient::connect(client_config).await?.with_task_poll_interval(config.task_poll_interval);
+        let version = pve.version().await?;
 
         // The template: where it is, that it is one, and what it can do.
-        let vms = pve.cluster_vms().await.map_err(|err| failed(err.to_string()))?;
-        let template = vms.iter().find(|vm| vm.vmid == config.template_id).ok_or_else(|| {
-            failed(format!(
-                "could not find template {} (template_id): no such VM, or the user lacks VM.Audit on /vms/{}",
-                config.template_id, config.template_id
-            ))
-        })?;
+        let vms = pve.cluster_vms().await?;
+        let template = vms
+            .iter()
+            .find(|vm| vm.vmid == config.template_id)
+            .ok_or(Error::TemplateNotFound { template_id: config.template_id })?;
         let template_node = template.node.clone();
-        let template_config =
-            pve.vm_config(&template_node, config.template_id).await.map_err(|err| failed(err.to_string()))?;
+        let template_config = pve.vm_config(&template_node, config.template_id).await?;
         let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
         let generate_credentials = !settings.brings_credentials();
         let problems: Vec<String> =
@@ -142,18 +111,20 @@ impl Engine {
                 .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
                 .collect();
         if !problems.is_empty() {
-            return Err(failed(format!("could not use template {}: {}", config.template_id, problems.join("; "))));
+            return Err(Error::Template { template_id: config.template_id, problems });
         }
 
         let storage = TemplateStorage::inspect(&pve, &facts).await;
         for (name, err) in storage.unreadable() {
             tracing::warn!(storage = name, error = %err, "could not read the template's storage; assuming no linked clones");
         }
-        let (linked, _) = super::template::clone_kind(&facts, &storage, config.clone_mode, config.clone_mode_explicit)
-            .map_err(|problem| failed(format!("could not use template {}: {problem}", config.template_id)))?;
+        let (linked, _) =
+            super::template::clone_kind(&facts, &storage, config.clone_mode, config.clone_mode_explicit).map_err(
+                |problem| Error::Template { template_id: config.template_id, problems: vec![problem.to_string()] },
+            )?;
         check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
-        let key = if generate_credentials { Some(GeneratedKey::generate().map_err(failed)?) } else { None };
+        let key = if generate_credentials { Some(GeneratedKey::generate().map_err(Error::SshKey)?) } else { None };
         tracing::info!(
             pve = %version,
             template = %config.template_id,
@@ -183,9 +154,7 @@ impl Engine {
             template_node,
             linked,
             node_penalties: Mutex::new(HashMap::new()),
-            instances: Mutex::new(BTreeMap::new()),
-            foreign: Mutex::new(HashSet::new()),
-            impostors: Mutex::new(HashSet::new()),
+            registry: Registry::default(),
             background: TaskTracker::new(),
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
@@ -250,10 +219,13 @@ impl Engine {
         };
         let healthy: Vec<&String> = targets.iter().filter(|node| !penalised.contains(*node)).collect();
         let candidates = if healthy.is_empty() { targets.iter().collect() } else { healthy };
-        let instances = self.instances.lock().unwrap();
-        let load = |node: &str| instances.values().filter(|t| t.node == node && t.phase != Phase::Deleting).count();
+        let load = self.registry.active_per_node();
         // min_by_key keeps the first of equals: the configured order breaks ties.
-        candidates.into_iter().min_by_key(|node| load(node)).cloned().unwrap_or_else(|| self.template_node.clone())
+        candidates
+            .into_iter()
+            .min_by_key(|node| load.get(node.as_str()).copied().unwrap_or(0))
+            .cloned()
+            .unwrap_or_else(|| self.template_node.clone())
     }
 
     /// Skips `node` for new clones for a while after a clone there failed.
@@ -264,8 +236,7 @@ impl Engine {
     }
 
     fn count_active(&self) -> u32 {
-        let instances = self.instances.lock().unwrap();
-        instances.values().filter(|t| t.phase != Phase::Deleting).count() as u32
+        self.registry.count_active() as u32
     }
 }
 
@@ -320,17 +291,12 @@ async fn check_target_nodes(
     config: &GroupConfig,
     template_node: &str,
     storage: &TemplateStorage,
-) -> Result<(), GroupError> {
-    let findings =
-        inspect_target_nodes(pve, config, template_node, storage).await.map_err(|err| failed(err.to_string()))?;
+) -> Result<(), Error> {
+    let findings = inspect_target_nodes(pve, config, template_node, storage).await?;
     for node in &findings.offline {
         tracing::warn!(node, "target node is offline; clones go to the other target nodes until it is back");
     }
-    if findings.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(failed(format!("could not use target_nodes: {}", findings.problems.join("; "))))
-    }
+    if findings.problems.is_empty() { Ok(()) } else { Err(Error::TargetNodes { problems: findings.problems }) }
 }
 
 /// The guest's OS, architecture and connection protocol, read from the
@@ -366,29 +332,12 @@ impl GuestDefaults {
     }
 }
 
-fn state_of(phase: &Phase) -> InstanceState {
-    match phase {
-        Phase::Creating | Phase::Adopting => InstanceState::Creating,
-        Phase::Running => InstanceState::Running,
-        Phase::Suspending => InstanceState::Suspending,
-        Phase::Suspended => InstanceState::Suspended,
-        Phase::Resuming => InstanceState::Resuming,
-        Phase::Deleting => InstanceState::Deleting,
-    }
-}
-
-/// How long a VM under deletion may be absent from the listing before it
-/// counts as gone (the listing itself can lag behind).
-const GONE_AFTER: Duration = Duration::from_secs(2);
-/// How long a ready instance may be missing from the listing (e.g. deleted
-/// by hand) before the engine forgets it.
-const VANISHED_AFTER: Duration = Duration::from_secs(30);
 /// How long a target node whose clone failed is skipped.
 const NODE_PENALTY: Duration = Duration::from_secs(60);
 
 impl InstanceGroup for ProxmoxGroup {
-    async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
-        let parsed = PluginConfig::parse(config).map_err(|err| failed(err.to_string()))?;
+    async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, Error> {
+        let parsed = PluginConfig::parse(config)?;
         parsed.warnings.iter().for_each(|ignored| tracing::warn!(key = %ignored.key, "{ignored}"));
         let config = parsed.config;
         if let Some(engine) = self.engine.get() {
@@ -412,93 +361,27 @@ impl InstanceGroup for ProxmoxGroup {
         Ok(provider_info(engine))
     }
 
-    async fn update(&self) -> Result<Vec<(String, InstanceState)>, GroupError> {
+    async fn update(&self) -> Result<Vec<(String, InstanceState)>, Error> {
         let engine = self.engine()?;
-        let vms = engine.pve.cluster_vms().await.map_err(|err| failed(err.to_string()))?;
-        let now = Instant::now();
-        let mut adopt = Vec::new();
-        let mut check_foreign = Vec::new();
-        let states = {
-            let mut instances = engine.instances.lock().unwrap();
-            let mut seen = HashSet::new();
-            let impostors = engine.impostors.lock().unwrap().clone();
-            for vm in &vms {
-                match engine.owned(vm).filter(|id| !impostors.contains(id)) {
-                    Some(id) => {
-                        seen.insert(id.clone());
-                        match instances.get_mut(&id) {
-                            Some(tracked) => {
-                                tracked.node.clone_from(&vm.node);
-                                tracked.missing_since = None;
-                            }
-                            None => {
-                                instances.insert(
-                                    id.clone(),
-                                    Tracked {
-                                        node: vm.node.clone(),
-                                        phase: Phase::Adopting,
-                                        addresses: Addresses::default(),
-                                        missing_since: None,
-                                    },
-                                );
-                                adopt.push((id, vm.clone()));
-                            }
-                        }
-                    }
-                    None => {
-                        // An untagged VM in our pool: a crash between clone and
-                        // tagging leaves one; its description decides.
-                        let in_pool = vm.pool.as_deref() == Some(engine.config.pool.as_str());
-                        let tracked = instances.keys().any(|id| id.vmid == vm.vmid);
-                        if in_pool
-                            && !vm.template
-                            && vm.vmid != engine.config.template_id
-                            && !tracked
-                            && !engine.foreign.lock().unwrap().contains(&vm.vmid)
-                        {
-                            check_foreign.push(vm.clone());
-                        }
-                    }
-                }
-            }
-            // A deletion finishes when the VM has been gone for a moment; a VM
-            // that vanished otherwise (removed by hand) is forgotten after a
-            // longer grace, so Runner stops seeing it. VMs being created are
-            // not listed until they are tagged, so they are kept.
-            instances.retain(|id, tracked| {
-                if seen.contains(id) {
-                    return true;
-                }
-                let grace = match tracked.phase {
-                    Phase::Creating => return true,
-                    Phase::Deleting => GONE_AFTER,
-                    _ => VANISHED_AFTER,
-                };
-                let since = *tracked.missing_since.get_or_insert(now);
-                now.duration_since(since) < grace
-            });
-            // Forget foreign VMs that are gone, so a recycled VMID is judged afresh.
-            let listed: HashSet<Vmid> = vms.iter().map(|vm| vm.vmid).collect();
-            engine.foreign.lock().unwrap().retain(|vmid| listed.contains(vmid));
-            engine.impostors.lock().unwrap().retain(|id| listed.contains(&id.vmid));
-            // VMs found but not yet verified stay hidden: Runner must not
-            // count or remove what may turn out not to be ours.
-            instances
-                .iter()
-                .filter(|(_, tracked)| tracked.phase != Phase::Adopting)
-                .map(|(id, tracked)| (id.to_string(), state_of(&tracked.phase)))
-                .collect()
-        };
+        let vms = engine.pve.cluster_vms().await?;
+        let pool = engine.config.pool.as_str();
+        let template_id = engine.config.template_id;
+        let Reconciled { states, adopt, check_foreign } = engine.registry.reconcile(
+            &vms,
+            Instant::now(),
+            |vm| engine.owned(vm),
+            |vm| vm.pool.as_deref() == Some(pool) && !vm.template && vm.vmid != template_id,
+        );
         for (id, vm) in adopt {
-            super::provision::spawn_adoption(engine.clone(), id, vm);
+            super::adoption::spawn_adoption(engine.clone(), id, vm);
         }
         for vm in check_foreign {
-            super::provision::spawn_untagged_check(engine.clone(), vm);
+            super::adoption::spawn_untagged_check(engine.clone(), vm);
         }
         Ok(states)
     }
 
-    async fn increase(&self, count: u32) -> Result<Partial<u32>, GroupError> {
+    async fn increase(&self, count: u32) -> Result<Partial<u32>, Error> {
         let engine = self.engine()?;
         let room = engine.config.max_instances.saturating_sub(engine.count_active());
         let wanted = count.min(room);
@@ -530,7 +413,7 @@ impl InstanceGroup for ProxmoxGroup {
         Ok(Partial { succeeded: accepted, failures })
     }
 
-    async fn decrease(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+    async fn decrease(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
         let mut partial: Partial<Vec<String>> = Partial::default();
         for text in ids {
@@ -540,37 +423,32 @@ impl InstanceGroup for ProxmoxGroup {
                     .push(format!("could not remove instance {text}: it is not an instance of this plugin"));
                 continue;
             };
-            let start = {
-                let mut instances = engine.instances.lock().unwrap();
-                match instances.get_mut(&id) {
-                    Some(tracked) if tracked.phase == Phase::Deleting => false,
-                    Some(tracked) => {
-                        tracked.phase = Phase::Deleting;
-                        true
-                    }
-                    None => {
-                        partial.failures.push(format!("could not remove instance {text}: this group does not own it"));
-                        continue;
-                    }
+            let start = match engine.registry.begin_removal(&id) {
+                Removal::Started => true,
+                Removal::AlreadyDeleting => false,
+                Removal::Unknown => {
+                    partial.failures.push(format!("could not remove instance {text}: this group does not own it"));
+                    continue;
                 }
             };
             if start {
                 tracing::info!(instance = %id, vmid = %id.vmid, "instance deleting: removal requested by Runner");
-                super::provision::spawn_deletion(engine.clone(), id, "removal requested by Runner".into());
+                super::deletion::spawn_deletion(engine.clone(), id, "removal requested by Runner".into());
             }
             partial.succeeded.push(text);
         }
         Ok(partial)
     }
 
-    async fn connect_info(&self, id: &str) -> Result<ConnectInfo, GroupError> {
+    async fn connect_info(&self, id: &str) -> Result<ConnectInfo, Error> {
         let engine = self.engine()?;
-        let parsed: InstanceId = id.parse().map_err(|err: super::naming::InstanceIdError| failed(err.to_string()))?;
-        let tracked = engine.instances.lock().unwrap().get(&parsed).cloned().ok_or_else(|| {
-            failed(format!("could not get connect info for instance {id}: this group does not own it"))
-        })?;
+        let parsed: InstanceId = id.parse()?;
+        let tracked = engine
+            .registry
+            .get(&parsed)
+            .ok_or_else(|| Error::NotOwned { verb: "get connect info for", id: id.to_string() })?;
         if tracked.phase != Phase::Running || tracked.addresses.is_empty() {
-            return Err(failed(format!("could not get connect info for instance {id}: it is not running yet")));
+            return Err(Error::NotRunning { id: id.to_string() });
         }
         let mut connector = engine.settings.clone();
         if connector.os.is_empty() {
@@ -598,13 +476,13 @@ impl InstanceGroup for ProxmoxGroup {
 
     /// One request: the agent's ping fails when the VM is gone, stopped or
     /// its agent is dead (transient API errors are retried, not reported).
-    async fn heartbeat(&self, id: &str) -> Result<(), GroupError> {
+    async fn heartbeat(&self, id: &str) -> Result<(), Error> {
         let engine = self.engine()?;
         let parsed: InstanceId =
-            id.parse().map_err(|_| GroupError::Unhealthy(format!("{id} is not an instance of this plugin")))?;
-        let node = engine.instances.lock().unwrap().get(&parsed).map(|t| t.node.clone());
+            id.parse().map_err(|_| Error::Unhealthy(format!("{id} is not an instance of this plugin")))?;
+        let node = engine.registry.node_of(&parsed);
         let Some(node) = node else {
-            return Err(GroupError::Unhealthy(format!("instance {id} is gone")));
+            return Err(Error::Unhealthy(format!("instance {id} is gone")));
         };
         // An API hiccup says nothing about the VM: retry it briefly, and if
         // PVE stays unreachable do not make Runner replace healthy instances.
@@ -620,23 +498,23 @@ impl InstanceGroup for ProxmoxGroup {
                     tracing::warn!(instance = %id, error = %err, "could not reach PVE to check the instance's health; assuming it is healthy");
                     return Ok(());
                 }
-                Err(err) => return Err(GroupError::Unhealthy(format!("instance {id}: {}", err.kind()))),
+                Err(err) => return Err(Error::Unhealthy(format!("instance {id}: {}", err.kind()))),
             }
         }
         Ok(())
     }
 
-    async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+    async fn suspend(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
-        Ok(super::provision::power(engine, ids, true).await)
+        Ok(super::power::power(engine, ids, PowerAction::Suspend).await)
     }
 
-    async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, GroupError> {
+    async fn resume(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
         let engine = self.engine()?;
-        Ok(super::provision::power(engine, ids, false).await)
+        Ok(super::power::power(engine, ids, PowerAction::Resume).await)
     }
 
-    async fn shutdown(&self) -> Result<(), GroupError> {
+    async fn shutdown(&self) -> Result<(), Error> {
         if let Some(engine) = self.engine.get() {
             // Background work stops; nothing is deleted (Runner decides that).
             engine.cancel.cancel();

@@ -6,13 +6,17 @@
 //! provisioning engine implements it.
 
 pub mod address;
+mod adoption;
 pub mod breaker;
 pub mod config;
+mod deletion;
 pub mod engine;
 pub mod failure;
 pub mod naming;
+mod power;
 mod provision;
 pub mod quarantine;
+mod registry;
 pub mod ssh_key;
 mod takeover;
 pub mod template;
@@ -97,9 +101,10 @@ pub struct Partial<T> {
     pub failures: Vec<String>,
 }
 
-/// Errors the domain reports to Runner.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GroupError {
+/// Errors the domain reports to Runner. Each keeps its cause; the fleeting
+/// adapter words it once, for the wire (`could not <verb> <object>: <cause>`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
     /// A call arrived before a successful `init`.
     #[error("the plugin is not initialised: Runner must call Init first")]
     NotInitialised,
@@ -109,9 +114,38 @@ pub enum GroupError {
     /// The group does not offer this optional call.
     #[error("not supported: {0}")]
     NotSupported(&'static str),
-    /// Anything else, already worded for the operator.
+    /// `plugin_config` is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The credentials file could not be read.
+    #[error(transparent)]
+    Credentials(#[from] crate::pve::CredentialsError),
+    /// A Proxmox call failed (its message names what it tried).
+    #[error(transparent)]
+    Pve(#[from] crate::pve::Error),
+    /// The template VMID is not in the listing.
+    #[error(
+        "could not find template {template_id} (template_id): no such VM, or the user lacks VM.Audit on /vms/{template_id}"
+    )]
+    TemplateNotFound { template_id: crate::pve::Vmid },
+    /// The template does not meet the group's requirements.
+    #[error("could not use template {template_id}: {}", problems.join("; "))]
+    Template { template_id: crate::pve::Vmid, problems: Vec<String> },
+    /// `target_nodes` names nodes that cannot be used.
+    #[error("could not use target_nodes: {}", problems.join("; "))]
+    TargetNodes { problems: Vec<String> },
+    /// No SSH key could be generated.
     #[error("{0}")]
-    Failed(String),
+    SshKey(String),
+    /// An id Runner passed is not one of this plugin's.
+    #[error(transparent)]
+    InvalidId(#[from] naming::InstanceIdError),
+    /// A call about an instance the group does not track.
+    #[error("could not {verb} instance {id}: this group does not own it")]
+    NotOwned { verb: &'static str, id: String },
+    /// Connect info for an instance that is not ready.
+    #[error("could not get connect info for instance {id}: it is not running yet")]
+    NotRunning { id: String },
 }
 
 /// The contract between the fleeting adapter and the domain. Every method
@@ -122,26 +156,26 @@ pub trait InstanceGroup: Send + Sync + 'static {
         &self,
         config: &[u8],
         settings: ConnectorSettings,
-    ) -> impl Future<Output = Result<ProviderInfo, GroupError>> + Send;
+    ) -> impl Future<Output = Result<ProviderInfo, Error>> + Send;
 
     /// Every instance of the group with its current state.
-    fn update(&self) -> impl Future<Output = Result<Vec<(String, InstanceState)>, GroupError>> + Send;
+    fn update(&self) -> impl Future<Output = Result<Vec<(String, InstanceState)>, Error>> + Send;
 
     /// Requests `count` more instances; returns how many were accepted.
-    fn increase(&self, count: u32) -> impl Future<Output = Result<Partial<u32>, GroupError>> + Send;
+    fn increase(&self, count: u32) -> impl Future<Output = Result<Partial<u32>, Error>> + Send;
 
     /// Requests removal; returns the ids whose removal was accepted.
-    fn decrease(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, GroupError>> + Send;
+    fn decrease(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, Error>> + Send;
 
-    fn connect_info(&self, id: &str) -> impl Future<Output = Result<ConnectInfo, GroupError>> + Send;
+    fn connect_info(&self, id: &str) -> impl Future<Output = Result<ConnectInfo, Error>> + Send;
 
-    /// `Ok` when healthy, [`GroupError::Unhealthy`] when not.
-    fn heartbeat(&self, id: &str) -> impl Future<Output = Result<(), GroupError>> + Send;
+    /// `Ok` when healthy, [`Error::Unhealthy`] when not.
+    fn heartbeat(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
 
-    fn suspend(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, GroupError>> + Send;
+    fn suspend(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, Error>> + Send;
 
-    fn resume(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, GroupError>> + Send;
+    fn resume(&self, ids: Vec<String>) -> impl Future<Output = Result<Partial<Vec<String>>, Error>> + Send;
 
     /// Stops background work; deletes nothing.
-    fn shutdown(&self) -> impl Future<Output = Result<(), GroupError>> + Send;
+    fn shutdown(&self) -> impl Future<Output = Result<(), Error>> + Send;
 }

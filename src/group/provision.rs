@@ -6,20 +6,19 @@
 //!   sent again;
 //! - provisioning (background): wait for the clone, tag and configure, start,
 //!   wait for the agent's address, rename; on any failure log the reason,
-//!   tell the breaker what it says, and clean up;
-//! - deletion (background): re-check ownership, stop, delete with `purge` and
-//!   `destroy-unreferenced-disks`, retry locks, not-found counts as done;
-//! - adoption (background): a VM found after a restart is adopted when it
-//!   is ready, cleaned up when it is half-provisioned.
+//!   tell the breaker what it says, and clean up (see `deletion`).
+//!
+//! Adoption, deletion and power actions have their own modules.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::engine::{Engine, Phase, Tracked, choose_addresses};
+use super::engine::{Engine, choose_addresses};
 use super::failure::{ProvisionError, Step, Verdict};
 use super::naming::InstanceId;
-use super::{InstanceState, Partial, address::Addresses};
-use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, VmResource, Vmid};
+use super::registry::{Phase, Removal};
+use super::{InstanceState, address::Addresses};
+use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, Vmid};
 
 /// VMIDs one instance may go through (races, orphaned volumes, held locks)
 /// before its creation fails.
@@ -57,15 +56,7 @@ async fn request_clone_on_some_vmid(
         let vmid = allocate_vmid(engine).await?;
         let id = InstanceId::generate(vmid);
         let node = engine.pick_node();
-        engine.instances.lock().unwrap().insert(
-            id.clone(),
-            Tracked {
-                node: node.clone(),
-                phase: Phase::Creating,
-                addresses: Addresses::default(),
-                missing_since: None,
-            },
-        );
+        engine.registry.track_creating(id.clone(), &node);
         let err = match send_clone(engine, &id, &node).await {
             Ok(accepted) => {
                 tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
@@ -74,7 +65,7 @@ async fn request_clone_on_some_vmid(
             }
             Err(err) => err,
         };
-        engine.instances.lock().unwrap().remove(&id);
+        engine.registry.forget(&id);
         if vmid_attempts == 0 {
             return Err(err);
         }
@@ -212,9 +203,12 @@ fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, pro
 /// nothing; the clone request settles any race).
 async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
     let now = Instant::now();
+    // One lock at a time: the registry's guard is gone before the quarantine's is taken.
     let unusable = |vmid: Vmid| {
-        engine.instances.lock().unwrap().keys().any(|id| id.vmid == vmid)
-            || engine.quarantine.lock().unwrap().contains(vmid, now)
+        if engine.registry.tracks_vmid(vmid) {
+            return true;
+        }
+        engine.quarantine.lock().unwrap().contains(vmid, now)
     };
     let pve_error = |error| ProvisionError::pve(Step::AllocateVmid, error);
     match engine.config.vmid_range {
@@ -285,17 +279,10 @@ async fn provision(
 ) {
     match provision_steps(&engine, &id, accepted).await {
         Ok(addresses) => {
-            let node = {
-                let mut instances = engine.instances.lock().unwrap();
-                let Some(tracked) = instances.get_mut(&id) else { return };
-                if tracked.phase != Phase::Creating {
-                    return; // removal was requested meanwhile
-                }
-                tracked.phase = Phase::Running;
-                tracked.addresses = addresses.clone();
-                tracked.node.clone()
-            };
-            if engine.breaker.lock().unwrap().success() {
+            // None: removal was requested meanwhile.
+            let Some(node) = engine.registry.provisioned(&id, addresses.clone()) else { return };
+            let resumed = engine.breaker.lock().unwrap().success();
+            if resumed {
                 tracing::info!(instance = %id, "scale-up resumes: an instance became ready");
             }
             tracing::info!(
@@ -310,8 +297,7 @@ async fn provision(
         Err(err) => {
             // Runner removed it while it was being created: the deletion
             // under way ends it, and nothing failed (no warning, no backoff).
-            let removal_requested =
-                engine.instances.lock().unwrap().get(&id).is_none_or(|t| t.phase == Phase::Deleting);
+            let removal_requested = engine.registry.phase_of(&id).is_none_or(|phase| phase == Phase::Deleting);
             let verdict = err.verdict(Some(id.vmid));
             let clone_failed = err.step() == Some(Step::Clone) && !matches!(verdict, Verdict::VmidTied(_));
             if removal_requested {
@@ -331,16 +317,7 @@ async fn provision(
             } else {
                 tracing::warn!(instance = %id, vmid = %id.vmid, reason, "could not provision instance; removing it");
             }
-            let proceed = {
-                let mut instances = engine.instances.lock().unwrap();
-                match instances.get_mut(&id) {
-                    Some(tracked) if tracked.phase != Phase::Deleting => {
-                        tracked.phase = Phase::Deleting;
-                        true
-                    }
-                    _ => false,
-                }
-            };
+            let proceed = engine.registry.begin_removal(&id) == Removal::Started;
             if retry_elsewhere {
                 // The replacement takes its own clone slot; Runner sees this
                 // instance go and the replacement come.
@@ -356,7 +333,7 @@ async fn provision(
                 if clone_failed {
                     hold_vmid_for_cleanup(&engine, &id).await;
                 }
-                delete(engine, id, reason).await;
+                super::deletion::delete(engine, id, reason).await;
             }
         }
     }
@@ -404,9 +381,7 @@ async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
     match created {
         Ok(()) => {
             tracing::debug!(instance = %id, vmid = %id.vmid, "holding VMID {} to free what the failed clone left", id.vmid);
-            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(id) {
-                tracked.node = node;
-            }
+            engine.registry.moved(id, node);
         }
         Err(err) if err.is_already_exists() => {}
         Err(err) => {
@@ -428,8 +403,7 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         }
         Accepted::Found { node } => wait_for_clone_without_task(engine, id, &node).await?,
     }
-    let node =
-        engine.instances.lock().unwrap().get(id).map(|t| t.node.clone()).ok_or(ProvisionError::RemovalRequested)?;
+    let node = engine.registry.node_of(id).ok_or(ProvisionError::RemovalRequested)?;
     let config = retry_locked(|| pve.vm_config(&node, vmid)).await.map_err(configure_error)?;
 
     let mut update = ConfigUpdate { tags: Some(engine.tags_for(id, InstanceState::Creating)), ..Default::default() };
@@ -524,9 +498,7 @@ async fn wait_for_clone_without_task(engine: &Engine, id: &InstanceId, node: &st
                 let config = retry_locked(|| engine.pve.vm_config(&found, id.vmid)).await;
                 match config {
                     Ok(config) if config.get("lock").map(String::as_str) != Some("clone") => {
-                        if let Some(tracked) = engine.instances.lock().unwrap().get_mut(id) {
-                            tracked.node = found;
-                        }
+                        engine.registry.moved(id, found);
                         return Ok(());
                     }
                     Ok(_) => {}
@@ -604,7 +576,7 @@ const RETRY_WINDOW: Duration = Duration::from_secs(90);
 
 /// Retries a call while the VM is locked or PVE is briefly unavailable;
 /// permanent errors return at once.
-async fn retry_locked<T, F, Fut>(mut call: F) -> Result<T, PveError>
+pub(super) async fn retry_locked<T, F, Fut>(mut call: F) -> Result<T, PveError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, PveError>>,
@@ -621,304 +593,4 @@ where
             other => return other,
         }
     }
-}
-
-/// Starts a deletion in the background.
-pub(crate) fn spawn_deletion(engine: Arc<Engine>, id: InstanceId, reason: String) {
-    let task_engine = engine.clone();
-    let cancel = engine.cancel.clone();
-    engine.background.spawn(async move {
-        tokio::select! {
-            () = delete(task_engine, id, reason) => {}
-            () = cancel.cancelled() => {}
-        }
-    });
-}
-
-/// Removes one of the group's VMs. Ownership is re-checked first: a VM whose
-/// description does not carry this instance's marker is never touched.
-async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) {
-    let Ok(_slot) = engine.delete_slots.acquire().await else { return };
-    let started = Instant::now();
-    let deadline = started + engine.config.delete_timeout;
-    let pve = &engine.pve;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let node = engine.instances.lock().unwrap().get(&id).map(|t| t.node.clone());
-        let Some(node) = node else {
-            // Update forgot it after its VM had left the listing: done.
-            tracing::info!(instance = %id, vmid = %id.vmid, reason, duration_ms = started.elapsed().as_millis() as u64, confirmed_by = "listing", "instance deleted");
-            return;
-        };
-        let attempt = async {
-            let config = match pve.vm_config(&node, id.vmid).await {
-                Ok(config) => config,
-                Err(err) if err.is_not_found() => return Ok(true),
-                Err(err) => return Err(err),
-            };
-            let marker = config.get("description").map(String::as_str).unwrap_or_default();
-            if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
-                return Ok(false);
-            }
-            let _ = pve.update_vm_config(&node, id.vmid, &engine.label_for(&id, InstanceState::Deleting)).await;
-            let status = pve.vm_status(&node, id.vmid).await?;
-            if status.status != "stopped" {
-                let stop = pve.stop_vm(&node, id.vmid, Some(Duration::from_secs(30))).await?;
-                pve.wait_task(&stop, Duration::from_secs(60)).await?;
-            }
-            let destroy = pve.delete_vm(&node, id.vmid).await?;
-            pve.wait_task(&destroy, engine.config.delete_timeout).await?;
-            Ok::<bool, PveError>(true)
-        };
-        match attempt.await {
-            Ok(true) => {
-                tracing::info!(
-                    instance = %id, vmid = %id.vmid, node, reason,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "instance deleted"
-                );
-                return;
-            }
-            Ok(false) => {
-                tracing::error!(instance = %id, vmid = %id.vmid, "VM {} no longer carries this instance's marker; not deleting it", id.vmid);
-                engine.instances.lock().unwrap().remove(&id);
-                return;
-            }
-            Err(err) if err.is_not_found() => {
-                tracing::info!(instance = %id, vmid = %id.vmid, node, reason, duration_ms = started.elapsed().as_millis() as u64, "instance deleted");
-                return;
-            }
-            Err(err) => {
-                if Instant::now() + delay > deadline {
-                    tracing::error!(instance = %id, vmid = %id.vmid, error = %err, "could not delete instance within delete_timeout; Runner will ask again");
-                    // Back to a state Runner can ask to remove again.
-                    if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id) {
-                        tracked.phase = Phase::Running;
-                    }
-                    return;
-                }
-                tracing::debug!(instance = %id, error = %err, "deletion failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// A VM of the group found without the engine knowing it (after a restart):
-/// ready ones are adopted, half-provisioned ones removed.
-pub(crate) fn spawn_adoption(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
-    let task_engine = engine.clone();
-    let cancel = engine.cancel.clone();
-    engine.background.spawn(async move {
-        tokio::select! {
-            () = adopt(task_engine, id, vm) => {}
-            () = cancel.cancelled() => {}
-        }
-    });
-}
-
-/// Why a found instance is not adopted.
-enum NotAdopted {
-    /// PVE could not be asked (its answer says nothing about the VM); decide later.
-    Undecided(PveError),
-    /// Ours but not ready: remove it.
-    Leftover(String),
-}
-use NotAdopted::{Leftover, Undecided};
-
-async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
-    let pve = &engine.pve;
-    let verdict = async {
-        // A transient error says nothing about the VM: never remove a
-        // possibly healthy instance because the API hiccuped.
-        let config = match retry_locked(|| pve.vm_config(&vm.node, id.vmid)).await {
-            Ok(config) => config,
-            Err(err) => return Err(Undecided(err)),
-        };
-        let marker = config.get("description").map(String::as_str).unwrap_or_default();
-        if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
-            return Ok(None);
-        }
-        // Renamed for removal before the restart: finish the removal (only
-        // when the removal name is distinct; seed configs may use one name).
-        let names = &engine.config;
-        let removal_name_distinct = names.instance_name_removing != names.instance_name_running
-            && names.instance_name_removing != names.instance_name_creating;
-        if removal_name_distinct && config.get("name") == Some(&names.instance_name_removing) {
-            return Err(Leftover("its removal was under way before the restart".to_string()));
-        }
-        let status = retry_locked(|| pve.vm_status(&vm.node, id.vmid)).await.map_err(Undecided)?;
-        if status.status != "running" || status.lock.is_some() {
-            return Err(Leftover(format!("found {} after a restart, not ready", status.status)));
-        }
-        // Ready means answering with an address now; one still booting was
-        // half-provisioned when the plugin stopped, and is removed.
-        let addresses = match retry_locked(|| pve.guest_interfaces(&vm.node, id.vmid)).await {
-            Ok(interfaces) => choose_addresses(&engine, &interfaces, config.get("net0").map(String::as_str)),
-            Err(err) if err.is_retryable() => return Err(Undecided(err)),
-            Err(err) => return Err(Leftover(format!("half-provisioned after a restart: {err}"))),
-        };
-        if addresses.is_empty() {
-            return Err(Leftover("half-provisioned after a restart: the guest agent reports no address yet".into()));
-        }
-        // Killed before its rename: the name tells the state, as for any instance.
-        if config.get("name") != Some(&engine.config.instance_name_running) {
-            let rename = engine.label_for(&id, InstanceState::Running);
-            if let Err(err) = retry_locked(|| pve.update_vm_config(&vm.node, id.vmid, &rename)).await {
-                tracing::warn!(vmid = %id.vmid, error = %err, "could not rename the adopted VM; it is running anyway");
-            }
-        }
-        Ok(Some(addresses))
-    };
-    match verdict.await {
-        Ok(Some(addresses)) => {
-            if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id)
-                && tracked.phase == Phase::Adopting
-            {
-                tracked.phase = Phase::Running;
-                tracked.addresses = addresses;
-            }
-            tracing::info!(instance = %id, vmid = %id.vmid, node = vm.node, "instance running: adopted after a restart");
-        }
-        Ok(None) => {
-            tracing::warn!(instance = %id, vmid = %id.vmid, "VM {} carries this group's tags but not its marker; ignoring it", id.vmid);
-            engine.instances.lock().unwrap().remove(&id);
-            engine.impostors.lock().unwrap().insert(id);
-        }
-        Err(Undecided(err)) => {
-            // Forget it; the next Update finds it again and retries.
-            if err.is_retryable() || err.is_not_found() {
-                tracing::debug!(instance = %id, error = %err, "could not check a found instance yet");
-            } else {
-                tracing::warn!(instance = %id, error = %err, "could not check a found instance; leaving it alone");
-            }
-            let mut instances = engine.instances.lock().unwrap();
-            if instances.get(&id).is_some_and(|t| t.phase == Phase::Adopting) {
-                instances.remove(&id);
-            }
-        }
-        Err(Leftover(reason)) => {
-            let proceed = match engine.instances.lock().unwrap().get_mut(&id) {
-                Some(tracked) if tracked.phase == Phase::Adopting => {
-                    tracked.phase = Phase::Deleting;
-                    true
-                }
-                _ => false,
-            };
-            if proceed {
-                tracing::info!(instance = %id, vmid = %id.vmid, reason, "removing a leftover instance");
-                delete(engine, id, reason).await;
-            }
-        }
-    }
-}
-
-/// An untagged VM in the pool: ours if its description says so (a crash
-/// between clone and tagging), then removed; otherwise remembered as foreign.
-pub(crate) fn spawn_untagged_check(engine: Arc<Engine>, vm: VmResource) {
-    let task_engine = engine.clone();
-    let cancel = engine.cancel.clone();
-    engine.background.spawn(async move {
-        tokio::select! {
-            () = check_untagged(task_engine, vm) => {}
-            () = cancel.cancelled() => {}
-        }
-    });
-}
-
-async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
-    let Ok(config) = engine.pve.vm_config(&vm.node, vm.vmid).await else { return };
-    let marker = config.get("description").map(String::as_str).unwrap_or_default();
-    match engine.naming.owner_of_description(marker) {
-        Some(id) if id.vmid == vm.vmid => {
-            let fresh = engine.instances.lock().unwrap().insert(
-                id.clone(),
-                Tracked {
-                    node: vm.node.clone(),
-                    phase: Phase::Deleting,
-                    addresses: Addresses::default(),
-                    missing_since: None,
-                },
-            );
-            if fresh.is_none() {
-                tracing::info!(instance = %id, vmid = %vm.vmid, "removing a half-provisioned instance left by an earlier run");
-                delete(engine, id, "half-provisioned by an earlier run".into()).await;
-            }
-        }
-        _ => {
-            if engine.takeover_open() {
-                match super::takeover::claim(&engine, &vm, &config).await {
-                    super::takeover::Claim::NotSeed => {}
-                    // Claimed, or judged again on the next Update.
-                    super::takeover::Claim::Claimed | super::takeover::Claim::Later => return,
-                }
-            }
-            engine.foreign.lock().unwrap().insert(vm.vmid);
-        }
-    }
-}
-
-/// Suspend (`true`) or resume running instances with Proxmox's own calls.
-pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, suspend: bool) -> Partial<Vec<String>> {
-    let verb = if suspend { "suspend" } else { "resume" };
-    let (from, during, to) = if suspend {
-        (Phase::Running, Phase::Suspending, Phase::Suspended)
-    } else {
-        (Phase::Suspended, Phase::Resuming, Phase::Running)
-    };
-    let mut partial: Partial<Vec<String>> = Partial::default();
-    for text in ids {
-        let Ok(id) = text.parse::<InstanceId>() else {
-            partial.failures.push(format!("could not {verb} instance {text}: it is not an instance of this plugin"));
-            continue;
-        };
-        let node = {
-            let mut instances = engine.instances.lock().unwrap();
-            match instances.get_mut(&id) {
-                Some(tracked) if tracked.phase == from => {
-                    tracked.phase = during.clone();
-                    tracked.node.clone()
-                }
-                Some(tracked) => {
-                    partial.failures.push(format!("could not {verb} instance {text}: it is {:?}", tracked.phase));
-                    continue;
-                }
-                None => {
-                    partial.failures.push(format!("could not {verb} instance {text}: this group does not own it"));
-                    continue;
-                }
-            }
-        };
-        let result = if suspend {
-            engine.pve.suspend_vm(&node, id.vmid).await
-        } else {
-            engine.pve.resume_vm(&node, id.vmid).await
-        };
-        match result {
-            Ok(upid) => {
-                partial.succeeded.push(text);
-                let task_engine = engine.clone();
-                let to = to.clone();
-                let from = from.clone();
-                engine.background.spawn(async move {
-                    let ok = task_engine.pve.wait_task(&upid, Duration::from_secs(120)).await.is_ok();
-                    let mut instances = task_engine.instances.lock().unwrap();
-                    if let Some(tracked) = instances.get_mut(&id) {
-                        // Addresses are not kept across suspend/resume.
-                        tracked.addresses =
-                            if ok && to == Phase::Running { tracked.addresses.clone() } else { Addresses::default() };
-                        tracked.phase = if ok { to } else { from };
-                    }
-                });
-            }
-            Err(err) => {
-                if let Some(tracked) = engine.instances.lock().unwrap().get_mut(&id) {
-                    tracked.phase = from.clone();
-                }
-                partial.failures.push(err.to_string());
-            }
-        }
-    }
-    partial
 }

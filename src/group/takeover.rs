@@ -29,8 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::InstanceState;
-use super::address::Addresses;
-use super::engine::{Engine, Phase, Tracked};
+use super::engine::Engine;
 use super::naming::{InstanceId, Naming};
 use crate::pve::VmResource;
 
@@ -123,13 +122,14 @@ pub(crate) async fn claim(engine: &Arc<Engine>, vm: &VmResource, current: &BTree
     }
     update.description = Some(marker);
     update.digest = current.get("digest").cloned();
-    let phase = if plan == Plan::Delete { Phase::Deleting } else { Phase::Adopting };
-    engine.instances.lock().unwrap().insert(
-        id.clone(),
-        Tracked { node: vm.node.clone(), phase, addresses: Addresses::default(), missing_since: None },
-    );
+    match plan {
+        Plan::Delete => {
+            engine.registry.track_deleting(id.clone(), &vm.node);
+        }
+        Plan::Adopt => engine.registry.track_adopting(id.clone(), &vm.node),
+    }
     if let Err(err) = engine.pve.update_vm_config(&vm.node, vm.vmid, &update).await {
-        engine.instances.lock().unwrap().remove(&id);
+        engine.registry.forget(&id);
         tracing::debug!(vmid = %vm.vmid, error = %err, "could not claim a VM the seed plugin left yet; Update looks again");
         return Claim::Later;
     }
@@ -137,11 +137,11 @@ pub(crate) async fn claim(engine: &Arc<Engine>, vm: &VmResource, current: &BTree
         Plan::Delete => {
             let left = if name == config.instance_name_creating { "half-created" } else { "half-removed" };
             tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: deleting a VM it left {left}");
-            super::provision::spawn_deletion(engine.clone(), id, "left by the seed plugin".into());
+            super::deletion::spawn_deletion(engine.clone(), id, "left by the seed plugin".into());
         }
         Plan::Adopt => {
             tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: adopting its running VM if it answers, else deleting it");
-            super::provision::spawn_adoption(engine.clone(), id, vm.clone());
+            super::adoption::spawn_adoption(engine.clone(), id, vm.clone());
         }
     }
     Claim::Claimed

@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use fleeting_plugin_proxmox::group::config::ConfigError;
 use fleeting_plugin_proxmox::group::{
-    ConnectInfo, ConnectorSettings, GroupError, InstanceGroup, InstanceState, Partial, ProviderInfo,
+    ConnectInfo, ConnectorSettings, Error as GroupError, InstanceGroup, InstanceState, Partial, ProviderInfo,
 };
 use serde::Deserialize;
 
@@ -97,8 +98,12 @@ impl FakeGroup {
 
 impl InstanceGroup for FakeGroup {
     async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, GroupError> {
-        let config: FakeConfig = serde_json::from_slice(config)
-            .map_err(|err| GroupError::Failed(format!("could not read plugin_config: {err}")))?;
+        let config: FakeConfig = serde_json::from_slice(config).map_err(|err| {
+            GroupError::Config(ConfigError {
+                problems: vec![format!("could not read plugin_config: {err}")],
+                ignored: vec![],
+            })
+        })?;
         match config.init_log_level.as_deref() {
             Some("warn") => tracing::warn!(marker = "fake-init", "fake group initialised"),
             Some("error") => tracing::error!(marker = "fake-init", "fake group initialised"),
@@ -201,10 +206,8 @@ impl InstanceGroup for FakeGroup {
                 internal_addr: config.ssh_addr,
                 expires_unix: None,
             }),
-            Some(_) => {
-                Err(GroupError::Failed(format!("could not get connect info for instance {id}: it is not running")))
-            }
-            None => Err(GroupError::Failed(format!("could not get connect info for instance {id}: no such instance"))),
+            Some(_) => Err(GroupError::NotRunning { id: id.to_string() }),
+            None => Err(GroupError::NotOwned { verb: "get connect info for", id: id.to_string() }),
         }
     }
 

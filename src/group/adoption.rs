@@ -1,0 +1,142 @@
+//! Adoption (background): a VM of the group found without the engine
+//! knowing it (after a restart) is adopted when it is ready and cleaned up
+//! when it is half-provisioned; an untagged VM of the pool is ours when its
+//! description says so, and remembered as foreign otherwise.
+
+use std::sync::Arc;
+
+use super::InstanceState;
+use super::deletion::delete;
+use super::engine::{Engine, choose_addresses};
+use super::naming::InstanceId;
+use super::provision::retry_locked;
+use crate::pve::{Error as PveError, VmResource};
+
+/// A VM of the group found without the engine knowing it (after a restart):
+/// ready ones are adopted, half-provisioned ones removed.
+pub(crate) fn spawn_adoption(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
+    let task_engine = engine.clone();
+    let cancel = engine.cancel.clone();
+    engine.background.spawn(async move {
+        tokio::select! {
+            () = adopt(task_engine, id, vm) => {}
+            () = cancel.cancelled() => {}
+        }
+    });
+}
+
+/// Why a found instance is not adopted.
+enum NotAdopted {
+    /// PVE could not be asked (its answer says nothing about the VM); decide later.
+    Undecided(PveError),
+    /// Ours but not ready: remove it.
+    Leftover(String),
+}
+use NotAdopted::{Leftover, Undecided};
+
+async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
+    let pve = &engine.pve;
+    let verdict = async {
+        // A transient error says nothing about the VM: never remove a
+        // possibly healthy instance because the API hiccuped.
+        let config = match retry_locked(|| pve.vm_config(&vm.node, id.vmid)).await {
+            Ok(config) => config,
+            Err(err) => return Err(Undecided(err)),
+        };
+        let marker = config.get("description").map(String::as_str).unwrap_or_default();
+        if engine.naming.owner_of_description(marker).as_ref() != Some(&id) {
+            return Ok(None);
+        }
+        // Renamed for removal before the restart: finish the removal (only
+        // when the removal name is distinct; seed configs may use one name).
+        let names = &engine.config;
+        let removal_name_distinct = names.instance_name_removing != names.instance_name_running
+            && names.instance_name_removing != names.instance_name_creating;
+        if removal_name_distinct && config.get("name") == Some(&names.instance_name_removing) {
+            return Err(Leftover("its removal was under way before the restart".to_string()));
+        }
+        let status = retry_locked(|| pve.vm_status(&vm.node, id.vmid)).await.map_err(Undecided)?;
+        if status.status != "running" || status.lock.is_some() {
+            return Err(Leftover(format!("found {} after a restart, not ready", status.status)));
+        }
+        // Ready means answering with an address now; one still booting was
+        // half-provisioned when the plugin stopped, and is removed.
+        let addresses = match retry_locked(|| pve.guest_interfaces(&vm.node, id.vmid)).await {
+            Ok(interfaces) => choose_addresses(&engine, &interfaces, config.get("net0").map(String::as_str)),
+            Err(err) if err.is_retryable() => return Err(Undecided(err)),
+            Err(err) => return Err(Leftover(format!("half-provisioned after a restart: {err}"))),
+        };
+        if addresses.is_empty() {
+            return Err(Leftover("half-provisioned after a restart: the guest agent reports no address yet".into()));
+        }
+        // Killed before its rename: the name tells the state, as for any instance.
+        if config.get("name") != Some(&engine.config.instance_name_running) {
+            let rename = engine.label_for(&id, InstanceState::Running);
+            if let Err(err) = retry_locked(|| pve.update_vm_config(&vm.node, id.vmid, &rename)).await {
+                tracing::warn!(vmid = %id.vmid, error = %err, "could not rename the adopted VM; it is running anyway");
+            }
+        }
+        Ok(Some(addresses))
+    };
+    match verdict.await {
+        Ok(Some(addresses)) => {
+            engine.registry.adopted(&id, addresses);
+            tracing::info!(instance = %id, vmid = %id.vmid, node = vm.node, "instance running: adopted after a restart");
+        }
+        Ok(None) => {
+            tracing::warn!(instance = %id, vmid = %id.vmid, "VM {} carries this group's tags but not its marker; ignoring it", id.vmid);
+            engine.registry.impostor(id);
+        }
+        Err(Undecided(err)) => {
+            // Forget it; the next Update finds it again and retries.
+            if err.is_retryable() || err.is_not_found() {
+                tracing::debug!(instance = %id, error = %err, "could not check a found instance yet");
+            } else {
+                tracing::warn!(instance = %id, error = %err, "could not check a found instance; leaving it alone");
+            }
+            engine.registry.adoption_undecided(&id);
+        }
+        Err(Leftover(reason)) => {
+            if engine.registry.leftover(&id) {
+                tracing::info!(instance = %id, vmid = %id.vmid, reason, "removing a leftover instance");
+                delete(engine, id, reason).await;
+            }
+        }
+    }
+}
+
+/// An untagged VM in the pool: ours if its description says so (a crash
+/// between clone and tagging), then removed; otherwise remembered as foreign.
+pub(crate) fn spawn_untagged_check(engine: Arc<Engine>, vm: VmResource) {
+    let task_engine = engine.clone();
+    let cancel = engine.cancel.clone();
+    engine.background.spawn(async move {
+        tokio::select! {
+            () = check_untagged(task_engine, vm) => {}
+            () = cancel.cancelled() => {}
+        }
+    });
+}
+
+async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
+    let Ok(config) = engine.pve.vm_config(&vm.node, vm.vmid).await else { return };
+    let marker = config.get("description").map(String::as_str).unwrap_or_default();
+    match engine.naming.owner_of_description(marker) {
+        Some(id) if id.vmid == vm.vmid => {
+            if engine.registry.track_deleting(id.clone(), &vm.node) {
+                tracing::info!(instance = %id, vmid = %vm.vmid, "removing a half-provisioned instance left by an earlier run");
+                delete(engine, id, "half-provisioned by an earlier run".into()).await;
+            }
+        }
+        _ => {
+            if engine.takeover_open() {
+                match super::takeover::claim(&engine, &vm, &config).await {
+                    super::takeover::Claim::NotSeed => {}
+                    // Claimed, or judged again on the next Update.
+                    super::takeover::Claim::Claimed | super::takeover::Claim::Later => return,
+                }
+            }
+            engine.registry.mark_foreign(vm.vmid);
+        }
+    }
+}
