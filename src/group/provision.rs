@@ -10,6 +10,7 @@
 //!
 //! Adoption, deletion and power actions have their own modules.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,7 +121,7 @@ async fn send_clone(engine: &Engine, id: &InstanceId, node: &str) -> Result<Acce
             Err(error) => error,
         };
         let lost_answer = maybe_sent && (error.is_already_exists() || error.is_retryable());
-        if lost_answer && let Ok(Some(node)) = retry_locked(|| find_own_clone(engine, id, node)).await {
+        if lost_answer && let Ok(Some((node, _))) = retry_locked(|| find_own_clone(engine, id, node)).await {
             tracing::info!(instance = %id, vmid = %id.vmid, "the clone request's answer was lost, but the clone is under way");
             return Ok(Accepted::Found { node });
         }
@@ -138,7 +139,11 @@ async fn send_clone(engine: &Engine, id: &InstanceId, node: &str) -> Result<Acce
 
 /// The node where a VM carrying `id`'s marker is, if one exists: the
 /// template's node while the clone runs, the target node after it.
-async fn find_own_clone(engine: &Engine, id: &InstanceId, target: &str) -> Result<Option<String>, PveError> {
+async fn find_own_clone(
+    engine: &Engine,
+    id: &InstanceId,
+    target: &str,
+) -> Result<Option<(String, BTreeMap<String, String>)>, PveError> {
     let mut nodes = vec![engine.template_node.as_str()];
     if target != engine.template_node {
         nodes.push(target);
@@ -148,7 +153,7 @@ async fn find_own_clone(engine: &Engine, id: &InstanceId, target: &str) -> Resul
             Ok(config) => {
                 let marker = config.get("description").map(String::as_str).unwrap_or_default();
                 let ours = engine.naming.owner_of_description(marker).as_ref() == Some(id);
-                return Ok(ours.then(|| node.to_string()));
+                return Ok(ours.then(|| (node.to_string(), config)));
             }
             Err(err) if absent_from_pool(&err, id.vmid) => continue,
             Err(err) => return Err(err),
@@ -445,7 +450,7 @@ async fn grow_disk(
     node: &str,
     vmid: Vmid,
     resize: &super::config::DiskResize,
-    config: &std::collections::BTreeMap<String, String>,
+    config: &BTreeMap<String, String>,
 ) -> Result<(), ProvisionError> {
     let resize_error = |error| ProvisionError::pve(Step::Resize, error);
     let current = config
@@ -494,16 +499,11 @@ async fn wait_for_clone_without_task(engine: &Engine, id: &InstanceId, node: &st
     let mut pause = Duration::from_millis(500);
     loop {
         match find_own_clone(engine, id, node).await {
-            Ok(Some(found)) => {
-                let config = retry_locked(|| engine.pve.vm_config(&found, id.vmid)).await;
-                match config {
-                    Ok(config) if config.get("lock").map(String::as_str) != Some("clone") => {
-                        engine.registry.moved(id, found);
-                        return Ok(());
-                    }
-                    Ok(_) => {}
-                    Err(err) if err.is_not_found() => {}
-                    Err(err) => return Err(ProvisionError::pve(Step::Clone, err)),
+            // The marker's read tells whether the clone still holds its lock.
+            Ok(Some((found, config))) => {
+                if config.get("lock").map(String::as_str) != Some("clone") {
+                    engine.registry.moved(id, found);
+                    return Ok(());
                 }
             }
             Ok(None) => {
