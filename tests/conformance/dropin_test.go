@@ -40,38 +40,6 @@ func seedScenario(t *testing.T, cloudInit bool) map[string]any {
 	return scenario
 }
 
-// startSimulator runs pve-sim with `scenario` and returns its URL.
-func startSimulator(t *testing.T, scenario map[string]any) string {
-	t.Helper()
-	work := t.TempDir()
-	scenarioFile := filepath.Join(work, "scenario.json")
-	raw, _ := json.Marshal(scenario)
-	if err := os.WriteFile(scenarioFile, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ready := filepath.Join(work, "ready.json")
-	cmd := exec.Command(binary(t, "PVE_SIM_BINARY"), "--listen", "127.0.0.1:0", "--time-scale", "40", "--seed", "7",
-		"--scenario", scenarioFile, "--cert-dir", filepath.Join(work, "certs"), "--ready-file", ready)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	var endpoint struct {
-		URL string `json:"url"`
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if raw, err := os.ReadFile(ready); err == nil && json.Unmarshal(raw, &endpoint) == nil {
-			return endpoint.URL
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pve-sim did not become ready")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // A seed user's plugin_config, exactly the seed's documented keys, with the
 // seed's password credentials file; Runner brings its own username and key
 // (it reads key_path into Key) and leaves use_static_credentials unset.
@@ -82,7 +50,7 @@ func TestSeedUsersSettingsWorkUnchanged(t *testing.T) {
 			name = "template with a cloud-init drive"
 		}
 		t.Run(name, func(t *testing.T) {
-			url := startSimulator(t, seedScenario(t, cloudInit))
+			url, _ := startSimulator(t, seedScenario(t, cloudInit))
 			work := t.TempDir()
 			credentials := filepath.Join(work, "credentials.json")
 			// The built-in scenario's user (src/sim/config.rs, defaults).

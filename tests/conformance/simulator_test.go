@@ -22,35 +22,13 @@ import (
 // Init → Increase → Update until running → ConnectInfo → Heartbeat →
 // Decrease → Update until gone → Shutdown.
 func TestRealPluginAgainstSimulator(t *testing.T) {
-	sim := binary(t, "PVE_SIM_BINARY")
+	url, fingerprint := startSimulator(t, nil)
 	work := t.TempDir()
-	ready := filepath.Join(work, "ready.json")
-	cmd := exec.Command(sim, "--listen", "127.0.0.1:0", "--time-scale", "40", "--seed", "7",
-		"--cert-dir", filepath.Join(work, "certs"), "--ready-file", ready)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	var endpoint struct {
-		URL         string `json:"url"`
-		Fingerprint string `json:"fingerprint"`
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if raw, err := os.ReadFile(ready); err == nil && json.Unmarshal(raw, &endpoint) == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("pve-sim did not become ready")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	credentials := filepath.Join(work, "pve.json")
 	// The built-in scenario's token (src/sim/config.rs, defaults).
 	os.WriteFile(credentials, []byte(`{"token_id":"fleeting@pve!ci","token_secret":"5f0e4c36-0d8b-4f6e-9b1e-7a3c2d1e0f99"}`), 0o600)
 	config, _ := json.Marshal(map[string]any{
-		"url": endpoint.URL, "tls_fingerprint": endpoint.Fingerprint, "credentials_file_path": credentials,
+		"url": url, "tls_fingerprint": fingerprint, "credentials_file_path": credentials,
 		"pool": "ci", "template_id": 9000, "max_instances": 3, "group": "conformance",
 	})
 
@@ -100,5 +78,44 @@ func TestRealPluginAgainstSimulator(t *testing.T) {
 	waitFor(t, group, func(s map[string]provider.State) bool { return len(s) == 0 })
 	if err := group.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// startSimulator runs pve-sim (HTTPS, time scale 40, seed 7) with `scenario`,
+// or its built-in cluster when it is nil, and returns its URL and the
+// fingerprint of its certificate.
+func startSimulator(t *testing.T, scenario map[string]any) (url, fingerprint string) {
+	t.Helper()
+	work := t.TempDir()
+	ready := filepath.Join(work, "ready.json")
+	args := []string{"--listen", "127.0.0.1:0", "--time-scale", "40", "--seed", "7",
+		"--cert-dir", filepath.Join(work, "certs"), "--ready-file", ready}
+	if scenario != nil {
+		scenarioFile := filepath.Join(work, "scenario.json")
+		raw, _ := json.Marshal(scenario)
+		if err := os.WriteFile(scenarioFile, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--scenario", scenarioFile)
+	}
+	cmd := exec.Command(binary(t, "PVE_SIM_BINARY"), args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var endpoint struct {
+		URL         string `json:"url"`
+		Fingerprint string `json:"fingerprint"`
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if raw, err := os.ReadFile(ready); err == nil && json.Unmarshal(raw, &endpoint) == nil {
+			return endpoint.URL, endpoint.Fingerprint
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pve-sim did not become ready")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
