@@ -89,7 +89,9 @@ impl ProxmoxGroup {
 }
 
 impl Engine {
-    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<Self, Error> {
+    /// Connects, reads the template and sets the group up; returns the
+    /// cluster's VM listing it read, for the takeover of the seed's VMs.
+    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<(Self, Vec<VmResource>), Error> {
         let credentials = Credentials::load(&config.credentials_file_path)?;
         let client_config = config.client_config(credentials);
         let pve = PveClient::connect(client_config).await?.with_task_poll_interval(config.task_poll_interval);
@@ -136,7 +138,7 @@ impl Engine {
         );
         let first = config.vmid_range.map_or(0, |(first, _)| first.0);
         let config_takeover = config.take_over_seed_instances;
-        Ok(Self {
+        let engine = Self {
             naming: Naming::new(&config.group),
             clone_slots: Semaphore::new(config.max_parallel_clones as usize),
             delete_slots: Semaphore::new(config.max_parallel_deletes as usize),
@@ -159,7 +161,8 @@ impl Engine {
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
             takeover_until: config_takeover.then(|| Instant::now() + super::takeover::TAKEOVER_WINDOW),
-        })
+        };
+        Ok((engine, vms))
     }
 
     /// The tags an instance carries in `state`: the group's ownership tags,
@@ -343,19 +346,13 @@ impl InstanceGroup for ProxmoxGroup {
         if let Some(engine) = self.engine.get() {
             return Ok(provider_info(engine));
         }
-        let engine = Arc::new(Engine::start(config, settings).await?);
-        let engine = self.engine.get_or_init(|| async { engine }).await;
+        let (engine, vms) = Engine::start(config, settings).await?;
+        let engine = self.engine.get_or_init(|| async { Arc::new(engine) }).await;
         if engine.config.take_over_seed_instances {
-            match engine.pve.cluster_vms().await {
-                Ok(vms) => {
-                    let claimed = super::takeover::take_over(engine, &vms).await;
-                    if claimed > 0 {
-                        tracing::info!(count = claimed, "took over VMs the seed plugin left in the pool");
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not look for VMs the seed plugin left; the next start looks again")
-                }
+            // Init's own listing; what it misses, Update judges in the takeover window.
+            let claimed = super::takeover::take_over(engine, &vms).await;
+            if claimed > 0 {
+                tracing::info!(count = claimed, "took over VMs the seed plugin left in the pool");
             }
         }
         Ok(provider_info(engine))
