@@ -72,6 +72,14 @@ struct SimulateArgs {
     /// Print the summary as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Print the plugin's metrics (scraped from its metrics_listen endpoint
+    /// just before Shutdown) after the summary; with --json, as `metrics`.
+    #[arg(long)]
+    metrics: bool,
+    /// Serve the plugin's metrics and status on this address during the
+    /// session (metrics_listen), e.g. 127.0.0.1:9464, for a live scrape.
+    #[arg(long, value_name = "ADDRESS")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +253,8 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         faults: args.faults,
         time_scale: args.time_scale,
         seed: args.seed,
+        metrics: args.metrics,
+        metrics_listen: args.metrics_listen,
     };
     let mut progress = Progress::for_stderr();
     session::install_logging(&progress);
@@ -266,6 +276,9 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
                 }
             } else {
                 emit(&summary.render());
+                if let Some(metrics) = &summary.metrics {
+                    emit(&format!("\nMetrics scraped before Shutdown:\n{metrics}"));
+                }
             }
             if summary.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }

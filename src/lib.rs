@@ -25,6 +25,9 @@
 //!   Runner's plugin directory.
 //! - [`openapi`]: the converter from Proxmox's API schema dump to the OpenAPI
 //!   document the client is generated from.
+//! - [`telemetry`]: the group's Prometheus metrics and the `metrics_listen`
+//!   endpoint (`/metrics`, `/status`); the engine records into it, and the
+//!   PVE client reports its requests through an observer.
 //! - [`runtime`]: the one async runtime of the plugin and the commands.
 //! - [`stdout`]: the one writer of standard output (the plugin's handshake
 //!   line, the commands' results); nothing else may print there.
@@ -57,6 +60,8 @@ pub mod sim;
 pub mod simulate;
 #[cfg(feature = "plugin")]
 pub mod stdout;
+#[cfg(feature = "plugin")]
+pub mod telemetry;
 #[cfg(feature = "plugin")]
 pub mod version;
 

@@ -56,6 +56,7 @@ pub async fn check_target(target: &Target) -> Report {
     if let Some(template) = &template {
         check_leftover_volumes(&pve, template, &mut report).await;
     }
+    super::running::check_running_plugin(&config, &mut report).await;
     report
 }
 

@@ -6,12 +6,15 @@
 //! - [`input`]: the plugin_config JSON, or Runner's config.toml;
 //! - [`probe`]: reachability and the server certificate's fingerprint;
 //! - [`cluster`]: credentials, version, pool, storage, template, VMIDs;
-//! - [`privileges`]: the one list of privileges the plugin needs.
+//! - [`privileges`]: the one list of privileges the plugin needs;
+//! - [`running`]: the running plugin's own state (held scale-up,
+//!   quarantined VMIDs), read from `metrics_listen`.
 
 pub mod cluster;
 pub mod input;
 pub mod privileges;
 pub mod probe;
+pub mod running;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -9,9 +9,11 @@ use std::io::Write as _;
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
 
 /// Writes one JSON line per event to stderr.
 pub struct HclogLayer;
@@ -93,9 +95,33 @@ impl Visit for FieldCollector {
     }
 }
 
-impl<S: Subscriber> Layer<S> for HclogLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+/// A span's fields, kept for the events inside it: an instance's and an
+/// Increase batch's ids reach every line logged on their behalf.
+struct SpanFields(Map<String, Value>);
+
+impl<S> Layer<S> for HclogLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut collector = FieldCollector::default();
+        attrs.record(&mut collector);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(collector.fields));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        // Outer spans first; the event's own fields win over all of them.
+        let mut fields = Map::new();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
+                    fields.extend(span_fields.iter().map(|(key, value)| (key.clone(), value.clone())));
+                }
+            }
+        }
+        let mut collector = FieldCollector { fields, ..FieldCollector::default() };
         event.record(&mut collector);
         let line = format_line(event.metadata().level(), &collector.message, collector.fields, chrono::Utc::now());
         let mut stderr = std::io::stderr().lock();

@@ -15,14 +15,7 @@ use crate::pve::{Error as PveError, VmResource};
 /// A VM of the group found without the engine knowing it (after a restart):
 /// ready ones are adopted, half-provisioned ones removed.
 pub(crate) fn spawn_adoption(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
-    let task_engine = engine.clone();
-    let cancel = engine.cancel.clone();
-    engine.background.spawn(async move {
-        tokio::select! {
-            () = adopt(task_engine, id, vm) => {}
-            () = cancel.cancelled() => {}
-        }
-    });
+    engine.spawn_traced(Some(&id), id.vmid, adopt(engine.clone(), id.clone(), vm));
 }
 
 /// Why a found instance is not adopted.
@@ -81,6 +74,7 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
     match verdict.await {
         Ok(Some(addresses)) => {
             engine.registry.adopted(&id, addresses);
+            engine.metrics.adopted();
             tracing::info!(instance = %id, vmid = %id.vmid, node = vm.node, "instance running: adopted after a restart");
         }
         Ok(None) => {
@@ -98,6 +92,7 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         }
         Err(Leftover(reason)) => {
             if engine.registry.leftover(&id) {
+                engine.metrics.half_provisioned_removed();
                 tracing::info!(instance = %id, vmid = %id.vmid, reason, "removing a leftover instance");
                 delete(engine, id, reason).await;
             }
@@ -108,14 +103,7 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
 /// An untagged VM in the pool: ours if its description says so (a crash
 /// between clone and tagging), then removed; otherwise remembered as foreign.
 pub(crate) fn spawn_untagged_check(engine: Arc<Engine>, vm: VmResource) {
-    let task_engine = engine.clone();
-    let cancel = engine.cancel.clone();
-    engine.background.spawn(async move {
-        tokio::select! {
-            () = check_untagged(task_engine, vm) => {}
-            () = cancel.cancelled() => {}
-        }
-    });
+    engine.spawn_traced(None, vm.vmid, check_untagged(engine.clone(), vm));
 }
 
 async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
@@ -124,6 +112,7 @@ async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
     match engine.naming.owner_of_description(marker) {
         Some(id) if id.vmid == vm.vmid => {
             if engine.registry.track_deleting(id.clone(), &vm.node) {
+                engine.metrics.half_provisioned_removed();
                 tracing::info!(instance = %id, vmid = %vm.vmid, "removing a half-provisioned instance left by an earlier run");
                 delete(engine, id, "half-provisioned by an earlier run".into()).await;
             }

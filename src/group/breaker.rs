@@ -176,6 +176,25 @@ impl Breaker {
         }
     }
 
+    /// The breaker's state for metrics and `/status`.
+    pub fn snapshot(&self, now: Instant) -> crate::telemetry::BreakerSnapshot {
+        let (held, probing, next_attempt) = match self.state {
+            State::Closed => (false, false, None),
+            State::Open { until, .. } => {
+                (true, false, Some(crate::telemetry::snapshot::unix_seconds(until.max(now), now)))
+            }
+            State::Probing { .. } => (true, true, None),
+        };
+        crate::telemetry::BreakerSnapshot {
+            held,
+            probing,
+            next_attempt_unix: next_attempt,
+            failures: self.failures,
+            cause: self.last.as_ref().map(|last| last.cause.clone()),
+            message: self.status(now),
+        }
+    }
+
     /// Whether scale-up is held (open or probing).
     pub fn is_open(&self) -> bool {
         !matches!(self.state, State::Closed)

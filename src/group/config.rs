@@ -103,6 +103,8 @@ pub struct PluginConfig {
     pub failure_backoff_max: Option<String>,
     /// At Init, finish what the seed plugin (LukasK32, Phenix66) left in the pool under this config's `instance_name_*`: VMs named creating or removing are deleted, running ones adopted when they answer with an address (deleted otherwise). Only VMs in `pool` with one of these names, without this plugin's marker and without another group's tag are touched; never the template. Default `true`.
     pub take_over_seed_instances: Option<bool>,
+    /// Serve Prometheus metrics on `http://<address>/metrics` and the group's live state on `/status` (which `check` and `status` read), e.g. `127.0.0.1:9464`. One plugin process runs per `[[runners]]` entry: give each entry its own port. A taken port is retried in the background; the plugin serves Runner meanwhile. Default: off.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -178,6 +180,7 @@ pub struct GroupConfig {
     pub failure_backoff: Duration,
     pub failure_backoff_max: Duration,
     pub take_over_seed_instances: bool,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
@@ -204,6 +207,7 @@ impl GroupConfig {
             request_timeout: self.request_timeout,
             connect_timeout: Duration::from_secs(10),
             retry: crate::pve::RetryPolicy::default(),
+            observer: None,
         }
     }
 }
@@ -379,8 +383,13 @@ const OTHER_PLUGIN_KEYS: &[(&str, &str, Option<&str>, &str)] = &[
         "set `boot_timeout` (start until the guest agent reports an address), e.g. \"5m\"",
     ),
     ("shutdown_timeout", NE, Some("delete_timeout"), "set `delete_timeout` (stop and delete), e.g. \"5m\""),
-    ("metrics_socket", NE, None, "remove it: the plugin has no metrics exporter"),
-    ("metrics_interval", NE, None, "remove it: the plugin has no metrics exporter"),
+    (
+        "metrics_socket",
+        NE,
+        Some("metrics_listen"),
+        "set `metrics_listen` (an HTTP address Prometheus scrapes directly, no exporter process), e.g. \"127.0.0.1:9464\"",
+    ),
+    ("metrics_interval", NE, None, "remove it: metrics are computed when Prometheus scrapes"),
     ("network_mode", NE, None, NO_IP_POOL),
     ("ip_pool_network", NE, None, NO_IP_POOL),
     ("ip_pool_gateway", NE, None, NO_IP_POOL),
@@ -882,6 +891,18 @@ impl PluginConfig {
             None => 5,
         };
 
+        let metrics_listen = match self.metrics_listen.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(text) => match text.parse::<std::net::SocketAddr>() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    problems.push(format!(
+                        "`metrics_listen` {text:?} is not an address and port; write e.g. \"127.0.0.1:9464\" or \"[::1]:9464\""
+                    ));
+                    None
+                }
+            },
+        };
         let tls_fingerprint = match self.tls_fingerprint.as_deref().map(crate::pve::Fingerprint::parse) {
             Some(Err(problem)) => {
                 problems.push(format!("`tls_fingerprint` {problem}"));
@@ -965,6 +986,7 @@ impl PluginConfig {
             failure_backoff,
             failure_backoff_max,
             take_over_seed_instances: self.take_over_seed_instances.unwrap_or(true),
+            metrics_listen,
         })
     }
 }

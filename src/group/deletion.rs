@@ -13,14 +13,7 @@ use crate::pve::Error as PveError;
 
 /// Starts a deletion in the background.
 pub(crate) fn spawn_deletion(engine: Arc<Engine>, id: InstanceId, reason: String) {
-    let task_engine = engine.clone();
-    let cancel = engine.cancel.clone();
-    engine.background.spawn(async move {
-        tokio::select! {
-            () = delete(task_engine, id, reason) => {}
-            () = cancel.cancelled() => {}
-        }
-    });
+    engine.spawn_traced(Some(&id), id.vmid, delete(engine.clone(), id.clone(), reason));
 }
 
 /// Removes one of the group's VMs. Ownership is re-checked first: a VM whose
@@ -35,6 +28,7 @@ pub(super) async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) 
         let Some(node) = engine.registry.node_of(&id) else {
             // Update forgot it after its VM had left the listing: done.
             tracing::info!(instance = %id, vmid = %id.vmid, reason, duration_ms = started.elapsed().as_millis() as u64, confirmed_by = "listing", "instance deleted");
+            engine.metrics.removed();
             return;
         };
         let attempt = async {
@@ -64,6 +58,7 @@ pub(super) async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) 
                     duration_ms = started.elapsed().as_millis() as u64,
                     "instance deleted"
                 );
+                engine.metrics.removed();
                 return;
             }
             Ok(false) => {
@@ -73,6 +68,7 @@ pub(super) async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) 
             }
             Err(err) if err.is_not_found() => {
                 tracing::info!(instance = %id, vmid = %id.vmid, node, reason, duration_ms = started.elapsed().as_millis() as u64, "instance deleted");
+                engine.metrics.removed();
                 return;
             }
             Err(err) => {
@@ -80,6 +76,7 @@ pub(super) async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) 
                     tracing::error!(instance = %id, vmid = %id.vmid, error = %err, "could not delete instance within delete_timeout; Runner will ask again");
                     // Back to a state Runner can ask to remove again.
                     engine.registry.removal_failed(&id);
+                    engine.metrics.removal_failed();
                     return;
                 }
                 tracing::debug!(instance = %id, error = %err, "deletion failed; retrying");

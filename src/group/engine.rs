@@ -11,7 +11,7 @@
 //!   re-checked before anything destructive.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OnceCell, Semaphore};
@@ -31,6 +31,9 @@ use super::{
     ProviderInfo,
 };
 use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource};
+use crate::telemetry::metrics::FleetSource;
+use crate::telemetry::snapshot::{InstanceCount, QuarantinedVmid, unix_seconds};
+use crate::telemetry::{FleetSnapshot, Metrics, MetricsListener};
 
 /// Everything `init` sets up.
 ///
@@ -70,12 +73,16 @@ pub(crate) struct Engine {
     pub takeover_until: Option<Instant>,
     /// Next VMID to try inside `vmid_range`.
     pub range_cursor: Mutex<u32>,
+    /// The group's metrics; the PVE client reports its requests here too.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The `InstanceGroup` for Proxmox VE.
 #[derive(Default)]
 pub struct ProxmoxGroup {
     engine: OnceCell<Arc<Engine>>,
+    /// Serves `metrics_listen` until Shutdown.
+    listener: Mutex<Option<MetricsListener>>,
 }
 
 impl ProxmoxGroup {
@@ -93,7 +100,11 @@ impl Engine {
     /// cluster's VM listing it read, for the takeover of the seed's VMs.
     async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<(Self, Vec<VmResource>), Error> {
         let credentials = Credentials::load(&config.credentials_file_path)?;
-        let client_config = config.client_config(credentials);
+        let metrics = Arc::new(Metrics::new(&config.group));
+        let client_config = crate::pve::ClientConfig {
+            observer: Some(crate::pve::Observer(metrics.clone())),
+            ..config.client_config(credentials)
+        };
         let pve = PveClient::connect(client_config).await?.with_task_poll_interval(config.task_poll_interval);
         let version = pve.version().await?;
 
@@ -161,6 +172,7 @@ impl Engine {
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
             takeover_until: config_takeover.then(|| Instant::now() + super::takeover::TAKEOVER_WINDOW),
+            metrics,
         };
         Ok((engine, vms))
     }
@@ -240,6 +252,69 @@ impl Engine {
 
     fn count_active(&self) -> u32 {
         self.registry.count_active() as u32
+    }
+
+    /// Runs `work` in the background until it ends or the group shuts
+    /// down, inside a span naming `vmid` (and `instance`, when known), so
+    /// every log line of one instance's life carries them, and the lines of
+    /// one Increase also carry its `batch` (the caller's span is the parent).
+    pub fn spawn_traced<F>(&self, instance: Option<&InstanceId>, vmid: crate::pve::Vmid, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use tracing::Instrument as _;
+        // Error-level spans: enabled whenever any line is logged, so the ids
+        // are on warnings and errors even when Runner's level is `warn`.
+        let span = match instance {
+            Some(id) => tracing::error_span!("instance", instance = %id, vmid = %vmid),
+            None => tracing::error_span!("vm", vmid = %vmid),
+        };
+        let cancel = self.cancel.clone();
+        self.background.spawn(
+            async move {
+                tokio::select! {
+                    () = work => {}
+                    () = cancel.cancelled() => {}
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+impl FleetSource for Engine {
+    fn snapshot(&self) -> FleetSnapshot {
+        let now = Instant::now();
+        // One lock at a time (see the lock order on `Engine`).
+        let census = self.registry.census();
+        let breaker = self.breaker.lock().unwrap().snapshot(now);
+        let quarantined = self.quarantine.lock().unwrap().current(now);
+        FleetSnapshot {
+            group: self.config.group.clone(),
+            pool: self.config.pool.clone(),
+            max_instances: self.config.max_instances,
+            instances: census
+                .by_phase_and_node
+                .into_iter()
+                .map(|((phase, node), count)| InstanceCount { phase: phase.as_str().into(), node, count: count as u64 })
+                .collect(),
+            oldest_in_phase_seconds: census
+                .oldest_in_phase
+                .into_iter()
+                .map(|(phase, age)| (phase.as_str().to_string(), age.as_secs_f64()))
+                .collect(),
+            impostors: census.impostors as u64,
+            foreign_vms: census.foreign as u64,
+            quarantined_vmids: quarantined
+                .into_iter()
+                .map(|(vmid, entry)| QuarantinedVmid {
+                    vmid: vmid.0,
+                    reason: entry.reason,
+                    until_unix: unix_seconds(entry.until, now),
+                })
+                .collect(),
+            breaker,
+        }
     }
 }
 
@@ -348,6 +423,11 @@ impl InstanceGroup for ProxmoxGroup {
         }
         let (engine, vms) = Engine::start(config, settings).await?;
         let engine = self.engine.get_or_init(|| async { Arc::new(engine) }).await;
+        let source: Weak<dyn FleetSource> = Arc::downgrade(engine) as Weak<Engine>;
+        engine.metrics.set_source(source);
+        if let Some(address) = engine.config.metrics_listen {
+            *self.listener.lock().unwrap() = Some(MetricsListener::spawn(address, engine.metrics.clone()));
+        }
         if engine.config.take_over_seed_instances {
             // Init's own listing; what it misses, Update judges in the takeover window.
             let claimed = super::takeover::take_over(engine, &vms).await;
@@ -360,6 +440,7 @@ impl InstanceGroup for ProxmoxGroup {
 
     async fn update(&self) -> Result<Vec<(String, InstanceState)>, Error> {
         let engine = self.engine()?;
+        let started = Instant::now();
         let vms = engine.pve.cluster_vms().await?;
         let pool = engine.config.pool.as_str();
         let template_id = engine.config.template_id;
@@ -375,39 +456,17 @@ impl InstanceGroup for ProxmoxGroup {
         for vm in check_foreign {
             super::adoption::spawn_untagged_check(engine.clone(), vm);
         }
+        engine.metrics.update_took(started.elapsed());
         Ok(states)
     }
 
     async fn increase(&self, count: u32) -> Result<Partial<u32>, Error> {
+        use tracing::Instrument as _;
         let engine = self.engine()?;
-        let room = engine.config.max_instances.saturating_sub(engine.count_active());
-        let wanted = count.min(room);
-        let mut failures = Vec::new();
-        if wanted < count {
-            failures.push(format!(
-                "could not create {} of {count} instances: max_instances is {}",
-                count - wanted,
-                engine.config.max_instances
-            ));
-        }
-        let admission = engine.breaker.lock().unwrap().admit(wanted, Instant::now());
-        if let Some(held) = admission.held {
-            tracing::info!(requested = count, allowed = admission.allowed, "{held}");
-            failures.push(held);
-        }
-        let probe = admission.probe;
-        let results = futures::future::join_all(
-            (0..admission.allowed).map(|_| super::provision::request_clone(engine.clone(), probe)),
-        )
-        .await;
-        let mut accepted = 0;
-        for result in results {
-            match result {
-                Ok(()) => accepted += 1,
-                Err(err) => failures.push(format!("could not create an instance: {err}")),
-            }
-        }
-        Ok(Partial { succeeded: accepted, failures })
+        // Every line of this Increase and of the instances it starts carries the batch id.
+        let batch = format!("{:08x}", rand::random::<u32>());
+        let span = tracing::error_span!("increase", batch);
+        increase(engine, count).instrument(span).await
     }
 
     async fn decrease(&self, ids: Vec<String>) -> Result<Partial<Vec<String>>, Error> {
@@ -512,6 +571,7 @@ impl InstanceGroup for ProxmoxGroup {
     }
 
     async fn shutdown(&self) -> Result<(), Error> {
+        self.listener.lock().unwrap().take();
         if let Some(engine) = self.engine.get() {
             // Background work stops; nothing is deleted (Runner decides that).
             engine.cancel.cancel();
@@ -520,6 +580,43 @@ impl InstanceGroup for ProxmoxGroup {
         }
         Ok(())
     }
+}
+
+/// Increase: as many clone requests as max_instances and the breaker
+/// allow; returns once Proxmox accepted them.
+async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Error> {
+    let room = engine.config.max_instances.saturating_sub(engine.count_active());
+    let wanted = count.min(room);
+    let mut failures = Vec::new();
+    engine.metrics.requested(count);
+    engine.metrics.refused("max_instances", count - wanted);
+    if wanted < count {
+        failures.push(format!(
+            "could not create {} of {count} instances: max_instances is {}",
+            count - wanted,
+            engine.config.max_instances
+        ));
+    }
+    let admission = engine.breaker.lock().unwrap().admit(wanted, Instant::now());
+    engine.metrics.refused("held", wanted - admission.allowed);
+    if let Some(held) = admission.held {
+        tracing::info!(requested = count, allowed = admission.allowed, "{held}");
+        failures.push(held);
+    }
+    let probe = admission.probe;
+    let results = futures::future::join_all(
+        (0..admission.allowed).map(|_| super::provision::request_clone(engine.clone(), probe)),
+    )
+    .await;
+    let mut accepted = 0;
+    for result in results {
+        match result {
+            Ok(()) => accepted += 1,
+            Err(err) => failures.push(format!("could not create an instance: {err}")),
+        }
+    }
+    engine.metrics.refused("error", admission.allowed - accepted);
+    Ok(Partial { succeeded: accepted, failures })
 }
 
 fn provider_info(engine: &Engine) -> ProviderInfo {

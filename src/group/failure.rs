@@ -25,6 +25,21 @@ pub enum Step {
     Boot,
 }
 
+impl Step {
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::AllocateVmid => "allocate_vmid",
+            Self::CloneRequest => "clone_request",
+            Self::Clone => "clone",
+            Self::Configure => "configure",
+            Self::Resize => "resize",
+            Self::Start => "start",
+            Self::Boot => "boot",
+        }
+    }
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -101,6 +116,19 @@ impl ProvisionError {
         }
     }
 
+    /// The reason class as a metric label: the PVE error's kind, or what
+    /// went wrong without one.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            Self::Pve { error, .. } => kind_label(error.kind()),
+            Self::NoAddress { api_unavailable: true, .. } => "unavailable",
+            Self::NoAddress { .. } => "no_address",
+            Self::NoFreeVmid { .. } => "no_free_vmid",
+            Self::RemovalRequested => "removal_requested",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+
     /// What this failure says, for the clone to `vmid` (if one was made).
     pub fn verdict(&self, vmid: Option<Vmid>) -> Verdict {
         match self {
@@ -139,6 +167,25 @@ pub fn kind_class(kind: &ErrorKind) -> &'static str {
         ErrorKind::Api { .. } => "error answer",
         ErrorKind::InvalidResponse { .. } => "invalid answer",
         ErrorKind::Tls { .. } => "TLS",
+        ErrorKind::Setup { .. } => "setup",
+    }
+}
+
+/// [`kind_class`] as a metric label.
+pub fn kind_label(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound { .. } => "not_found",
+        ErrorKind::Locked { .. } => "locked",
+        ErrorKind::AlreadyExists { .. } => "already_exists",
+        ErrorKind::PermissionDenied { .. } => "permission_denied",
+        ErrorKind::Unauthorized { .. } => "unauthorized",
+        ErrorKind::InvalidParameter { .. } => "invalid_parameter",
+        ErrorKind::Transient { .. } => "unavailable",
+        ErrorKind::TaskFailed { .. } => "task_failed",
+        ErrorKind::TaskTimeout { .. } => "task_timeout",
+        ErrorKind::Api { .. } => "error_answer",
+        ErrorKind::InvalidResponse { .. } => "invalid_answer",
+        ErrorKind::Tls { .. } => "tls",
         ErrorKind::Setup { .. } => "setup",
     }
 }

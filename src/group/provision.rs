@@ -20,6 +20,7 @@ use super::naming::InstanceId;
 use super::registry::{Phase, Removal};
 use super::{InstanceState, address::Addresses};
 use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, Vmid};
+use crate::telemetry::ProvisionPhase;
 
 /// VMIDs one instance may go through (races, orphaned volumes, held locks)
 /// before its creation fails.
@@ -58,8 +59,10 @@ async fn request_clone_on_some_vmid(
         let id = InstanceId::generate(vmid);
         let node = engine.pick_node();
         engine.registry.track_creating(id.clone(), &node);
+        let asked = Instant::now();
         let err = match send_clone(engine, &id, &node).await {
             Ok(accepted) => {
+                engine.metrics.phase_done(ProvisionPhase::CloneRequest, asked.elapsed());
                 tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
                 spawn_provisioning(engine, id, accepted, probe, vmid_attempts);
                 return Ok(());
@@ -174,6 +177,7 @@ fn absent_from_pool(err: &PveError, vmid: Vmid) -> bool {
 fn quarantine(engine: &Engine, vmid: Vmid, err: &ProvisionError) {
     let fresh = engine.quarantine.lock().unwrap().add(vmid, &err.to_string(), Instant::now());
     if fresh {
+        engine.metrics.vmid_quarantined();
         tracing::warn!(
             vmid = %vmid,
             error = %err,
@@ -186,6 +190,9 @@ fn quarantine(engine: &Engine, vmid: Vmid, err: &ProvisionError) {
 
 /// Tells the breaker what a failure of provisioning says about the cluster.
 fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, probe: bool) {
+    if let Some(step) = err.step() {
+        engine.metrics.failure(step.label(), err.reason_label());
+    }
     match err.verdict(vmid) {
         Verdict::Counts { cause } => {
             let now = Instant::now();
@@ -261,14 +268,8 @@ async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
 
 fn spawn_provisioning(engine: &Arc<Engine>, id: InstanceId, accepted: Accepted, probe: bool, vmid_attempts: u32) {
     let started = Instant::now();
-    let task_engine = engine.clone();
-    let cancel = engine.cancel.clone();
-    engine.background.spawn(async move {
-        tokio::select! {
-            () = provision(task_engine, id, accepted, started, probe, vmid_attempts) => {}
-            () = cancel.cancelled() => {}
-        }
-    });
+    let work = provision(engine.clone(), id.clone(), accepted, started, probe, vmid_attempts);
+    engine.spawn_traced(Some(&id), id.vmid, work);
 }
 
 /// Clone → configure → start → address → rename. Failures are logged with
@@ -286,6 +287,8 @@ async fn provision(
         Ok(addresses) => {
             // None: removal was requested meanwhile.
             let Some(node) = engine.registry.provisioned(&id, addresses.clone()) else { return };
+            engine.metrics.provisioned();
+            engine.metrics.phase_done(ProvisionPhase::Total, started.elapsed());
             let resumed = engine.breaker.lock().unwrap().success();
             if resumed {
                 tracing::info!(instance = %id, "scale-up resumes: an instance became ready");
@@ -327,7 +330,7 @@ async fn provision(
                 // The replacement takes its own clone slot; Runner sees this
                 // instance go and the replacement come.
                 let retry_engine = engine.clone();
-                engine.background.spawn(async move {
+                engine.spawn_traced(Some(&id), id.vmid, async move {
                     if let Err(err) = request_clone_on_some_vmid(&retry_engine, probe, vmid_attempts).await {
                         record_failure(&retry_engine, &err, None, probe);
                         tracing::warn!(error = %err, "could not create a replacement instance");
@@ -402,12 +405,19 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
     let clone_error = |error| ProvisionError::pve(Step::Clone, error);
     let configure_error = |error| ProvisionError::pve(Step::Configure, error);
     let start_error = |error| ProvisionError::pve(Step::Start, error);
+    let metrics = &engine.metrics;
+    let mut phase_started = Instant::now();
+    let mut phase_done = |phase: ProvisionPhase| {
+        metrics.phase_done(phase, phase_started.elapsed());
+        phase_started = Instant::now();
+    };
     match accepted {
         Accepted::Task(upid) => {
             pve.wait_task(&upid, engine.config.clone_timeout).await.map_err(clone_error)?;
         }
         Accepted::Found { node } => wait_for_clone_without_task(engine, id, &node).await?,
     }
+    phase_done(ProvisionPhase::CloneTask);
     let node = engine.registry.node_of(id).ok_or(ProvisionError::RemovalRequested)?;
     let config = retry_locked(|| pve.vm_config(&node, vmid)).await.map_err(configure_error)?;
 
@@ -423,6 +433,7 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
     if let Some(resize) = &engine.config.autoresize {
         grow_disk(engine, &node, vmid, resize, &config).await?;
     }
+    phase_done(ProvisionPhase::Configure);
 
     let deadline = Instant::now() + engine.config.boot_timeout;
     let start = retry_locked(|| pve.start_vm(&node, vmid)).await.map_err(start_error)?;
@@ -432,6 +443,7 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         Err(err) if already_running(&err) => {}
         Err(err) => return Err(start_error(err)),
     }
+    phase_done(ProvisionPhase::Start);
 
     let addresses = wait_for_address(engine, &node, vmid, config.get("net0").map(String::as_str), deadline).await?;
     let rename = engine.label_for(id, InstanceState::Running);
@@ -543,12 +555,19 @@ async fn wait_for_address(
     deadline: Instant,
 ) -> Result<Addresses, ProvisionError> {
     let started = Instant::now();
+    // When the agent first answered: boot-to-agent and address are measured apart.
+    let mut agent_answered: Option<Instant> = None;
     let mut pause = Duration::from_millis(500);
     loop {
         let (last, api_unavailable) = match engine.pve.guest_interfaces(node, vmid).await {
             Ok(interfaces) => {
+                let answered = *agent_answered.get_or_insert_with(|| {
+                    engine.metrics.phase_done(ProvisionPhase::BootToAgent, started.elapsed());
+                    Instant::now()
+                });
                 let addresses = choose_addresses(engine, &interfaces, net0);
                 if !addresses.is_empty() {
+                    engine.metrics.phase_done(ProvisionPhase::Address, answered.elapsed());
                     return Ok(addresses);
                 }
                 let message = format!(

@@ -18,7 +18,7 @@ use super::naming::InstanceId;
 use crate::pve::{VmResource, Vmid};
 
 /// Where one instance is in its life, as the engine knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Phase {
     /// Clone requested, configuring, starting or waiting for the agent.
     Creating,
@@ -44,6 +44,19 @@ impl Phase {
         Phase::Deleting,
         Phase::Adopting,
     ];
+
+    /// Its name in metrics and status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Creating => "creating",
+            Phase::Running => "running",
+            Phase::Suspending => "suspending",
+            Phase::Suspended => "suspended",
+            Phase::Resuming => "resuming",
+            Phase::Deleting => "deleting",
+            Phase::Adopting => "adopting",
+        }
+    }
 
     /// The state fleeting sees.
     pub fn state(self) -> InstanceState {
@@ -113,17 +126,26 @@ pub(crate) struct Tracked {
     /// When the engine stopped seeing the VM in `/cluster/resources`
     /// while it expected it (used to forget finished deletions).
     pub missing_since: Option<Instant>,
+    /// When it entered its phase (how long an instance is stuck creating).
+    pub phase_since: Instant,
 }
 
 impl Tracked {
     fn new(node: &str, phase: Phase) -> Self {
-        Self { node: node.to_string(), phase, addresses: Addresses::default(), missing_since: None }
+        Self {
+            node: node.to_string(),
+            phase,
+            addresses: Addresses::default(),
+            missing_since: None,
+            phase_since: Instant::now(),
+        }
     }
 
     /// Moves to `to` when the phase is one of `from` and the table allows it.
     fn step(&mut self, from: &[Phase], to: Phase) -> bool {
         if from.contains(&self.phase) && allowed(self.phase, to) {
             self.phase = to;
+            self.phase_since = Instant::now();
             true
         } else {
             false
@@ -159,6 +181,16 @@ pub(crate) struct Reconciled {
     pub adopt: Vec<(InstanceId, VmResource)>,
     /// Untagged VMs in the pool not judged yet.
     pub check_foreign: Vec<VmResource>,
+}
+
+/// Counts of the registry at one moment (see [`Registry::census`]).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Census {
+    pub by_phase_and_node: BTreeMap<(Phase, String), usize>,
+    /// The longest time an instance has been in each phase.
+    pub oldest_in_phase: HashMap<Phase, Duration>,
+    pub impostors: usize,
+    pub foreign: usize,
 }
 
 /// How long a VM under deletion may be absent from the listing before it
@@ -355,6 +387,24 @@ impl Registry {
             *load.entry(tracked.node.clone()).or_insert(0) += 1;
         }
         load
+    }
+
+    /// How many instances are in each phase on each node, and how long the
+    /// oldest has been in its phase: what the metrics show.
+    pub fn census(&self) -> Census {
+        let now = Instant::now();
+        let mut census = Census::default();
+        let state = self.lock();
+        for tracked in state.instances.values() {
+            let entry = census.by_phase_and_node.entry((tracked.phase, tracked.node.clone())).or_insert(0);
+            *entry += 1;
+            let age = now.saturating_duration_since(tracked.phase_since);
+            let oldest = census.oldest_in_phase.entry(tracked.phase).or_insert(age);
+            *oldest = (*oldest).max(age);
+        }
+        census.impostors = state.impostors.len();
+        census.foreign = state.foreign.len();
+        census
     }
 
     /// Remembers an untagged VM of the pool that is not ours.

@@ -137,10 +137,12 @@ pub(crate) async fn claim(engine: &Arc<Engine>, vm: &VmResource, current: &BTree
         Plan::Delete => {
             let left = if name == config.instance_name_creating { "half-created" } else { "half-removed" };
             tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: deleting a VM it left {left}");
+            engine.metrics.taken_over("deleted");
             super::deletion::spawn_deletion(engine.clone(), id, "left by the seed plugin".into());
         }
         Plan::Adopt => {
             tracing::info!(instance = %id, vmid = %vm.vmid, node = vm.node, name, pool = config.pool, "taking over from the seed plugin: adopting its running VM if it answers, else deleting it");
+            engine.metrics.taken_over("claimed_for_adoption");
             super::adoption::spawn_adoption(engine.clone(), id, vm.clone());
         }
     }

@@ -50,6 +50,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Backoff for requests that are safe to retry.
     pub retry: RetryPolicy,
+    /// Told of every request, retry and ticket event (metrics).
+    pub observer: Option<super::Observer>,
 }
 
 impl ClientConfig {
@@ -62,6 +64,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            observer: None,
         }
     }
 }
@@ -263,8 +266,12 @@ impl PveClient {
             builder = builder.tls_backend_preconfigured(tls_config);
         }
         let http = builder.build().map_err(|err| Error::setup("build the HTTP client", err.to_string()))?;
-        let login_client = api::Client::new_with_client(&base_url, http.clone(), Session::anonymous(config.retry));
-        let session = Session::new(&config.credentials, config.retry, login_client)?;
+        let login_client = api::Client::new_with_client(
+            &base_url,
+            http.clone(),
+            Session::anonymous(config.retry, config.observer.clone()),
+        );
+        let session = Session::new(&config.credentials, config.retry, config.observer.clone(), login_client)?;
         Ok(Self {
             api: api::Client::new_with_client(&base_url, http, session),
             version: Arc::new(OnceCell::new()),

@@ -17,6 +17,7 @@ pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod lenient;
+pub mod observer;
 pub mod session;
 pub mod task;
 pub mod tls;
@@ -28,6 +29,7 @@ pub use client::{
 };
 pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
 pub use error::{Error, ErrorKind};
+pub use observer::{Observer, RequestObserver, TicketEvent};
 pub use session::RetryPolicy;
 pub use task::{TaskSuccess, Upid};
 pub use tls::{Fingerprint, TlsOptions, any_certificate_config};

@@ -16,6 +16,7 @@ use super::auth::TfaChallenge;
 use super::credentials::{Credentials, PrivilegeCheck, SecondFactor, Secret};
 use super::error::{self, Error, ErrorKind};
 use super::lenient::PveBool;
+use super::observer::{Observer, TicketEvent};
 
 /// PVE tickets live two hours; renew well before.
 const TICKET_RENEW_AFTER: Duration = Duration::from_secs(60 * 60);
@@ -53,6 +54,7 @@ impl RetryPolicy {
 pub struct Session {
     auth: Auth,
     retry: RetryPolicy,
+    observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for Session {
@@ -86,6 +88,7 @@ struct TicketLogin {
     current: RwLock<Option<Ticket>>,
     /// Serialises logins, so concurrent 401s cause one re-login, not many.
     login_lock: Mutex<()>,
+    observer: Option<Observer>,
 }
 
 #[derive(Clone)]
@@ -99,8 +102,8 @@ struct Ticket {
 }
 
 impl Session {
-    pub(crate) fn anonymous(retry: RetryPolicy) -> Arc<Self> {
-        Arc::new(Self { auth: Auth::Anonymous, retry })
+    pub(crate) fn anonymous(retry: RetryPolicy, observer: Option<Observer>) -> Arc<Self> {
+        Arc::new(Self { auth: Auth::Anonymous, retry, observer })
     }
 
     /// Builds the session for `credentials`; ticket logins happen later, in
@@ -108,6 +111,7 @@ impl Session {
     pub(crate) fn new(
         credentials: &Credentials,
         retry: RetryPolicy,
+        observer: Option<Observer>,
         login_client: api::Client,
     ) -> Result<Arc<Self>, Error> {
         let auth = match credentials {
@@ -131,10 +135,11 @@ impl Session {
                     login_client,
                     current: RwLock::new(None),
                     login_lock: Mutex::new(()),
+                    observer: observer.clone(),
                 }))
             }
         };
-        Ok(Arc::new(Self { auth, retry }))
+        Ok(Arc::new(Self { auth, retry, observer }))
     }
 
     /// Logs in now (ticket credentials); a no-op for tokens.
@@ -171,7 +176,11 @@ impl Session {
             let path = attempt.url().path().to_string();
             let started = Instant::now();
             let result = client.execute(attempt).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_millis() as u64;
+            if let Some(Observer(observer)) = &self.observer {
+                observer.request(operation, result.as_ref().ok().map(|response| response.status().as_u16()), elapsed);
+            }
             match &result {
                 Ok(response) => {
                     tracing::debug!(operation, %method, path, status = response.status().as_u16(), elapsed_ms, "PVE request")
@@ -200,6 +209,9 @@ impl Session {
             }
             let delay = self.retry.delay(retries);
             retries += 1;
+            if let Some(Observer(observer)) = &self.observer {
+                observer.retry(operation);
+            }
             tracing::debug!(
                 operation,
                 retry = retries,
@@ -265,6 +277,12 @@ fn is_retryable_transport(err: &reqwest::Error, idempotent: bool) -> bool {
 }
 
 impl TicketLogin {
+    fn observe(&self, event: TicketEvent) {
+        if let Some(Observer(observer)) = &self.observer {
+            observer.ticket(event);
+        }
+    }
+
     async fn valid_ticket(&self) -> Option<Ticket> {
         let current = self.current.read().await;
         current.as_ref().filter(|t| t.obtained.elapsed() < TICKET_RENEW_AFTER).cloned()
@@ -288,13 +306,28 @@ impl TicketLogin {
         let mut ticket = None;
         if let Some(old) = renewable {
             match self.renew(old).await {
-                Ok(renewed) => ticket = Some(renewed),
-                Err(err) => tracing::info!(error = %err, "ticket renewal failed; logging in with the password"),
+                Ok(renewed) => {
+                    self.observe(TicketEvent::Renewed);
+                    ticket = Some(renewed);
+                }
+                Err(err) => {
+                    self.observe(TicketEvent::RenewalFailed);
+                    tracing::info!(error = %err, "ticket renewal failed; logging in with the password");
+                }
             }
         }
         let (ticket_value, csrf_token) = match ticket {
             Some(pair) => pair,
-            None => self.full_login().await?,
+            None => match self.full_login().await {
+                Ok(pair) => {
+                    self.observe(TicketEvent::Login);
+                    pair
+                }
+                Err(err) => {
+                    self.observe(TicketEvent::LoginFailed);
+                    return Err(err);
+                }
+            },
         };
         let ticket = Ticket { ticket: ticket_value, csrf_token, obtained: Instant::now(), generation };
         *self.current.write().await = Some(ticket.clone());

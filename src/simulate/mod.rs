@@ -51,11 +51,24 @@ pub struct Options {
     pub time_scale: Option<f64>,
     /// Makes MACs, addresses, VMIDs and injected faults reproducible.
     pub seed: Option<u64>,
+    /// Scrape the plugin's metrics before Shutdown into the summary.
+    pub metrics: bool,
+    /// Where the plugin serves metrics and status (`metrics_listen`); a free
+    /// loopback port when only `metrics` is asked for.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { instances: 10, profile: Profile::Realistic, faults: FaultMode::None, time_scale: None, seed: None }
+        Self {
+            instances: 10,
+            profile: Profile::Realistic,
+            faults: FaultMode::None,
+            time_scale: None,
+            seed: None,
+            metrics: false,
+            metrics_listen: None,
+        }
     }
 }
 
@@ -138,6 +151,9 @@ pub enum SimulateError {
     /// `--instances 0`.
     #[error("could not use --instances 0: expected at least 1")]
     NoInstances,
+    /// `--metrics`: no port, or the scrape failed.
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// A simulated duration as real time at the given scale, never below

@@ -104,7 +104,12 @@ async fn drive(
     let deadline = |sim_seconds: f64| {
         humantime::format_duration(real_time(sim_seconds, time_scale, Duration::from_secs(30))).to_string()
     };
-    let config = serde_json::json!({
+    let metrics_listen = match (options.metrics_listen, options.metrics) {
+        (Some(address), _) => Some(address),
+        (None, true) => Some(free_loopback_port().map_err(SimulateError::Metrics)?),
+        (None, false) => None,
+    };
+    let mut config = serde_json::json!({
         "url": sim.base_url(),
         "tls_fingerprint": sim.fingerprint(),
         "credentials_file_path": credentials,
@@ -115,6 +120,9 @@ async fn drive(
         "boot_timeout": deadline(300.0),
         "delete_timeout": deadline(300.0),
     });
+    if let Some(address) = metrics_listen {
+        config["metrics_listen"] = address.to_string().into();
+    }
 
     let plugin = FleetingService::new(ProxmoxGroup::new());
     progress.phase(&format!(
@@ -241,6 +249,10 @@ async fn drive(
         driver.update(progress).await;
     }
 
+    let metrics = match metrics_listen.filter(|_| options.metrics) {
+        Some(address) => Some(scrape_metrics(address).await.map_err(SimulateError::Metrics)?),
+        None => None,
+    };
     progress.phase("Shutdown");
     if let Err(status) = plugin.shutdown(Request::new(wire::Empty {})).await {
         progress.note(&format!("Shutdown failed: {}", status.message()));
@@ -283,8 +295,35 @@ async fn drive(
         vms_leaked: inventory.vms.iter().filter(|vm| !vm.template).map(|vm| vm.vmid).collect(),
         orphaned_disks: inventory.orphaned_disks.iter().map(|disk| disk.volid.clone()).collect(),
         not_removed: tally.not_removed,
+        metrics,
     };
     Ok(summary)
+}
+
+/// A loopback port nobody listens on right now.
+fn free_loopback_port() -> Result<std::net::SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|err| format!("could not find a free loopback port for the metrics: {err}"))
+}
+
+/// The plugin's exposition, as Prometheus would scrape it (the listener
+/// binds in the background: wait for it briefly).
+async fn scrape_metrics(address: std::net::SocketAddr) -> Result<String, String> {
+    let url = format!("http://{address}/metrics");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|err| format!("could not scrape {url}: {err}"))?;
+    let mut last = String::new();
+    for _ in 0..50 {
+        match client.get(&url).send().await.and_then(reqwest::Response::error_for_status) {
+            Ok(response) => return response.text().await.map_err(|err| format!("could not scrape {url}: {err}")),
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("could not scrape {url}: {last}"))
 }
 
 struct Driver<'a> {

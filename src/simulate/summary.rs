@@ -123,6 +123,9 @@ pub struct Summary {
     pub orphaned_disks: Vec<String>,
     /// Instances still listed by Update when the scale-down deadline passed.
     pub not_removed: Vec<String>,
+    /// With `--metrics`: the plugin's exposition scraped before Shutdown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl Summary {
@@ -262,6 +265,7 @@ mod tests {
             vms_leaked: Vec::new(),
             orphaned_disks: Vec::new(),
             not_removed: Vec::new(),
+            metrics: None,
         }
     }
 
