@@ -25,7 +25,7 @@ pub fn run<G: InstanceGroup>(group: G) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::registry().with(goplugin::log::HclogLayer.with_filter(filter)).init();
+    tracing_subscriber::registry().with(goplugin::log::HclogLayer::stderr().with_filter(filter)).init();
 
     // Background work of the group does not hold the process open (see `runtime`).
     let result = crate::runtime::block_on(async move {

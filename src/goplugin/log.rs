@@ -15,8 +15,27 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-/// Writes one JSON line per event to stderr.
-pub struct HclogLayer;
+/// Writes one JSON line per event to stderr (or, in tests, to any writer).
+pub struct HclogLayer<W = fn() -> std::io::Stderr> {
+    make_writer: W,
+}
+
+impl HclogLayer {
+    /// The plugin's layer: stderr, which go-plugin's host reads.
+    pub fn stderr() -> Self {
+        Self { make_writer: std::io::stderr }
+    }
+}
+
+impl<W> HclogLayer<W>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    /// The same lines to another writer.
+    pub fn with_writer(make_writer: W) -> Self {
+        Self { make_writer }
+    }
+}
 
 /// hclog's level names.
 fn level_name(level: &Level) -> &'static str {
@@ -99,9 +118,10 @@ impl Visit for FieldCollector {
 /// Increase batch's ids reach every line logged on their behalf.
 struct SpanFields(Map<String, Value>);
 
-impl<S> Layer<S> for HclogLayer
+impl<S, W> Layer<S> for HclogLayer<W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut collector = FieldCollector::default();
@@ -124,9 +144,9 @@ where
         let mut collector = FieldCollector { fields, ..FieldCollector::default() };
         event.record(&mut collector);
         let line = format_line(event.metadata().level(), &collector.message, collector.fields, chrono::Utc::now());
-        let mut stderr = std::io::stderr().lock();
-        let _ = stderr.write_all(line.as_bytes());
-        let _ = stderr.write_all(b"\n");
+        let mut writer = self.make_writer.make_writer();
+        // One write per line, so lines of concurrent events never interleave.
+        let _ = writer.write_all(format!("{line}\n").as_bytes());
     }
 }
 

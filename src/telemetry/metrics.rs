@@ -439,19 +439,24 @@ impl RequestObserver for Metrics {
 /// The label for an HTTP status: the codes PVE answers with by name, the
 /// rest by class, so the set stays closed.
 fn status_code(status: u16) -> &'static str {
+    const NAMED: [(u16, &str); 12] = [
+        (200, "200"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (500, "500"),
+        (501, "501"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+        (595, "595"),
+        (596, "596"),
+    ];
+    if let Some((_, name)) = NAMED.iter().find(|(code, _)| *code == status) {
+        return name;
+    }
     match status {
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        500 => "500",
-        501 => "501",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        595 => "595",
-        596 => "596",
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
