@@ -547,7 +547,7 @@ async fn wait_for_address(
     loop {
         let (last, api_unavailable) = match engine.pve.guest_interfaces(node, vmid).await {
             Ok(interfaces) => {
-                let addresses = choose_addresses(engine, &interfaces, net0);
+                let addresses = choose_addresses(&engine.config, &interfaces, net0);
                 if !addresses.is_empty() {
                     return Ok(addresses);
                 }
