@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::InstanceState;
-use super::engine::Engine;
 use super::config::GroupConfig;
+use super::engine::Engine;
 use super::naming::{InstanceId, Naming};
 use crate::pve::{VmResource, Vmid};
 
