@@ -106,6 +106,10 @@ struct StatusArgs {
     /// In a config.toml: only the [[runners]] entry with this name.
     #[arg(long, value_name = "NAME")]
     runner: Option<String>,
+    /// Whether Runner brings its own credentials, as for `check`; overrides
+    /// what config.toml says.
+    #[arg(long, value_name = "BOOL")]
+    use_static_credentials: Option<bool>,
     /// Print the status as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -180,7 +184,11 @@ fn check(args: CheckArgs) -> ExitCode {
 }
 
 fn show_status(args: StatusArgs) -> ExitCode {
-    let options = status::StatusOptions { config: args.config, runner: args.runner };
+    let options = status::StatusOptions {
+        config: args.config,
+        runner: args.runner,
+        use_static_credentials: args.use_static_credentials,
+    };
     let report = match runtime::block_on(status::run(&options)) {
         Ok(report) => report,
         Err(err) => {

@@ -121,7 +121,7 @@ async fn status_tells_whose_each_vm_is_and_lists_leaks_without_writing() {
     let admin = setup.sim.admin();
     admin.reset_counters();
 
-    let report = status::run(&StatusOptions { config: path.clone(), runner: None }).await;
+    let report = status::run(&StatusOptions { config: path.clone(), runner: None, use_static_credentials: None }).await;
     let rendered = report.render();
     let group = &report.groups[0];
     assert_eq!(group.error, None, "{rendered}");

@@ -27,6 +27,10 @@ pub struct StatusOptions {
     pub config: PathBuf,
     /// In a config.toml: only this `[[runners]]` entry.
     pub runner: Option<String>,
+    /// Whether Runner brings its own credentials; overrides config.toml (a
+    /// JSON plugin_config does not say). Decides whether the template needs a
+    /// cloud-init drive and whether the seed's running VMs would be adopted.
+    pub use_static_credentials: Option<bool>,
 }
 
 /// Everything one run shows: one entry per configuration.
@@ -215,7 +219,7 @@ impl Problem {
 
 /// Reads every configuration's group. Never changes anything in Proxmox.
 pub async fn run(options: &StatusOptions) -> StatusReport {
-    let targets = match input::load(&options.config, options.runner.as_deref(), None) {
+    let targets = match input::load(&options.config, options.runner.as_deref(), options.use_static_credentials) {
         Ok(targets) => targets,
         Err(message) => {
             return StatusReport {

@@ -345,6 +345,17 @@ mod tests {
         let (row, leak) = judge_vm(&judge, &elsewhere, &ours, None, 0);
         assert_eq!(row.verdict, Verdict::Ours);
         assert_eq!(leak.map(|leak| leak.kind), Some(LeakKind::OutsidePool));
+        // The marker without the tags (a crash before tagging): ours, and listed.
+        let (row, leak) = judge_vm(&judge, &listed(120, "fleeting-creating", &[]), &ours, None, 0);
+        assert_eq!((row.verdict, row.phase), (Verdict::Ours, Some(Phase::Creating)));
+        assert_eq!(leak.map(|leak| leak.kind), Some(LeakKind::Untagged));
+        // A seed VM named running: adopted with Runner's credentials, deleted when the plugin makes its own key.
+        let seed = configured("fleeting-running", "");
+        let (_, leak) = judge_vm(&judge, &listed(120, "fleeting-running", &[]), &seed, None, 0);
+        assert!(leak.unwrap().detail.contains("adopts it"));
+        let generating = SeedJudge { generates_key: true, ..judge };
+        let (_, leak) = judge_vm(&generating, &listed(120, "fleeting-running", &[]), &seed, None, 0);
+        assert!(leak.unwrap().detail.ends_with("deletes it"));
     }
 
     #[test]
