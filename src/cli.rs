@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
 use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Profile, Progress};
-use fleeting_plugin_proxmox::{check, plugin, plugin_dir, runtime, stdout, version};
+use fleeting_plugin_proxmox::{check, plugin, plugin_dir, runtime, status, stdout, version};
 
 #[derive(Debug, Parser)]
 #[command(name = "fleeting-plugin-proxmox", about, long_about = None, disable_version_flag = true)]
@@ -30,6 +30,12 @@ enum Command {
     /// cluster: reachability, TLS, credentials, version, pool, storage,
     /// template, privileges and VMIDs. Exits 0 only when every check passes.
     Check(CheckArgs),
+    /// Show the instance group as Proxmox sees it now, read-only: one row per
+    /// VM of the group or its pool with a verdict (ours, impostor, foreign,
+    /// seed leftover), leaked resources with their fixes, and the problems
+    /// `check` finds. Exits 0 when the cluster could be read (even with
+    /// problems), 1 when it could not.
+    Status(StatusArgs),
     /// Convert a Proxmox VE API schema dump (apidoc.js or JSON) to OpenAPI 3.0.3.
     Openapi(OpenapiArgs),
     /// Run an autoscaling session of the real plugin against the built-in
@@ -100,6 +106,24 @@ struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+struct StatusArgs {
+    /// plugin_config as JSON, or Runner's config.toml (every runner whose
+    /// [runners.autoscaler] plugin is this one is shown).
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// In a config.toml: only the [[runners]] entry with this name.
+    #[arg(long, value_name = "NAME")]
+    runner: Option<String>,
+    /// Whether Runner brings its own credentials, as for `check`; overrides
+    /// what config.toml says.
+    #[arg(long, value_name = "BOOL")]
+    use_static_credentials: Option<bool>,
+    /// Print the status as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct OpenapiArgs {
     /// Schema dump: `apidoc.js` as served by a PVE host at
     /// /pve-docs/api-viewer/apidoc.js, or the plain JSON array.
@@ -143,6 +167,7 @@ pub fn run() -> ExitCode {
         }
         Some(Command::Openapi(args)) => report(convert(&args)),
         Some(Command::Check(args)) => check(args),
+        Some(Command::Status(args)) => show_status(args),
         Some(Command::Simulate(args)) => simulate(&args),
         Some(Command::Bootstrap(args)) => bootstrap(&args),
         Some(Command::Serve) | None => plugin::run(ProxmoxGroup::new()),
@@ -164,6 +189,23 @@ fn check(args: CheckArgs) -> ExitCode {
     };
     emit(&outcome.render());
     ExitCode::from(outcome.exit_code())
+}
+
+fn show_status(args: StatusArgs) -> ExitCode {
+    let options = status::StatusOptions {
+        config: args.config,
+        runner: args.runner,
+        use_static_credentials: args.use_static_credentials,
+    };
+    let report = match runtime::block_on(status::run(&options)) {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    emit(&if args.json { report.to_json() } else { report.render() });
+    ExitCode::from(report.exit_code())
 }
 
 fn bootstrap(args: &BootstrapArgs) -> ExitCode {

@@ -19,6 +19,8 @@
 //! - [`sim`]: a Proxmox VE simulator for tests and demos.
 //! - [`check`]: the `check` command, a preflight run of a `plugin_config`
 //!   against its cluster (privileges, template, TLS, credentials).
+//! - [`status`]: the `status` command, a read-only view of an instance
+//!   group as Proxmox shows it (verdicts, leaks, `check`'s problems).
 //! - [`simulate`]: the `simulate` command: an autoscaling session of the
 //!   real plugin against the simulator, with a summary an operator can read.
 //! - [`plugin_dir`]: the `bootstrap` command, which installs the binary into
@@ -58,6 +60,8 @@ pub mod runtime;
 pub mod sim;
 #[cfg(feature = "plugin")]
 pub mod simulate;
+#[cfg(feature = "plugin")]
+pub mod status;
 #[cfg(feature = "plugin")]
 pub mod stdout;
 #[cfg(feature = "plugin")]

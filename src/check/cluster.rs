@@ -27,15 +27,39 @@ const PROBE_RANGE_LIMIT: u32 = 1000;
 /// Checks one configuration; the report says what passed and how to fix
 /// what did not.
 pub async fn check_target(target: &Target) -> Report {
+    inspect_target(target).await.report
+}
+
+/// What the checks of one configuration learnt besides their report, for
+/// `status` to read on from.
+pub struct Inspection {
+    pub report: Report,
+    /// The validated config and the authenticated client, once login succeeded.
+    pub connection: Option<(GroupConfig, PveClient)>,
+    /// Volumes of VMIDs without a VM on the clones' storages (empty when
+    /// they could not be listed: the report says why).
+    pub orphaned_volumes: Vec<OrphanedVolumes>,
+}
+
+/// Runs the checks of one configuration and keeps what they found.
+pub async fn inspect_target(target: &Target) -> Inspection {
     let mut report = Report::new(&target.label);
-    let Some(config) = check_config(target, &mut report) else { return report };
-    let Some(credentials) = check_credentials_file(&config, &mut report) else { return report };
-    let Some(fingerprint) = check_reachable(&config, &mut report).await else { return report };
-    let Some((pve, version)) = check_login(&config, credentials.clone(), fingerprint, &mut report).await else {
-        return report;
-    };
-    check_version(&version, &mut report);
-    check_pool(&pve, &config, &mut report).await;
+    let mut orphaned_volumes = Vec::new();
+    let connection = inspect_cluster(target, &mut report, &mut orphaned_volumes).await;
+    Inspection { report, connection, orphaned_volumes }
+}
+
+async fn inspect_cluster(
+    target: &Target,
+    report: &mut Report,
+    orphaned_volumes: &mut Vec<OrphanedVolumes>,
+) -> Option<(GroupConfig, PveClient)> {
+    let config = check_config(target, report)?;
+    let credentials = check_credentials_file(&config, report)?;
+    let fingerprint = check_reachable(&config, report).await?;
+    let (pve, version) = check_login(&config, credentials.clone(), fingerprint, report).await?;
+    check_version(&version, report);
+    check_pool(&pve, &config, report).await;
     let generate = !target.runner_brings_credentials;
     report.pass(
         "credentials for the VMs",
@@ -47,17 +71,17 @@ pub async fn check_target(target: &Target) -> Report {
              the plugin generates and injects nothing"
         },
     );
-    let template = check_template(&pve, &config, generate, &mut report).await;
+    let template = check_template(&pve, &config, generate, report).await;
     if let Some(template) = &template {
-        check_target_nodes(&pve, &config, template, &mut report).await;
+        check_target_nodes(&pve, &config, template, report).await;
     }
-    check_privileges(&pve, &config, &version, &credentials, template.as_ref(), generate, &mut report).await;
-    check_vmids(&pve, &config, &mut report).await;
+    check_privileges(&pve, &config, &version, &credentials, template.as_ref(), generate, report).await;
+    check_vmids(&pve, &config, report).await;
     if let Some(template) = &template {
-        check_leftover_volumes(&pve, template, &mut report).await;
+        *orphaned_volumes = check_leftover_volumes(&pve, template, report).await;
     }
-    super::running::check_running_plugin(&config, &mut report).await;
-    report
+    super::running::check_running_plugin(&config, report).await;
+    Some((config, pve))
 }
 
 fn skip_rest(report: &mut Report, reason: &str) {
@@ -581,14 +605,44 @@ async fn check_privileges(
     }
 }
 
+/// The volumes of one VMID that has no VM config anywhere in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedVolumes {
+    pub vmid: Vmid,
+    /// The node whose storages hold them.
+    pub node: String,
+    /// Volume ids, e.g. `local-lvm:vm-300-disk-0`.
+    pub volumes: Vec<String>,
+}
+
+impl OrphanedVolumes {
+    pub fn problem(&self) -> String {
+        format!(
+            "VMID {} has no VM but volumes {}; Proxmox offers VMID {} for new VMs and every clone to it fails (the plugin skips it)",
+            self.vmid,
+            self.volumes.join(", "),
+            self.vmid
+        )
+    }
+
+    /// The commands that free them.
+    pub fn fix(&self) -> String {
+        self.volumes.iter().map(|volid| format!("`pvesm free {volid}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
 /// Volumes on the clones' storages named for a VMID that has no VM (a node
 /// crashed mid-clone): Proxmox offers that VMID again and every clone to it
 /// fails. The plugin skips such a VMID and frees what its own failed clones
 /// left; others are reported here with the command that frees them.
-async fn check_leftover_volumes(pve: &PveClient, template: &TemplateOutcome, report: &mut Report) {
+async fn check_leftover_volumes(
+    pve: &PveClient,
+    template: &TemplateOutcome,
+    report: &mut Report,
+) -> Vec<OrphanedVolumes> {
     let subject = "leftover volumes";
     let node = &template.facts.node;
-    let mut leftovers: std::collections::BTreeMap<Vmid, Vec<String>> = std::collections::BTreeMap::new();
+    let mut leftovers: BTreeMap<Vmid, Vec<String>> = BTreeMap::new();
     let mut unreadable = Vec::new();
     let mut volumes_seen = 0;
     for storage in &template.clone_storages {
@@ -609,22 +663,15 @@ async fn check_leftover_volumes(pve: &PveClient, template: &TemplateOutcome, rep
     let mut orphaned = Vec::new();
     for (vmid, volumes) in leftovers {
         if pve.next_vmid(Some(vmid)).await.is_ok() {
-            orphaned.push((vmid, volumes));
+            orphaned.push(OrphanedVolumes { vmid, node: node.clone(), volumes });
         }
     }
     for problem in &unreadable {
         report.warn(subject, format!("could not list the disk images ({problem})"), "see the privileges above");
     }
     if !orphaned.is_empty() {
-        for (vmid, volumes) in orphaned {
-            report.warn(
-                subject,
-                format!(
-                    "VMID {vmid} has no VM but volumes {}; Proxmox offers VMID {vmid} for new VMs and every clone to it fails (the plugin skips it)",
-                    volumes.join(", ")
-                ),
-                volumes.iter().map(|volid| format!("`pvesm free {volid}`")).collect::<Vec<_>>().join(", "),
-            );
+        for orphan in &orphaned {
+            report.warn(subject, orphan.problem(), orphan.fix());
         }
     } else if unreadable.is_empty() {
         report.pass(
@@ -635,6 +682,7 @@ async fn check_leftover_volumes(pve: &PveClient, template: &TemplateOutcome, rep
             ),
         );
     }
+    orphaned
 }
 
 async fn check_vmids(pve: &PveClient, config: &GroupConfig, report: &mut Report) {

@@ -55,7 +55,7 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         // Ready means answering with an address now; one still booting was
         // half-provisioned when the plugin stopped, and is removed.
         let addresses = match retry_locked(|| pve.guest_interfaces(&vm.node, id.vmid)).await {
-            Ok(interfaces) => choose_addresses(&engine, &interfaces, config.get("net0").map(String::as_str)),
+            Ok(interfaces) => choose_addresses(&engine.config, &interfaces, config.get("net0").map(String::as_str)),
             Err(err) if err.is_retryable() => return Err(Undecided(err)),
             Err(err) => return Err(Leftover(format!("half-provisioned after a restart: {err}"))),
         };

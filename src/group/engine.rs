@@ -207,6 +207,11 @@ impl Engine {
         self.takeover_until.is_some_and(|until| Instant::now() < until)
     }
 
+    /// The judgement of the seed plugin's VMs for this config.
+    pub fn seed_judge(&self) -> super::takeover::SeedJudge<'_> {
+        super::takeover::SeedJudge { config: &self.config, naming: &self.naming, generates_key: self.key.is_some() }
+    }
+
     /// Whether `vm` is one of the group's, judged from the cheap listing.
     pub fn owned(&self, vm: &VmResource) -> Option<InstanceId> {
         if vm.template || vm.vmid == self.config.template_id {
@@ -631,7 +636,7 @@ fn provider_info(engine: &Engine) -> ProviderInfo {
 
 /// The address of an instance from its agent, per the group's rules.
 pub(crate) fn choose_addresses(
-    engine: &Engine,
+    config: &GroupConfig,
     interfaces: &[crate::pve::GuestInterface],
     net0: Option<&str>,
 ) -> Addresses {
@@ -639,8 +644,8 @@ pub(crate) fn choose_addresses(
     address::select(
         interfaces,
         mac.as_deref(),
-        &engine.config.instance_network_interface,
-        engine.config.instance_network_interface_explicit,
-        engine.config.instance_network_protocol,
+        &config.instance_network_interface,
+        config.instance_network_interface_explicit,
+        config.instance_network_protocol,
     )
 }

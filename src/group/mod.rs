@@ -18,7 +18,7 @@ mod provision;
 pub mod quarantine;
 mod registry;
 pub mod ssh_key;
-mod takeover;
+pub mod takeover;
 pub mod template;
 
 use std::future::Future;

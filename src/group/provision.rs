@@ -565,7 +565,7 @@ async fn wait_for_address(
                     engine.metrics.phase_done(ProvisionPhase::BootToAgent, started.elapsed());
                     Instant::now()
                 });
-                let addresses = choose_addresses(engine, &interfaces, net0);
+                let addresses = choose_addresses(&engine.config, &interfaces, net0);
                 if !addresses.is_empty() {
                     engine.metrics.phase_done(ProvisionPhase::Address, answered.elapsed());
                     return Ok(addresses);

@@ -88,6 +88,8 @@ pub struct VmResource {
     pub tags: Vec<String>,
     /// The pool it belongs to.
     pub pool: Option<String>,
+    /// Seconds since it started, while it runs.
+    pub uptime: Option<u64>,
 }
 
 /// `GET …/status/current`, reduced to what decisions need.
@@ -322,6 +324,7 @@ impl PveClient {
                 lock: item.lock.filter(|l| !l.is_empty()),
                 tags: split_tags(item.tags.as_deref()),
                 pool: item.pool,
+                uptime: item.uptime.and_then(|u| u64::try_from(u.0).ok()).filter(|&u| u > 0),
             });
         }
         Ok(vms)

@@ -12,6 +12,9 @@ pub struct Counters {
     pub requests_total: u64,
     /// operationId → requests (`unknown` for paths no operation matches).
     pub by_operation: BTreeMap<String, u64>,
+    /// HTTP method → requests, routed or not: tells a reader from a writer.
+    #[serde(default)]
+    pub by_method: BTreeMap<String, u64>,
     /// HTTP status → answers.
     pub by_status: BTreeMap<u16, u64>,
     pub injected_errors: u64,
@@ -45,6 +48,11 @@ impl Counters {
     pub fn operation(&self, operation_id: &str) -> u64 {
         self.by_operation.get(operation_id).copied().unwrap_or(0)
     }
+
+    /// Requests with a method other than GET (writes, and logins).
+    pub fn non_get_requests(&self) -> u64 {
+        self.by_method.iter().filter(|(method, _)| method.as_str() != "GET").map(|(_, count)| count).sum()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,10 +65,11 @@ impl CounterSet {
         }
     }
 
-    pub fn request(&self, operation: &str) {
+    pub fn request(&self, method: &str, operation: &str) {
         self.update(|c| {
             c.requests_total += 1;
             *c.by_operation.entry(operation.to_string()).or_default() += 1;
+            *c.by_method.entry(method.to_string()).or_default() += 1;
         });
     }
 

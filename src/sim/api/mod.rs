@@ -61,18 +61,18 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
     } else if let Some(rest) = full_path.strip_prefix("/api2/extjs") {
         (Format::ExtJs, rest.to_string())
     } else {
-        shared.counters.request("unknown");
+        shared.counters.request(method.as_str(), "unknown");
         let error = ApiError::not_implemented(method.as_str(), &full_path);
         return Ok(finish(&shared, wire::failure(&error, Format::Json, shared.wire)));
     };
     let path = if path.is_empty() { "/".to_string() } else { path };
 
     let Some((operation, path_params)) = shared.api.route(method.as_str(), &path) else {
-        shared.counters.request("unknown");
+        shared.counters.request(method.as_str(), "unknown");
         let error = ApiError::not_implemented(method.as_str(), &path);
         return Ok(finish(&shared, wire::failure(&error, format, shared.wire)));
     };
-    shared.counters.request(&operation.id);
+    shared.counters.request(method.as_str(), &operation.id);
 
     let decision = shared.faults().decide(&operation.id);
     if decision.latency_ms > 0 {
