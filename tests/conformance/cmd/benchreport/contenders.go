@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -47,6 +48,9 @@ type contender struct {
 	Incidents []incident `json:"incidents,omitempty"`
 	// configure writes the plugin's config (and credentials file) for a run.
 	configure func(sim *simulator, work string, p runParams) ([]byte, error)
+	// scrapeURL, when set, is the plugin's /metrics, scraped during the
+	// measured Updates as Prometheus would.
+	scrapeURL string
 	mu        sync.Mutex
 }
 
@@ -240,6 +244,32 @@ func redactedSettings(config []byte) json.RawMessage {
 	encoder.SetEscapeHTML(false)
 	encoder.Encode(settings)
 	return bytes.TrimSpace(out.Bytes())
+}
+
+// oursWithMetrics is our plugin with metrics_listen on a free loopback port.
+func oursWithMetrics(binary string) (*contender, error) {
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("could not find a free loopback port for metrics_listen: %w", err)
+	}
+	address := listener.Addr().String()
+	listener.Close()
+	c := ours(binary)
+	c.Name = "ours (Rust), metrics on"
+	c.scrapeURL = "http://" + address + "/metrics"
+	c.configure = func(sim *simulator, work string, p runParams) ([]byte, error) {
+		raw, err := configureOurs(sim, work, p)
+		if err != nil {
+			return nil, err
+		}
+		var settings map[string]any
+		if err := json.Unmarshal(raw, &settings); err != nil {
+			return nil, err
+		}
+		settings["metrics_listen"] = address
+		return json.Marshal(settings)
+	}
+	return c, nil
 }
 
 func configureOurs(sim *simulator, work string, p runParams) ([]byte, error) {

@@ -43,7 +43,10 @@ type report struct {
 	Timings     timings         `json:"timings"`
 	Footprints  []footprint     `json:"footprints"`
 	APICost     []apiCostResult `json:"api_cost"`
-	Scale       []scaleResult   `json:"scale"`
+	// MetricsOverhead is the API cost of ours again with metrics_listen set
+	// and /metrics scraped every metricsScrapeEvery Updates.
+	MetricsOverhead []apiCostResult `json:"metrics_overhead,omitempty"`
+	Scale           []scaleResult   `json:"scale"`
 	// Scenarios are the ones this run was limited to (-scenarios).
 	Scenarios  []string    `json:"scenarios"`
 	Switchover *switchover `json:"switchover,omitempty"`
@@ -196,6 +199,19 @@ func main() {
 	}
 	for _, c := range r.Contenders {
 		runContender(r, c, p)
+	}
+	if p.runs("api") {
+		logf("== ours (Rust), metrics on")
+		m, err := oursWithMetrics(*plugin)
+		if err != nil {
+			logf("  metrics overhead: %v", err)
+		} else {
+			r.MetricsOverhead = apiCost(m, p.simBinary, p.dir("api-metrics"), p.apiSizes, p.apiScale)
+			for _, result := range r.MetricsOverhead {
+				logf("  API cost with metrics N=%d: %.2f requests/Update, %.2f ms CPU/Update %s",
+					result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.Error)
+			}
+		}
 	}
 	r.Switchover = runSwitchover(r, p, skipped)
 	r.Elapsed = time.Since(r.Started).Seconds()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -308,6 +310,12 @@ func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) [
 				result.Error = "Update: " + err.Error()
 				break
 			}
+			if c.scrapeURL != "" && i%metricsScrapeEvery == 0 {
+				if err := scrape(ctx, c.scrapeURL); err != nil {
+					result.Error = err.Error()
+					break
+				}
+			}
 		}
 		elapsed := time.Since(started)
 		cancel()
@@ -324,6 +332,31 @@ func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) [
 		results = append(results, result)
 	}
 	return results
+}
+
+// metricsScrapeEvery is how many Updates pass between two scrapes: Runner
+// calls Update about every second, Prometheus scrapes every 15 s by default,
+// so 10 is a generous cadence.
+const metricsScrapeEvery = 10
+
+// scrape reads the exposition once, as Prometheus would.
+func scrape(ctx context.Context, url string) error {
+	request, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	response, err := http.DefaultClient.Do(request)
+	if err != nil {
+		return fmt.Errorf("could not scrape %s: %w", url, err)
+	}
+	defer response.Body.Close()
+	if _, err := io.Copy(io.Discard, response.Body); err != nil {
+		return fmt.Errorf("could not scrape %s: %w", url, err)
+	}
+	if response.StatusCode != http.StatusOK {
+		return fmt.Errorf("could not scrape %s: %s", url, response.Status)
+	}
+	return nil
 }
 
 // growTo asks for more instances until n run.

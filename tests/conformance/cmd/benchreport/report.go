@@ -169,6 +169,22 @@ func renderMarkdown(r *report, chartPath string) string {
 	}
 	w("\n")
 
+	if len(r.MetricsOverhead) > 0 {
+		w("### Metrics overhead\n\n")
+		w("The same measurement for ours with `metrics_listen` set and `/metrics` scraped every %d Updates during the measured Updates ", metricsScrapeEvery)
+		w("(the scrape's own CPU counts). Gauges are computed at scrape time, so an Update itself does no more work.\n\n")
+		w("| N | CPU ms/Update, metrics off | CPU ms/Update, metrics on | Update wall ms, off | Update wall ms, on |\n|---|---|---|---|---|\n")
+		for _, on := range r.MetricsOverhead {
+			off := findAPICost(r, us.Name, on.N)
+			if on.Error != "" || off == nil || off.Error != "" {
+				w("| %d | — | failed: %s | | |\n", on.N, oneLine(on.Error))
+				continue
+			}
+			w("| %d | %.2f | %.2f | %.1f | %.1f |\n", on.N, off.CPUMillisPerUpdate, on.CPUMillisPerUpdate, off.UpdateMillis, on.UpdateMillis)
+		}
+		w("\n")
+	}
+
 	w("## 2. Scale-up latency\n\n")
 	w("Time from Increase(n) until n instances are `running` in Update **and** ConnectInfo returns an address for each, in simulated seconds ")
 	w("(real seconds × time scale). Profile: linked clone %.0f s, full clone %.0f s, start + boot + agent %.0f s; clone limit %d. ", r.Timings.CloneLinked, r.Timings.CloneFull, r.Timings.bootAndAgent(), r.CloneLimit)
