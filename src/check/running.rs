@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Report;
 use crate::group::config::GroupConfig;
 use crate::telemetry::StatusDocument;
+pub use crate::telemetry::snapshot::format_unix;
 
 const SUBJECT: &str = "running plugin";
 
@@ -89,11 +90,4 @@ pub async fn check_running_plugin(config: &GroupConfig, report: &mut Report) {
             ),
         );
     }
-}
-
-/// Unix seconds as UTC, e.g. `2026-12-02 13:05:09 UTC`.
-pub fn format_unix(seconds: f64) -> String {
-    chrono::DateTime::from_timestamp(seconds as i64, 0)
-        .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| format!("{seconds:.0} (Unix time)"))
 }

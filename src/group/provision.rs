@@ -198,8 +198,11 @@ fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, pro
             let now = Instant::now();
             let mut breaker = engine.breaker.lock().unwrap();
             if let Some(wait) = breaker.failure(&cause, &err.to_string(), now) {
+                let until =
+                    crate::telemetry::snapshot::format_unix(crate::telemetry::snapshot::unix_seconds(now + wait, now));
                 tracing::warn!(
                     wait_s = wait.as_secs(),
+                    until,
                     "{}; set failure_backoff / failure_backoff_max to change the wait",
                     breaker.status(now).unwrap_or_default()
                 );

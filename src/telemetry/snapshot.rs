@@ -86,6 +86,13 @@ pub fn unix_seconds(at: Instant, now: Instant) -> f64 {
     wall.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64()
 }
 
+/// Unix seconds as UTC, e.g. `2026-12-02 13:05:09 UTC`.
+pub fn format_unix(seconds: f64) -> String {
+    chrono::DateTime::from_timestamp(seconds as i64, 0)
+        .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| format!("{seconds:.0} (Unix time)"))
+}
+
 /// The current time as Unix seconds.
 pub fn now_unix() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64()
