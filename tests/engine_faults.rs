@@ -35,7 +35,7 @@ async fn an_agent_that_never_comes_up_is_cleaned_up_at_its_deadline() {
     // Five failures of one cause: the next scale-up waits and says why.
     let blocked = group.increase(1).await.unwrap();
     assert_eq!(blocked.succeeded, 0);
-    assert!(blocked.failures[0].contains("boot_timeout"), "{:?}", blocked.failures);
+    assert!(blocked.failures[0].to_string().contains("boot_timeout"), "{:?}", blocked.failures);
     setup.assert_untouched();
     group.shutdown().await.unwrap();
 }
@@ -132,7 +132,7 @@ async fn a_missing_privilege_names_the_privilege_and_the_path() {
     admin.reset_counters();
     let answer = group.increase(1).await.unwrap();
     assert_eq!(answer.succeeded, 0);
-    let message = &answer.failures[0];
+    let message = answer.failures[0].to_string();
     assert!(message.contains("VM.Clone") && message.contains("/vms/9000"), "{message}");
     // Permanent: surfaced at once, not retried.
     let clones = admin.counters().by_operation.get("post_nodes_node_qemu_vmid_clone").copied().unwrap_or(0);

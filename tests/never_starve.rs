@@ -83,7 +83,7 @@ async fn sporadic_failures_among_successes_never_refuse_an_increase() {
         let increase = group.increase(1).await.unwrap();
         assert_eq!(
             (increase.succeeded, increase.failures.clone()),
-            (1, Vec::<String>::new()),
+            (1, Vec::new()),
             "round {round}: an Increase was refused"
         );
         let settled = settle(&group).await;
@@ -118,8 +118,12 @@ async fn a_systematic_failure_holds_scale_up_probes_with_one_and_resumes_after_t
     wait_until(&group, "the five failed instances removed", |s| s.is_empty()).await;
     let held = group.increase(2).await.unwrap();
     assert_eq!(held.succeeded, 0, "held right after the failures");
-    assert!(held.failures[0].contains("scale-up is held"), "{:?}", held.failures);
-    assert!(held.failures[0].contains("boot: no address") && held.failures[0].contains("boot_timeout"), "{held:?}");
+    assert!(held.failures[0].to_string().contains("scale-up is held"), "{:?}", held.failures);
+    assert!(
+        held.failures[0].to_string().contains("boot: no address")
+            && held.failures[0].to_string().contains("boot_timeout"),
+        "{held:?}"
+    );
 
     // After the wait: one probe, the rest held until it has a verdict.
     let probe = loop {
@@ -127,11 +131,11 @@ async fn a_systematic_failure_holds_scale_up_probes_with_one_and_resumes_after_t
         if attempt.succeeded > 0 {
             break attempt;
         }
-        assert!(attempt.failures[0].contains("held for another"), "{attempt:?}");
+        assert!(attempt.failures[0].to_string().contains("held for another"), "{attempt:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(probe.succeeded, 1, "{probe:?}");
-    assert!(probe.failures[0].contains("creating one instance to test"), "{probe:?}");
+    assert!(probe.failures[0].to_string().contains("creating one instance to test"), "{probe:?}");
     assert_eq!(group.increase(1).await.unwrap().succeeded, 0, "one probe at a time");
     wait_until(&group, "the failed probe removed", |s| s.is_empty()).await;
 

@@ -124,7 +124,7 @@ async fn lifecycle_in_process(login: Login, static_credentials: bool) -> (Vec<St
     group.init(config.to_string().as_bytes(), settings.clone()).await.expect("Init");
     let answer = group.increase(2).await.unwrap();
     assert_eq!(answer.succeeded, 2, "{:?}", answer.failures);
-    errors.extend(answer.failures);
+    errors.extend(answer.failures.iter().map(ToString::to_string));
     let deadline = Instant::now() + Duration::from_secs(60);
     let running = loop {
         let states = group.update().await.unwrap();
@@ -149,8 +149,8 @@ async fn lifecycle_in_process(login: Login, static_credentials: bool) -> (Vec<St
     ] {
         errors.push(result.unwrap_err().to_string());
     }
-    errors
-        .extend(group.decrease(vec!["999-nosuch".into(), defaults::TEMPLATE_VMID.to_string()]).await.unwrap().failures);
+    let refused = group.decrease(vec!["999-nosuch".into(), defaults::TEMPLATE_VMID.to_string()]).await.unwrap();
+    errors.extend(refused.failures.iter().map(ToString::to_string));
     let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
     group.decrease(ids).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 
 use super::proto;
 use super::proto::update_response::State;
-use crate::group::{ConnectInfo, ConnectorSettings, InstanceState, ProviderInfo};
+use crate::group::{ConnectInfo, ConnectorSettings, Error as GroupError, InstanceState, ProviderInfo};
 
 /// Go `time.Duration` (signed nanoseconds) to `Duration`; negatives are 0.
 fn duration(nanos: i64) -> Duration {
@@ -92,12 +92,17 @@ struct RpcStatus {
     details: Vec<prost_types::Any>,
 }
 
+/// The domain's failures worded once, for the log and the wire.
+pub fn failure_messages(failures: &[GroupError]) -> Vec<String> {
+    failures.iter().map(ToString::to_string).collect()
+}
+
 /// A partly failed Suspend/Resume, encoded as fleeting's Go server does:
 /// UNKNOWN with the error text, and the succeeded list as a status detail.
 /// The code inside the details must equal the status code, or grpc-go
 /// replaces the whole status with INTERNAL.
-pub fn partial_failure<M: prost::Message>(type_name: &str, succeeded: &M, failures: &[String]) -> Status {
-    let message = failures.join("; ");
+pub fn partial_failure<M: prost::Message>(type_name: &str, succeeded: &M, failures: &[GroupError]) -> Status {
+    let message = failure_messages(failures).join("; ");
     let details = RpcStatus {
         code: Code::Unknown as i32,
         message: message.clone(),
@@ -135,10 +140,10 @@ mod tests {
         let status = partial_failure(
             "proto.SuspendResponse",
             &proto::SuspendResponse { succeeded: vec!["a".into()] },
-            &["b: gone".into()],
+            &[GroupError::NotOwned { verb: "suspend", id: "b".into() }],
         );
         assert_eq!(status.code(), Code::Unknown);
-        assert_eq!(status.message(), "b: gone");
+        assert_eq!(status.message(), "could not suspend instance b: this group does not own it");
         let details = RpcStatus::decode(status.details()).unwrap();
         assert_eq!(details.code, Code::Unknown as i32);
         assert_eq!(details.details[0].type_url, "type.googleapis.com/proto.SuspendResponse");

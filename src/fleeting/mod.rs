@@ -105,10 +105,11 @@ impl<G: InstanceGroup> proto::instance_group_server::InstanceGroup for FleetingS
         let partial = self.group.increase(wanted).await.map_err(to_status)?;
         // grpc drops the reply of a failed call, so a partial success is
         // reported as success (the host then counts it) and logged here.
-        if partial.succeeded == 0 && !partial.failures.is_empty() {
-            return Err(Status::unknown(partial.failures.join("; ")));
+        let failures = convert::failure_messages(&partial.failures);
+        if partial.succeeded == 0 && !failures.is_empty() {
+            return Err(Status::unknown(failures.join("; ")));
         }
-        for failure in &partial.failures {
+        for failure in &failures {
             tracing::warn!(requested = wanted, accepted = partial.succeeded, "{failure}");
         }
         Ok(Response::new(proto::IncreaseResponse { succeeded: partial.succeeded }))
@@ -124,10 +125,11 @@ impl<G: InstanceGroup> proto::instance_group_server::InstanceGroup for FleetingS
             return Ok(Response::new(proto::DecreaseResponse { succeeded: Vec::new() }));
         }
         let partial = self.group.decrease(instances).await.map_err(to_status)?;
-        if partial.succeeded.is_empty() && !partial.failures.is_empty() {
-            return Err(Status::unknown(partial.failures.join("; ")));
+        let failures = convert::failure_messages(&partial.failures);
+        if partial.succeeded.is_empty() && !failures.is_empty() {
+            return Err(Status::unknown(failures.join("; ")));
         }
-        for failure in &partial.failures {
+        for failure in &failures {
             tracing::warn!("{failure}");
         }
         Ok(Response::new(proto::DecreaseResponse { succeeded: partial.succeeded }))

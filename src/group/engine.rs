@@ -479,16 +479,14 @@ impl InstanceGroup for ProxmoxGroup {
         let mut partial: Partial<Vec<String>> = Partial::default();
         for text in ids {
             let Ok(id) = text.parse::<InstanceId>() else {
-                partial
-                    .failures
-                    .push(format!("could not remove instance {text}: it is not an instance of this plugin"));
+                partial.failures.push(Error::NotAnInstance { verb: "remove", id: text });
                 continue;
             };
             let start = match engine.registry.begin_removal(&id) {
                 Removal::Started => true,
                 Removal::AlreadyDeleting => false,
                 Removal::Unknown => {
-                    partial.failures.push(format!("could not remove instance {text}: this group does not own it"));
+                    partial.failures.push(Error::NotOwned { verb: "remove", id: text });
                     continue;
                 }
             };
@@ -596,17 +594,17 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
     engine.metrics.requested(count);
     engine.metrics.refused("max_instances", count - wanted);
     if wanted < count {
-        failures.push(format!(
-            "could not create {} of {count} instances: max_instances is {}",
-            count - wanted,
-            engine.config.max_instances
-        ));
+        failures.push(Error::MaxInstances {
+            requested: count,
+            refused: count - wanted,
+            max: engine.config.max_instances,
+        });
     }
     let admission = engine.breaker.lock().unwrap().admit(wanted, Instant::now());
     engine.metrics.refused("held", wanted - admission.allowed);
     if let Some(held) = admission.held {
         tracing::info!(requested = count, allowed = admission.allowed, "{held}");
-        failures.push(held);
+        failures.push(Error::ScaleUpHeld(held));
     }
     let probe = admission.probe;
     let results = futures::future::join_all(
@@ -617,7 +615,7 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
     for result in results {
         match result {
             Ok(()) => accepted += 1,
-            Err(err) => failures.push(format!("could not create an instance: {err}")),
+            Err(err) => failures.push(Error::Provision(err)),
         }
     }
     engine.metrics.refused("error", admission.allowed - accepted);

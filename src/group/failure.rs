@@ -55,7 +55,7 @@ impl fmt::Display for Step {
 }
 
 /// Why one instance could not be provisioned.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProvisionError {
     /// A Proxmox call of `step` failed.
     #[error("{error}")]

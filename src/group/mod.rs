@@ -94,11 +94,11 @@ pub struct ConnectInfo {
 
 /// The result of a call that works on several instances: some may succeed
 /// while others fail.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Partial<T> {
     pub succeeded: T,
-    /// One message per failure, for the log and for Runner.
-    pub failures: Vec<String>,
+    /// One error per failure; the adapter words them for the log and Runner.
+    pub failures: Vec<Error>,
 }
 
 /// Errors the domain reports to Runner. Each keeps its cause; the fleeting
@@ -135,8 +135,23 @@ pub enum Error {
     #[error("could not use target_nodes: {}", problems.join("; "))]
     TargetNodes { problems: Vec<String> },
     /// No SSH key could be generated.
-    #[error("{0}")]
+    #[error("could not generate an SSH key: {0}")]
     SshKey(String),
+    /// Increase: `max_instances` leaves no room for `refused` of `requested`.
+    #[error("could not create {refused} of {requested} instances: max_instances is {max}")]
+    MaxInstances { requested: u32, refused: u32, max: u32 },
+    /// Increase: the breaker holds scale-up; its message says why and until when.
+    #[error("{0}")]
+    ScaleUpHeld(String),
+    /// Increase: one instance's clone request failed.
+    #[error("could not create an instance: {0}")]
+    Provision(#[source] failure::ProvisionError),
+    /// An id Runner passed names no instance of this plugin.
+    #[error("could not {verb} instance {id}: it is not an instance of this plugin")]
+    NotAnInstance { verb: &'static str, id: String },
+    /// A power action on an instance in a phase that does not allow it.
+    #[error("could not {verb} instance {id}: it is {phase}")]
+    WrongPhase { verb: &'static str, id: String, phase: &'static str },
     /// An id Runner passed is not one of this plugin's.
     #[error(transparent)]
     InvalidId(#[from] naming::InstanceIdError),

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Partial;
 use super::engine::Engine;
 use super::naming::InstanceId;
 use super::registry::{PowerAction, PowerRefused};
+use super::{Error, Partial};
 
 /// Suspends or resumes instances with Proxmox's own calls.
 pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, action: PowerAction) -> Partial<Vec<String>> {
@@ -15,17 +15,17 @@ pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, action: PowerA
     let mut partial: Partial<Vec<String>> = Partial::default();
     for text in ids {
         let Ok(id) = text.parse::<InstanceId>() else {
-            partial.failures.push(format!("could not {verb} instance {text}: it is not an instance of this plugin"));
+            partial.failures.push(Error::NotAnInstance { verb, id: text });
             continue;
         };
         let node = match engine.registry.begin_power(&id, action) {
             Ok(node) => node,
             Err(PowerRefused::WrongPhase(phase)) => {
-                partial.failures.push(format!("could not {verb} instance {text}: it is {phase:?}"));
+                partial.failures.push(Error::WrongPhase { verb, id: text, phase: phase.as_str() });
                 continue;
             }
             Err(PowerRefused::Unknown) => {
-                partial.failures.push(format!("could not {verb} instance {text}: this group does not own it"));
+                partial.failures.push(Error::NotOwned { verb, id: text });
                 continue;
             }
         };
@@ -44,7 +44,7 @@ pub(crate) async fn power(engine: &Arc<Engine>, ids: Vec<String>, action: PowerA
             }
             Err(err) => {
                 engine.registry.power_refused(&id, action);
-                partial.failures.push(err.to_string());
+                partial.failures.push(Error::Pve(err));
             }
         }
     }

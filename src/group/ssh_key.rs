@@ -23,8 +23,7 @@ impl std::fmt::Debug for GeneratedKey {
 
 impl GeneratedKey {
     pub fn generate() -> Result<Self, String> {
-        let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519)
-            .map_err(|err| format!("could not generate an SSH key: {err}"))?;
+        let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).map_err(|err| err.to_string())?;
         key.set_comment("fleeting-plugin-proxmox");
         let private_pem =
             key.to_openssh(LineEnding::LF).map_err(|err| format!("could not encode the SSH key: {err}"))?;

@@ -89,7 +89,12 @@ impl FakeGroup {
                     *state = to;
                     partial.succeeded.push(id);
                 }
-                _ => partial.failures.push(format!("could not {verb} instance {id}: it is not {from:?}")),
+                Some(_) => partial.failures.push(GroupError::WrongPhase {
+                    verb,
+                    id,
+                    phase: if from == InstanceState::Running { "not running" } else { "not suspended" },
+                }),
+                None => partial.failures.push(GroupError::NotOwned { verb, id }),
             }
         }
         Ok(partial)
@@ -161,7 +166,7 @@ impl InstanceGroup for FakeGroup {
             inner.instances.insert(id, (InstanceState::Creating, Instant::now()));
         }
         let failures = if accepted < count {
-            vec![format!("could not create {} instances: the group is full ({})", count - accepted, config.max_size)]
+            vec![GroupError::MaxInstances { requested: count, refused: count - accepted, max: config.max_size }]
         } else {
             Vec::new()
         };
@@ -181,7 +186,7 @@ impl InstanceGroup for FakeGroup {
                     }
                     partial.succeeded.push(id);
                 }
-                None => partial.failures.push(format!("could not remove instance {id}: it is not part of this group")),
+                None => partial.failures.push(GroupError::NotOwned { verb: "remove", id }),
             }
         }
         Ok(partial)
