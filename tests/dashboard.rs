@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fleeting_plugin_proxmox::pve::{RequestObserver, TicketEvent};
@@ -207,9 +207,8 @@ struct Known {
 }
 
 fn known_metrics() -> &'static Known {
-    static KNOWN: Mutex<Option<&'static Known>> = Mutex::new(None);
-    let mut known = KNOWN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    *known.get_or_insert_with(|| {
+    static KNOWN: OnceLock<Known> = OnceLock::new();
+    KNOWN.get_or_init(|| {
         let mut session = Exposition::default();
         for text in flaky_session_expositions() {
             session.add(&text);
@@ -243,7 +242,7 @@ fn known_metrics() -> &'static Known {
             }
         }
         eprintln!("families the flaky session did not sample, recorded through Metrics: {supplemented:?}");
-        Box::leak(Box::new(Known { exposition: session, supplemented }))
+        Known { exposition: session, supplemented }
     })
 }
 
