@@ -47,6 +47,8 @@ type report struct {
 	// and /metrics scraped every metricsScrapeEvery Updates.
 	MetricsOverhead []apiCostResult `json:"metrics_overhead,omitempty"`
 	Scale           []scaleResult   `json:"scale"`
+	// Faults is the fault comparison, one result per plugin.
+	Faults []faultResult `json:"faults,omitempty"`
 	// Scenarios are the ones this run was limited to (-scenarios).
 	Scenarios  []string    `json:"scenarios"`
 	Switchover *switchover `json:"switchover,omitempty"`
@@ -224,7 +226,7 @@ func main() {
 // c.Incidents); the next scenario starts a fresh process.
 func runContender(r *report, c *contender, p plan) {
 	logf("== %s", c.Name)
-	if !p.runs("footprint") && !p.runs("api") && !p.runs("scale") {
+	if !p.runs("footprint") && !p.runs("api") && !p.runs("scale") && !p.runs("faults") {
 		return
 	}
 	fp := footprint{Contender: c.Name, HandshakeRuns: p.handshakeRuns}
@@ -276,13 +278,20 @@ func runContender(r *report, c *contender, p plan) {
 			}
 		}
 	}
+	if p.runs("faults") {
+		result := faultComparison(c, p.simBinary, p.dir("faults"), p.apiScale)
+		logf("  faults: %d requested, %d accepted, %d ran, peak %d running, %d restarts, %d never came back, leaked %v, %d orphaned disks, foreign touched %v, %d crashes %s",
+			result.Requested, result.Accepted, result.Ran, result.PeakRunning, result.Restarts, result.NeverCameBack,
+			result.LeakedVMs, result.OrphanedDisks, result.ForeignTouched, result.Crashes, result.Error)
+		r.Faults = append(r.Faults, result)
+	}
 }
 
 // runs reports whether the plan includes a scenario (all when not limited).
 func (p plan) runs(name string) bool { return p.scenarios == nil || p.scenarios[name] }
 
 // allScenarios are the measurements -scenarios can choose from.
-var allScenarios = []string{"footprint", "api", "scale", "switchover"}
+var allScenarios = []string{"footprint", "api", "scale", "faults", "switchover"}
 
 func parseScenarios(text string) (map[string]bool, error) {
 	out := map[string]bool{}

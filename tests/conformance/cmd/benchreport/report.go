@@ -273,6 +273,7 @@ func renderMarkdown(r *report, chartPath string) string {
 	}
 	w("\n")
 
+	renderFaults(w, r)
 	renderSwitchover(w, r)
 
 	w("## Machine and versions\n\n")

@@ -768,7 +768,7 @@ func contains(list []string, s string) bool {
 
 // renderSwitchover writes the report's "Switch-over from the seed" section.
 func renderSwitchover(w func(format string, args ...any), r *report) {
-	w("## 5. Switch-over from the seed\n\n")
+	w("## 6. Switch-over from the seed\n\n")
 	w("Issue 12: a user of the seed plugin swaps the binary and changes nothing else. The seed lineage's own binary provisions first through ")
 	w("the real fleeting host with the seed's documented settings (a password credentials file, `storage = \"\"`, `template_id`, `max_instances`, ")
 	w("`instance_network_interface`) and Runner's connector_config with username `%s` and Runner's own key: Init, Increase(3) until its 3 VMs run ", runnerUsername)

@@ -1,0 +1,401 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"reflect"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"gitlab.com/gitlab-org/fleeting/fleeting/provider"
+)
+
+// The fault comparison: every plugin under the same chaos, through the real
+// fleeting host, with a Runner-like driver that keeps a desired capacity and
+// finishes jobs, and two kill -9 restarts. What is counted comes from the
+// simulator's inventory, not from the plugin.
+
+const (
+	faultCapacity = 8
+	// faultChaos is how long (real) the faults stand before the drain.
+	faultChaos = 90 * time.Second
+	// faultDrain bounds the removal of everything once the faults are gone.
+	faultDrain = 3 * time.Minute
+	// faultRecovery is how long a restarted plugin has to list the
+	// instances its predecessor had running.
+	faultRecovery = 20 * time.Second
+	// Foreign VMs planted in the cluster: one in the plugins' pool, one
+	// outside it. Nobody may touch them.
+	foreignInPool  = 8101
+	foreignOutside = 8102
+)
+
+// faultRules are the standing faults: the profile of issue 18 plus dead
+// guest agents (the chaos soak's), applied to every plugin alike.
+var faultRules = []map[string]any{
+	{"operation": "*", "error_rate": 0.08, "status": 503},
+	{"operation": "*", "drop_rate": 0.03},
+	{"operation": "post_nodes_node_qemu_vmid_clone", "task_failure_rate": 0.15, "leave_orphans": true},
+	{"operation": "post_nodes_node_qemu_vmid_status_start", "task_failure_rate": 0.10},
+	{"operation": "delete_nodes_node_qemu_vmid", "task_failure_rate": 0.20},
+	{"operation": "get_nodes_node_qemu_vmid_agent_network_get_interfaces", "error_rate": 0.20, "status": 500,
+		"message": "QEMU guest agent is not running"},
+}
+
+type faultResult struct {
+	Contender string  `json:"contender"`
+	Seconds   float64 `json:"seconds"`
+	Restarts  int     `json:"restarts"`
+	// Instances the driver asked for, that the plugin accepted, and that ran
+	// (Update said running and ConnectInfo gave an address).
+	Requested int `json:"requested"`
+	Accepted  int `json:"accepted"`
+	Ran       int `json:"ran"`
+	// PeakRunning is the most instances running at once (the target is
+	// faultCapacity).
+	PeakRunning int `json:"peak_running"`
+	// NeverCameBack are instances running before a kill -9 that the
+	// restarted plugin did not list within faultRecovery.
+	NeverCameBack int `json:"never_came_back"`
+	// What the simulator holds after the drain.
+	LeakedVMs      []string `json:"leaked_vms"`
+	OrphanedDisks  int      `json:"orphaned_disks"`
+	ForeignTouched []string `json:"foreign_touched"`
+	// Crashes are the plugin's own exits, panics and hangs (not our kills).
+	Crashes int `json:"crashes"`
+	// Operations are the distinct PVE operations the plugin used in this
+	// scenario, with their request counts.
+	Operations map[string]int64 `json:"operations"`
+	Error      string           `json:"error,omitempty"`
+}
+
+// faultScenario plants the foreign VMs next to the usual cluster.
+func faultScenario(t timings) map[string]any {
+	s := scenario(t, 64)
+	vms := s["vms"].([]map[string]any)
+	vms = append(vms,
+		map[string]any{"vmid": foreignInPool, "node": "pve1", "pool": poolName, "running": true,
+			"config": map[string]string{"name": "build-cache", "description": "hand-made, not a runner", "tags": "prod",
+				"memory": "1024", "scsi0": "local-lvm:vm-8101-disk-0,size=4G"}},
+		map[string]any{"vmid": foreignOutside, "node": "pve1", "running": true,
+			"config": map[string]string{"name": "fleeting-running", "description": "outside the pool",
+				"memory": "1024", "scsi0": "local-lvm:vm-8102-disk-0,size=4G"}},
+	)
+	s["vms"] = vms
+	return s
+}
+
+type vmView struct {
+	Status string
+	Config map[string]string
+}
+
+func (s *simulator) vmViews() (map[int]vmView, []string, error) {
+	var inv inventory
+	if err := s.admin("GET", "inventory", nil, &inv); err != nil {
+		return nil, nil, err
+	}
+	views := map[int]vmView{}
+	for _, vm := range inv.VMs {
+		views[vm.VMID] = vmView{Status: vm.Status, Config: vm.Config}
+	}
+	var orphans []string
+	for _, disk := range inv.OrphanedDisks {
+		orphans = append(orphans, fmt.Sprint(disk))
+	}
+	return views, orphans, nil
+}
+
+// killNine ends the plugin with SIGKILL, as a crash or an OOM kill would;
+// it is the harness's doing, so it is not recorded as an incident.
+func (s *session) killNine() {
+	s.closed = true
+	if s.pid > 0 {
+		syscall.Kill(s.pid, syscall.SIGKILL)
+	}
+	done := make(chan struct{})
+	go func() { s.runner.Kill(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(limits.Kill):
+	}
+	s.log.close()
+}
+
+func faultComparison(c *contender, simBinary, work string, scale float64) faultResult {
+	const label = "fault comparison"
+	result := faultResult{Contender: c.Name}
+	fast := realisticTimings
+	fast.CloneLinked, fast.Boot, fast.AgentDelay = 2, 4, 2
+	sim, err := startSimulatorWith(simBinary, work, faultScenario(fast), scale, 23)
+	if err != nil {
+		result.Error = err.Error()
+		return result
+	}
+	defer sim.stop()
+	before, _, err := sim.vmViews()
+	if err != nil {
+		result.Error = err.Error()
+		return result
+	}
+	params := runParams{maxInstances: faultCapacity * 2, cloneLimit: 4}
+	incidentsBefore := len(c.Incidents)
+	s, err := openSession(c, sim, work, label, params)
+	if err != nil {
+		result.Error = err.Error()
+		return result
+	}
+	defer func() { s.close() }()
+	for _, rule := range faultRules {
+		if err := sim.admin("POST", "faults", rule, nil); err != nil {
+			result.Error = err.Error()
+			return result
+		}
+	}
+
+	rng := rand.New(rand.NewSource(23))
+	started := time.Now()
+	kills := []time.Duration{faultChaos / 3, 2 * faultChaos / 3}
+	outageAt, outageFor := faultChaos/2, 8*time.Second
+	var outageRule *int
+	addressed := map[string]bool{}
+	removed := map[string]bool{}
+	states := map[string]provider.State{}
+	var lastErr error
+	for time.Since(started) < faultChaos {
+		elapsed := time.Since(started)
+		if outageRule == nil && elapsed >= outageAt {
+			var answer struct{ ID int }
+			if err := sim.admin("POST", "faults", map[string]any{"operation": "*", "error_rate": 1.0, "status": 503}, &answer); err == nil {
+				outageRule = &answer.ID
+			}
+		}
+		if outageRule != nil && *outageRule >= 0 && elapsed >= outageAt+outageFor {
+			sim.admin("DELETE", fmt.Sprintf("faults/%d", *outageRule), nil, nil)
+			*outageRule = -1
+		}
+		if len(kills) > 0 && elapsed >= kills[0] {
+			kills = kills[1:]
+			running := map[string]bool{}
+			for id, state := range states {
+				if state == provider.StateRunning && !removed[id] {
+					running[id] = true
+				}
+			}
+			s.killNine()
+			result.Restarts++
+			if s, err = openSession(c, sim, work, label, params); err != nil {
+				result.Error = "restart after kill -9: " + err.Error()
+				return result
+			}
+			result.NeverCameBack += neverCameBack(s, running)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), limits.Update+limits.Increase)
+		current, err := s.states(ctx)
+		cancel()
+		if s.gone() {
+			result.Error = fmt.Sprintf("the plugin is gone: %v", s.err())
+			break
+		}
+		if err != nil {
+			lastErr = err
+			time.Sleep(updateEvery)
+			continue
+		}
+		states = current
+		alive, running := 0, 0
+		var finished []string
+		for id, state := range states {
+			switch state {
+			case provider.StateCreating:
+				alive++
+			case provider.StateRunning:
+				alive++
+				running++
+				if !addressed[id] {
+					ctx, cancel := context.WithTimeout(context.Background(), limits.ConnectInfo)
+					if info, err := s.connectInfo(ctx, id); err == nil && (info.InternalAddr != "" || info.ExternalAddr != "") {
+						addressed[id] = true
+					}
+					cancel()
+				} else if !removed[id] && rng.Float64() < 0.08 {
+					finished = append(finished, id) // a job ended: Runner removes the instance
+				}
+			case provider.StateTimeout:
+				finished = append(finished, id)
+			}
+		}
+		if running > result.PeakRunning {
+			result.PeakRunning = running
+		}
+		if len(finished) > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), limits.Decrease)
+			gone, _ := s.decrease(ctx, finished)
+			cancel()
+			for _, id := range gone {
+				removed[id] = true
+			}
+		}
+		if need := faultCapacity - alive; need > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), limits.Increase)
+			got, err := s.increase(ctx, need)
+			cancel()
+			result.Requested += need
+			result.Accepted += got
+			if err != nil {
+				lastErr = err
+			}
+		}
+		time.Sleep(updateEvery)
+	}
+	result.Seconds = time.Since(started).Seconds()
+	result.Ran = len(addressed)
+
+	// The drain: faults gone, Runner removes everything, Update until empty.
+	sim.clearFaults()
+	if !s.gone() {
+		deadline := time.Now().Add(faultDrain)
+		for time.Now().Before(deadline) && !s.gone() {
+			ctx, cancel := context.WithTimeout(context.Background(), limits.Update)
+			current, err := s.states(ctx)
+			cancel()
+			if err == nil && len(current) == 0 {
+				// Listed nothing; give deletions in flight a moment to finish.
+				if n, err := sim.instances(); err == nil && n <= 2 {
+					break
+				}
+			}
+			var ids []string
+			for id, state := range current {
+				if state != provider.StateDeleting && state != provider.StateDeleted {
+					ids = append(ids, id)
+				}
+			}
+			if len(ids) > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), limits.Decrease)
+				s.decrease(ctx, ids)
+				cancel()
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	if counters, err := sim.counters(); err == nil {
+		result.Operations = counters.ByOperation
+	}
+	after, orphans, err := sim.vmViews()
+	if err != nil {
+		result.Error = strings.TrimPrefix(result.Error+"; "+err.Error(), "; ")
+		return result
+	}
+	for vmid, view := range after {
+		if _, existed := before[vmid]; !existed {
+			result.LeakedVMs = append(result.LeakedVMs, fmt.Sprintf("%d (%s, %s)", vmid, view.Status, view.Config["name"]))
+		}
+	}
+	sort.Strings(result.LeakedVMs)
+	result.OrphanedDisks = len(orphans)
+	for _, vmid := range []int{foreignInPool, foreignOutside, templateID} {
+		was, now := before[vmid], after[vmid]
+		if _, still := after[vmid]; !still {
+			result.ForeignTouched = append(result.ForeignTouched, fmt.Sprintf("%d deleted", vmid))
+		} else if was.Status != now.Status || !reflect.DeepEqual(withoutVolatile(was.Config), withoutVolatile(now.Config)) {
+			result.ForeignTouched = append(result.ForeignTouched, fmt.Sprintf("%d changed", vmid))
+		}
+	}
+	for _, i := range c.Incidents[incidentsBefore:] {
+		if i.Scenario == label {
+			result.Crashes++
+		}
+	}
+	if result.Error == "" && result.Ran == 0 && lastErr != nil {
+		result.Error = "no instance ever ran; last error: " + lastErr.Error()
+	}
+	return result
+}
+
+// neverCameBack counts the instances of `running` that a restarted plugin
+// does not list within faultRecovery.
+func neverCameBack(s *session, running map[string]bool) int {
+	deadline := time.Now().Add(faultRecovery)
+	missing := len(running)
+	for time.Now().Before(deadline) && !s.gone() {
+		ctx, cancel := context.WithTimeout(context.Background(), limits.Update)
+		states, err := s.states(ctx)
+		cancel()
+		if err == nil {
+			missing = 0
+			for id := range running {
+				if _, listed := states[id]; !listed {
+					missing++
+				}
+			}
+			if missing == 0 {
+				return 0
+			}
+		}
+		time.Sleep(updateEvery)
+	}
+	return missing
+}
+
+// withoutVolatile drops what PVE itself changes on a VM nobody touched.
+func withoutVolatile(config map[string]string) map[string]string {
+	out := map[string]string{}
+	for key, value := range config {
+		if key != "digest" {
+			out[key] = value
+		}
+	}
+	return out
+}
+
+// renderFaults writes the fault comparison section.
+func renderFaults(w func(string, ...any), r *report) {
+	if len(r.Faults) == 0 {
+		return
+	}
+	w("## 5. Fault comparison\n\n")
+	w("Each plugin, through the real fleeting host, against the same simulated cluster and the same standing faults for %.0f s (real): ", faultChaos.Seconds())
+	w("8%% of requests answered 503, 3%% of connections dropped, 15%% of clone tasks failing as after a node crash (their volumes stay), ")
+	w("10%% of start tasks failing, 20%% of delete tasks failing, 20%% of guest-agent reads answered \"QEMU guest agent is not running\", ")
+	w("and a %.0f s outage (every request 503) halfway. The driver keeps %d instances alive as Runner's taskscaler does (asks again for what is missing, ", 8.0, faultCapacity)
+	w("removes an instance when its job ends, and removes `timeout` ones), and kills the plugin with SIGKILL at one and two thirds of the run, ")
+	w("starting it again at once. Then the faults stop, every instance is removed, and the simulator's inventory is compared with the one before: ")
+	w("a foreign VM sits in the pool and another named like a seed instance outside it; nobody may touch them or the template.\n\n")
+	w("| Plugin | Accepted / asked | Ran | Peak running (of %d) | kill -9 restarts | Running before a kill, not listed after (%.0f s) | VMs leaked | Orphaned disks | Foreign VMs touched | Crashes | PVE operations used |\n", faultCapacity, faultRecovery.Seconds())
+	w("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, f := range r.Faults {
+		leaked := "0"
+		if len(f.LeakedVMs) > 0 {
+			leaked = fmt.Sprintf("%d: %s", len(f.LeakedVMs), strings.Join(f.LeakedVMs, ", "))
+		}
+		touched := "none"
+		if len(f.ForeignTouched) > 0 {
+			touched = strings.Join(f.ForeignTouched, ", ")
+		}
+		row := fmt.Sprintf("| %s | %d / %d | %d | %d | %d | %d | %s | %d | %s | %d | %d |", f.Contender, f.Accepted, f.Requested, f.Ran, f.PeakRunning,
+			f.Restarts, f.NeverCameBack, leaked, f.OrphanedDisks, touched, f.Crashes, len(f.Operations))
+		if f.Error != "" {
+			row += " " + oneLine(f.Error)
+		}
+		w("%s\n", row)
+	}
+	w("\nOperations each plugin used in this scenario (requests):\n\n")
+	for _, f := range r.Faults {
+		names := make([]string, 0, len(f.Operations))
+		for name := range f.Operations {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		parts := make([]string, 0, len(names))
+		for _, name := range names {
+			parts = append(parts, fmt.Sprintf("`%s` %d", name, f.Operations[name]))
+		}
+		w("- %s (%d): %s\n", f.Contender, len(names), strings.Join(parts, ", "))
+	}
+	w("\n")
+}
