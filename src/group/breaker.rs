@@ -18,6 +18,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::failure::Cause;
+
 /// What Increase may do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
@@ -39,14 +41,15 @@ enum State {
 /// The last failure that counted, for messages.
 #[derive(Debug, Clone)]
 struct LastFailure {
-    cause: String,
+    cause: Cause,
+    /// The failure as a person reads it, for the hold's message.
     reason: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct Breaker {
     /// Causes of the most recent finished attempts, newest last; `None` is a success.
-    recent: VecDeque<Option<String>>,
+    recent: VecDeque<Option<Cause>>,
     threshold: usize,
     base: Duration,
     cap: Duration,
@@ -84,17 +87,17 @@ impl Breaker {
     /// A provisioning attempt failed for `cause` (a short class such as
     /// `boot: no address`), described by `reason`. Returns the wait when
     /// this opened the breaker (or kept it open after a failed probe).
-    pub fn failure(&mut self, cause: &str, reason: &str, now: Instant) -> Option<Duration> {
+    pub fn failure(&mut self, cause: Cause, reason: &str, now: Instant) -> Option<Duration> {
         self.failures = self.failures.saturating_add(1);
-        self.last = Some(LastFailure { cause: cause.to_string(), reason: reason.to_string() });
-        self.recent.push_back(Some(cause.to_string()));
+        self.last = Some(LastFailure { cause, reason: reason.to_string() });
+        self.recent.push_back(Some(cause));
         while self.recent.len() > self.threshold {
             self.recent.pop_front();
         }
         match self.state {
             State::Closed => {
-                let systematic = self.recent.len() == self.threshold
-                    && self.recent.iter().all(|recent| recent.as_deref() == Some(cause));
+                let systematic =
+                    self.recent.len() == self.threshold && self.recent.iter().all(|recent| *recent == Some(cause));
                 systematic.then(|| {
                     self.state = State::Open { until: now + self.base, wait: self.base, since: now };
                     self.base
@@ -190,7 +193,7 @@ impl Breaker {
             probing,
             next_attempt_unix: next_attempt,
             failures: self.failures,
-            cause: self.last.as_ref().map(|last| last.cause.clone()),
+            cause: self.last.as_ref().map(|last| last.cause.to_string()),
             message: self.status(now),
         }
     }
@@ -217,6 +220,11 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::group::failure::Step;
+
+    const CLONE_FAILED: Cause = Cause { step: Step::Clone, class: "task failed" };
+    const START_FAILED: Cause = Cause { step: Step::Start, class: "task failed" };
+    const NO_ADDRESS: Cause = Cause { step: Step::Boot, class: "no address" };
 
     const S: Duration = Duration::from_secs(1);
 
@@ -230,7 +238,7 @@ mod tests {
         let now = Instant::now();
         for round in 0..20 {
             if round % 7 == 3 {
-                assert_eq!(breaker.failure("clone: task failed", "qemu-img failed", now), None);
+                assert_eq!(breaker.failure(CLONE_FAILED, "qemu-img failed", now), None);
             } else {
                 breaker.success();
             }
@@ -242,12 +250,12 @@ mod tests {
     fn different_causes_in_a_row_do_not_open_it() {
         let mut breaker = breaker();
         let now = Instant::now();
-        assert_eq!(breaker.failure("clone: task failed", "x", now), None);
-        assert_eq!(breaker.failure("start: task failed", "x", now), None);
-        assert_eq!(breaker.failure("boot: no address", "x", now), None);
-        assert_eq!(breaker.failure("boot: no address", "x", now), None);
+        assert_eq!(breaker.failure(CLONE_FAILED, "x", now), None);
+        assert_eq!(breaker.failure(START_FAILED, "x", now), None);
+        assert_eq!(breaker.failure(NO_ADDRESS, "x", now), None);
+        assert_eq!(breaker.failure(NO_ADDRESS, "x", now), None);
         assert!(!breaker.is_open());
-        assert_eq!(breaker.failure("boot: no address", "x", now), Some(10 * S), "three of one cause in a row");
+        assert_eq!(breaker.failure(NO_ADDRESS, "x", now), Some(10 * S), "three of one cause in a row");
         assert!(breaker.is_open());
     }
 
@@ -256,9 +264,9 @@ mod tests {
         let mut breaker = breaker();
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert_eq!(breaker.failure("boot: no address", "agent never answered", t0), None);
+            assert_eq!(breaker.failure(NO_ADDRESS, "agent never answered", t0), None);
         }
-        assert_eq!(breaker.failure("boot: no address", "agent never answered", t0), Some(10 * S));
+        assert_eq!(breaker.failure(NO_ADDRESS, "agent never answered", t0), Some(10 * S));
         let held = breaker.admit(5, t0 + S);
         assert_eq!(held.allowed, 0);
         let message = held.held.unwrap();
@@ -272,12 +280,12 @@ mod tests {
         assert_eq!(breaker.admit(2, t0 + 11 * S).allowed, 0, "one probe at a time");
 
         // A failed probe doubles the wait.
-        assert_eq!(breaker.failure("boot: no address", "agent never answered", t0 + 20 * S), Some(20 * S));
+        assert_eq!(breaker.failure(NO_ADDRESS, "agent never answered", t0 + 20 * S), Some(20 * S));
         assert_eq!(breaker.admit(1, t0 + 39 * S).allowed, 0);
         assert_eq!(breaker.admit(1, t0 + 40 * S).allowed, 1);
-        assert_eq!(breaker.failure("boot: no address", "x", t0 + 40 * S), Some(40 * S));
+        assert_eq!(breaker.failure(NO_ADDRESS, "x", t0 + 40 * S), Some(40 * S));
         assert_eq!(breaker.admit(1, t0 + 80 * S).allowed, 1);
-        assert_eq!(breaker.failure("boot: no address", "x", t0 + 80 * S), Some(60 * S), "capped");
+        assert_eq!(breaker.failure(NO_ADDRESS, "x", t0 + 80 * S), Some(60 * S), "capped");
 
         // The template is fixed: the next probe succeeds and closes it.
         assert_eq!(breaker.admit(3, t0 + 140 * S).allowed, 1);
@@ -291,7 +299,7 @@ mod tests {
         let mut breaker = breaker();
         let now = Instant::now();
         for _ in 0..3 {
-            breaker.failure("start: task failed", "x", now);
+            breaker.failure(START_FAILED, "x", now);
         }
         assert_eq!(breaker.admit(1, now + 10 * S).allowed, 1);
         breaker.probe_undecided(now + 11 * S);

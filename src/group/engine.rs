@@ -19,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::address::{self, Addresses};
-use super::breaker::Breaker;
+use super::breaker::{Admission, Breaker};
 use super::config::{GroupConfig, PluginConfig};
+use super::failure::Cause;
 use super::naming::{InstanceId, Naming};
 use super::quarantine::Quarantine;
 use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
@@ -38,12 +39,10 @@ use crate::telemetry::{FleetSnapshot, Metrics, MetricsListener};
 /// Everything `init` sets up.
 ///
 /// Lock order: the engine's mutexes (`node_penalties`, `breaker`,
-/// `quarantine`, `range_cursor`, and the registry's private one) are leaves:
-/// never hold two at once, and never hold one across an `.await`. Take a
-/// value out in one statement (`let x = m.lock().unwrap().f();`) and drop
-/// the guard before the next lock; beware temporaries, which live to the end
-/// of their statement (`a.lock().unwrap().x() || b.lock().unwrap().y()`
-/// holds both).
+/// `quarantine`, `range_cursor`, and the registry's private one) are private
+/// leaves, each taken and released inside one synchronous method, so none is
+/// held across an `.await` or together with another. Keep it so: a new
+/// method takes one lock and returns a value, never a guard.
 pub(crate) struct Engine {
     pub config: GroupConfig,
     pub naming: Naming,
@@ -56,14 +55,14 @@ pub(crate) struct Engine {
     /// What ConnectInfo reports when Runner's connector_config leaves it empty.
     pub guest: GuestDefaults,
     /// Target nodes whose last clone failed, until when they are skipped.
-    pub node_penalties: Mutex<HashMap<String, Instant>>,
+    node_penalties: Mutex<HashMap<String, Instant>>,
     /// Every tracked instance, impostor and foreign VMID; the only way to
     /// change an instance's phase.
     pub registry: Registry,
     /// Holds scale-up back after systematic provisioning failures.
-    pub breaker: Mutex<Breaker>,
+    breaker: Mutex<Breaker>,
     /// VMIDs tied to a failure (orphaned volumes, held locks), skipped by allocation.
-    pub quarantine: Mutex<Quarantine>,
+    quarantine: Mutex<Quarantine>,
     pub clone_slots: Semaphore,
     pub delete_slots: Semaphore,
     pub background: TaskTracker,
@@ -72,7 +71,7 @@ pub(crate) struct Engine {
     /// `None` when `take_over_seed_instances` is off.
     pub takeover_until: Option<Instant>,
     /// Next VMID to try inside `vmid_range`.
-    pub range_cursor: Mutex<u32>,
+    range_cursor: Mutex<u32>,
     /// The group's metrics; the PVE client reports its requests here too.
     pub metrics: Arc<Metrics>,
 }
@@ -257,6 +256,49 @@ impl Engine {
 
     fn count_active(&self) -> u32 {
         self.registry.count_active() as u32
+    }
+
+    // --- The engine's small locks: taken and released inside each call ---
+
+    /// How many of `wanted` instances Increase may create now.
+    pub fn admit(&self, wanted: u32) -> Admission {
+        self.breaker.lock().unwrap().admit(wanted, Instant::now())
+    }
+
+    /// A failure of `cause` counted toward the breaker; when it holds
+    /// scale-up, returns the wait and why (for the log).
+    pub fn count_failure(&self, cause: Cause, reason: &str) -> Option<(Duration, String)> {
+        let now = Instant::now();
+        let mut breaker = self.breaker.lock().unwrap();
+        let wait = breaker.failure(cause, reason, now)?;
+        Some((wait, breaker.status(now).unwrap_or_default()))
+    }
+
+    /// The breaker's probe ended without a verdict.
+    pub fn probe_undecided(&self) {
+        self.breaker.lock().unwrap().probe_undecided(Instant::now());
+    }
+
+    /// An instance became ready; true when this resumed held scale-up.
+    pub fn provisioning_succeeded(&self) -> bool {
+        self.breaker.lock().unwrap().success()
+    }
+
+    /// Quarantines `vmid`; true when it was not quarantined before.
+    pub fn quarantine_vmid(&self, vmid: crate::pve::Vmid, reason: &str) -> bool {
+        self.quarantine.lock().unwrap().add(vmid, reason, Instant::now())
+    }
+
+    pub fn is_quarantined(&self, vmid: crate::pve::Vmid) -> bool {
+        self.quarantine.lock().unwrap().contains(vmid, Instant::now())
+    }
+
+    /// The next VMID of `first..=last` to try, round robin.
+    pub fn next_in_range(&self, first: crate::pve::Vmid, last: crate::pve::Vmid) -> crate::pve::Vmid {
+        let mut cursor = self.range_cursor.lock().unwrap();
+        let candidate = crate::pve::Vmid(*cursor);
+        *cursor = if *cursor >= last.0 { first.0 } else { *cursor + 1 };
+        candidate
     }
 
     /// Runs `work` in the background until it ends or the group shuts
@@ -600,7 +642,7 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
             max: engine.config.max_instances,
         });
     }
-    let admission = engine.breaker.lock().unwrap().admit(wanted, Instant::now());
+    let admission = engine.admit(wanted);
     engine.metrics.refused("held", wanted - admission.allowed);
     if let Some(held) = admission.held {
         tracing::info!(requested = count, allowed = admission.allowed, "{held}");

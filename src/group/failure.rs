@@ -87,12 +87,27 @@ pub enum ProvisionError {
     ShuttingDown,
 }
 
+/// The cause class of a failure that counts toward the breaker: the step
+/// and what went wrong there (a PVE error kind, or no address, no VMID).
+/// Failures of one cause in a row are what opens the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cause {
+    pub step: Step,
+    pub class: &'static str,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, self.class)
+    }
+}
+
 /// What a failure says about the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// It may be systematic (template, storage, permissions): it counts
     /// toward the breaker under this cause.
-    Counts { cause: String },
+    Counts { cause: Cause },
     /// It is tied to this VMID (orphaned volumes, a held lock on its config):
     /// quarantine the VMID and try another.
     VmidTied(Vmid),
@@ -142,11 +157,13 @@ impl ProvisionError {
                 if error.is_retryable() {
                     return Verdict::Neutral;
                 }
-                Verdict::Counts { cause: format!("{step}: {}", kind_class(error.kind())) }
+                Verdict::Counts { cause: Cause { step: *step, class: kind_class(error.kind()) } }
             }
             Self::NoAddress { api_unavailable: true, .. } => Verdict::Neutral,
-            Self::NoAddress { .. } => Verdict::Counts { cause: "boot: no address".into() },
-            Self::NoFreeVmid { .. } => Verdict::Counts { cause: "allocate a VMID: none free".into() },
+            Self::NoAddress { .. } => Verdict::Counts { cause: Cause { step: Step::Boot, class: "no address" } },
+            Self::NoFreeVmid { .. } => {
+                Verdict::Counts { cause: Cause { step: Step::AllocateVmid, class: "none free" } }
+            }
             Self::RemovalRequested | Self::ShuttingDown => Verdict::Neutral,
         }
     }
@@ -212,7 +229,10 @@ mod tests {
         assert_eq!(collision.verdict(Some(Vmid(104))), Verdict::VmidTied(Vmid(104)));
 
         let broken = ProvisionError::pve(Step::Clone, task_failed("clone failed: storage 'local-lvm' is full"));
-        assert_eq!(broken.verdict(Some(Vmid(104))), Verdict::Counts { cause: "clone: task failed".into() });
+        let verdict = broken.verdict(Some(Vmid(104)));
+        assert_eq!(verdict, Verdict::Counts { cause: Cause { step: Step::Clone, class: "task failed" } });
+        let Verdict::Counts { cause } = verdict else { unreachable!() };
+        assert_eq!(cause.to_string(), "clone: task failed");
 
         let outage = ProvisionError::pve(
             Step::Start,
@@ -221,7 +241,10 @@ mod tests {
         assert_eq!(outage.verdict(Some(Vmid(104))), Verdict::Neutral);
 
         let no_address = ProvisionError::NoAddress { waited_secs: 300, last: "no IPv4".into(), api_unavailable: false };
-        assert_eq!(no_address.verdict(Some(Vmid(104))), Verdict::Counts { cause: "boot: no address".into() });
+        assert_eq!(
+            no_address.verdict(Some(Vmid(104))),
+            Verdict::Counts { cause: Cause { step: Step::Boot, class: "no address" } }
+        );
         let during_outage = ProvisionError::NoAddress { waited_secs: 300, last: "503".into(), api_unavailable: true };
         assert_eq!(during_outage.verdict(Some(Vmid(104))), Verdict::Neutral);
         assert_eq!(ProvisionError::RemovalRequested.verdict(Some(Vmid(104))), Verdict::Neutral);

@@ -134,9 +134,9 @@ pub enum Error {
     /// `target_nodes` names nodes that cannot be used.
     #[error("could not use target_nodes: {}", problems.join("; "))]
     TargetNodes { problems: Vec<String> },
-    /// No SSH key could be generated.
+    /// No SSH key could be generated (or encoded).
     #[error("could not generate an SSH key: {0}")]
-    SshKey(String),
+    SshKey(#[source] ::ssh_key::Error),
     /// Increase: `max_instances` leaves no room for `refused` of `requested`.
     #[error("could not create {refused} of {requested} instances: max_instances is {max}")]
     MaxInstances { requested: u32, refused: u32, max: u32 },

@@ -175,7 +175,7 @@ fn absent_from_pool(err: &PveError, vmid: Vmid) -> bool {
 
 /// Quarantines a VMID tied to a failure, logging it once.
 fn quarantine(engine: &Engine, vmid: Vmid, err: &ProvisionError) {
-    let fresh = engine.quarantine.lock().unwrap().add(vmid, &err.to_string(), Instant::now());
+    let fresh = engine.quarantine_vmid(vmid, &err.to_string());
     if fresh {
         engine.metrics.vmid_quarantined();
         tracing::warn!(
@@ -195,21 +195,19 @@ fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, pro
     }
     match err.verdict(vmid) {
         Verdict::Counts { cause } => {
-            let now = Instant::now();
-            let mut breaker = engine.breaker.lock().unwrap();
-            if let Some(wait) = breaker.failure(&cause, &err.to_string(), now) {
+            if let Some((wait, why)) = engine.count_failure(cause, &err.to_string()) {
+                let now = Instant::now();
                 let until =
                     crate::telemetry::snapshot::format_unix(crate::telemetry::snapshot::unix_seconds(now + wait, now));
                 tracing::warn!(
                     wait_s = wait.as_secs(),
                     until,
-                    "{}; set failure_backoff / failure_backoff_max to change the wait",
-                    breaker.status(now).unwrap_or_default()
+                    "{why}; set failure_backoff / failure_backoff_max to change the wait"
                 );
             }
         }
         Verdict::VmidTied(vmid) => quarantine(engine, vmid, err),
-        Verdict::Neutral if probe => engine.breaker.lock().unwrap().probe_undecided(Instant::now()),
+        Verdict::Neutral if probe => engine.probe_undecided(),
         Verdict::Neutral => {}
     }
 }
@@ -217,14 +215,8 @@ fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, pro
 /// A VMID that was free a moment ago and is not quarantined (PVE reserves
 /// nothing; the clone request settles any race).
 async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
-    let now = Instant::now();
-    // One lock at a time: the registry's guard is gone before the quarantine's is taken.
-    let unusable = |vmid: Vmid| {
-        if engine.registry.tracks_vmid(vmid) {
-            return true;
-        }
-        engine.quarantine.lock().unwrap().contains(vmid, now)
-    };
+    // One lock at a time: each call takes and releases its own.
+    let unusable = |vmid: Vmid| engine.registry.tracks_vmid(vmid) || engine.is_quarantined(vmid);
     let pve_error = |error| ProvisionError::pve(Step::AllocateVmid, error);
     match engine.config.vmid_range {
         None => {
@@ -249,12 +241,7 @@ async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
         Some((first, last)) => {
             let size = last.0 - first.0 + 1;
             for _ in 0..size {
-                let candidate = {
-                    let mut cursor = engine.range_cursor.lock().unwrap();
-                    let candidate = Vmid(*cursor);
-                    *cursor = if *cursor >= last.0 { first.0 } else { *cursor + 1 };
-                    candidate
-                };
+                let candidate = engine.next_in_range(first, last);
                 if unusable(candidate) {
                     continue;
                 }
@@ -292,7 +279,7 @@ async fn provision(
             let Some(node) = engine.registry.provisioned(&id, addresses.clone()) else { return };
             engine.metrics.provisioned();
             engine.metrics.phase_done(ProvisionPhase::Total, started.elapsed());
-            let resumed = engine.breaker.lock().unwrap().success();
+            let resumed = engine.provisioning_succeeded();
             if resumed {
                 tracing::info!(instance = %id, "scale-up resumes: an instance became ready");
             }

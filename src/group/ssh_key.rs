@@ -22,13 +22,11 @@ impl std::fmt::Debug for GeneratedKey {
 }
 
 impl GeneratedKey {
-    pub fn generate() -> Result<Self, String> {
-        let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).map_err(|err| err.to_string())?;
+    pub fn generate() -> Result<Self, ssh_key::Error> {
+        let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519)?;
         key.set_comment("fleeting-plugin-proxmox");
-        let private_pem =
-            key.to_openssh(LineEnding::LF).map_err(|err| format!("could not encode the SSH key: {err}"))?;
-        let public_openssh =
-            key.public_key().to_openssh().map_err(|err| format!("could not encode the SSH public key: {err}"))?;
+        let private_pem = key.to_openssh(LineEnding::LF)?;
+        let public_openssh = key.public_key().to_openssh()?;
         Ok(Self { public_openssh, private_pem: Secret::new(private_pem.as_str()) })
     }
 }
