@@ -312,6 +312,17 @@ impl Metrics {
             "Ticket logins, renewals and their failures (password credentials)",
             metrics.pve_tickets.clone(),
         );
+        // Series that exist from the start at 0: rate() and increase() miss
+        // the first increment of a series that appears already above 0.
+        for reason in ["max_instances", "held", "error"] {
+            metrics.refused.get_or_create(&ReasonLabel { reason });
+        }
+        for action in ["deleted", "claimed_for_adoption"] {
+            metrics.taken_over.get_or_create(&ActionLabel { action });
+        }
+        for event in [TicketEvent::Login, TicketEvent::Renewed, TicketEvent::RenewalFailed, TicketEvent::LoginFailed] {
+            metrics.pve_tickets.get_or_create(&TicketLabel { event: event.as_str() });
+        }
         Self { registry, ..metrics }
     }
 
@@ -504,7 +515,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
-        assert!(!text.contains("reason=\"error\""), "nothing refused for errors: {text}");
+        assert!(
+            text.lines().any(|l| l == "fleeting_proxmox_instances_refused_total{group=\"ci\",reason=\"error\"} 0"),
+            "known series start at 0: {text}"
+        );
         assert!(text.contains("fleeting_proxmox_build_info{group=\"ci\",version=\""), "{text}");
         assert!(text.contains("# TYPE fleeting_proxmox_pve_request_duration_seconds histogram"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"));
