@@ -315,13 +315,13 @@ impl Metrics {
         // Series that exist from the start at 0: rate() and increase() miss
         // the first increment of a series that appears already above 0.
         for reason in ["max_instances", "held", "error"] {
-            metrics.refused.get_or_create(&ReasonLabel { reason });
+            drop(metrics.refused.get_or_create(&ReasonLabel { reason }));
         }
         for action in ["deleted", "claimed_for_adoption"] {
-            metrics.taken_over.get_or_create(&ActionLabel { action });
+            drop(metrics.taken_over.get_or_create(&ActionLabel { action }));
         }
         for event in [TicketEvent::Login, TicketEvent::Renewed, TicketEvent::RenewalFailed, TicketEvent::LoginFailed] {
-            metrics.pve_tickets.get_or_create(&TicketLabel { event: event.as_str() });
+            drop(metrics.pve_tickets.get_or_create(&TicketLabel { event: event.as_str() }));
         }
         Self { registry, ..metrics }
     }
