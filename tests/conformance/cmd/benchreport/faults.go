@@ -27,6 +27,8 @@ const (
 	// faultRecovery is how long a restarted plugin has to list the
 	// instances its predecessor had running.
 	faultRecovery = 20 * time.Second
+	// maxFaultCrashes bounds the restarts of a plugin that keeps crashing.
+	maxFaultCrashes = 10
 	// Foreign VMs planted in the cluster: one in the plugins' pool, one
 	// outside it. Nobody may touch them.
 	foreignInPool  = 8101
@@ -148,7 +150,22 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 		result.Error = err.Error()
 		return result
 	}
-	defer func() { s.close() }()
+	defer func() {
+		if s != nil {
+			s.close()
+		}
+	}()
+	// restart starts the plugin again, as Runner does after a crash or a
+	// kill; false when it cannot be started (then the run ends).
+	restart := func(why string) bool {
+		next, err := openSession(c, sim, work, label, params)
+		if err != nil {
+			result.Error = fmt.Sprintf("could not start the plugin again after %s: %v", why, err)
+			return false
+		}
+		s = next
+		return true
+	}
 	for _, rule := range faultRules {
 		if err := sim.admin("POST", "faults", rule, nil); err != nil {
 			result.Error = err.Error()
@@ -187,9 +204,8 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 			}
 			s.killNine()
 			result.Restarts++
-			if s, err = openSession(c, sim, work, label, params); err != nil {
-				result.Error = "restart after kill -9: " + err.Error()
-				return result
+			if !restart("kill -9") {
+				break
 			}
 			result.NeverCameBack += neverCameBack(s, running)
 			continue
@@ -198,8 +214,13 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 		current, err := s.states(ctx)
 		cancel()
 		if s.gone() {
-			result.Error = fmt.Sprintf("the plugin is gone: %v", s.err())
-			break
+			// Runner starts a crashed plugin again; so does the driver, a
+			// bounded number of times.
+			s.close()
+			if result.Restarts+len(c.Incidents)-incidentsBefore > maxFaultCrashes+2 || !restart("a crash") {
+				break
+			}
+			continue
 		}
 		if err != nil {
 			lastErr = err
@@ -255,8 +276,13 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 	result.Seconds = time.Since(started).Seconds()
 	result.Ran = len(addressed)
 
-	// The drain: faults gone, Runner removes everything, Update until empty.
+	// The drain: faults gone, Runner removes everything, Update until empty
+	// (a plugin that crashed is started again for it, as Runner would).
 	sim.clearFaults()
+	if s.gone() {
+		s.close()
+		restart("a crash, for the drain")
+	}
 	if !s.gone() {
 		deadline := time.Now().Add(faultDrain)
 		for time.Now().Before(deadline) && !s.gone() {
@@ -307,7 +333,7 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 		}
 	}
 	for _, i := range c.Incidents[incidentsBefore:] {
-		if i.Scenario == label {
+		if i.Scenario == label && i.Kind != "killed" {
 			result.Crashes++
 		}
 	}
@@ -364,7 +390,8 @@ func renderFaults(w func(string, ...any), r *report) {
 	w("10%% of start tasks failing, 20%% of delete tasks failing, 20%% of guest-agent reads answered \"QEMU guest agent is not running\", ")
 	w("and a %.0f s outage (every request 503) halfway. The driver keeps %d instances alive as Runner's taskscaler does (asks again for what is missing, ", 8.0, faultCapacity)
 	w("removes an instance when its job ends, and removes `timeout` ones), and kills the plugin with SIGKILL at one and two thirds of the run, ")
-	w("starting it again at once. Then the faults stop, every instance is removed, and the simulator's inventory is compared with the one before: ")
+	w("starting it again at once; a plugin that crashes on its own is started again too, as Runner does (at most %d times). ", maxFaultCrashes)
+	w("Then the faults stop, every instance is removed, and the simulator's inventory is compared with the one before: ")
 	w("a foreign VM sits in the pool and another named like a seed instance outside it; nobody may touch them or the template.\n\n")
 	w("| Plugin | Accepted / asked | Ran | Peak running (of %d) | kill -9 restarts | Running before a kill, not listed after (%.0f s) | VMs leaked | Orphaned disks | Foreign VMs touched | Crashes | PVE operations used |\n", faultCapacity, faultRecovery.Seconds())
 	w("|---|---|---|---|---|---|---|---|---|---|---|\n")
