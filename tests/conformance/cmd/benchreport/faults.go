@@ -29,6 +29,8 @@ const (
 	faultRecovery = 20 * time.Second
 	// maxFaultCrashes bounds the restarts of a plugin that keeps crashing.
 	maxFaultCrashes = 10
+	// restartAttempts bounds the starts of one restart (Init may fail under the faults).
+	restartAttempts = 5
 	// Foreign VMs planted in the cluster: one in the plugins' pool, one
 	// outside it. Nobody may touch them.
 	foreignInPool  = 8101
@@ -158,13 +160,19 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 	// restart starts the plugin again, as Runner does after a crash or a
 	// kill; false when it cannot be started (then the run ends).
 	restart := func(why string) bool {
-		next, err := openSession(c, sim, work, label, params)
-		if err != nil {
-			result.Error = fmt.Sprintf("could not start the plugin again after %s: %v", why, err)
-			return false
+		var err error
+		// Runner keeps trying; a plugin whose Init fails under the faults
+		// gets a few attempts, as the next Runner cycles would give it.
+		for attempt := 0; attempt < restartAttempts; attempt++ {
+			var next *session
+			if next, err = openSession(c, sim, work, label, params); err == nil {
+				s = next
+				return true
+			}
+			time.Sleep(2 * time.Second)
 		}
-		s = next
-		return true
+		result.Error = fmt.Sprintf("could not start the plugin again after %s (%d attempts): %v", why, restartAttempts, err)
+		return false
 	}
 	for _, rule := range faultRules {
 		if err := sim.admin("POST", "faults", rule, nil); err != nil {
