@@ -417,7 +417,7 @@ async fn check_template(
         }
     };
     let facts = TemplateFacts::from_config(&vm.node, &vm_config, vm.template);
-    for requirement in crate::group::template::judge(&facts, id, config.storage.as_deref(), generate) {
+    for requirement in crate::group::template::judge(&facts, config, generate) {
         let aspect =
             if requirement.aspect == "source" { subject.clone() } else { format!("{subject} {}", requirement.aspect) };
         match requirement.verdict {

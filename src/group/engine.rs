@@ -11,6 +11,7 @@
 //!   re-checked before anything destructive.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use super::address::{self, Addresses};
 use super::breaker::Breaker;
-use super::config::{GroupConfig, PluginConfig};
+use super::config::{GroupConfig, NetworkProtocol, PluginConfig};
+use super::ip_pool::Lease;
 use super::naming::{InstanceId, Naming};
 use super::quarantine::Quarantine;
 use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
@@ -75,6 +77,11 @@ pub(crate) struct Engine {
     pub range_cursor: Mutex<u32>,
     /// The group's metrics; the PVE client reports its requests here too.
     pub metrics: Arc<Metrics>,
+    /// Static leases this process handed out or adopted, until the registry
+    /// forgets their instance (see `lease`).
+    pub leases: Mutex<HashMap<InstanceId, Lease>>,
+    /// Addresses freed by this process, until when they are not handed out.
+    pub cooling: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 /// The `InstanceGroup` for Proxmox VE.
@@ -118,11 +125,10 @@ impl Engine {
         let template_config = pve.vm_config(&template_node, config.template_id).await?;
         let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
         let generate_credentials = !settings.brings_credentials();
-        let problems: Vec<String> =
-            super::template::judge(&facts, config.template_id, config.storage.as_deref(), generate_credentials)
-                .into_iter()
-                .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
-                .collect();
+        let problems: Vec<String> = super::template::judge(&facts, &config, generate_credentials)
+            .into_iter()
+            .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
+            .collect();
         if !problems.is_empty() {
             return Err(Error::Template { template_id: config.template_id, problems });
         }
@@ -173,6 +179,8 @@ impl Engine {
             range_cursor: Mutex::new(first),
             takeover_until: config_takeover.then(|| Instant::now() + super::takeover::TAKEOVER_WINDOW),
             metrics,
+            leases: Mutex::new(HashMap::new()),
+            cooling: Mutex::new(HashMap::new()),
         };
         Ok((engine, vms))
     }
@@ -187,8 +195,43 @@ impl Engine {
             InstanceState::Deleting => &self.config.instance_tags_removing,
             _ => &Vec::new(),
         };
-        let extra: Vec<String> = self.config.tags.iter().chain(per_state).cloned().collect();
+        let lease = super::lease::held(self, id).unwrap_or_default();
+        let extra: Vec<String> = self.config.tags.iter().chain(per_state).cloned().chain(lease.tags()).collect();
         self.naming.tags(id, &extra)
+    }
+
+    /// The port Runner's connector uses: `protocol_port`, else the
+    /// protocol's (SSH 22, WinRM 5985, WinRM over HTTPS 5986).
+    pub fn connector_port(&self) -> u16 {
+        if self.settings.protocol_port != 0 {
+            return self.settings.protocol_port;
+        }
+        let protocol = if self.settings.protocol.is_empty() {
+            self.guest.protocol(&self.settings, self.key.is_some())
+        } else {
+            self.settings.protocol.as_str()
+        };
+        match protocol {
+            "winrm" => 5985,
+            "winrm+https" => 5986,
+            _ => 22,
+        }
+    }
+
+    /// The addresses of a static lease, the connecting family first
+    /// (`instance_network_protocol`; the other family when the pool has only that).
+    pub fn lease_addresses(&self, lease: &Lease) -> Addresses {
+        let (v4, v6) = (lease.v4.map(IpAddr::V4), lease.v6.map(IpAddr::V6));
+        let preferred = match self.config.instance_network_protocol {
+            NetworkProtocol::Ipv6 => v6.or(v4),
+            NetworkProtocol::Ipv4 | NetworkProtocol::Any => v4.or(v6),
+        };
+        Addresses { internal: preferred, external: None }
+    }
+
+    /// Where the connector's port of an instance with `addresses` listens.
+    pub fn connector_address(&self, addresses: &Addresses) -> Option<SocketAddr> {
+        addresses.internal.or(addresses.external).map(|ip| SocketAddr::new(ip, self.connector_port()))
     }
 
     /// The name and tags of an instance in `state` (creating, running, removing).
@@ -545,6 +588,9 @@ impl InstanceGroup for ProxmoxGroup {
         let Some(node) = node else {
             return Err(Error::Unhealthy(format!("instance {id} is gone")));
         };
+        if !engine.config.agent_required {
+            return probe_port(engine, &parsed, id).await;
+        }
         // An API hiccup says nothing about the VM: retry it briefly, and if
         // PVE stays unreachable do not make Runner replace healthy instances.
         let mut pause = Duration::from_millis(250);
@@ -614,15 +660,43 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
     )
     .await;
     let mut accepted = 0;
+    let mut pool_exhausted = 0;
     for result in results {
         match result {
             Ok(()) => accepted += 1,
+            Err(err @ super::failure::ProvisionError::PoolExhausted { .. }) => {
+                pool_exhausted += 1;
+                failures.push(format!("could not create an instance: {err}"));
+            }
             Err(err) => failures.push(format!("could not create an instance: {err}")),
         }
     }
-    engine.metrics.refused("error", admission.allowed - accepted);
+    if pool_exhausted > 0 {
+        tracing::warn!(requested = count, short = pool_exhausted, "the static IP pool is exhausted");
+    }
+    engine.metrics.refused("ip_pool", pool_exhausted);
+    engine.metrics.refused("error", admission.allowed - accepted - pool_exhausted);
     Ok(Partial { succeeded: accepted, failures })
 }
+
+/// Heartbeat without the agent: the connector's port accepts a connection.
+async fn probe_port(engine: &Engine, parsed: &InstanceId, id: &str) -> Result<(), Error> {
+    let tracked = engine.registry.get(parsed).ok_or_else(|| Error::Unhealthy(format!("instance {id} is gone")))?;
+    let Some(address) = engine.connector_address(&tracked.addresses) else {
+        return Err(Error::Unhealthy(format!("instance {id} has no address yet")));
+    };
+    match tokio::time::timeout(PORT_PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(Error::Unhealthy(format!("instance {id}: could not connect to {address}: {err}"))),
+        Err(_) => Err(Error::Unhealthy(format!(
+            "instance {id}: could not connect to {address}: no answer within {} s",
+            PORT_PROBE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// How long one TCP probe of a connector's port may take.
+pub(crate) const PORT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn provider_info(engine: &Engine) -> ProviderInfo {
     ProviderInfo {

@@ -12,6 +12,8 @@ pub mod config;
 mod deletion;
 pub mod engine;
 pub mod failure;
+pub mod ip_pool;
+mod lease;
 pub mod naming;
 mod power;
 mod provision;
