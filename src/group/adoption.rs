@@ -49,6 +49,10 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         if removal_name_distinct && config.get("name") == Some(&names.instance_name_removing) {
             return Err(Leftover("its removal was under way before the restart".to_string()));
         }
+        // Its password came from an earlier process and is known to nobody now.
+        if engine.password.is_some() {
+            return Err(Leftover("its generated password belonged to an earlier plugin process".into()));
+        }
         let status = retry_locked(|| pve.vm_status(&vm.node, id.vmid)).await.map_err(Undecided)?;
         if status.status != "running" || status.lock.is_some() {
             return Err(Leftover(format!("found {} after a restart, not ready", status.status)));

@@ -52,6 +52,9 @@ pub(crate) struct Engine {
     pub pve: PveClient,
     pub settings: ConnectorSettings,
     pub key: Option<GeneratedKey>,
+    /// For a Windows template when Runner brings no credentials: the
+    /// password set through cloud-init and handed out for WinRM (no key then).
+    pub password: Option<crate::pve::Secret>,
     pub template_node: String,
     /// Linked clones when `clone_mode` allows and the template's storage can.
     pub linked: bool,
@@ -143,7 +146,14 @@ impl Engine {
             )?;
         check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
-        let key = if generate_credentials { Some(GeneratedKey::generate().map_err(Error::SshKey)?) } else { None };
+        let guest = GuestDefaults::from_template(&template_config);
+        let generate_password = generate_credentials && guest.os == "windows";
+        let password = generate_password.then(super::windows_password::generate);
+        let key = if generate_credentials && !generate_password {
+            Some(GeneratedKey::generate().map_err(Error::SshKey)?)
+        } else {
+            None
+        };
         tracing::info!(
             pve = %version,
             template = %config.template_id,
@@ -169,7 +179,8 @@ impl Engine {
             pve,
             settings,
             key,
-            guest: GuestDefaults::from_template(&template_config),
+            password,
+            guest,
             template_node,
             linked,
             node_penalties: Mutex::new(HashMap::new()),
@@ -206,15 +217,29 @@ impl Engine {
         if self.settings.protocol_port != 0 {
             return self.settings.protocol_port;
         }
-        let protocol = if self.settings.protocol.is_empty() {
-            self.guest.protocol(&self.settings, self.key.is_some())
-        } else {
-            self.settings.protocol.as_str()
-        };
+        let protocol =
+            if self.settings.protocol.is_empty() { self.protocol() } else { self.settings.protocol.as_str() };
         match protocol {
             "winrm" => 5985,
             "winrm+https" => 5986,
             _ => 22,
+        }
+    }
+
+    /// The protocol ConnectInfo names when Runner's connector_config does
+    /// not: WinRM with a generated password, else the guest's default.
+    pub fn protocol(&self) -> &'static str {
+        if self.password.is_some() { "winrm" } else { self.guest.protocol(&self.settings, self.key.is_some()) }
+    }
+
+    /// The user cloud-init creates or updates for generated credentials:
+    /// Runner's `username` when it names one (Windows images often expect
+    /// `Administrator`), else `cloud_init_user`.
+    pub fn generated_user(&self) -> String {
+        if self.password.is_some() && !self.settings.username.is_empty() {
+            self.settings.username.clone()
+        } else {
+            self.config.cloud_init_user.clone()
         }
     }
 
@@ -252,7 +277,11 @@ impl Engine {
 
     /// The judgement of the seed plugin's VMs for this config.
     pub fn seed_judge(&self) -> super::takeover::SeedJudge<'_> {
-        super::takeover::SeedJudge { config: &self.config, naming: &self.naming, generates_key: self.key.is_some() }
+        super::takeover::SeedJudge {
+            config: &self.config,
+            naming: &self.naming,
+            generates_key: self.key.is_some() || self.password.is_some(),
+        }
     }
 
     /// Whether `vm` is one of the group's, judged from the cheap listing.
@@ -562,12 +591,17 @@ impl InstanceGroup for ProxmoxGroup {
             connector.arch = engine.guest.arch.into();
         }
         if connector.protocol.is_empty() {
-            connector.protocol = engine.guest.protocol(&engine.settings, engine.key.is_some()).into();
+            connector.protocol = engine.protocol().into();
         }
         if let Some(key) = &engine.key {
             connector.username = engine.config.cloud_init_user.clone();
             connector.key = key.private_pem.expose().as_bytes().to_vec();
             connector.password.clear();
+        }
+        if let Some(password) = &engine.password {
+            connector.username = engine.generated_user();
+            connector.password = password.expose().to_string();
+            connector.key.clear();
         }
         let text = |ip: Option<std::net::IpAddr>| ip.map(|ip| ip.to_string()).unwrap_or_default();
         Ok(ConnectInfo {

@@ -22,6 +22,7 @@ mod registry;
 pub mod ssh_key;
 pub mod takeover;
 pub mod template;
+pub mod windows_password;
 
 use std::future::Future;
 use std::time::Duration;

@@ -447,6 +447,13 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
             update.ipconfig0 = Some("ip=dhcp,ip6=auto".into());
         }
     }
+    if let Some(password) = &engine.password {
+        update.ciuser = Some(engine.generated_user());
+        update.cipassword = Some(password.clone());
+        if !config.contains_key("ipconfig0") {
+            update.ipconfig0 = Some("ip=dhcp,ip6=auto".into());
+        }
+    }
     if let (Some(network), Some(lease)) = (&engine.config.static_network, &lease) {
         update.ipconfig0 = Some(network.ipconfig(lease));
         if !network.nameservers.is_empty() {

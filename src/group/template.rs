@@ -149,7 +149,7 @@ pub fn judge(
         }),
         (None, false) => Ok("none, and none needed: Runner brings its own credentials".into()),
         (None, true) => Err(Problem {
-            problem: "it has no cloud-init drive, which the plugin needs to install the SSH key it generates when Runner brings no credentials".into(),
+            problem: "it has no cloud-init drive, which the plugin needs to install the SSH key (on Windows, the password) it generates when Runner brings no credentials".into(),
             fix: format!(
                 "give Runner its own credentials in [runners.autoscaler.connector_config] (`username` and `key_path`, or `password`, as with the seed plugin), or add a drive with `qm set {id} --ide2 {}:cloudinit` (and cloud-init in the guest)",
                 facts.disk_storages.first().map_or("<storage>", String::as_str)
