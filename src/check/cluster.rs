@@ -72,6 +72,9 @@ async fn inspect_cluster(
         },
     );
     let template = check_template(&pve, &config, generate, report).await;
+    if let Some(network) = &config.static_network {
+        super::ip_pool::check_static_pool(&pve, &config, network, report).await;
+    }
     if let Some(template) = &template {
         check_target_nodes(&pve, &config, template, report).await;
     }
@@ -519,7 +522,13 @@ async fn check_privileges(
     };
     let requirements: Vec<_> = privileges::required_privileges(version)
         .into_iter()
-        .filter(|r| r.needed.applies(generate, config.autoresize.is_some()))
+        .filter(|r| {
+            r.needed.applies(privileges::Uses {
+                cloud_init: generate || config.static_network.is_some(),
+                disk_resize: config.autoresize.is_some(),
+                agent: config.agent_required,
+            })
+        })
         .collect();
     let objects = |place: AclPlace| -> Vec<String> {
         match place {
