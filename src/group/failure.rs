@@ -11,6 +11,8 @@ use crate::pve::{Error as PveError, ErrorKind, Vmid};
 pub enum Step {
     /// Finding a free VMID.
     AllocateVmid,
+    /// Reading which static addresses are taken.
+    AllocateAddress,
     /// Sending the clone request.
     CloneRequest,
     /// The clone task.
@@ -30,6 +32,7 @@ impl Step {
     pub fn label(self) -> &'static str {
         match self {
             Self::AllocateVmid => "allocate_vmid",
+            Self::AllocateAddress => "allocate_address",
             Self::CloneRequest => "clone_request",
             Self::Clone => "clone",
             Self::Configure => "configure",
@@ -44,6 +47,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::AllocateVmid => "allocate a VMID",
+            Self::AllocateAddress => "allocate an address",
             Self::CloneRequest => "clone request",
             Self::Clone => "clone",
             Self::Configure => "configure",

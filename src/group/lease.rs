@@ -169,7 +169,7 @@ fn cool_down(engine: &Engine, network: &StaticNetwork, freed: Vec<Lease>, now: I
 /// the config of each pool VM whose tags carry no lease and whose lease this
 /// process does not hold.
 async fn claimed_elsewhere(engine: &Engine, own: Vmid) -> Result<HashSet<IpAddr>, ProvisionError> {
-    let allocation_error = |error| ProvisionError::pve(Step::AllocateVmid, error);
+    let allocation_error = |error| ProvisionError::pve(Step::AllocateAddress, error);
     let vms = engine.pve.cluster_vms().await.map_err(allocation_error)?;
     let held_vmids: HashSet<Vmid> = engine.leases.lock().unwrap().keys().map(|id| id.vmid).collect();
     let mut claimed = HashSet::new();
