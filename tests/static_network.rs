@@ -299,3 +299,44 @@ async fn an_ipv6_only_pool_is_written_to_ipconfig0_and_reported_by_the_agent() {
     setup.assert_no_leaks();
     group.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_an_instance_outside_the_changed_pool_is_replaced() {
+    let port = free_port();
+    let mut scenario = fast_scenario();
+    agentless(&mut scenario, port);
+    let setup = setup(scenario).await;
+    let mut config: serde_json::Value = serde_json::from_slice(&static_config(&setup, "fleeting", 2)).unwrap();
+    config["ip_pool_ranges"] = "127.0.1.10-127.0.1.11".into();
+    config["ip_pool_exclude"] = serde_json::Value::Null;
+    let group = start(config.to_string().as_bytes(), port).await;
+    assert_eq!(group.increase(2).await.unwrap().succeeded, 2);
+    let ids = settle(&setup, &group, 2).await;
+    let address_of = |id: &str| {
+        let vm = setup.sim.admin().vm(vmid_of(id)).unwrap();
+        Lease::from_tags(&vm.tags).v4.unwrap().to_string()
+    };
+    let kept = ids.iter().find(|id| address_of(id) == "127.0.1.10").unwrap().clone();
+    let dropped = ids.iter().find(|id| address_of(id) == "127.0.1.11").unwrap().clone();
+    group.shutdown().await.unwrap();
+
+    // The pool no longer hands out .11: its instance is replaced, the other adopted.
+    config["ip_pool_ranges"] = "127.0.1.10-127.0.1.12".into();
+    config["ip_pool_exclude"] = "127.0.1.11".into();
+    let group = start(config.to_string().as_bytes(), port).await;
+    let states = wait_until(&group, "the instance outside the pool removed", |states| {
+        states.len() == 1 && states[0].1 == InstanceState::Running
+    })
+    .await;
+    assert_eq!(states[0].0, kept);
+    assert!(setup.sim.admin().vm(vmid_of(&dropped)).is_none(), "the instance at .11 is gone");
+    assert_eq!(group.increase(1).await.unwrap().succeeded, 1);
+    let ids = settle(&setup, &group, 2).await;
+    let mut addresses: Vec<String> = ids.iter().map(|id| address_of(id)).collect();
+    addresses.sort();
+    assert_eq!(addresses, ["127.0.1.10", "127.0.1.12"]);
+    group.decrease(ids).await.unwrap();
+    settle(&setup, &group, 0).await;
+    setup.assert_no_leaks();
+    group.shutdown().await.unwrap();
+}

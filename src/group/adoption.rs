@@ -145,6 +145,24 @@ fn adopted_lease(
         return Err(Leftover("it carries no static address lease".into()));
     }
     super::lease::hold(engine, id, lease);
+    // The pool is the desired state: an address it no longer hands out
+    // (the pool changed since) is replaced, as is a family it now has.
+    if let Some(network) = &engine.config.static_network {
+        let fits = |pool: Option<&super::ip_pool::AddressPool>, ip: Option<std::net::IpAddr>| match (pool, ip) {
+            (Some(pool), Some(ip)) => pool.allows(ip),
+            (None, None) => true,
+            _ => false,
+        };
+        let v4 = lease.v4.map(std::net::IpAddr::V4);
+        let v6 = lease.v6.map(std::net::IpAddr::V6);
+        if !fits(network.v4.as_ref(), v4) || !fits(network.v6.as_ref(), v6) {
+            return Err(Leftover(format!(
+                "its lease ({}) is not one the static pool {} hands out",
+                lease.addresses().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", "),
+                network.describe()
+            )));
+        }
+    }
     let configured = Lease::from_ipconfig(config.get("ipconfig0").map(String::as_str).unwrap_or_default());
     if configured != lease {
         return Err(Leftover(format!(
