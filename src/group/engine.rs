@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use super::address::{self, Addresses};
 use super::breaker::Breaker;
-use super::config::{GroupConfig, NetworkProtocol, PluginConfig};
+use super::config::{GroupConfig, PluginConfig};
 use super::ip_pool::Lease;
 use super::naming::{InstanceId, Naming};
 use super::quarantine::Quarantine;
@@ -246,12 +246,7 @@ impl Engine {
     /// The addresses of a static lease, the connecting family first
     /// (`instance_network_protocol`; the other family when the pool has only that).
     pub fn lease_addresses(&self, lease: &Lease) -> Addresses {
-        let (v4, v6) = (lease.v4.map(IpAddr::V4), lease.v6.map(IpAddr::V6));
-        let preferred = match self.config.instance_network_protocol {
-            NetworkProtocol::Ipv6 => v6.or(v4),
-            NetworkProtocol::Ipv4 | NetworkProtocol::Any => v4.or(v6),
-        };
-        Addresses { internal: preferred, external: None }
+        Addresses { internal: lease.connect_address(self.config.instance_network_protocol), external: None }
     }
 
     /// Where the connector's port of an instance with `addresses` listens.

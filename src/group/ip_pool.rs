@@ -12,6 +12,8 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use super::config::NetworkProtocol;
+
 /// Tag prefix of an IPv4 lease.
 const V4_TAG: &str = "ip-";
 /// Tag prefix of an IPv6 lease.
@@ -170,6 +172,16 @@ impl Lease {
 
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
         self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+    }
+
+    /// The address Runner connects to: the family `protocol` names first,
+    /// the other when the pool has only that.
+    pub fn connect_address(&self, protocol: NetworkProtocol) -> Option<IpAddr> {
+        let (v4, v6) = (self.v4.map(IpAddr::V4), self.v6.map(IpAddr::V6));
+        match protocol {
+            NetworkProtocol::Ipv6 => v6.or(v4),
+            NetworkProtocol::Ipv4 | NetworkProtocol::Any => v4.or(v6),
+        }
     }
 
     /// Tags that carry the lease: `ip-10-0-20-5`; IPv6 as its eight groups
@@ -394,6 +406,10 @@ mod tests {
         assert_eq!(ipconfig, "ip=10.0.20.5/24,gw=10.0.20.1,ip6=fd00:20::5/64,gw6=fd00:20::1");
         assert_eq!(Lease::from_ipconfig(&ipconfig), lease);
         assert_eq!(Lease::from_ipconfig("ip=dhcp,ip6=auto"), Lease::default());
+        assert_eq!(lease.connect_address(NetworkProtocol::Ipv4), lease.v4.map(IpAddr::V4));
+        assert_eq!(lease.connect_address(NetworkProtocol::Ipv6), lease.v6.map(IpAddr::V6));
+        let v6_only = Lease { v4: None, ..lease };
+        assert_eq!(v6_only.connect_address(NetworkProtocol::Ipv4), lease.v6.map(IpAddr::V6), "the family there is");
     }
 
     #[test]
