@@ -340,3 +340,23 @@ async fn after_a_restart_an_instance_outside_the_changed_pool_is_replaced() {
     setup.assert_no_leaks();
     group.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nameserver_and_searchdomain_are_written_with_dhcp_too() {
+    let setup = setup(fast_scenario()).await;
+    let mut config = setup.config.clone();
+    config["nameserver"] = serde_json::json!(["10.0.20.2", "fd00:20::2"]);
+    config["searchdomain"] = "ci.example.com".into();
+    let group = ProxmoxGroup::new();
+    group.init(config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    assert_eq!(group.increase(1).await.unwrap().succeeded, 1);
+    let ids = settle(&setup, &group, 1).await;
+    let vm = setup.sim.admin().vm(vmid_of(&ids[0])).unwrap();
+    assert_eq!(vm.config.get("nameserver").map(String::as_str), Some("10.0.20.2 fd00:20::2"));
+    assert_eq!(vm.config.get("searchdomain").map(String::as_str), Some("ci.example.com"));
+    assert!(Lease::from_tags(&vm.tags).is_empty(), "no lease with DHCP");
+    group.decrease(ids).await.unwrap();
+    settle(&setup, &group, 0).await;
+    setup.assert_no_leaks();
+    group.shutdown().await.unwrap();
+}

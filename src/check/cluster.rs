@@ -524,7 +524,10 @@ async fn check_privileges(
         .into_iter()
         .filter(|r| {
             r.needed.applies(privileges::Uses {
-                cloud_init: generate || config.static_network.is_some(),
+                cloud_init: generate
+                    || config.static_network.is_some()
+                    || !config.nameservers.is_empty()
+                    || config.searchdomain.is_some(),
                 disk_resize: config.autoresize.is_some(),
                 agent: config.agent_required,
             })

@@ -23,11 +23,11 @@ const PARALLEL_READS: usize = 8;
 pub async fn check_static_pool(pve: &PveClient, config: &GroupConfig, network: &StaticNetwork, report: &mut Report) {
     let subject = "static pool";
     let mut how = format!("{}: {} addresses", network.describe(), network.capacity());
-    if !network.nameservers.is_empty() {
-        let servers: Vec<String> = network.nameservers.iter().map(ToString::to_string).collect();
+    if !config.nameservers.is_empty() {
+        let servers: Vec<String> = config.nameservers.iter().map(ToString::to_string).collect();
         how.push_str(&format!(", nameserver {}", servers.join(" ")));
     }
-    if let Some(domain) = &network.searchdomain {
+    if let Some(domain) = &config.searchdomain {
         how.push_str(&format!(", searchdomain {domain}"));
     }
     report.pass(subject, how);

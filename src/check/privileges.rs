@@ -75,7 +75,8 @@ pub enum Need {
     Always,
     /// Only when the plugin writes cloud-init settings: it generates
     /// credentials (Runner's connector_config brings no key, password or
-    /// `use_static_credentials`), or hands out static addresses.
+    /// `use_static_credentials`), hands out static addresses, or sets
+    /// `nameserver` / `searchdomain`.
     CloudInit,
     /// Only with `instance_autoresize_disk` / `instance_autoresize_size`.
     DiskResize,
@@ -105,7 +106,7 @@ impl Need {
     fn note(self) -> &'static str {
         match self {
             Self::Always => "",
-            Self::CloudInit => "; only when the plugin generates credentials or hands out static addresses",
+            Self::CloudInit => "; only when the plugin generates credentials, hands out static addresses or sets DNS",
             Self::DiskResize => "; only with `instance_autoresize_disk`",
             Self::Agent => "; not with `agent_required = false`",
         }
@@ -140,7 +141,7 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
             place: AclPlace::Pool,
             privilege: "VM.Config.Cloudinit",
             alternatives: &["VM.Config.Network"],
-            why: "hand the generated SSH key or Windows password and the static address to cloud-init (PUT …/config ciuser, sshkeys, cipassword, ipconfig0, nameserver, searchdomain)",
+            why: "hand the generated SSH key or Windows password, the static address and DNS to cloud-init (PUT …/config ciuser, sshkeys, cipassword, ipconfig0, nameserver, searchdomain)",
             needed: Need::CloudInit,
         },
         need(AclPlace::Pool, "VM.PowerMgmt", "start, stop, suspend and resume instances"),

@@ -119,9 +119,9 @@ pub struct PluginConfig {
     /// How long an address freed by a deletion is not handed out again (ARP caches, known_hosts), e.g. `"5m"`; kept by the plugin process, so a restart forgets it. Default `0s`.
     #[schemars(extend("x-format" = "duration"))]
     pub ip_pool_reuse_cooldown: Option<String>,
-    /// DNS servers that cloud-init configures with a static address, e.g. `"10.0.20.2"` or `["10.0.20.2", "fd00:20::2"]`. Default: the template's (Proxmox uses the node's when unset).
+    /// DNS servers that cloud-init configures (either `network_mode`; the template needs a cloud-init drive), e.g. `"10.0.20.2"` or `["10.0.20.2", "fd00:20::2"]`. Default: the template's (Proxmox uses the node's when unset).
     pub nameserver: Option<TextList>,
-    /// DNS search domain that cloud-init configures with a static address, e.g. `"ci.example.com"`. Default: the template's.
+    /// DNS search domain that cloud-init configures (either `network_mode`), e.g. `"ci.example.com"`. Default: the template's.
     pub searchdomain: Option<String>,
     /// Whether the template runs the QEMU guest agent. `false` needs `network_mode = "static"`: an instance is then ready when its connector port (`protocol_port`, else 22 for SSH, 5985/5986 for WinRM) accepts TCP connections from the plugin's host within `boot_timeout`, and Heartbeat probes that port. With the agent and a static address, the agent must report that address. Default `true`.
     pub agent_required: Option<bool>,
@@ -231,6 +231,10 @@ pub struct GroupConfig {
     pub static_network: Option<StaticNetwork>,
     /// The template runs the guest agent (see [`PluginConfig::agent_required`]).
     pub agent_required: bool,
+    /// cloud-init's `nameserver`, in order; empty: not written.
+    pub nameservers: Vec<std::net::IpAddr>,
+    /// cloud-init's `searchdomain`; `None`: not written.
+    pub searchdomain: Option<String>,
 }
 
 /// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
@@ -991,9 +995,21 @@ impl PluginConfig {
             ranges: self.ip_pool_ranges.map(TextList::items),
             exclude: self.ip_pool_exclude.map(TextList::items),
             reuse_cooldown: self.ip_pool_reuse_cooldown,
-            nameservers: self.nameserver.map(TextList::items),
-            searchdomain: self.searchdomain.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
         };
+        // DNS for cloud-init in either mode, as in nE0sIghT.
+        let mut nameservers = Vec::new();
+        for text in self.nameserver.map(TextList::items).unwrap_or_default() {
+            match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => nameservers.push(ip),
+                Err(_) => problems.push(format!("`nameserver` {text:?} is not an IP address")),
+            }
+        }
+        let searchdomain = self.searchdomain.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        if let Some(domain) = &searchdomain
+            && domain.split_whitespace().any(|part| !is_dns_name(part))
+        {
+            problems.push(format!("`searchdomain` {domain:?} is not a domain name, e.g. \"ci.example.com\""));
+        }
         let static_network = match network_mode {
             NetworkMode::Static => static_settings.resolve(max_instances, &mut problems),
             NetworkMode::Dhcp => {
@@ -1056,19 +1072,19 @@ impl PluginConfig {
             metrics_listen,
             static_network,
             agent_required,
+            nameservers,
+            searchdomain,
         })
     }
 }
 
-/// The `ip_pool_*`, `nameserver` and `searchdomain` settings as written.
+/// The `ip_pool_*` settings as written.
 struct StaticSettings {
     networks: Option<Vec<String>>,
     gateways: Option<Vec<String>>,
     ranges: Option<Vec<String>>,
     exclude: Option<Vec<String>>,
     reuse_cooldown: Option<String>,
-    nameservers: Option<Vec<String>>,
-    searchdomain: Option<String>,
 }
 
 impl StaticSettings {
@@ -1080,7 +1096,6 @@ impl StaticSettings {
             ("ip_pool_gateway", &self.gateways),
             ("ip_pool_ranges", &self.ranges),
             ("ip_pool_exclude", &self.exclude),
-            ("nameserver", &self.nameservers),
         ] {
             if set(value) {
                 keys.push(key);
@@ -1088,9 +1103,6 @@ impl StaticSettings {
         }
         if self.reuse_cooldown.as_deref().is_some_and(|c| !c.trim().is_empty()) {
             keys.push("ip_pool_reuse_cooldown");
-        }
-        if self.searchdomain.is_some() {
-            keys.push("searchdomain");
         }
         keys
     }
@@ -1180,18 +1192,6 @@ impl StaticSettings {
                 problems.push("`ip_pool_ranges` has overlapping ranges; merge them".into());
             }
         }
-        let mut nameservers = Vec::new();
-        for text in self.nameservers.unwrap_or_default() {
-            match text.parse::<std::net::IpAddr>() {
-                Ok(ip) => nameservers.push(ip),
-                Err(_) => problems.push(format!("`nameserver` {text:?} is not an IP address")),
-            }
-        }
-        if let Some(domain) = &self.searchdomain
-            && domain.split_whitespace().any(|part| !is_dns_name(part))
-        {
-            problems.push(format!("`searchdomain` {domain:?} is not a domain name, e.g. \"ci.example.com\""));
-        }
         let reuse_cooldown = match self.reuse_cooldown.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
             None => Duration::ZERO,
             Some("0") => Duration::ZERO,
@@ -1214,8 +1214,7 @@ impl StaticSettings {
             };
             Some(AddressPool { network, prefix, gateway: gateways[index]?, ranges, exclude: exclude[index].clone() })
         };
-        let network =
-            StaticNetwork { v4: pool(0), v6: pool(1), nameservers, searchdomain: self.searchdomain, reuse_cooldown };
+        let network = StaticNetwork { v4: pool(0), v6: pool(1), reuse_cooldown };
         for pool in network.pools() {
             if pool.size() < u128::from(max_instances) {
                 problems.push(format!(
@@ -1786,8 +1785,8 @@ mod tests {
         assert_eq!(v4.describe(), "10.0.20.0/24 (10.0.20.100-10.0.20.199)");
         assert_eq!(v4.size(), 99, "100 minus the excluded address");
         assert_eq!(network.v6.as_ref().unwrap().cidr(), "fd00:20::/64");
-        assert_eq!(network.nameservers, ["10.0.20.2".parse::<std::net::IpAddr>().unwrap()]);
-        assert_eq!(network.searchdomain.as_deref(), Some("ci.example.com"));
+        assert_eq!(config.nameservers, ["10.0.20.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(config.searchdomain.as_deref(), Some("ci.example.com"));
         assert_eq!(network.reuse_cooldown, Duration::from_secs(300));
         // IPv6 only.
         let config = parse(&seed_with(
@@ -1842,6 +1841,11 @@ mod tests {
         assert!(err.problems[1].starts_with("`agent_required = false` needs `network_mode = \"static\"`"), "{err}");
         let Parsed { warnings, .. } = parse_warned(&seed_with(r#""network_mode": "dhcp", "nameserver": """#));
         assert_eq!(warnings, [], "nE0sIghT's keys are ours now");
+        // DNS applies with DHCP too, as in nE0sIghT.
+        let config =
+            parse(&seed_with(r#""nameserver": ["10.0.20.2", "10.0.20.3"], "searchdomain": "ci.example.com""#)).unwrap();
+        assert_eq!(config.nameservers.len(), 2);
+        assert_eq!(config.static_network, None);
     }
 
     #[test]

@@ -24,10 +24,6 @@ const V6_TAG: &str = "ip6-";
 pub struct StaticNetwork {
     pub v4: Option<AddressPool>,
     pub v6: Option<AddressPool>,
-    /// cloud-init's `nameserver`, in order.
-    pub nameservers: Vec<IpAddr>,
-    /// cloud-init's `searchdomain`.
-    pub searchdomain: Option<String>,
     /// How long an address freed by a deletion stays out of allocation.
     pub reuse_cooldown: Duration,
 }
@@ -398,8 +394,6 @@ mod tests {
         let network = StaticNetwork {
             v4: Some(pool("10.0.20.0/24", "10.0.20.1", &[], &[])),
             v6: Some(pool("fd00:20::/64", "fd00:20::1", &[], &[])),
-            nameservers: Vec::new(),
-            searchdomain: None,
             reuse_cooldown: Duration::ZERO,
         };
         let ipconfig = network.ipconfig(&lease);

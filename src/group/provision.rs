@@ -456,12 +456,12 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
     }
     if let (Some(network), Some(lease)) = (&engine.config.static_network, &lease) {
         update.ipconfig0 = Some(network.ipconfig(lease));
-        if !network.nameservers.is_empty() {
-            let servers: Vec<String> = network.nameservers.iter().map(ToString::to_string).collect();
-            update.nameserver = Some(servers.join(" "));
-        }
-        update.searchdomain = network.searchdomain.clone();
     }
+    if !engine.config.nameservers.is_empty() {
+        let servers: Vec<String> = engine.config.nameservers.iter().map(ToString::to_string).collect();
+        update.nameserver = Some(servers.join(" "));
+    }
+    update.searchdomain = engine.config.searchdomain.clone();
     retry_locked(|| pve.update_vm_config(&node, vmid, &update)).await.map_err(configure_error)?;
     if let Some(resize) = &engine.config.autoresize {
         grow_disk(engine, &node, vmid, resize, &config).await?;

@@ -111,6 +111,7 @@ pub fn judge(
     let id = config.template_id;
     let storage = config.storage.as_deref();
     let static_network = config.static_network.is_some();
+    let dns = !config.nameservers.is_empty() || config.searchdomain.is_some();
     let mut list = Vec::new();
     let source = if facts.is_template {
         Ok(format!("a template on node {}", facts.node))
@@ -140,6 +141,13 @@ pub fn judge(
     list.push(Requirement { aspect: "guest agent", verdict: agent });
     let cloud_init = match (&facts.cloud_init_drive, generated_credentials) {
         (Some(drive), _) => Ok(drive.clone()),
+        (None, _) if dns && !static_network => Err(Problem {
+            problem: "it has no cloud-init drive, which `nameserver` and `searchdomain` need".into(),
+            fix: format!(
+                "add a drive with `qm set {id} --ide2 {}:cloudinit`, or remove `nameserver` and `searchdomain`",
+                facts.disk_storages.first().map_or("<storage>", String::as_str)
+            ),
+        }),
         (None, _) if static_network => Err(Problem {
             problem: "it has no cloud-init drive, which `network_mode = \"static\"` needs to hand the instance its address (ipconfig0)".into(),
             fix: format!(
