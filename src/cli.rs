@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::openapi::{self, ConvertOptions, IndexedKeys, Selection};
-use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Profile, Progress};
+use fleeting_plugin_proxmox::simulate::{self as session, FaultMode, Network, Profile, Progress};
 use fleeting_plugin_proxmox::{check, plugin, plugin_dir, runtime, status, stdout, version};
 
 #[derive(Debug, Parser)]
@@ -86,6 +86,10 @@ struct SimulateArgs {
     /// session (metrics_listen), e.g. 127.0.0.1:9464, for a live scrape.
     #[arg(long, value_name = "ADDRESS")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// How instances get their address: DHCP reported by the guest agent, or
+    /// a static pool on loopback with a template without the agent.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Network::Dhcp)]
+    network: Network,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +301,7 @@ fn simulate(args: &SimulateArgs) -> ExitCode {
         seed: args.seed,
         metrics: args.metrics,
         metrics_listen: args.metrics_listen,
+        network: args.network,
     };
     let mut progress = Progress::for_stderr();
     session::install_logging(&progress);

@@ -11,7 +11,7 @@ use fleeting_plugin_proxmox::check::{self, CheckOptions, Outcome, Status};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
 use fleeting_plugin_proxmox::pve::PveVersion;
-use fleeting_plugin_proxmox::sim::config::{AclSpec, defaults};
+use fleeting_plugin_proxmox::sim::config::{AclSpec, VmSpec, defaults};
 use fleeting_plugin_proxmox::sim::{Scenario, SimConfig, SimHandle, Simulator};
 use serde_json::{Value, json};
 
@@ -256,6 +256,81 @@ async fn a_template_without_agent_or_cloud_init_fails() {
     let outcome = setup.check(&setup.config, Some(true)).await;
     assert_eq!(failed_subjects(&outcome), ["template 9000 guest agent"]);
     assert!(outcome.render().contains("ok    template 9000 cloud-init drive: none, and none needed"));
+    setup.sim.shutdown().await.unwrap();
+}
+
+/// A VM with a static `ipconfig0`, in `pool` or outside any pool.
+fn vm_with_address(vmid: u32, pool: Option<&str>, ipconfig0: &str) -> VmSpec {
+    let config = [
+        ("name", "static-host".to_string()),
+        ("net0", "virtio,bridge=vmbr0".to_string()),
+        ("ipconfig0", ipconfig0.to_string()),
+        ("scsi0", format!("local-lvm:vm-{vmid}-disk-0,size=4G")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    VmSpec { vmid, node: "pve1".into(), pool: pool.map(str::to_string), config, ..VmSpec::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_pool_is_checked_against_the_vms_and_the_template() {
+    let mut scenario = Scenario::default();
+    scenario.vms[0].config.remove("agent");
+    scenario.vms.push(vm_with_address(300, None, "ip=127.0.1.20/26,gw=127.0.1.1"));
+    scenario.vms.push(vm_with_address(301, Some(defaults::POOL), "ip=127.0.1.21/26,gw=127.0.1.1"));
+    scenario.vms.push(vm_with_address(302, None, "ip=10.9.9.9/24,gw=10.9.9.1"));
+    // The outside VMs are visible to the token, as on a cluster where it may audit every VM.
+    for vmid in [300, 302] {
+        scenario.acl.push(AclSpec {
+            path: format!("/vms/{vmid}"),
+            roles: vec!["PVEAuditor".into()],
+            tokens: vec![defaults::TOKEN_ID.into()],
+            users: vec![defaults::USER.into()],
+            ..AclSpec::default()
+        });
+    }
+    let setup = Setup::start(scenario).await;
+    let mut config = setup.config.clone();
+    config["network_mode"] = "static".into();
+    config["ip_pool_network"] = "127.0.1.0/26".into();
+    config["ip_pool_gateway"] = "127.0.1.1".into();
+    config["agent_required"] = false.into();
+    let outcome = setup.check(&config, None).await;
+    let text = outcome.render();
+    println!("{text}");
+    for expected in [
+        "ok    static pool: 127.0.1.0/26 (127.0.1.1-127.0.1.62): 61 addresses",
+        "ok    template 9000 guest agent: not enabled, and not needed: `agent_required = false`",
+        "ok    template 9000 static address: cloud-init drive ide2: cloud-init applies the ipconfig0",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let (detail, fix) = failure(&outcome, "addresses in use");
+    assert!(detail.contains("127.0.1.20 (VM 300 static-host)"), "{detail}");
+    assert!(
+        !detail.contains("127.0.1.21") && !detail.contains("10.9.9.9"),
+        "only outside the pool, inside its range: {detail}"
+    );
+    assert!(fix.contains("`ip_pool_exclude`"), "{fix}");
+    assert_eq!(failed_subjects(&outcome), ["addresses in use"]);
+
+    // Excluded, the address passes; a network snippet in cicustom would replace ipconfig0.
+    config["ip_pool_exclude"] = "127.0.1.20".into();
+    let outcome = setup.check(&config, None).await;
+    assert!(outcome.passed(), "{}", outcome.render());
+    assert!(outcome.render().contains("VMs in pool ci use 127.0.1.21 (VM 301 static-host) (never handed out)"));
+    setup.sim.shutdown().await.unwrap();
+
+    let mut scenario = Scenario::default();
+    scenario.vms[0].config.insert("cicustom".into(), "network=local:snippets/net.yaml".into());
+    let setup = Setup::start(scenario).await;
+    config["url"] = setup.config["url"].clone();
+    config["tls_fingerprint"] = setup.config["tls_fingerprint"].clone();
+    config["credentials_file_path"] = setup.config["credentials_file_path"].clone();
+    let outcome = setup.check(&config, None).await;
+    let (detail, _) = failure(&outcome, "template 9000 static address");
+    assert!(detail.contains("replaces the ipconfig0"), "{detail}");
     setup.sim.shutdown().await.unwrap();
 }
 

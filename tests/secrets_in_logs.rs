@@ -279,3 +279,83 @@ fn the_detector_finds_each_kind_of_secret() {
     }
     assert!(leaks("PVE request GET /api2/json/cluster/resources status 200 at 12:34:56", &[key]).is_empty());
 }
+
+/// A Windows template and a Runner config without a password: the plugin
+/// generates one, sets it through cloud-init (`cipassword`, what
+/// cloudbase-init reads), and hands exactly that to Runner for WinRM; no
+/// log line at trace level and no error message shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_password_is_generated_handed_out_and_never_logged() {
+    let capture = logs::capture("trace");
+    let mut scenario = reliability::scenario_with_foreign_vms(20.0);
+    scenario.timings.resources_staleness = 0.5;
+    let template = scenario.vms.iter_mut().find(|vm| vm.vmid == defaults::TEMPLATE_VMID).unwrap();
+    template.config.insert("ostype".into(), "win11".into());
+    let sim = reliability::start_sim(scenario, 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = reliability::write_credentials(dir.path(), Login::TicketWithTotp);
+    let config = reliability::plugin_config(&sim, &credentials, 2);
+    // Runner names the user (as Windows images expect) but brings no password.
+    let settings = ConnectorSettings { username: "Administrator".into(), ..ConnectorSettings::default() };
+    let group = ProxmoxGroup::new();
+    group.init(config.to_string().as_bytes(), settings).await.expect("Init");
+    let answer = group.increase(2).await.unwrap();
+    assert_eq!(answer.succeeded, 2, "{:?}", answer.failures);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running = loop {
+        let states = group.update().await.unwrap();
+        if states.len() == 2 && states.iter().all(|(_, s)| *s == InstanceState::Running) {
+            break states;
+        }
+        assert!(Instant::now() < deadline, "never running: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut passwords = Vec::new();
+    for (id, _) in &running {
+        let info = group.connect_info(id).await.unwrap();
+        assert_eq!(info.connector.protocol, "winrm");
+        assert_eq!(info.connector.os, "windows");
+        assert_eq!(info.connector.username, "Administrator");
+        assert!(info.connector.key.is_empty(), "a password, not a key");
+        assert!(info.connector.password.len() >= 20, "a strong password");
+        // The password cloud-init got is the one Runner gets.
+        let vmid: u32 = id.split('-').next().unwrap().parse().unwrap();
+        let vm = sim.admin().vm(vmid).unwrap();
+        assert_eq!(vm.config.get("cipassword"), Some(&info.connector.password));
+        assert_eq!(vm.config.get("ciuser").map(String::as_str), Some("Administrator"));
+        assert!(!vm.config.contains_key("sshkeys"), "no SSH key for a Windows guest");
+        passwords.push(info.connector.password.clone());
+    }
+    let ids: Vec<String> = running.iter().map(|(id, _)| id.clone()).collect();
+    let mut errors: Vec<String> =
+        group.decrease(vec!["999-nosuch".into()]).await.unwrap().failures.iter().map(ToString::to_string).collect();
+    errors.push(group.connect_info("999-nosuch").await.unwrap_err().to_string());
+    group.decrease(vec![ids[0].clone()]).await.unwrap();
+    group.shutdown().await.unwrap();
+    // A restart: the other instance's password died with the old process,
+    // so it is removed rather than adopted.
+    let group = ProxmoxGroup::new();
+    let settings = ConnectorSettings { username: "Administrator".into(), ..ConnectorSettings::default() };
+    group.init(config.to_string().as_bytes(), settings).await.expect("Init after the restart");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let states = group.update().await.unwrap();
+        assert!(
+            states.iter().all(|(_, state)| *state != InstanceState::Running),
+            "an instance with an unknown password was adopted: {states:?}"
+        );
+        if states.is_empty() && sim.admin().vm(running[1].0.split('-').next().unwrap().parse().unwrap()).is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never removed: {states:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    group.shutdown().await.unwrap();
+    sim.shutdown().await.unwrap();
+    let text = capture.text();
+    assert!(text.contains("PVE request"), "the capture saw the traffic");
+    for password in &passwords {
+        assert!(!text.contains(password.as_str()), "the generated password reached a log line");
+        assert!(!errors.join("\n").contains(password.as_str()), "the generated password reached an error");
+    }
+}

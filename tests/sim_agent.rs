@@ -161,3 +161,60 @@ async fn a_seed_makes_macs_and_leases_reproducible() {
     assert_eq!(first, macs(5).await);
     assert_ne!(first, macs(6).await);
 }
+
+async fn connects(address: &str) -> bool {
+    let connect = tokio::net::TcpStream::connect(address);
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(1), connect).await, Ok(Ok(_)))
+}
+
+/// A clone with a static `ipconfig0`, started.
+async fn static_clone(pve: &PveClient, vmid: u32, ipconfig0: &str) {
+    let request = CloneRequest { new_vmid: Some(Vmid(vmid)), pool: Some("ci".into()), ..Default::default() };
+    wait(pve, &pve.clone_vm("pve1", Vmid(9000), &request).await.unwrap()).await.unwrap();
+    let update = ConfigUpdate { ipconfig0: Some(ipconfig0.into()), ..Default::default() };
+    pve.update_vm_config("pve1", Vmid(vmid), &update).await.unwrap();
+    wait(pve, &pve.start_vm("pve1", Vmid(vmid)).await.unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_guests_service_port_opens_on_its_loopback_static_address_only_after_boot() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut scenario = slow_boot();
+    scenario.vms[0].config.insert("agent".into(), "0".into());
+    scenario.vms[0].agent.service_port = Some(port);
+    let sim = start(scenario).await;
+    let pve = token_client(&sim);
+    let guest = format!("127.0.2.21:{port}");
+    static_clone(&pve, 321, "ip=127.0.2.21/24,gw=127.0.2.1").await;
+    // Not a loopback address: its service never listens anywhere.
+    static_clone(&pve, 322, "ip=10.10.10.78/24,gw=10.10.10.1").await;
+    assert!(!connects(&guest).await, "open before the guest booted");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !connects(&guest).await {
+        assert!(tokio::time::Instant::now() < deadline, "the service port never opened");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for elsewhere in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        assert!(!connects(&elsewhere).await, "a guest listens on {elsewhere}");
+    }
+    // No agent: PVE says so, the service answers anyway.
+    let err = pve.agent_ping("pve1", Vmid(321)).await.unwrap_err();
+    assert!(err.to_string().contains("No QEMU guest agent configured"), "{err}");
+    wait(&pve, &pve.stop_vm("pve1", Vmid(321), None).await.unwrap()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while connects(&guest).await {
+        assert!(tokio::time::Instant::now() < deadline, "the service port stayed open after the stop");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_static_ipv6_address_is_reported_by_the_agent() {
+    let sim = start(fast_scenario()).await;
+    let pve = token_client(&sim);
+    static_clone(&pve, 323, "ip6=fd00:20::5/64,gw6=fd00:20::1").await;
+    until_agent_answers(&pve, 323).await;
+    let interfaces = pve.guest_interfaces("pve1", Vmid(323)).await.unwrap();
+    let expected: IpAddr = "fd00:20::5".parse().unwrap();
+    assert!(interfaces[1].addresses.contains(&(expected, 64)), "{:?}", interfaces[1]);
+}

@@ -60,6 +60,21 @@ fn flaky_cluster_failures_are_handled_without_leaks() {
     assert!(stderr.contains("could not provision instance; removing it"), "the plugin said why\n{stderr}");
 }
 
+/// The DHCP-less, agentless setup end to end: a static loopback pool, a
+/// template without the guest agent, readiness and Heartbeat by TCP.
+#[test]
+fn a_static_pool_without_the_agent_runs_the_whole_lifecycle() {
+    let (summary, stderr) = simulate(&["--instances", "6", "--network", "static", "--faults", "flaky", "--seed", "5"]);
+    assert_clean(&summary, &stderr);
+    assert!(stderr.contains("network: static"), "{stderr}");
+    let mut addresses: Vec<&str> = summary.instances.iter().map(|i| i.address.as_str()).collect();
+    assert!(addresses.iter().all(|a| a.starts_with("127.0.1.")), "{addresses:?}");
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), summary.instances.len(), "one address per instance");
+    assert_eq!(summary.faults_injected.slow_agents, 0, "no agent to slow down");
+}
+
 #[test]
 fn bad_options_name_the_fix() {
     let output = Command::new(env!("CARGO_BIN_EXE_fleeting-plugin-proxmox"))

@@ -242,3 +242,22 @@ async fn run_binary(args: &[&str]) -> std::process::Output {
     .await
     .unwrap()
 }
+
+/// With a static pool the address shown is the lease, without asking an agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_static_leases_without_an_agent() {
+    let mut setup = cluster().await;
+    setup.config["network_mode"] = "static".into();
+    setup.config["ip_pool_network"] = "127.0.1.0/26".into();
+    setup.config["ip_pool_gateway"] = "127.0.1.1".into();
+    let ours = provision_two(&setup).await;
+    let path = write_config(&setup);
+    let report = status::run(&StatusOptions { config: path, runner: None, use_static_credentials: None }).await;
+    let rows = &report.groups[0].instances;
+    for vmid in ours {
+        let row = rows.iter().find(|row| row.vmid == vmid).unwrap();
+        let address = row.address.as_deref().unwrap_or_default();
+        let config = setup.sim.admin().vm(vmid).unwrap().config;
+        assert!(config["ipconfig0"].starts_with(&format!("ip={address}/26,")), "{address} vs {config:?}");
+    }
+}

@@ -65,13 +65,17 @@ async fn inspect_cluster(
         "credentials for the VMs",
         if generate {
             "Runner's connector_config brings none (no key_path, password or use_static_credentials): the plugin \
-             generates an ed25519 key at Init and installs it with cloud-init for `cloud_init_user`"
+             generates an ed25519 key at Init (for a Windows template a password, for WinRM) and installs it with \
+             cloud-init for `cloud_init_user` (Runner's `username` for the password)"
         } else {
             "Runner's own (key_path, password or use_static_credentials): handed back unchanged, username included; \
              the plugin generates and injects nothing"
         },
     );
     let template = check_template(&pve, &config, generate, report).await;
+    if let Some(network) = &config.static_network {
+        super::ip_pool::check_static_pool(&pve, &config, network, report).await;
+    }
     if let Some(template) = &template {
         check_target_nodes(&pve, &config, template, report).await;
     }
@@ -417,7 +421,7 @@ async fn check_template(
         }
     };
     let facts = TemplateFacts::from_config(&vm.node, &vm_config, vm.template);
-    for requirement in crate::group::template::judge(&facts, id, config.storage.as_deref(), generate) {
+    for requirement in crate::group::template::judge(&facts, config, generate) {
         let aspect =
             if requirement.aspect == "source" { subject.clone() } else { format!("{subject} {}", requirement.aspect) };
         match requirement.verdict {
@@ -519,7 +523,16 @@ async fn check_privileges(
     };
     let requirements: Vec<_> = privileges::required_privileges(version)
         .into_iter()
-        .filter(|r| r.needed.applies(generate, config.autoresize.is_some()))
+        .filter(|r| {
+            r.needed.applies(privileges::Uses {
+                cloud_init: generate
+                    || config.static_network.is_some()
+                    || !config.nameservers.is_empty()
+                    || config.searchdomain.is_some(),
+                disk_resize: config.autoresize.is_some(),
+                agent: config.agent_required,
+            })
+        })
         .collect();
     let objects = |place: AclPlace| -> Vec<String> {
         match place {

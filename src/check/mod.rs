@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod input;
+pub mod ip_pool;
 pub mod privileges;
 pub mod probe;
 pub mod running;

@@ -73,29 +73,42 @@ pub struct Requirement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
     Always,
-    /// Only when the plugin generates SSH credentials (Runner's
-    /// connector_config brings no key, password or `use_static_credentials`).
-    GeneratedCredentials,
+    /// Only when the plugin writes cloud-init settings: it generates
+    /// credentials (Runner's connector_config brings no key, password or
+    /// `use_static_credentials`), hands out static addresses, or sets
+    /// `nameserver` / `searchdomain`.
+    CloudInit,
     /// Only with `instance_autoresize_disk` / `instance_autoresize_size`.
     DiskResize,
+    /// Only with the guest agent (`agent_required`, the default).
+    Agent,
+}
+
+/// What a group does that decides which privileges it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses {
+    pub cloud_init: bool,
+    pub disk_resize: bool,
+    pub agent: bool,
 }
 
 impl Need {
-    /// Whether it applies to a group that generates credentials or not and
-    /// resizes a disk or not.
-    pub fn applies(self, generated_credentials: bool, disk_resize: bool) -> bool {
+    /// Whether it applies to a group that does what `uses` says.
+    pub fn applies(self, uses: Uses) -> bool {
         match self {
             Self::Always => true,
-            Self::GeneratedCredentials => generated_credentials,
-            Self::DiskResize => disk_resize,
+            Self::CloudInit => uses.cloud_init,
+            Self::DiskResize => uses.disk_resize,
+            Self::Agent => uses.agent,
         }
     }
 
     fn note(self) -> &'static str {
         match self {
             Self::Always => "",
-            Self::GeneratedCredentials => "; only when the plugin generates credentials",
+            Self::CloudInit => "; only when the plugin generates credentials, hands out static addresses or sets DNS",
             Self::DiskResize => "; only with `instance_autoresize_disk`",
+            Self::Agent => "; not with `agent_required = false`",
         }
     }
 }
@@ -128,8 +141,8 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
             place: AclPlace::Pool,
             privilege: "VM.Config.Cloudinit",
             alternatives: &["VM.Config.Network"],
-            why: "hand the generated SSH key to cloud-init (PUT …/config ciuser, sshkeys, ipconfig0)",
-            needed: Need::GeneratedCredentials,
+            why: "hand the generated SSH key or Windows password, the static address and DNS to cloud-init (PUT …/config ciuser, sshkeys, cipassword, ipconfig0, nameserver, searchdomain)",
+            needed: Need::CloudInit,
         },
         need(AclPlace::Pool, "VM.PowerMgmt", "start, stop, suspend and resume instances"),
         Requirement {
@@ -146,14 +159,16 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
             privilege: "VM.GuestAgent.Audit",
             alternatives: &["VM.GuestAgent.Unrestricted"],
             why: "read instance addresses from the guest agent (agent/network-get-interfaces, agent/ping)",
-            needed: Need::Always,
+            needed: Need::Agent,
         });
     } else {
-        list.push(need(
-            AclPlace::Pool,
-            "VM.Monitor",
-            "read instance addresses from the guest agent (agent/network-get-interfaces, agent/ping)",
-        ));
+        list.push(Requirement {
+            place: AclPlace::Pool,
+            privilege: "VM.Monitor",
+            alternatives: &[],
+            why: "read instance addresses from the guest agent (agent/network-get-interfaces, agent/ping)",
+            needed: Need::Agent,
+        });
     }
     list.push(need(AclPlace::Template, "VM.Audit", "find the template and read its configuration"));
     list.push(need(AclPlace::Template, "VM.Clone", "clone the template"));

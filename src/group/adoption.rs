@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use super::InstanceState;
 use super::deletion::delete;
-use super::engine::{Engine, choose_addresses};
+use super::engine::{Engine, PORT_PROBE_TIMEOUT, choose_addresses};
+use super::ip_pool::Lease;
 use super::naming::InstanceId;
-use super::provision::retry_locked;
+use super::provision::{reports_lease, retry_locked};
 use crate::pve::{Error as PveError, VmResource};
 
 /// A VM of the group found without the engine knowing it (after a restart):
@@ -48,16 +49,46 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         if removal_name_distinct && config.get("name") == Some(&names.instance_name_removing) {
             return Err(Leftover("its removal was under way before the restart".to_string()));
         }
+        // Its password came from an earlier process and is known to nobody now.
+        if engine.password.is_some() {
+            return Err(Leftover("its generated password belonged to an earlier plugin process".into()));
+        }
         let status = retry_locked(|| pve.vm_status(&vm.node, id.vmid)).await.map_err(Undecided)?;
         if status.status != "running" || status.lock.is_some() {
             return Err(Leftover(format!("found {} after a restart, not ready", status.status)));
         }
+        let lease = match &engine.config.static_network {
+            Some(_) => Some(adopted_lease(&engine, &id, &vm, &config)?),
+            None => None,
+        };
         // Ready means answering with an address now; one still booting was
         // half-provisioned when the plugin stopped, and is removed.
-        let addresses = match retry_locked(|| pve.guest_interfaces(&vm.node, id.vmid)).await {
-            Ok(interfaces) => choose_addresses(&engine.config, &interfaces, config.get("net0").map(String::as_str)),
-            Err(err) if err.is_retryable() => return Err(Undecided(err)),
-            Err(err) => return Err(Leftover(format!("half-provisioned after a restart: {err}"))),
+        let addresses = match lease {
+            Some(lease) if !engine.config.agent_required => {
+                let addresses = engine.lease_addresses(&lease);
+                let Some(address) = engine.connector_address(&addresses) else {
+                    return Err(Leftover("its lease has no address".into()));
+                };
+                let probe = tokio::time::timeout(PORT_PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await;
+                if !matches!(probe, Ok(Ok(_))) {
+                    return Err(Leftover(format!(
+                        "half-provisioned after a restart: {address} does not accept connections"
+                    )));
+                }
+                addresses
+            }
+            _ => {
+                let interfaces = match retry_locked(|| pve.guest_interfaces(&vm.node, id.vmid)).await {
+                    Ok(interfaces) => interfaces,
+                    Err(err) if err.is_retryable() => return Err(Undecided(err)),
+                    Err(err) => return Err(Leftover(format!("half-provisioned after a restart: {err}"))),
+                };
+                match &lease {
+                    Some(lease) if reports_lease(&interfaces, lease) => engine.lease_addresses(lease),
+                    Some(_) => Default::default(),
+                    None => choose_addresses(&engine.config, &interfaces, config.get("net0").map(String::as_str)),
+                }
+            }
         };
         if addresses.is_empty() {
             return Err(Leftover("half-provisioned after a restart: the guest agent reports no address yet".into()));
@@ -98,6 +129,49 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
             }
         }
     }
+}
+
+/// The static lease of a found instance: its tags' lease, which its
+/// `ipconfig0` must hold (a VM configured by hand since, or killed before
+/// its configuration, is not adopted). Held by this process from here on.
+fn adopted_lease(
+    engine: &Engine,
+    id: &InstanceId,
+    vm: &VmResource,
+    config: &std::collections::BTreeMap<String, String>,
+) -> Result<Lease, NotAdopted> {
+    let lease = Lease::from_tags(&vm.tags);
+    if lease.is_empty() {
+        return Err(Leftover("it carries no static address lease".into()));
+    }
+    super::lease::hold(engine, id, lease);
+    // The pool is the desired state: an address it no longer hands out
+    // (the pool changed since) is replaced, as is a family it now has.
+    if let Some(network) = &engine.config.static_network {
+        let fits = |pool: Option<&super::ip_pool::AddressPool>, ip: Option<std::net::IpAddr>| match (pool, ip) {
+            (Some(pool), Some(ip)) => pool.allows(ip),
+            (None, None) => true,
+            _ => false,
+        };
+        let v4 = lease.v4.map(std::net::IpAddr::V4);
+        let v6 = lease.v6.map(std::net::IpAddr::V6);
+        if !fits(network.v4.as_ref(), v4) || !fits(network.v6.as_ref(), v6) {
+            return Err(Leftover(format!(
+                "its lease ({}) is not one the static pool {} hands out",
+                lease.addresses().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", "),
+                network.describe()
+            )));
+        }
+    }
+    let configured = Lease::from_ipconfig(config.get("ipconfig0").map(String::as_str).unwrap_or_default());
+    if configured != lease {
+        return Err(Leftover(format!(
+            "its ipconfig0 ({}) does not hold its lease ({})",
+            config.get("ipconfig0").map(String::as_str).unwrap_or("none"),
+            lease.addresses().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(lease)
 }
 
 /// An untagged VM in the pool: ours if its description says so (a crash

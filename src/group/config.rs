@@ -16,6 +16,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::ip_pool::{self, AddressPool, StaticNetwork};
 use crate::pve::Vmid;
 
 /// `plugin_config` exactly as written by the user; every key optional here,
@@ -105,6 +106,51 @@ pub struct PluginConfig {
     pub take_over_seed_instances: Option<bool>,
     /// Serve Prometheus metrics on `http://<address>/metrics` and the group's live state on `/status` (which `check` and `status` read), e.g. `127.0.0.1:9464`. One plugin process runs per `[[runners]]` entry: give each entry its own port. A taken port is retried in the background; the plugin serves Runner meanwhile. Default: off.
     pub metrics_listen: Option<String>,
+    /// How instances get their address, as in nE0sIghT: `dhcp` (from the network; the guest agent reports it) or `static` (the plugin hands out addresses from `ip_pool_*` and writes them into cloud-init's `ipconfig0` before the first start; the lease is kept on the VM, in its description and tags, never in a state file). Default `dhcp`.
+    pub network_mode: Option<NetworkMode>,
+    /// The static pool's network in CIDR notation: one IPv4 and/or one IPv6 network, e.g. `"10.0.20.0/24"` or `["10.0.20.0/24", "fd00:20::/64"]`; each instance gets one address of each. With `network_mode = "static"`. Default: none.
+    pub ip_pool_network: Option<TextList>,
+    /// The gateway of each `ip_pool_network`, inside it, e.g. `"10.0.20.1"` or `["10.0.20.1", "fd00:20::1"]`; never handed out. With `network_mode = "static"`. Default: none.
+    pub ip_pool_gateway: Option<TextList>,
+    /// Addresses to hand out, inside `ip_pool_network`, as ranges `first-last` or single addresses, e.g. `["10.0.20.100-10.0.20.199"]`. Default: the whole network but its own address, the IPv4 broadcast and the gateway.
+    pub ip_pool_ranges: Option<TextList>,
+    /// Addresses (or ranges `first-last`) never handed out, e.g. `["10.0.20.150"]`: hosts that are not VMs of this cluster, or VMs whose address the plugin cannot see. Default: none.
+    pub ip_pool_exclude: Option<TextList>,
+    /// How long an address freed by a deletion is not handed out again (ARP caches, known_hosts), e.g. `"5m"`; kept by the plugin process, so a restart forgets it. Default `0s`.
+    #[schemars(extend("x-format" = "duration"))]
+    pub ip_pool_reuse_cooldown: Option<String>,
+    /// DNS servers that cloud-init configures (either `network_mode`; the template needs a cloud-init drive), e.g. `"10.0.20.2"` or `["10.0.20.2", "fd00:20::2"]`. Default: the template's (Proxmox uses the node's when unset).
+    pub nameserver: Option<TextList>,
+    /// DNS search domain that cloud-init configures (either `network_mode`), e.g. `"ci.example.com"`. Default: the template's.
+    pub searchdomain: Option<String>,
+    /// Whether the template runs the QEMU guest agent. `false` needs `network_mode = "static"`: an instance is then ready when its connector port (`protocol_port`, else 22 for SSH, 5985/5986 for WinRM) accepts TCP connections from the plugin's host within `boot_timeout`, and Heartbeat probes that port. With the agent and a static address, the agent must report that address. Default `true`.
+    pub agent_required: Option<bool>,
+}
+
+/// One text or a list of texts (nE0sIghT's settings accept both).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum TextList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TextList {
+    fn items(self) -> Vec<String> {
+        let items = match self {
+            TextList::One(text) => vec![text],
+            TextList::Many(list) => list,
+        };
+        items.into_iter().map(|item| item.trim().to_string()).filter(|item| !item.is_empty()).collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Dhcp,
+    Static,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -181,6 +227,14 @@ pub struct GroupConfig {
     pub failure_backoff_max: Duration,
     pub take_over_seed_instances: bool,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `network_mode = "static"`: the pools, DNS and cooldown.
+    pub static_network: Option<StaticNetwork>,
+    /// The template runs the guest agent (see [`PluginConfig::agent_required`]).
+    pub agent_required: bool,
+    /// cloud-init's `nameserver`, in order; empty: not written.
+    pub nameservers: Vec<std::net::IpAddr>,
+    /// cloud-init's `searchdomain`; `None`: not written.
+    pub searchdomain: Option<String>,
 }
 
 /// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
@@ -315,8 +369,6 @@ const NO_STAGING: &str = "remove it: templates are not staged per node here; wit
                           `target_nodes` clones onto other nodes";
 const NO_SCHEDULER: &str = "remove it: new VMs go to the `target_nodes` entry with the fewest instances, and \
                             `max_instances` bounds the group";
-const NO_IP_POOL: &str =
-    "remove it: instances take their address from DHCP or the template's cloud-init network settings";
 const NO_SIZING: &str = "remove it: set memory and cores on the template; only a disk can be grown \
                          (`instance_autoresize_disk`, `instance_autoresize_size`)";
 const NO_RETRIES: &str = "remove it: transient Proxmox API errors are retried automatically";
@@ -390,15 +442,7 @@ const OTHER_PLUGIN_KEYS: &[(&str, &str, Option<&str>, &str)] = &[
         "set `metrics_listen` (an HTTP address Prometheus scrapes directly, no exporter process), e.g. \"127.0.0.1:9464\"",
     ),
     ("metrics_interval", NE, None, "remove it: metrics are computed when Prometheus scrapes"),
-    ("network_mode", NE, None, NO_IP_POOL),
-    ("ip_pool_network", NE, None, NO_IP_POOL),
-    ("ip_pool_gateway", NE, None, NO_IP_POOL),
-    ("ip_pool_ranges", NE, None, NO_IP_POOL),
-    ("ip_pool_exclude", NE, None, NO_IP_POOL),
-    ("ip_pool_reuse_cooldown", NE, None, NO_IP_POOL),
     ("state_file", NE, None, "remove it: the plugin keeps no state file (ownership is written on the VMs)"),
-    ("nameserver", NE, None, NO_IP_POOL),
-    ("searchdomain", NE, None, NO_IP_POOL),
     ("ci_user", NE, Some("cloud_init_user"), "rename it to `cloud_init_user`"),
     (
         "ci_ssh_keys",
@@ -406,7 +450,6 @@ const OTHER_PLUGIN_KEYS: &[(&str, &str, Option<&str>, &str)] = &[
         None,
         "remove it: Runner connects with the key of [runners.autoscaler.connector_config] or one the plugin generates; put other keys into the template",
     ),
-    ("agent_required", NE, None, "remove it: the guest agent is always required (it reports the address)"),
     ("prefer_ipv6", NE, Some("instance_network_protocol"), "set `instance_network_protocol = \"ipv6\"` (or \"any\")"),
     ("description_template", NE, None, "remove it: the VM description holds the plugin's ownership marker"),
     ("api_retry_max_elapsed", OV, None, NO_RETRIES),
@@ -944,6 +987,46 @@ impl PluginConfig {
             (None, None) => CloneMode::Auto,
         };
 
+        let network_mode = self.network_mode.unwrap_or_default();
+        let agent_required = self.agent_required.unwrap_or(true);
+        let static_settings = StaticSettings {
+            networks: self.ip_pool_network.map(TextList::items),
+            gateways: self.ip_pool_gateway.map(TextList::items),
+            ranges: self.ip_pool_ranges.map(TextList::items),
+            exclude: self.ip_pool_exclude.map(TextList::items),
+            reuse_cooldown: self.ip_pool_reuse_cooldown,
+        };
+        // DNS for cloud-init in either mode, as in nE0sIghT.
+        let mut nameservers = Vec::new();
+        for text in self.nameserver.map(TextList::items).unwrap_or_default() {
+            match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => nameservers.push(ip),
+                Err(_) => problems.push(format!("`nameserver` {text:?} is not an IP address")),
+            }
+        }
+        let searchdomain = self.searchdomain.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        if let Some(domain) = &searchdomain
+            && domain.split_whitespace().any(|part| !is_dns_name(part))
+        {
+            problems.push(format!("`searchdomain` {domain:?} is not a domain name, e.g. \"ci.example.com\""));
+        }
+        let static_network = match network_mode {
+            NetworkMode::Static => static_settings.resolve(max_instances, &mut problems),
+            NetworkMode::Dhcp => {
+                for key in static_settings.keys_set() {
+                    problems.push(format!(
+                        "`{key}` is set, but `network_mode` is `dhcp`; set `network_mode = \"static\"` to hand out static addresses, or remove `{key}`"
+                    ));
+                }
+                if !agent_required {
+                    problems.push(
+                        "`agent_required = false` needs `network_mode = \"static\"`: with DHCP only the guest agent can tell the address; set up the static pool (`ip_pool_network`, `ip_pool_gateway`) or remove `agent_required`".into(),
+                    );
+                }
+                None
+            }
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError { problems, ignored: Vec::new() });
         }
@@ -987,7 +1070,161 @@ impl PluginConfig {
             failure_backoff_max,
             take_over_seed_instances: self.take_over_seed_instances.unwrap_or(true),
             metrics_listen,
+            static_network,
+            agent_required,
+            nameservers,
+            searchdomain,
         })
+    }
+}
+
+/// The `ip_pool_*` settings as written.
+struct StaticSettings {
+    networks: Option<Vec<String>>,
+    gateways: Option<Vec<String>>,
+    ranges: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    reuse_cooldown: Option<String>,
+}
+
+impl StaticSettings {
+    fn keys_set(&self) -> Vec<&'static str> {
+        let set = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|l| !l.is_empty());
+        let mut keys = Vec::new();
+        for (key, value) in [
+            ("ip_pool_network", &self.networks),
+            ("ip_pool_gateway", &self.gateways),
+            ("ip_pool_ranges", &self.ranges),
+            ("ip_pool_exclude", &self.exclude),
+        ] {
+            if set(value) {
+                keys.push(key);
+            }
+        }
+        if self.reuse_cooldown.as_deref().is_some_and(|c| !c.trim().is_empty()) {
+            keys.push("ip_pool_reuse_cooldown");
+        }
+        keys
+    }
+
+    /// The static network, every problem pushed onto `problems`.
+    fn resolve(self, max_instances: u32, problems: &mut Vec<String>) -> Option<StaticNetwork> {
+        let start = problems.len();
+        let networks = self.networks.unwrap_or_default();
+        if networks.is_empty() {
+            problems.push(
+                "`ip_pool_network` is required with `network_mode = \"static\"`; add e.g. `ip_pool_network = \"10.0.20.0/24\"`".into(),
+            );
+        }
+        let mut v4: Option<(std::net::IpAddr, u8)> = None;
+        let mut v6: Option<(std::net::IpAddr, u8)> = None;
+        for text in &networks {
+            match ip_pool::parse_cidr(text) {
+                Ok(network) => {
+                    let slot = if network.0.is_ipv4() { &mut v4 } else { &mut v6 };
+                    if slot.is_some() {
+                        problems.push(format!(
+                            "`ip_pool_network` has two {} networks; give at most one IPv4 and one IPv6 network",
+                            if network.0.is_ipv4() { "IPv4" } else { "IPv6" }
+                        ));
+                    }
+                    *slot = Some(network);
+                }
+                Err(problem) => problems.push(format!("`ip_pool_network` {text:?} {problem}")),
+            }
+        }
+        let family_networks = [v4, v6];
+        let network_of = |ip: std::net::IpAddr| family_networks[usize::from(ip.is_ipv6())];
+        let mut gateways: [Option<std::net::IpAddr>; 2] = [None, None];
+        for text in self.gateways.unwrap_or_default() {
+            match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => match network_of(ip) {
+                    Some((network, prefix)) if ip_pool::in_network(network, prefix, ip) && ip != network => {
+                        gateways[usize::from(ip.is_ipv6())] = Some(ip);
+                    }
+                    Some((network, prefix)) => problems.push(format!(
+                        "`ip_pool_gateway` {text:?} is not a host of `ip_pool_network` {network}/{prefix}; give the gateway of that network"
+                    )),
+                    None => problems.push(format!(
+                        "`ip_pool_gateway` {text:?} has no {} network in `ip_pool_network`; add the network or remove the gateway",
+                        if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                    )),
+                },
+                Err(_) => problems.push(format!("`ip_pool_gateway` {text:?} is not an IP address")),
+            }
+        }
+        for (index, network) in family_networks.iter().enumerate() {
+            if let (Some((network, prefix)), None) = (network, gateways[index]) {
+                problems.push(format!(
+                    "`ip_pool_gateway` is required for `ip_pool_network` {network}/{prefix}; add its gateway, e.g. `ip_pool_gateway = \"{}\"`",
+                    ip_pool::from_number(*network, ip_pool::number(*network) + 1)
+                ));
+            }
+        }
+        let mut ranges: [Vec<(u128, u128)>; 2] = [Vec::new(), Vec::new()];
+        let mut exclude: [Vec<(u128, u128)>; 2] = [Vec::new(), Vec::new()];
+        for (key, texts, into) in
+            [("ip_pool_ranges", self.ranges, &mut ranges), ("ip_pool_exclude", self.exclude, &mut exclude)]
+        {
+            for text in texts.unwrap_or_default() {
+                match ip_pool::parse_range(&text) {
+                    Ok((first, last)) => match network_of(first) {
+                        Some((network, prefix))
+                            if ip_pool::in_network(network, prefix, first) && ip_pool::in_network(network, prefix, last) =>
+                        {
+                            into[usize::from(first.is_ipv6())].push((ip_pool::number(first), ip_pool::number(last)));
+                        }
+                        Some((network, prefix)) => problems.push(format!(
+                            "`{key}` {text:?} is not inside `ip_pool_network` {network}/{prefix}; fix the range or the network"
+                        )),
+                        None => problems.push(format!(
+                            "`{key}` {text:?} has no {} network in `ip_pool_network`; add the network or remove the entry",
+                            if first.is_ipv4() { "IPv4" } else { "IPv6" }
+                        )),
+                    },
+                    Err(problem) => problems.push(format!("`{key}` {text:?} {problem}")),
+                }
+            }
+        }
+        for family in &mut ranges {
+            family.sort();
+            if family.windows(2).any(|pair| pair[1].0 <= pair[0].1) {
+                problems.push("`ip_pool_ranges` has overlapping ranges; merge them".into());
+            }
+        }
+        let reuse_cooldown = match self.reuse_cooldown.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+            None => Duration::ZERO,
+            Some("0") => Duration::ZERO,
+            Some(text) => humantime::parse_duration(text).unwrap_or_else(|_| {
+                problems.push(format!(
+                    "`ip_pool_reuse_cooldown` {text:?} is not a duration; write it like \"0s\", \"90s\" or \"5m\""
+                ));
+                Duration::ZERO
+            }),
+        };
+        if problems.len() > start {
+            return None;
+        }
+        let pool = |index: usize| -> Option<AddressPool> {
+            let (network, prefix) = family_networks[index]?;
+            let ranges = if ranges[index].is_empty() {
+                vec![ip_pool::default_range(network, prefix)]
+            } else {
+                ranges[index].clone()
+            };
+            Some(AddressPool { network, prefix, gateway: gateways[index]?, ranges, exclude: exclude[index].clone() })
+        };
+        let network = StaticNetwork { v4: pool(0), v6: pool(1), reuse_cooldown };
+        for pool in network.pools() {
+            if pool.size() < u128::from(max_instances) {
+                problems.push(format!(
+                    "the static pool {} has {} addresses, fewer than `max_instances` {max_instances}; widen `ip_pool_ranges`, remove entries of `ip_pool_exclude`, or lower `max_instances`",
+                    pool.describe(),
+                    pool.size()
+                ));
+            }
+        }
+        (problems.len() == start).then_some(network)
     }
 }
 
@@ -1531,6 +1768,84 @@ mod tests {
         // An explicit group wins.
         let config = parse(&seed_with(r#""instance_name_running": "ci-a-running", "group": "runner-a""#)).unwrap();
         assert_eq!(config.group, "runner-a");
+    }
+
+    #[test]
+    fn a_static_pool_is_resolved_from_ne0sights_keys() {
+        let config = parse(&seed_with(
+            r#""network_mode": "static", "ip_pool_network": ["10.0.20.0/24", "fd00:20::/64"],
+               "ip_pool_gateway": ["10.0.20.1", "fd00:20::1"], "ip_pool_ranges": "10.0.20.100-10.0.20.199",
+               "ip_pool_exclude": ["10.0.20.150"], "ip_pool_reuse_cooldown": "5m",
+               "nameserver": "10.0.20.2", "searchdomain": "ci.example.com", "agent_required": false"#,
+        ))
+        .unwrap();
+        assert!(!config.agent_required);
+        let network = config.static_network.unwrap();
+        let v4 = network.v4.as_ref().unwrap();
+        assert_eq!(v4.describe(), "10.0.20.0/24 (10.0.20.100-10.0.20.199)");
+        assert_eq!(v4.size(), 99, "100 minus the excluded address");
+        assert_eq!(network.v6.as_ref().unwrap().cidr(), "fd00:20::/64");
+        assert_eq!(config.nameservers, ["10.0.20.2".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(config.searchdomain.as_deref(), Some("ci.example.com"));
+        assert_eq!(network.reuse_cooldown, Duration::from_secs(300));
+        // IPv6 only.
+        let config = parse(&seed_with(
+            r#""network_mode": "static", "ip_pool_network": "fd00:20::/64", "ip_pool_gateway": "fd00:20::1""#,
+        ))
+        .unwrap();
+        let network = config.static_network.unwrap();
+        assert!(network.v4.is_none() && network.v6.is_some());
+        assert_eq!(network.reuse_cooldown, Duration::ZERO, "nE0sIghT's default");
+        // The default stays DHCP with the agent.
+        let config = parse(SEED).unwrap();
+        assert_eq!((config.static_network, config.agent_required), (None, true));
+    }
+
+    #[test]
+    fn a_bad_static_pool_names_every_problem() {
+        let err = parse(&seed_with(
+            r#""network_mode": "static", "ip_pool_network": ["10.0.20.5/24", "10.1.0.0/16", "fd00::/64"],
+               "ip_pool_gateway": "10.9.0.1", "ip_pool_ranges": ["10.1.0.10-10.1.0.1", "10.2.0.1"],
+               "ip_pool_exclude": "nonsense", "ip_pool_reuse_cooldown": "soon", "nameserver": "dns",
+               "searchdomain": "bad_domain!""#,
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "`ip_pool_network` \"10.0.20.5/24\" has host bits set; write the network \"10.0.20.0/24\"",
+            "`ip_pool_gateway` \"10.9.0.1\" is not a host of `ip_pool_network` 10.1.0.0/16",
+            "`ip_pool_gateway` is required for `ip_pool_network` fd00::/64",
+            "`ip_pool_ranges` \"10.1.0.10-10.1.0.1\" ends before it starts",
+            "`ip_pool_ranges` \"10.2.0.1\" is not inside `ip_pool_network` 10.1.0.0/16",
+            "`ip_pool_exclude` \"nonsense\" is not an address",
+            "`ip_pool_reuse_cooldown` \"soon\" is not a duration",
+            "`nameserver` \"dns\" is not an IP address",
+            "`searchdomain` \"bad_domain!\" is not a domain name",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in {text}");
+        }
+        let err = parse(&seed_with(r#""network_mode": "static""#)).unwrap_err();
+        assert!(err.problems[0].starts_with("`ip_pool_network` is required with `network_mode = \"static\"`"), "{err}");
+        let err = parse(&seed_with(
+            r#""network_mode": "static", "ip_pool_network": "10.0.20.0/24", "ip_pool_gateway": "10.0.20.1",
+               "ip_pool_ranges": "10.0.20.10-10.0.20.12""#,
+        ))
+        .unwrap_err();
+        assert!(err.problems[0].contains("has 3 addresses, fewer than `max_instances` 5"), "{err}");
+    }
+
+    #[test]
+    fn static_keys_without_static_mode_are_problems() {
+        let err = parse(&seed_with(r#""ip_pool_network": "10.0.20.0/24", "agent_required": false"#)).unwrap_err();
+        assert!(err.problems[0].starts_with("`ip_pool_network` is set, but `network_mode` is `dhcp`"), "{err}");
+        assert!(err.problems[1].starts_with("`agent_required = false` needs `network_mode = \"static\"`"), "{err}");
+        let Parsed { warnings, .. } = parse_warned(&seed_with(r#""network_mode": "dhcp", "nameserver": """#));
+        assert_eq!(warnings, [], "nE0sIghT's keys are ours now");
+        // DNS applies with DHCP too, as in nE0sIghT.
+        let config =
+            parse(&seed_with(r#""nameserver": ["10.0.20.2", "10.0.20.3"], "searchdomain": "ci.example.com""#)).unwrap();
+        assert_eq!(config.nameservers.len(), 2);
+        assert_eq!(config.static_network, None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(super) async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) 
             // Update forgot it after its VM had left the listing: done.
             tracing::info!(instance = %id, vmid = %id.vmid, reason, duration_ms = started.elapsed().as_millis() as u64, confirmed_by = "listing", "instance deleted");
             engine.metrics.removed();
+            super::lease::freed(&engine, &id);
             return;
         };
         let attempt = async {
@@ -59,6 +60,7 @@ pub(super) async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) 
                     "instance deleted"
                 );
                 engine.metrics.removed();
+                super::lease::freed(&engine, &id);
                 return;
             }
             Ok(false) => {
@@ -69,6 +71,7 @@ pub(super) async fn delete(engine: Arc<Engine>, id: InstanceId, reason: String) 
             Err(err) if err.is_not_found() => {
                 tracing::info!(instance = %id, vmid = %id.vmid, node, reason, duration_ms = started.elapsed().as_millis() as u64, "instance deleted");
                 engine.metrics.removed();
+                super::lease::freed(&engine, &id);
                 return;
             }
             Err(err) => {

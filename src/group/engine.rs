@@ -11,6 +11,7 @@
 //!   re-checked before anything destructive.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,8 @@ use super::address::{self, Addresses};
 use super::breaker::{Admission, Breaker};
 use super::config::{GroupConfig, PluginConfig};
 use super::failure::Cause;
+use super::ip_pool::Lease;
+use super::lease::LeaseBook;
 use super::naming::{InstanceId, Naming};
 use super::quarantine::Quarantine;
 use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
@@ -39,7 +42,7 @@ use crate::telemetry::{FleetSnapshot, Metrics, MetricsListener};
 /// Everything `init` sets up.
 ///
 /// Lock order: the engine's mutexes (`node_penalties`, `breaker`,
-/// `quarantine`, `range_cursor`, and the registry's private one) are private
+/// `quarantine`, `range_cursor`, the lease book's and the registry's) are private
 /// leaves, each taken and released inside one synchronous method, so none is
 /// held across an `.await` or together with another. Keep it so: a new
 /// method takes one lock and returns a value, never a guard.
@@ -49,6 +52,9 @@ pub(crate) struct Engine {
     pub pve: PveClient,
     pub settings: ConnectorSettings,
     pub key: Option<GeneratedKey>,
+    /// For a Windows template when Runner brings no credentials: the
+    /// password set through cloud-init and handed out for WinRM (no key then).
+    pub password: Option<crate::pve::Secret>,
     pub template_node: String,
     /// Linked clones when `clone_mode` allows and the template's storage can.
     pub linked: bool,
@@ -74,6 +80,9 @@ pub(crate) struct Engine {
     range_cursor: Mutex<u32>,
     /// The group's metrics; the PVE client reports its requests here too.
     pub metrics: Arc<Metrics>,
+    /// Static leases this process handed out or adopted, and the addresses
+    /// cooling down (see `lease`); one private lock.
+    pub leases: LeaseBook,
 }
 
 /// The `InstanceGroup` for Proxmox VE.
@@ -117,11 +126,10 @@ impl Engine {
         let template_config = pve.vm_config(&template_node, config.template_id).await?;
         let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
         let generate_credentials = !settings.brings_credentials();
-        let problems: Vec<String> =
-            super::template::judge(&facts, config.template_id, config.storage.as_deref(), generate_credentials)
-                .into_iter()
-                .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
-                .collect();
+        let problems: Vec<String> = super::template::judge(&facts, &config, generate_credentials)
+            .into_iter()
+            .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
+            .collect();
         if !problems.is_empty() {
             return Err(Error::Template { template_id: config.template_id, problems });
         }
@@ -136,7 +144,14 @@ impl Engine {
             )?;
         check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
-        let key = if generate_credentials { Some(GeneratedKey::generate().map_err(Error::SshKey)?) } else { None };
+        let guest = GuestDefaults::from_template(&template_config);
+        let generate_password = generate_credentials && guest.os == "windows";
+        let password = generate_password.then(super::windows_password::generate);
+        let key = if generate_credentials && !generate_password {
+            Some(GeneratedKey::generate().map_err(Error::SshKey)?)
+        } else {
+            None
+        };
         tracing::info!(
             pve = %version,
             template = %config.template_id,
@@ -162,7 +177,8 @@ impl Engine {
             pve,
             settings,
             key,
-            guest: GuestDefaults::from_template(&template_config),
+            password,
+            guest,
             template_node,
             linked,
             node_penalties: Mutex::new(HashMap::new()),
@@ -172,6 +188,7 @@ impl Engine {
             range_cursor: Mutex::new(first),
             takeover_until: config_takeover.then(|| Instant::now() + super::takeover::TAKEOVER_WINDOW),
             metrics,
+            leases: LeaseBook::default(),
         };
         Ok((engine, vms))
     }
@@ -186,8 +203,52 @@ impl Engine {
             InstanceState::Deleting => &self.config.instance_tags_removing,
             _ => &Vec::new(),
         };
-        let extra: Vec<String> = self.config.tags.iter().chain(per_state).cloned().collect();
+        let lease = super::lease::held(self, id).unwrap_or_default();
+        let extra: Vec<String> = self.config.tags.iter().chain(per_state).cloned().chain(lease.tags()).collect();
         self.naming.tags(id, &extra)
+    }
+
+    /// The port Runner's connector uses: `protocol_port`, else the
+    /// protocol's (SSH 22, WinRM 5985, WinRM over HTTPS 5986).
+    pub fn connector_port(&self) -> u16 {
+        if self.settings.protocol_port != 0 {
+            return self.settings.protocol_port;
+        }
+        let protocol =
+            if self.settings.protocol.is_empty() { self.protocol() } else { self.settings.protocol.as_str() };
+        match protocol {
+            "winrm" => 5985,
+            "winrm+https" => 5986,
+            _ => 22,
+        }
+    }
+
+    /// The protocol ConnectInfo names when Runner's connector_config does
+    /// not: WinRM with a generated password, else the guest's default.
+    pub fn protocol(&self) -> &'static str {
+        if self.password.is_some() { "winrm" } else { self.guest.protocol(&self.settings, self.key.is_some()) }
+    }
+
+    /// The user cloud-init creates or updates for generated credentials:
+    /// Runner's `username` when it names one (Windows images often expect
+    /// `Administrator`), else `cloud_init_user`.
+    pub fn generated_user(&self) -> String {
+        if self.password.is_some() && !self.settings.username.is_empty() {
+            self.settings.username.clone()
+        } else {
+            self.config.cloud_init_user.clone()
+        }
+    }
+
+    /// The addresses of a static lease, the connecting family first
+    /// (`instance_network_protocol`; the other family when the pool has only that).
+    pub fn lease_addresses(&self, lease: &Lease) -> Addresses {
+        Addresses { internal: lease.connect_address(self.config.instance_network_protocol), external: None }
+    }
+
+    /// Where the connector's port of an instance with `addresses` listens.
+    pub fn connector_address(&self, addresses: &Addresses) -> Option<SocketAddr> {
+        addresses.internal.or(addresses.external).map(|ip| SocketAddr::new(ip, self.connector_port()))
     }
 
     /// The name and tags of an instance in `state` (creating, running, removing).
@@ -208,7 +269,11 @@ impl Engine {
 
     /// The judgement of the seed plugin's VMs for this config.
     pub fn seed_judge(&self) -> super::takeover::SeedJudge<'_> {
-        super::takeover::SeedJudge { config: &self.config, naming: &self.naming, generates_key: self.key.is_some() }
+        super::takeover::SeedJudge {
+            config: &self.config,
+            naming: &self.naming,
+            generates_key: self.key.is_some() || self.password.is_some(),
+        }
     }
 
     /// Whether `vm` is one of the group's, judged from the cheap listing.
@@ -559,12 +624,17 @@ impl InstanceGroup for ProxmoxGroup {
             connector.arch = engine.guest.arch.into();
         }
         if connector.protocol.is_empty() {
-            connector.protocol = engine.guest.protocol(&engine.settings, engine.key.is_some()).into();
+            connector.protocol = engine.protocol().into();
         }
         if let Some(key) = &engine.key {
             connector.username = engine.config.cloud_init_user.clone();
             connector.key = key.private_pem.expose().as_bytes().to_vec();
             connector.password.clear();
+        }
+        if let Some(password) = &engine.password {
+            connector.username = engine.generated_user();
+            connector.password = password.expose().to_string();
+            connector.key.clear();
         }
         let text = |ip: Option<std::net::IpAddr>| ip.map(|ip| ip.to_string()).unwrap_or_default();
         Ok(ConnectInfo {
@@ -585,6 +655,9 @@ impl InstanceGroup for ProxmoxGroup {
         let Some(node) = node else {
             return Err(Error::Unhealthy(format!("instance {id} is gone")));
         };
+        if !engine.config.agent_required {
+            return probe_port(engine, &parsed, id).await;
+        }
         // An API hiccup says nothing about the VM: retry it briefly, and if
         // PVE stays unreachable do not make Runner replace healthy instances.
         let mut pause = Duration::from_millis(250);
@@ -654,15 +727,43 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
     )
     .await;
     let mut accepted = 0;
+    let mut pool_exhausted = 0;
     for result in results {
         match result {
             Ok(()) => accepted += 1,
+            Err(err @ super::failure::ProvisionError::PoolExhausted { .. }) => {
+                pool_exhausted += 1;
+                failures.push(Error::Provision(err));
+            }
             Err(err) => failures.push(Error::Provision(err)),
         }
     }
-    engine.metrics.refused("error", admission.allowed - accepted);
+    if pool_exhausted > 0 {
+        tracing::warn!(requested = count, short = pool_exhausted, "the static IP pool is exhausted");
+    }
+    engine.metrics.refused("ip_pool", pool_exhausted);
+    engine.metrics.refused("error", admission.allowed - accepted - pool_exhausted);
     Ok(Partial { succeeded: accepted, failures })
 }
+
+/// Heartbeat without the agent: the connector's port accepts a connection.
+async fn probe_port(engine: &Engine, parsed: &InstanceId, id: &str) -> Result<(), Error> {
+    let tracked = engine.registry.get(parsed).ok_or_else(|| Error::Unhealthy(format!("instance {id} is gone")))?;
+    let Some(address) = engine.connector_address(&tracked.addresses) else {
+        return Err(Error::Unhealthy(format!("instance {id} has no address yet")));
+    };
+    match tokio::time::timeout(PORT_PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(Error::Unhealthy(format!("instance {id}: could not connect to {address}: {err}"))),
+        Err(_) => Err(Error::Unhealthy(format!(
+            "instance {id}: could not connect to {address}: no answer within {} s",
+            PORT_PROBE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// How long one TCP probe of a connector's port may take.
+pub(crate) const PORT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn provider_info(engine: &Engine) -> ProviderInfo {
     ProviderInfo {

@@ -11,6 +11,8 @@ use crate::pve::{Error as PveError, ErrorKind, Vmid};
 pub enum Step {
     /// Finding a free VMID.
     AllocateVmid,
+    /// Reading which static addresses are taken.
+    AllocateAddress,
     /// Sending the clone request.
     CloneRequest,
     /// The clone task.
@@ -30,6 +32,7 @@ impl Step {
     pub fn label(self) -> &'static str {
         match self {
             Self::AllocateVmid => "allocate_vmid",
+            Self::AllocateAddress => "allocate_address",
             Self::CloneRequest => "clone_request",
             Self::Clone => "clone",
             Self::Configure => "configure",
@@ -44,6 +47,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::AllocateVmid => "allocate a VMID",
+            Self::AllocateAddress => "allocate an address",
             Self::CloneRequest => "clone request",
             Self::Clone => "clone",
             Self::Configure => "configure",
@@ -79,6 +83,19 @@ pub enum ProvisionError {
     /// No free VMID in the allowed range.
     #[error("could not find a free VMID{range}; widen vmid_range or lower max_instances")]
     NoFreeVmid { range: String },
+    /// The static pool has no free address.
+    #[error(
+        "could not allocate an address: the static pool {pool} has none free ({detail}); widen `ip_pool_ranges`, \
+         lower `max_instances`, or shorten `ip_pool_reuse_cooldown`"
+    )]
+    PoolExhausted { pool: String, detail: String },
+    /// Without the agent: the connector's port never accepted a connection.
+    #[error(
+        "could not connect to {address} within boot_timeout ({waited_secs} s): {last}; check that the template \
+         applies cloud-init's static address and starts its SSH or WinRM service, and that the plugin's host can \
+         reach the pool's network"
+    )]
+    PortClosed { address: std::net::SocketAddr, waited_secs: u64, last: String },
     /// Runner asked for its removal while it was being created.
     #[error("its removal was requested while it was being created")]
     RemovalRequested,
@@ -127,7 +144,9 @@ impl ProvisionError {
             Self::Pve { step, .. } => Some(*step),
             Self::NoAddress { .. } => Some(Step::Boot),
             Self::NoFreeVmid { .. } => Some(Step::AllocateVmid),
-            Self::RemovalRequested | Self::ShuttingDown => None,
+            Self::PortClosed { .. } => Some(Step::Boot),
+            // Counted as refused by Increase (`ip_pool`), not as a failed step.
+            Self::PoolExhausted { .. } | Self::RemovalRequested | Self::ShuttingDown => None,
         }
     }
 
@@ -139,6 +158,8 @@ impl ProvisionError {
             Self::NoAddress { api_unavailable: true, .. } => "unavailable",
             Self::NoAddress { .. } => "no_address",
             Self::NoFreeVmid { .. } => "no_free_vmid",
+            Self::PoolExhausted { .. } => "ip_pool_exhausted",
+            Self::PortClosed { .. } => "port_closed",
             Self::RemovalRequested => "removal_requested",
             Self::ShuttingDown => "shutting_down",
         }
@@ -164,7 +185,9 @@ impl ProvisionError {
             Self::NoFreeVmid { .. } => {
                 Verdict::Counts { cause: Cause { step: Step::AllocateVmid, class: "none free" } }
             }
-            Self::RemovalRequested | Self::ShuttingDown => Verdict::Neutral,
+            Self::PortClosed { .. } => Verdict::Counts { cause: Cause { step: Step::Boot, class: "port closed" } },
+            // Increase reports it as a shortfall; it says nothing about the template.
+            Self::PoolExhausted { .. } | Self::RemovalRequested | Self::ShuttingDown => Verdict::Neutral,
         }
     }
 }

@@ -12,6 +12,8 @@ pub mod config;
 mod deletion;
 pub mod engine;
 pub mod failure;
+pub mod ip_pool;
+mod lease;
 pub mod naming;
 mod power;
 mod provision;
@@ -20,6 +22,7 @@ mod registry;
 pub mod ssh_key;
 pub mod takeover;
 pub mod template;
+pub mod windows_password;
 
 use std::future::Future;
 use std::time::Duration;

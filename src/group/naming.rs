@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use rand::Rng;
 
+use super::ip_pool::Lease;
 use crate::pve::Vmid;
 
 /// Tag every instance of every group carries.
@@ -86,10 +87,26 @@ impl Naming {
 
     /// The description written with the clone request.
     pub fn description(&self, id: &InstanceId) -> String {
+        self.description_with_lease(id, &Lease::default())
+    }
+
+    /// The description with the instance's static lease on the marker line
+    /// (`ip=`, `ip6=`): written with the clone request, so a VM never exists
+    /// without the lease it was cloned for.
+    pub fn description_with_lease(&self, id: &InstanceId, lease: &Lease) -> String {
         format!(
-            "{MARKER_PREFIX} group={} instance={id}\nCreated by the GitLab Runner fleeting plugin for Proxmox; it deletes this VM when it is no longer needed.",
-            self.group
+            "{MARKER_PREFIX} group={} instance={id}{}\nCreated by the GitLab Runner fleeting plugin for Proxmox; it deletes this VM when it is no longer needed.",
+            self.group,
+            lease.marker_fields()
         )
+    }
+
+    /// The static lease in a description's marker, of any group.
+    pub fn lease_of_description(description: &str) -> Lease {
+        match description.lines().next().map(str::trim) {
+            Some(first) if first.starts_with(MARKER_PREFIX) => Lease::from_marker_line(first),
+            _ => Lease::default(),
+        }
     }
 
     /// The instance a description marks as this group's, if any.
@@ -163,6 +180,11 @@ mod tests {
         assert_eq!(Naming::new("runner-b").owner_of_description(&description), None, "another group's VM");
         assert_eq!(naming.owner_of_description("a VM someone made by hand"), None);
         assert_eq!(naming.owner_of_description(""), None);
+        let lease = Lease { v4: Some("127.0.1.5".parse().unwrap()), v6: None };
+        let leased = naming.description_with_lease(&id, &lease);
+        assert_eq!(naming.owner_of_description(&leased), Some(id.clone()), "the lease keeps the marker readable");
+        assert_eq!(Naming::lease_of_description(&leased), lease);
+        assert_eq!(Naming::lease_of_description("ip=10.0.0.1 by hand"), Lease::default(), "only a marker's");
     }
 
     #[test]

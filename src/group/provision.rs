@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{Engine, choose_addresses};
 use super::failure::{ProvisionError, Step, Verdict};
+use super::ip_pool::Lease;
 use super::naming::InstanceId;
 use super::registry::{Phase, Removal};
 use super::{InstanceState, address::Addresses};
@@ -59,6 +60,13 @@ async fn request_clone_on_some_vmid(
         let id = InstanceId::generate(vmid);
         let node = engine.pick_node();
         engine.registry.track_creating(id.clone(), &node);
+        if let Some(network) = &engine.config.static_network
+            && let Err(err) = super::lease::allocate(engine, network, &id).await
+        {
+            engine.registry.forget(&id);
+            super::lease::release_unused(engine, &id);
+            return Err(err);
+        }
         let asked = Instant::now();
         let err = match send_clone(engine, &id, &node).await {
             Ok(accepted) => {
@@ -70,6 +78,8 @@ async fn request_clone_on_some_vmid(
             Err(err) => err,
         };
         engine.registry.forget(&id);
+        // No VM carries it: the address is free again at once.
+        super::lease::release_unused(engine, &id);
         if vmid_attempts == 0 {
             return Err(err);
         }
@@ -110,7 +120,10 @@ async fn send_clone(engine: &Engine, id: &InstanceId, node: &str) -> Result<Acce
     let request = CloneRequest {
         new_vmid: Some(id.vmid),
         name: Some(engine.config.instance_name_creating.clone()),
-        description: Some(engine.naming.description(id)),
+        // The lease rides in the marker: no VM ever exists without it.
+        description: Some(
+            engine.naming.description_with_lease(id, &super::lease::held(engine, id).unwrap_or_default()),
+        ),
         pool: Some(engine.config.pool.clone()),
         full: Some(!engine.linked),
         storage: if engine.linked { None } else { engine.config.storage.clone() },
@@ -411,6 +424,11 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
     let node = engine.registry.node_of(id).ok_or(ProvisionError::RemovalRequested)?;
     let config = retry_locked(|| pve.vm_config(&node, vmid)).await.map_err(configure_error)?;
 
+    // Before the tags carry it: the lease is known free, or moved to a free one.
+    let lease = match &engine.config.static_network {
+        Some(network) => Some(super::lease::confirm(engine, network, id, &node).await?),
+        None => None,
+    };
     let mut update = ConfigUpdate { tags: Some(engine.tags_for(id, InstanceState::Creating)), ..Default::default() };
     if let Some(key) = &engine.key {
         update.ciuser = Some(engine.config.cloud_init_user.clone());
@@ -419,6 +437,21 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
             update.ipconfig0 = Some("ip=dhcp,ip6=auto".into());
         }
     }
+    if let Some(password) = &engine.password {
+        update.ciuser = Some(engine.generated_user());
+        update.cipassword = Some(password.clone());
+        if !config.contains_key("ipconfig0") {
+            update.ipconfig0 = Some("ip=dhcp,ip6=auto".into());
+        }
+    }
+    if let (Some(network), Some(lease)) = (&engine.config.static_network, &lease) {
+        update.ipconfig0 = Some(network.ipconfig(lease));
+    }
+    if !engine.config.nameservers.is_empty() {
+        let servers: Vec<String> = engine.config.nameservers.iter().map(ToString::to_string).collect();
+        update.nameserver = Some(servers.join(" "));
+    }
+    update.searchdomain = engine.config.searchdomain.clone();
     retry_locked(|| pve.update_vm_config(&node, vmid, &update)).await.map_err(configure_error)?;
     if let Some(resize) = &engine.config.autoresize {
         grow_disk(engine, &node, vmid, resize, &config).await?;
@@ -435,7 +468,19 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
     }
     phase_done(ProvisionPhase::Start);
 
-    let addresses = wait_for_address(engine, &node, vmid, config.get("net0").map(String::as_str), deadline).await?;
+    let net0 = config.get("net0").map(String::as_str);
+    let addresses = match lease {
+        Some(lease) if !engine.config.agent_required => {
+            let addresses = engine.lease_addresses(&lease);
+            wait_for_port(engine, &addresses, deadline).await?;
+            addresses
+        }
+        Some(lease) => {
+            wait_for_address(engine, &node, vmid, net0, deadline, Some(&lease)).await?;
+            engine.lease_addresses(&lease)
+        }
+        None => wait_for_address(engine, &node, vmid, net0, deadline, None).await?,
+    };
     let rename = engine.label_for(id, InstanceState::Running);
     if let Err(err) = retry_locked(|| pve.update_vm_config(&node, vmid, &rename)).await {
         tracing::warn!(vmid = %vmid, error = %err, "could not rename the VM; it is running anyway");
@@ -536,13 +581,15 @@ async fn wait_for_clone_without_task(engine: &Engine, id: &InstanceId, node: &st
     }
 }
 
-/// Polls the guest agent until it reports an address of the wanted family.
-async fn wait_for_address(
+/// Polls the guest agent until it reports an address of the wanted family,
+/// or, with a static lease, the leased address (cloud-init applied it).
+pub(super) async fn wait_for_address(
     engine: &Engine,
     node: &str,
     vmid: Vmid,
     net0: Option<&str>,
     deadline: Instant,
+    lease: Option<&Lease>,
 ) -> Result<Addresses, ProvisionError> {
     let started = Instant::now();
     // When the agent first answered: boot-to-agent and address are measured apart.
@@ -555,15 +602,24 @@ async fn wait_for_address(
                     engine.metrics.phase_done(ProvisionPhase::BootToAgent, started.elapsed());
                     Instant::now()
                 });
-                let addresses = choose_addresses(&engine.config, &interfaces, net0);
-                if !addresses.is_empty() {
+                let addresses = match lease {
+                    Some(lease) => reports_lease(&interfaces, lease).then(|| engine.lease_addresses(lease)),
+                    None => Some(choose_addresses(&engine.config, &interfaces, net0)),
+                };
+                if let Some(addresses) = addresses.filter(|a| !a.is_empty()) {
                     engine.metrics.phase_done(ProvisionPhase::Address, answered.elapsed());
                     return Ok(addresses);
                 }
-                let message = format!(
-                    "the guest agent reports no {:?} address on net0 or {}",
-                    engine.config.instance_network_protocol, engine.config.instance_network_interface
-                );
+                let message = match lease {
+                    Some(lease) => format!(
+                        "the guest agent does not report the static address {} (cloud-init did not apply ipconfig0 yet)",
+                        lease.addresses().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                    None => format!(
+                        "the guest agent reports no {:?} address on net0 or {}",
+                        engine.config.instance_network_protocol, engine.config.instance_network_interface
+                    ),
+                };
                 (message, false)
             }
             Err(err) if matches!(err.kind(), ErrorKind::PermissionDenied { .. }) => {
@@ -573,6 +629,42 @@ async fn wait_for_address(
         };
         if Instant::now() + pause > deadline {
             return Err(ProvisionError::NoAddress { waited_secs: started.elapsed().as_secs(), last, api_unavailable });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_secs(3));
+    }
+}
+
+/// Whether the agent reports every leased address on some interface.
+pub(super) fn reports_lease(interfaces: &[crate::pve::GuestInterface], lease: &Lease) -> bool {
+    lease.addresses().all(|ip| interfaces.iter().any(|i| i.addresses.iter().any(|(address, _)| *address == ip)))
+}
+
+/// Without the agent: waits until the connector's port accepts a TCP
+/// connection from this host.
+async fn wait_for_port(engine: &Engine, addresses: &Addresses, deadline: Instant) -> Result<(), ProvisionError> {
+    let started = Instant::now();
+    let Some(address) = engine.connector_address(addresses) else {
+        return Err(ProvisionError::NoAddress {
+            waited_secs: 0,
+            last: "the lease has no address".into(),
+            api_unavailable: false,
+        });
+    };
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let attempt =
+            tokio::time::timeout(super::engine::PORT_PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await;
+        let last = match attempt {
+            Ok(Ok(_)) => {
+                engine.metrics.phase_done(ProvisionPhase::Address, started.elapsed());
+                return Ok(());
+            }
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        if Instant::now() + pause > deadline {
+            return Err(ProvisionError::PortClosed { address, waited_secs: started.elapsed().as_secs(), last });
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(Duration::from_secs(3));

@@ -370,6 +370,11 @@ impl Registry {
         self.lock().instances.get(id).map(|tracked| tracked.phase)
     }
 
+    /// Every tracked instance, whatever its phase.
+    pub fn tracked_ids(&self) -> Vec<InstanceId> {
+        self.lock().instances.keys().cloned().collect()
+    }
+
     /// Whether an instance on `vmid` is tracked.
     pub fn tracks_vmid(&self, vmid: Vmid) -> bool {
         self.lock().instances.keys().any(|id| id.vmid == vmid)

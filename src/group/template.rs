@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::pve::{PveClient, StorageInfo, Vmid};
+use crate::pve::{PveClient, StorageInfo};
 
 /// The facts `GET /nodes/{node}/qemu/{vmid}/config` gives about a template.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,11 +105,13 @@ impl std::fmt::Display for Problem {
 /// - a `net0`.
 pub fn judge(
     facts: &TemplateFacts,
-    template_id: Vmid,
-    storage: Option<&str>,
+    config: &super::config::GroupConfig,
     generated_credentials: bool,
 ) -> Vec<Requirement> {
-    let id = template_id;
+    let id = config.template_id;
+    let storage = config.storage.as_deref();
+    let static_network = config.static_network.is_some();
+    let dns = !config.nameservers.is_empty() || config.searchdomain.is_some();
     let mut list = Vec::new();
     let source = if facts.is_template {
         Ok(format!("a template on node {}", facts.node))
@@ -126,6 +128,8 @@ pub fn judge(
     list.push(Requirement { aspect: "source", verdict: source });
     let agent = if facts.agent_enabled {
         Ok("enabled".to_string())
+    } else if !config.agent_required {
+        Ok("not enabled, and not needed: `agent_required = false` (readiness is the connector's port)".to_string())
     } else {
         Err(Problem {
             problem: "the guest agent is not enabled, so the plugin cannot learn the instances' addresses".into(),
@@ -137,9 +141,23 @@ pub fn judge(
     list.push(Requirement { aspect: "guest agent", verdict: agent });
     let cloud_init = match (&facts.cloud_init_drive, generated_credentials) {
         (Some(drive), _) => Ok(drive.clone()),
+        (None, _) if dns && !static_network => Err(Problem {
+            problem: "it has no cloud-init drive, which `nameserver` and `searchdomain` need".into(),
+            fix: format!(
+                "add a drive with `qm set {id} --ide2 {}:cloudinit`, or remove `nameserver` and `searchdomain`",
+                facts.disk_storages.first().map_or("<storage>", String::as_str)
+            ),
+        }),
+        (None, _) if static_network => Err(Problem {
+            problem: "it has no cloud-init drive, which `network_mode = \"static\"` needs to hand the instance its address (ipconfig0)".into(),
+            fix: format!(
+                "add a drive with `qm set {id} --ide2 {}:cloudinit` (and cloud-init, or cloudbase-init on Windows, in the guest)",
+                facts.disk_storages.first().map_or("<storage>", String::as_str)
+            ),
+        }),
         (None, false) => Ok("none, and none needed: Runner brings its own credentials".into()),
         (None, true) => Err(Problem {
-            problem: "it has no cloud-init drive, which the plugin needs to install the SSH key it generates when Runner brings no credentials".into(),
+            problem: "it has no cloud-init drive, which the plugin needs to install the SSH key (on Windows, the password) it generates when Runner brings no credentials".into(),
             fix: format!(
                 "give Runner its own credentials in [runners.autoscaler.connector_config] (`username` and `key_path`, or `password`, as with the seed plugin), or add a drive with `qm set {id} --ide2 {}:cloudinit` (and cloud-init in the guest)",
                 facts.disk_storages.first().map_or("<storage>", String::as_str)

@@ -154,6 +154,12 @@ pub struct ConfigUpdate {
     pub ssh_public_keys: Option<String>,
     /// cloud-init's network config of net0, e.g. `ip=dhcp`.
     pub ipconfig0: Option<String>,
+    /// cloud-init's DNS servers, separated by spaces.
+    pub nameserver: Option<String>,
+    /// cloud-init's DNS search domain.
+    pub searchdomain: Option<String>,
+    /// cloud-init's password for `ciuser` (cloudbase-init sets it on Windows).
+    pub cipassword: Option<super::Secret>,
     /// Keys to remove from the config.
     pub delete: Vec<String>,
     /// Fails the update if the config changed since it was read.
@@ -409,6 +415,9 @@ impl PveClient {
             ciuser: update.ciuser.clone(),
             sshkeys: update.ssh_public_keys.as_deref().map(encode_ssh_keys),
             ipconfig0: update.ipconfig0.clone(),
+            nameserver: update.nameserver.clone(),
+            searchdomain: update.searchdomain.clone(),
+            cipassword: update.cipassword.as_ref().map(|password| password.expose().to_string()),
             delete: (!update.delete.is_empty()).then(|| update.delete.join(",")),
             digest: update.digest.clone(),
             ..Default::default()

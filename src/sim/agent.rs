@@ -60,11 +60,15 @@ pub fn network_interfaces(cluster: &Cluster, guest: &Vm) -> Value {
                 }
             }
         }
+        // A static IPv6 address is the guest's own, with or without SLAAC on the node.
+        let static_v6 = vm::property(&ipconfig, "ip6").filter(|ip| ip != "dhcp" && ip != "auto");
+        let static_v6 = static_v6.as_deref().and_then(|ip| ip.split_once('/'));
+        if let Some((address, prefix)) = static_v6 {
+            addresses.push(json!({ "ip-address": address, "ip-address-type": "ipv6", "prefix": prefix.parse::<u8>().unwrap_or(64) }));
+        }
         if let Some((global, link_local)) = cluster.ipv6_for(&guest.node, &mac) {
-            let static_v6 = vm::property(&ipconfig, "ip6").filter(|ip| ip != "dhcp" && ip != "auto");
-            match static_v6.as_deref().and_then(|ip| ip.split_once('/')) {
-                Some((address, prefix)) => addresses.push(json!({ "ip-address": address, "ip-address-type": "ipv6", "prefix": prefix.parse::<u8>().unwrap_or(64) })),
-                None => addresses.push(json!({ "ip-address": global.to_string(), "ip-address-type": "ipv6", "prefix": 64 })),
+            if static_v6.is_none() {
+                addresses.push(json!({ "ip-address": global.to_string(), "ip-address-type": "ipv6", "prefix": 64 }));
             }
             addresses.push(json!({ "ip-address": link_local.to_string(), "ip-address-type": "ipv6", "prefix": 64 }));
         }

@@ -252,6 +252,10 @@ pub struct AgentSpec {
     pub never_up: bool,
     /// Interfaces besides `lo` and the NIC of `net0`, e.g. a docker bridge.
     pub extra_interfaces: Vec<ExtraInterface>,
+    /// Not the agent's but the guest's: the port its SSH or WinRM service
+    /// opens once booted, on its static loopback `ipconfig0` address (see
+    /// `guest_ports`). None: no service is reachable from outside.
+    pub service_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -21,7 +21,8 @@
 //!   authenticate, verify parameters (`schema.rs`), check permissions, run
 //!   the handler; `wire.rs` writes PVE's envelopes and errors.
 //! - `cluster.rs` (nodes, storages, volumes, pools, locks, leases), `vm.rs`
-//!   (a guest's config and power state), `tasks.rs` (task state, logs) and
+//!   (a guest's config and power state), `guest_ports.rs` (a booted
+//!   guest's SSH/WinRM port on its static loopback address), `tasks.rs` (task state, logs) and
 //!   `upid.rs` (UPIDs written and read as PVE does), `agent.rs` (the guest
 //!   agent), `access.rs` + `privileges.rs` + `ticket.rs` + `totp.rs` (users,
 //!   tokens, ACLs, roles, tickets, TOTP codes); `release.rs` the simulated
@@ -162,6 +163,7 @@ mod cluster;
 pub mod config;
 mod counters;
 mod faults;
+mod guest_ports;
 mod privileges;
 mod release;
 mod schema;

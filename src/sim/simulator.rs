@@ -248,7 +248,9 @@ impl Simulator {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), SimError> {
+        let guest_ports = tokio::spawn(super::guest_ports::run(self.shared.clone()));
         let result = super::server::serve(self.shared.clone(), listener, shutdown).await;
+        guest_ports.abort();
         self.shared.stop_workers();
         result
     }

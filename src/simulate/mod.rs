@@ -56,6 +56,8 @@ pub struct Options {
     /// Where the plugin serves metrics and status (`metrics_listen`); a free
     /// loopback port when only `metrics` is asked for.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How instances get their address.
+    pub network: Network,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             seed: None,
             metrics: false,
             metrics_listen: None,
+            network: Network::Dhcp,
         }
     }
 }
@@ -108,6 +111,27 @@ impl Profile {
         // Only the brute-force delay of a wrong password; the session uses a token.
         scenario.timings.unauthorized_delay = 0.0;
         scenario
+    }
+}
+
+/// How the simulated instances get their address (`--network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Network {
+    /// DHCP, reported by the guest agent (the default template).
+    Dhcp,
+    /// A static pool on loopback (127.0.1.0/24) and a template without the
+    /// guest agent: readiness and Heartbeat are TCP connections to the
+    /// simulated guests' port on their static address.
+    Static,
+}
+
+impl Network {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dhcp => "dhcp",
+            Self::Static => "static",
+        }
     }
 }
 
@@ -154,7 +178,16 @@ pub enum SimulateError {
     /// `--metrics`: no port, or the scrape failed.
     #[error("{0}")]
     Metrics(String),
+    /// `--network static` with more instances than its /24 has addresses.
+    #[error(
+        "could not use --instances {0} with --network static: its pool 127.0.1.0/24 has {STATIC_POOL_SIZE} addresses"
+    )]
+    StaticPool(u32),
 }
+
+/// Addresses of `--network static`'s pool (127.0.1.0/24 without its own
+/// address, broadcast and gateway).
+pub const STATIC_POOL_SIZE: u32 = 253;
 
 /// A simulated duration as real time at the given scale, never below
 /// `floor` (deadlines must survive a loaded machine).

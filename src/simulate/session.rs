@@ -9,7 +9,7 @@ use tonic::Request;
 use super::faults::{self, SLOW_AGENT_SECONDS};
 use super::progress::Progress;
 use super::summary::{FaultCounts, InstanceReport, Summary, TimeStats};
-use super::{FaultMode, Options, SimulateError, real_time};
+use super::{FaultMode, Network, Options, STATIC_POOL_SIZE, SimulateError, real_time};
 use crate::fleeting::FleetingService;
 use crate::fleeting::proto::instance_group_server::InstanceGroup as _;
 use crate::fleeting::proto::update_response::State;
@@ -66,16 +66,33 @@ pub async fn run(options: &Options, progress: &mut Progress) -> Result<Summary, 
     }
     scenario.seed = options.seed;
     let time_scale = scenario.time_scale;
+    // With a static pool the template has no agent; its guests open this
+    // port on their static loopback address once booted.
+    let guest_port = match options.network {
+        Network::Dhcp => None,
+        Network::Static => {
+            if options.instances > STATIC_POOL_SIZE {
+                return Err(SimulateError::StaticPool(options.instances));
+            }
+            let port = free_loopback_port().map_err(SimulateError::Metrics)?.port();
+            if let Some(template) = scenario.vms.iter_mut().find(|vm| vm.vmid == defaults::TEMPLATE_VMID) {
+                template.config.insert("agent".into(), "0".into());
+                template.agent.service_port = Some(port);
+            }
+            Some(port)
+        }
+    };
 
     progress.phase(&format!(
-        "starting the Proxmox VE simulator (profile {}, {}x time, faults: {})",
+        "starting the Proxmox VE simulator (profile {}, {}x time, faults: {}, network: {})",
         options.profile.name(),
         time_scale,
-        options.faults.name()
+        options.faults.name(),
+        options.network.name()
     ));
     let sim = Simulator::start(SimConfig::new(scenario)).await?;
     let started = Instant::now();
-    let result = drive(&sim, options, time_scale, progress).await;
+    let result = drive(&sim, options, time_scale, guest_port, progress).await;
     let shutdown = sim.shutdown().await;
     let mut summary = result?;
     shutdown?;
@@ -88,6 +105,7 @@ async fn drive(
     sim: &SimHandle,
     options: &Options,
     time_scale: f64,
+    guest_port: Option<u16>,
     progress: &mut Progress,
 ) -> Result<Summary, SimulateError> {
     let admin = sim.admin();
@@ -123,6 +141,12 @@ async fn drive(
     if let Some(address) = metrics_listen {
         config["metrics_listen"] = address.to_string().into();
     }
+    if guest_port.is_some() {
+        config["network_mode"] = "static".into();
+        config["ip_pool_network"] = "127.0.1.0/24".into();
+        config["ip_pool_gateway"] = "127.0.1.1".into();
+        config["agent_required"] = false.into();
+    }
 
     let plugin = FleetingService::new(ProxmoxGroup::new());
     progress.phase(&format!(
@@ -135,7 +159,7 @@ async fn drive(
         os: "linux".into(),
         arch: "amd64".into(),
         protocol: "ssh".into(),
-        protocol_port: 22,
+        protocol_port: guest_port.map_or(22, i64::from),
         // As with Runner's default: the plugin generates a key and injects it.
         use_static_credentials: false,
         ..wire::ConnectorConfig::default()
@@ -168,7 +192,8 @@ async fn drive(
         last_increase: (Instant::now(), admin.now()),
         last_note: String::new(),
         slow_agent: None,
-        wants_slow_agent: options.faults == FaultMode::Flaky,
+        // Without an agent there is none to slow down.
+        wants_slow_agent: options.faults == FaultMode::Flaky && guest_port.is_none(),
         clone_fault: None,
     };
     if options.faults == FaultMode::Flaky {

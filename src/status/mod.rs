@@ -95,7 +95,8 @@ pub struct InstanceRow {
     /// Seconds since it started (running), or since it was created when its
     /// config says (`meta: ctime`).
     pub age_seconds: Option<u64>,
-    /// What its guest agent reports, chosen as the plugin chooses.
+    /// What its guest agent reports, chosen as the plugin chooses; with a
+    /// static pool, the lease in its tags.
     pub address: Option<String>,
     pub verdict: Verdict,
     /// Why the verdict, when it is not plain.

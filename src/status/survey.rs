@@ -13,6 +13,7 @@ use super::{InstanceRow, Leak, LeakKind, Phase, Verdict};
 use crate::check::cluster::OrphanedVolumes;
 use crate::group::config::GroupConfig;
 use crate::group::engine::choose_addresses;
+use crate::group::ip_pool::Lease;
 use crate::group::naming::{InstanceId, Naming};
 use crate::group::takeover::{SeedJudge, SeedPlan};
 use crate::pve::{Error as PveError, PveClient, VmResource};
@@ -47,6 +48,10 @@ pub async fn survey(pve: &PveClient, config: &GroupConfig, generates_key: bool) 
         .map(|vm| async move {
             let vm_config = pve.vm_config(&vm.node, vm.vmid).await;
             let address = match &vm_config {
+                // A static lease is what the plugin hands Runner, agent or not.
+                Ok(_) if config.static_network.is_some() => Lease::from_tags(&vm.tags)
+                    .connect_address(config.instance_network_protocol)
+                    .map(|ip| ip.to_string()),
                 Ok(vm_config) if vm.status.as_deref() == Some("running") && agent_enabled(vm_config) => {
                     address_of(pve, config, vm, vm_config).await
                 }

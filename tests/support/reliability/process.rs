@@ -106,6 +106,19 @@ impl PluginProcess {
             .map(|_| ())
     }
 
+    /// Init with Runner's connector_config as given.
+    pub async fn init_with(
+        &mut self,
+        config: &serde_json::Value,
+        connector: ConnectorConfig,
+    ) -> Result<(), tonic::Status> {
+        let settings = Settings { connector_config: Some(connector) };
+        self.client
+            .init(InitRequest { config: config.to_string().into_bytes(), settings: Some(settings) })
+            .await
+            .map(|_| ())
+    }
+
     pub async fn update(&mut self) -> Result<Vec<(String, State)>, tonic::Status> {
         let mut stream = self.client.update(Empty {}).await?.into_inner();
         let mut states = Vec::new();
