@@ -317,3 +317,57 @@ async fn older_releases_run_the_whole_lifecycle() {
         group.shutdown().await.unwrap();
     }
 }
+
+/// The key the plugin generates is derived from the PVE credentials: after a
+/// restart, adopted instances are reached with the key they were given; once
+/// the credentials change, an instance with the old key is removed, never
+/// handed to Runner with a key it does not accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_plugin_hands_out_the_key_its_instances_were_given() {
+    let mut setup = setup(fast_scenario()).await;
+    let admin = setup.sim.admin();
+    let generated = ConnectorSettings::default();
+    let first = ProxmoxGroup::new();
+    first.init(setup.config.to_string().as_bytes(), generated.clone()).await.unwrap();
+    assert_eq!(first.increase(1).await.unwrap().succeeded, 1);
+    let running = wait_until(&first, "one running", all_running(1)).await;
+    let id = running[0].0.clone();
+    let key_before = first.connect_info(&id).await.unwrap().connector.key;
+    // A crash: no Shutdown, nothing removed.
+    drop(first);
+
+    let second = ProxmoxGroup::new();
+    second.init(setup.config.to_string().as_bytes(), generated.clone()).await.unwrap();
+    wait_until(&second, "the instance adopted", |s| s.iter().any(|(i, st)| *i == id && *st == InstanceState::Running))
+        .await;
+    let info = second.connect_info(&id).await.unwrap();
+    assert_eq!(info.connector.key, key_before, "the same private key after the restart");
+    let vm = admin.vm(vmid_of(&id)).unwrap();
+    let installed = vm.config.get("sshkeys").cloned().unwrap_or_default();
+    let private = String::from_utf8(key_before.clone()).unwrap();
+    assert!(private.contains("OPENSSH PRIVATE KEY"), "a private key is handed out");
+    drop(second);
+
+    // The token is replaced by a password login: another secret, another key.
+    setup.use_credentials(serde_json::json!({
+        "username": "fleeting", "realm": "pve", "password": defaults::USER_PASSWORD
+    }));
+    let third = ProxmoxGroup::new();
+    third.init(setup.config.to_string().as_bytes(), generated).await.unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let states = states(&third).await;
+        assert!(
+            states.iter().all(|(i, st)| *i != id || *st != InstanceState::Running),
+            "never handed to Runner as running with a key it does not accept: {states:?}"
+        );
+        if admin.vm(vmid_of(&id)).is_none() && states.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the instance with the old key was not removed: {states:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!installed.is_empty(), "cloud-init got the public key");
+    setup.assert_no_leaks();
+    third.shutdown().await.unwrap();
+}

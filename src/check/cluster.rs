@@ -65,7 +65,8 @@ async fn inspect_cluster(
         "credentials for the VMs",
         if generate {
             "Runner's connector_config brings none (no key_path, password or use_static_credentials): the plugin \
-             generates an ed25519 key at Init (for a Windows template a password, for WinRM) and installs it with \
+             derives an ed25519 key from the credentials at Init (for a Windows template it generates a password, for \
+             WinRM) and installs it with \
              cloud-init for `cloud_init_user` (Runner's `username` for the password)"
         } else {
             "Runner's own (key_path, password or use_static_credentials): handed back unchanged, username included; \

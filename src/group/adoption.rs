@@ -53,6 +53,15 @@ async fn adopt(engine: Arc<Engine>, id: InstanceId, vm: VmResource) {
         if engine.password.is_some() {
             return Err(Leftover("its generated password belonged to an earlier plugin process".into()));
         }
+        // The key is derived from the credentials: only a changed secret
+        // (a rotated token) leaves an instance Runner cannot log in to.
+        if let Some(key) = &engine.key
+            && !installed_keys(&config).contains(key.public_openssh.trim())
+        {
+            return Err(Leftover(
+                "it was given another SSH key (the PVE credentials changed since), so Runner could not log in".into(),
+            ));
+        }
         let status = retry_locked(|| pve.vm_status(&vm.node, id.vmid)).await.map_err(Undecided)?;
         if status.status != "running" || status.lock.is_some() {
             return Err(Leftover(format!("found {} after a restart, not ready", status.status)));
@@ -202,4 +211,11 @@ async fn check_untagged(engine: Arc<Engine>, vm: VmResource) {
             engine.registry.mark_foreign(vm.vmid);
         }
     }
+}
+
+/// The public keys cloud-init installs (`sshkeys`, which PVE stores
+/// URL-encoded).
+fn installed_keys(config: &std::collections::BTreeMap<String, String>) -> String {
+    let stored = config.get("sshkeys").map(String::as_str).unwrap_or_default();
+    percent_encoding::percent_decode_str(stored).decode_utf8_lossy().into_owned()
 }

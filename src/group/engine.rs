@@ -108,6 +108,15 @@ impl Engine {
     /// cluster's VM listing it read, for the takeover of the seed's VMs.
     async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<(Self, Vec<VmResource>), Error> {
         let credentials = Credentials::load(&config.credentials_file_path)?;
+        // Derived, not random: a restarted plugin hands Runner the key its
+        // running instances were given (see `GeneratedKey::derive`).
+        let key_scope = format!("{}\0{}\0{}", config.url, config.pool, config.group);
+        let key_material = match &credentials {
+            Credentials::Token { token_id, secret } => format!("{token_id}\0{}", secret.expose()),
+            Credentials::Password { userid, password, .. } => format!("{userid}\0{}", password.expose()),
+        };
+        let derived_key = GeneratedKey::derive(key_material.as_bytes(), &key_scope);
+        drop(key_material);
         let metrics = Arc::new(Metrics::new(&config.group));
         let client_config = crate::pve::ClientConfig {
             observer: Some(crate::pve::Observer(metrics.clone())),
@@ -147,11 +156,8 @@ impl Engine {
         let guest = GuestDefaults::from_template(&template_config);
         let generate_password = generate_credentials && guest.os == "windows";
         let password = generate_password.then(super::windows_password::generate);
-        let key = if generate_credentials && !generate_password {
-            Some(GeneratedKey::generate().map_err(Error::SshKey)?)
-        } else {
-            None
-        };
+        let key =
+            if generate_credentials && !generate_password { Some(derived_key.map_err(Error::SshKey)?) } else { None };
         tracing::info!(
             pve = %version,
             template = %config.template_id,
