@@ -136,7 +136,7 @@ async fn status_and_check_say_why_scale_up_is_held_and_until_when() {
     let metrics = reqwest::get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap();
     let samples = samples(&metrics);
     assert_eq!(sum(&samples, "fleeting_proxmox_scale_up_held", &[]), 1.0, "{metrics}");
-    assert_eq!(sum(&samples, "fleeting_proxmox_scale_up_next_attempt_timestamp", &[]).round(), next.round());
+    assert_eq!(sum(&samples, "fleeting_proxmox_scale_up_next_attempt_timestamp_seconds", &[]).round(), next.round());
     assert_eq!(
         sum(&samples, "fleeting_proxmox_provision_failures_total", &["phase=\"boot\"", "reason=\"no_address\""]),
         2.0

@@ -243,9 +243,10 @@ impl Metrics {
             "1 while one instance tests whether the cause of held scale-up is gone",
             metrics.scale_up_probing.clone(),
         );
-        r.register(
+        r.register_with_unit(
             "scale_up_next_attempt_timestamp",
-            "When held scale-up tries again (Unix seconds; 0 when not held or waiting for a probe)",
+            "When held scale-up tries again (Unix time; 0 when not held or waiting for a probe)",
+            Unit::Seconds,
             metrics.scale_up_next_attempt.clone(),
         );
         r.register(
