@@ -178,19 +178,25 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// Runs a command's future on the one runtime; a runtime that cannot start
+/// is reported on stderr.
+fn run_command<F: std::future::Future>(future: F) -> Option<F::Output> {
+    match runtime::block_on(future) {
+        Ok(value) => Some(value),
+        Err(err) => {
+            eprintln!("error: {err}");
+            None
+        }
+    }
+}
+
 fn check(args: CheckArgs) -> ExitCode {
     let options = check::CheckOptions {
         config: args.config,
         runner: args.runner,
         use_static_credentials: args.use_static_credentials,
     };
-    let outcome = match runtime::block_on(check::run(&options)) {
-        Ok(outcome) => outcome,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(outcome) = run_command(check::run(&options)) else { return ExitCode::FAILURE };
     emit(&outcome.render());
     ExitCode::from(outcome.exit_code())
 }
@@ -201,13 +207,7 @@ fn show_status(args: StatusArgs) -> ExitCode {
         runner: args.runner,
         use_static_credentials: args.use_static_credentials,
     };
-    let report = match runtime::block_on(status::run(&options)) {
-        Ok(report) => report,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(report) = run_command(status::run(&options)) else { return ExitCode::FAILURE };
     emit(&if args.json { report.to_json() } else { report.render() });
     ExitCode::from(report.exit_code())
 }
