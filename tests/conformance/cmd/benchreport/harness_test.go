@@ -65,6 +65,9 @@ func TestHarnessKillsRecordsAndGoesOn(t *testing.T) {
 	run := 0
 	p := plan{simBinary: sim, sizes: []int{1}, apiSizes: []int{2}, linkedScale: 2, fullScale: 5, apiScale: 20,
 		cloneLimit: 4, faultRate: 0.05, profiles: []bool{false}, handshakeRuns: 2,
+		// The fault comparison runs 90 s per plugin; its driver is exercised
+		// by scripts/bench-report -quick in CI.
+		scenarios: map[string]bool{"footprint": true, "api": true, "scale": true},
 		dir: func(what string) string {
 			run++
 			return filepath.Join(dir, "work", fmt.Sprintf("%03d-%s", run, what))

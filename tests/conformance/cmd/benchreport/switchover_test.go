@@ -31,7 +31,7 @@ func TestSwitchoverNotRunWithoutTheSeed(t *testing.T) {
 		t.Fatalf("switchover = %+v", r.Switchover)
 	}
 	text := renderMarkdown(r, "chart.svg")
-	if !strings.Contains(text, "## 5. Switch-over from the seed") || !strings.Contains(text, "Not run: it needs the binary of a seed-lineage plugin") {
+	if !strings.Contains(text, "## 6. Switch-over from the seed") || !strings.Contains(text, "Not run: it needs the binary of a seed-lineage plugin") {
 		t.Errorf("the report does not say the switch-over was not run and why:\n%s", text)
 	}
 	skipped := []*contender{{Key: "seed", Name: "seed (LukasK32)", Style: styleLukasK32}}
