@@ -43,8 +43,8 @@ impl MetricsListener {
         let (bound_tx, bound) = tokio::sync::watch::channel(None);
         let started_unix = now_unix();
         let app = Router::new()
-            .route("/metrics", get(move_metrics(metrics.clone())))
-            .route("/status", get(move_status(metrics, started_unix)))
+            .route("/metrics", get(metrics_handler(metrics.clone())))
+            .route("/status", get(status_handler(metrics, started_unix)))
             .route("/", get(|| async { "fleeting-plugin-proxmox: /metrics (OpenMetrics), /status (JSON)\n" }));
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -100,14 +100,14 @@ async fn bind_until_free(address: SocketAddr) -> tokio::net::TcpListener {
     }
 }
 
-fn move_metrics(metrics: Arc<Metrics>) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + 'static {
+fn metrics_handler(metrics: Arc<Metrics>) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + 'static {
     move || {
         let body = metrics.encode();
         std::future::ready(([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response())
     }
 }
 
-fn move_status(
+fn status_handler(
     metrics: Arc<Metrics>,
     started_unix: f64,
 ) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + 'static {
