@@ -85,7 +85,7 @@ async fn thirty_seconds_of_api_outage_are_survived() {
     let went_down = Instant::now();
     // Runner keeps calling Update; each fails with a clear error meanwhile.
     let err = group.update().await.unwrap_err().to_string();
-    assert!(err.contains("could not list the cluster's VMs"), "{err}");
+    assert!(err.contains("could not list the cluster's resources"), "{err}");
     while went_down.elapsed() < outage {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let _ = group.update().await;
@@ -217,28 +217,8 @@ async fn ipv6_and_any_pick_addresses_of_that_family() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_nodes_spread_clones_and_skip_an_offline_node() {
     let mut scenario = fast_scenario();
-    scenario.nodes.push(fleeting_plugin_proxmox::sim::config::NodeSpec {
-        name: "pve3".into(),
-        subnet: "10.10.30.0/24".into(),
-        subnet6: "fd00:10:10:30::/64".into(),
-        ..Default::default()
-    });
-    scenario.storages.push(StorageSpec {
-        id: "ceph".into(),
-        kind: "rbd".into(),
-        shared: Some(true),
-        ..StorageSpec::default()
-    });
-    let template = &mut scenario.vms[0];
-    template.config.insert("scsi0".into(), "ceph:base-9000-disk-0,size=8G".into());
-    template.config.insert("ide2".into(), "ceph:vm-9000-cloudinit,media=cdrom".into());
-    scenario.acl.push(AclSpec {
-        path: "/storage/ceph".into(),
-        roles: vec!["PVEDatastoreUser".into()],
-        users: vec![defaults::USER.into()],
-        tokens: vec![defaults::TOKEN_ID.into()],
-        ..AclSpec::default()
-    });
+    add_node(&mut scenario, "pve3", 30);
+    share_template_storage(&mut scenario);
     let mut setup = setup(scenario).await;
     setup.config["target_nodes"] = serde_json::json!(["pve2", "pve3"]);
     let admin = setup.sim.admin();

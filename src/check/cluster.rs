@@ -15,6 +15,7 @@ use super::privileges::{self, AclPlace, Subject};
 use super::probe::{self, Probe};
 use crate::group::config::{CloneMode, GroupConfig, IgnoredKey, Parsed, PluginConfig};
 use crate::group::naming::Naming;
+use crate::group::placement::{Demand, Placement};
 use crate::group::template::{TemplateFacts, TemplateStorage};
 use crate::pve::{
     ClientConfig, Credentials, ErrorKind, Fingerprint, PveClient, PveVersion, RetryPolicy, SecondFactor, Vmid,
@@ -79,6 +80,7 @@ async fn inspect_cluster(
     }
     if let Some(template) = &template {
         check_target_nodes(&pve, &config, template, report).await;
+        check_placement(&pve, &config, template, report).await;
     }
     check_privileges(&pve, &config, &version, &credentials, template.as_ref(), generate, report).await;
     check_vmids(&pve, &config, report).await;
@@ -389,6 +391,10 @@ pub struct TemplateOutcome {
     pub facts: TemplateFacts,
     pub storage: TemplateStorage,
     pub clone_storages: Vec<String>,
+    /// Clones are linked (they stay on the template's storage).
+    pub linked: bool,
+    /// What one instance needs of a node.
+    pub demand: Demand,
 }
 
 async fn check_template(
@@ -470,7 +476,8 @@ async fn check_template(
     } else if config.storage.is_some() {
         report.pass("storage", "`storage` is ignored: linked clones stay on the template's storage");
     }
-    Some(TemplateOutcome { facts, storage, clone_storages })
+    let demand = Demand::of_template(&vm_config);
+    Some(TemplateOutcome { facts, storage, clone_storages, linked, demand })
 }
 
 /// `target_nodes`: known, online, and reachable from the template's storage.
@@ -503,6 +510,78 @@ async fn check_target_nodes(pve: &PveClient, config: &GroupConfig, template: &Te
             }
         }
         Err(err) => report.fail(subject, err.to_string(), "check that the user can list the cluster's nodes"),
+    }
+}
+
+/// Placement now: per candidate node, what the listing says, what binds,
+/// and how many more instances fit; then whether `max_instances` fits.
+async fn check_placement(pve: &PveClient, config: &GroupConfig, template: &TemplateOutcome, report: &mut Report) {
+    let listing = match pve.cluster_listing().await {
+        Ok(listing) => listing,
+        Err(err) => {
+            report.fail("placement", err.to_string(), "see the privileges below");
+            return;
+        }
+    };
+    let candidates =
+        if config.target_nodes.is_empty() { vec![template.facts.node.clone()] } else { config.target_nodes.clone() };
+    let mut placement_config = config.placement.clone();
+    if template.linked {
+        placement_config.target_storages.clear();
+    }
+    let scheduler = placement_config.scheduler.name();
+    let placement = Placement::new(placement_config, candidates, template.demand);
+    let naming = Naming::new(&config.group);
+    placement.observe(&listing, |vm| naming.owner_of_tags(vm.vmid, &vm.tags).is_some());
+    let ours = listing.vms.iter().filter(|vm| naming.owner_of_tags(vm.vmid, &vm.tags).is_some()).count() as u32;
+    let mut room_total: Option<u32> = Some(0);
+    let mut open_nodes = 0;
+    for room in placement.survey() {
+        let subject = format!("node {}", room.node);
+        if room.blocked_by.is_empty() {
+            open_nodes += 1;
+            let fits = match room.fits {
+                Some(count) => format!("room for {count} more"),
+                None => "no reserve or allocation limit set, so no count".to_string(),
+            };
+            report.pass(&subject, format!("{}; {fits} ({})", room.summary, template.demand));
+        } else {
+            let why = room.blocked_by.join(", ");
+            let text = if room.summary.is_empty() { why } else { format!("{why}; {}", room.summary) };
+            report.warn(
+                &subject,
+                format!("takes no new instance now: {text}"),
+                "clones go to the other target nodes; relax the binding `node_reserve_*`/`node_*_allocation_limit_percent` (or `node_policies`) if this node should take them",
+            );
+        }
+        room_total = match (room_total, room.fits) {
+            (Some(total), Some(fits)) if room.blocked_by.is_empty() => Some(total.saturating_add(fits)),
+            (Some(total), _) if !room.blocked_by.is_empty() => Some(total),
+            _ => None,
+        };
+    }
+    let wanted = config.max_instances.saturating_sub(ours);
+    match room_total {
+        _ if open_nodes == 0 => report.fail(
+            "placement",
+            format!("no target node can take an instance now ({})", template.demand),
+            "see the node lines above for what binds; lower the reserves or limits, or add target_nodes",
+        ),
+        Some(room) if room < wanted => report.warn(
+            "placement",
+            format!(
+                "room for {room} more instances now under the reserves and limits, but max_instances allows {wanted} more (scheduler {scheduler})"
+            ),
+            "Increase reports the shortfall with what binds; lower max_instances or relax the reserves and limits",
+        ),
+        Some(room) => report.pass(
+            "placement",
+            format!("room for {room} more instances now; max_instances allows {wanted} more (scheduler {scheduler})"),
+        ),
+        None => report.pass(
+            "placement",
+            format!("{open_nodes} node(s) can take instances (scheduler {scheduler}); no reserve or limit caps them"),
+        ),
     }
 }
 

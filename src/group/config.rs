@@ -9,6 +9,7 @@
 //! another Proxmox plugin's key). Validation of known keys reports every
 //! problem at once, each naming the key and the fix.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::ip_pool::{self, AddressPool, StaticNetwork};
+use super::placement::{NodeRules, PlacementConfig, Reserve, Scheduler};
 use crate::pve::Vmid;
 
 /// `plugin_config` exactly as written by the user; every key optional here,
@@ -70,8 +72,32 @@ pub struct PluginConfig {
     pub group: Option<String>,
     /// `auto` (linked clones where the template's storage allows them, else full), `linked` or `full`. Default `auto`, or `full` when `storage` is set.
     pub clone_mode: Option<CloneMode>,
-    /// Nodes to spread clones over, each new VM going to the one with the fewest instances; a node whose clone fails is skipped for a minute. Cloning to another node needs the template's disks on shared storage (or `storage` set to a shared one for full clones). Default: the template's node.
+    /// Nodes clones may go to; `scheduler` picks one for each new VM from what the cluster listing says about them. A node whose clone fails is skipped for a minute. Cloning to another node needs the template's disks on shared storage (or `storage`/`target_storages` set to shared ones for full clones). Default: the template's node.
     pub target_nodes: Option<Vec<String>>,
+    /// nE0sIghT's name for `target_nodes` (a list, or one text with names separated by `,`); set one of the two.
+    pub nodes: Option<TextList>,
+    /// How the node for a new VM is chosen among `target_nodes` that can take it: `balanced` (the node left with the most of its scarcest resource, memory or CPU, as a share of its size, so nodes fill in proportion), `most_free_ram`, `most_free_cpu`, `round_robin`, or `spread` (the fewest of this group's instances). Nodes that are offline, failed a clone within a minute, would go below a `node_reserve_*`, or above a `node_*_allocation_limit_percent` are never chosen. Default `balanced`.
+    pub scheduler: Option<String>,
+    /// Memory in MiB a node keeps free after a new VM is placed on it: its use as the cluster listing reports it, plus the VMs this plugin placed there that do not run yet. A node that would go below it takes no new VM. Default: none (free memory only steers `scheduler`).
+    pub node_reserve_memory_mb: Option<u64>,
+    /// As `node_reserve_memory_mb`, in percent of the node's memory; wins over it. Default: none.
+    pub node_reserve_memory_percent: Option<u32>,
+    /// CPU cores a node keeps idle after a new VM's vCPUs are placed on it (its current use as the listing reports it, plus the VMs this plugin placed there that do not run yet). A node that would go below it takes no new VM. Default: none (idle CPU only steers `scheduler`).
+    pub node_reserve_cpu_cores: Option<f64>,
+    /// As `node_reserve_cpu_cores`, in percent of the node's CPUs; wins over it. Default: none.
+    pub node_reserve_cpu_percent: Option<u32>,
+    /// GiB a target storage keeps free after a full clone's disks (their full size) land on it; with `target_storages` or `storage`. Default: none (free space only chooses among `target_storages`).
+    pub node_reserve_disk_gb: Option<u64>,
+    /// As `node_reserve_disk_gb`, in percent of the storage's size; wins over it. Default: none.
+    pub node_reserve_disk_percent: Option<u32>,
+    /// Most memory committed to the VMs of a node (running ones, and this group's), in percent of its memory; over 100 overcommits. Only VMs the credentials may audit count: grant `PVEAuditor` on `/vms` to count every VM. Default: no limit.
+    pub node_memory_allocation_limit_percent: Option<u32>,
+    /// Most vCPUs committed to the VMs of a node (running ones, and this group's), in percent of its CPUs. Only VMs the credentials may audit count: grant `PVEAuditor` on `/vms` to count every VM. Default: no limit.
+    pub node_cpu_allocation_limit_percent: Option<u32>,
+    /// Rules for named nodes instead of the `node_*` ones, e.g. `[{ nodes = ["pve3"], reserve_memory_percent = 50 }]`; keys `nodes`, `reserve_memory_mb`, `reserve_memory_percent`, `reserve_cpu_cores`, `reserve_cpu_percent`, `reserve_disk_gb`, `reserve_disk_percent`, `memory_allocation_limit_percent`, `cpu_allocation_limit_percent` (unset ones take the `node_*` value). Default: none.
+    pub node_policies: Option<Vec<NodePolicySettings>>,
+    /// Storages full clones may land on; for each VM, the one on its node with the most free space that holds the disks above `node_reserve_disk_*` wins. Implies full clones (`clone_mode` `linked` is refused). Use instead of `storage`. Default: the template's storage (or `storage`).
+    pub target_storages: Option<TextList>,
     /// VMIDs the plugin may use, as `first-last`, e.g. `9100-9199`. Default: any free VMID.
     pub vmid_range: Option<String>,
     /// Extra Proxmox tags for every instance (lower-cased by Proxmox).
@@ -125,6 +151,22 @@ pub struct PluginConfig {
     pub searchdomain: Option<String>,
     /// Whether the template runs the QEMU guest agent. `false` needs `network_mode = "static"`: an instance is then ready when its connector port (`protocol_port`, else 22 for SSH, 5985/5986 for WinRM) accepts TCP connections from the plugin's host within `boot_timeout`, and Heartbeat probes that port. With the agent and a static address, the agent must report that address. Default `true`.
     pub agent_required: Option<bool>,
+}
+
+/// One entry of `node_policies`, as nE0sIghT writes it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodePolicySettings {
+    /// The nodes these rules are for.
+    pub nodes: Option<TextList>,
+    pub reserve_memory_mb: Option<u64>,
+    pub reserve_memory_percent: Option<u32>,
+    pub reserve_cpu_cores: Option<f64>,
+    pub reserve_cpu_percent: Option<u32>,
+    pub reserve_disk_gb: Option<u64>,
+    pub reserve_disk_percent: Option<u32>,
+    pub memory_allocation_limit_percent: Option<u32>,
+    pub cpu_allocation_limit_percent: Option<u32>,
 }
 
 /// One text or a list of texts (nE0sIghT's settings accept both).
@@ -213,6 +255,8 @@ pub struct GroupConfig {
     /// The user set `clone_mode` (so `storage` did not decide it).
     pub clone_mode_explicit: bool,
     pub target_nodes: Vec<String>,
+    /// The scheduler, reserves, limits and target storages.
+    pub placement: PlacementConfig,
     pub vmid_range: Option<(Vmid, Vmid)>,
     pub tags: Vec<String>,
     pub max_parallel_clones: u32,
@@ -367,8 +411,6 @@ const LC: &str = "LeCyreaxYT/gitlab-fleeting-plugin-proxmox";
 
 const NO_STAGING: &str = "remove it: templates are not staged per node here; with the template's disks on shared storage, \
                           `target_nodes` clones onto other nodes";
-const NO_SCHEDULER: &str = "remove it: new VMs go to the `target_nodes` entry with the fewest instances, and \
-                            `max_instances` bounds the group";
 const NO_SIZING: &str = "remove it: set memory and cores on the template; only a disk can be grown \
                          (`instance_autoresize_disk`, `instance_autoresize_size`)";
 const NO_RETRIES: &str = "remove it: transient Proxmox API errors are retried automatically";
@@ -393,23 +435,11 @@ const OTHER_PLUGIN_KEYS: &[(&str, &str, Option<&str>, &str)] = &[
     ("template_vmid_range", NE, None, NO_STAGING),
     ("template_name_prefix", NE, None, NO_STAGING),
     ("name_prefix", NE, Some("group"), "set `group` to mark this runner's VMs (VM names come from `instance_name_*`)"),
-    ("nodes", NE, Some("target_nodes"), "rename it to `target_nodes`"),
-    ("target_storages", NE, Some("storage"), "set `storage` to one storage (full clones onto it)"),
     ("clone_snapshot", NE, None, "remove it: clones are made from the template's current state"),
     ("vm_memory_mb", NE, None, NO_SIZING),
     ("vm_cpu_cores", NE, None, NO_SIZING),
     ("vm_disk_mb", NE, Some("instance_autoresize_size"), DISK_RESIZE),
     ("vm_disk_device", NE, Some("instance_autoresize_disk"), DISK_RESIZE),
-    ("node_reserve_memory_mb", NE, None, NO_SCHEDULER),
-    ("node_reserve_memory_percent", NE, None, NO_SCHEDULER),
-    ("node_reserve_cpu_cores", NE, None, NO_SCHEDULER),
-    ("node_reserve_cpu_percent", NE, None, NO_SCHEDULER),
-    ("node_reserve_disk_gb", NE, None, NO_SCHEDULER),
-    ("node_reserve_disk_percent", NE, None, NO_SCHEDULER),
-    ("node_memory_allocation_limit_percent", NE, None, NO_SCHEDULER),
-    ("node_cpu_allocation_limit_percent", NE, None, NO_SCHEDULER),
-    ("node_policies", NE, None, NO_SCHEDULER),
-    ("scheduler", NE, None, NO_SCHEDULER),
     (
         "max_parallel_starts",
         NE,
@@ -964,8 +994,21 @@ impl PluginConfig {
                 "`cloud_init_user` {cloud_init_user:?} is not a Linux user name (lower-case letters, digits, `-`, `_`)"
             ));
         }
+        let nodes_key = match (self.target_nodes, self.nodes.map(TextList::items)) {
+            (Some(ours), Some(theirs)) => {
+                if ours != theirs {
+                    problems
+                        .push("`nodes` and `target_nodes` are the same setting and differ; keep one of them".into());
+                }
+                Some(ours)
+            }
+            (Some(ours), None) => Some(ours),
+            (None, theirs) => {
+                theirs.map(|list| list.iter().flat_map(|item| item.split(',')).map(str::to_string).collect())
+            }
+        };
         let mut target_nodes: Vec<String> = Vec::new();
-        for node in self.target_nodes.unwrap_or_default() {
+        for node in nodes_key.unwrap_or_default() {
             let node = node.trim().to_string();
             if !is_dns_name(&node) || node.contains('.') {
                 problems.push(format!(
@@ -979,13 +1022,48 @@ impl PluginConfig {
         let instance_network_interface_explicit = explicit_interface.is_some();
         let interface = explicit_interface.unwrap_or_else(|| DEFAULT_INTERFACE.into());
         let storage = self.storage.filter(|s| !s.is_empty());
+        let target_storages = self.target_storages.map(TextList::items).unwrap_or_default();
+        if storage.is_some() && !target_storages.is_empty() {
+            problems.push(
+                "`storage` and `target_storages` are both set; keep `target_storages` (list the one storage there) or `storage`".into(),
+            );
+        }
+        if !target_storages.is_empty() && self.clone_mode == Some(CloneMode::Linked) {
+            problems.push(
+                "`target_storages` needs full clones (a linked clone stays on the template's storage), but `clone_mode` is `linked`; remove one of them".into(),
+            );
+        }
         // The one place that decides the clone mode: the seed clones in full
-        // onto `storage` whenever it is set.
+        // onto `storage` whenever it is set, and so do `target_storages`.
         let clone_mode = match (self.clone_mode, &storage) {
             (Some(mode), _) => mode,
             (None, Some(_)) => CloneMode::Full,
+            (None, None) if !target_storages.is_empty() => CloneMode::Full,
             (None, None) => CloneMode::Auto,
         };
+        let placement = resolve_placement(
+            PlacementSettings {
+                scheduler: self.scheduler,
+                rules: NodePolicySettings {
+                    nodes: None,
+                    reserve_memory_mb: self.node_reserve_memory_mb,
+                    reserve_memory_percent: self.node_reserve_memory_percent,
+                    reserve_cpu_cores: self.node_reserve_cpu_cores,
+                    reserve_cpu_percent: self.node_reserve_cpu_percent,
+                    reserve_disk_gb: self.node_reserve_disk_gb,
+                    reserve_disk_percent: self.node_reserve_disk_percent,
+                    memory_allocation_limit_percent: self.node_memory_allocation_limit_percent,
+                    cpu_allocation_limit_percent: self.node_cpu_allocation_limit_percent,
+                },
+                node_policies: self.node_policies.unwrap_or_default(),
+                target_storages: if target_storages.is_empty() {
+                    storage.iter().cloned().collect()
+                } else {
+                    target_storages
+                },
+            },
+            &mut problems,
+        );
 
         let network_mode = self.network_mode.unwrap_or_default();
         let agent_required = self.agent_required.unwrap_or(true);
@@ -1056,6 +1134,7 @@ impl PluginConfig {
             clone_mode,
             clone_mode_explicit: self.clone_mode.is_some(),
             target_nodes,
+            placement,
             vmid_range,
             tags: tags.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
             max_parallel_clones,
@@ -1075,6 +1154,97 @@ impl PluginConfig {
             nameservers,
             searchdomain,
         })
+    }
+}
+
+/// The placement settings as written.
+struct PlacementSettings {
+    scheduler: Option<String>,
+    /// The `node_*` rules (prefix `node_` dropped), for nodes without a policy.
+    rules: NodePolicySettings,
+    node_policies: Vec<NodePolicySettings>,
+    target_storages: Vec<String>,
+}
+
+/// Checks the placement settings; every problem goes into `problems`.
+fn resolve_placement(settings: PlacementSettings, problems: &mut Vec<String>) -> PlacementConfig {
+    let scheduler = match settings.scheduler.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => Scheduler::default(),
+        Some(text) => Scheduler::parse(text).unwrap_or_else(|| {
+            problems.push(format!("`scheduler` {text:?} is not one of {}", Scheduler::NAMES.join(", ")));
+            Scheduler::default()
+        }),
+    };
+    let rules = node_rules(&settings.rules, "node_", None, problems);
+    let mut node_rules_by_name = BTreeMap::new();
+    for (index, policy) in settings.node_policies.iter().enumerate() {
+        let nodes = policy.nodes.clone().map(TextList::items).unwrap_or_default();
+        if nodes.is_empty() {
+            problems.push(format!("`node_policies` entry {} names no nodes; add e.g. `nodes = [\"pve3\"]`", index + 1));
+        }
+        let policy_rules = node_rules(policy, "", Some((index + 1, &rules)), problems);
+        for node in nodes {
+            if node_rules_by_name.insert(node.clone(), policy_rules).is_some() {
+                problems.push(format!("`node_policies` names node {node:?} twice; keep one entry for it"));
+            }
+        }
+    }
+    PlacementConfig { scheduler, rules, node_rules: node_rules_by_name, target_storages: settings.target_storages }
+}
+
+/// One set of node rules; `prefix` is how the keys are written (`node_` at
+/// the top level), `policy` the entry number and the rules it inherits.
+fn node_rules(
+    written: &NodePolicySettings,
+    prefix: &str,
+    policy: Option<(usize, &NodeRules)>,
+    problems: &mut Vec<String>,
+) -> NodeRules {
+    let name = |key: &str| match policy {
+        Some((index, _)) => format!("`node_policies` entry {index}: `{key}`"),
+        None => format!("`{prefix}{key}`"),
+    };
+    let mut percent = |value: Option<u32>, key: &str, most: u32| {
+        value.filter(|&percent| {
+            let valid = percent <= most;
+            if !valid {
+                problems.push(format!("{} {percent} is more than {most} percent", name(key)));
+            }
+            valid
+        })
+    };
+    let memory_percent = percent(written.reserve_memory_percent, "reserve_memory_percent", 100);
+    let cpu_percent = percent(written.reserve_cpu_percent, "reserve_cpu_percent", 100);
+    let disk_percent = percent(written.reserve_disk_percent, "reserve_disk_percent", 100);
+    // Overcommit is common for memory (ballooning) and CPU: up to 10×.
+    let memory_limit = percent(written.memory_allocation_limit_percent, "memory_allocation_limit_percent", 1000);
+    let cpu_limit = percent(written.cpu_allocation_limit_percent, "cpu_allocation_limit_percent", 1000);
+    let cpu_cores = written.reserve_cpu_cores.filter(|&cores| {
+        let valid = cores.is_finite() && cores >= 0.0;
+        if !valid {
+            problems.push(format!("{} {cores} is not a number of cores (0 or more)", name("reserve_cpu_cores")));
+        }
+        valid
+    });
+    for (value, key) in [(memory_limit, "memory_allocation_limit_percent"), (cpu_limit, "cpu_allocation_limit_percent")]
+    {
+        if value == Some(0) {
+            problems.push(format!("{} 0 leaves no room for any VM; raise it or remove it", name(key)));
+        }
+    }
+    let inherited = policy.map(|(_, rules)| *rules).unwrap_or_default();
+    let reserve = Reserve {
+        memory_mb: written.reserve_memory_mb.or(inherited.reserve.memory_mb),
+        memory_percent: memory_percent.or(inherited.reserve.memory_percent),
+        cpu_cores: cpu_cores.or(inherited.reserve.cpu_cores),
+        cpu_percent: cpu_percent.or(inherited.reserve.cpu_percent),
+        disk_gb: written.reserve_disk_gb.or(inherited.reserve.disk_gb),
+        disk_percent: disk_percent.or(inherited.reserve.disk_percent),
+    };
+    NodeRules {
+        reserve,
+        memory_allocation_limit_percent: memory_limit.or(inherited.memory_allocation_limit_percent),
+        cpu_allocation_limit_percent: cpu_limit.or(inherited.cpu_allocation_limit_percent),
     }
 }
 
@@ -1598,13 +1768,13 @@ mod tests {
     fn unknown_keys_never_fail_and_say_what_to_do() {
         let json = seed_with(
             r#""tempalte_id": 1, "whatever": true, "api_url": "https://x", "template_vmids": [9000],
-               "tls_insecure_skip_verify": true, "tls_ca_file": "/ca.pem", "nodes": ["pve1"], "token_id": "a@pve!b",
+               "tls_insecure_skip_verify": true, "tls_ca_file": "/ca.pem", "token_id": "a@pve!b",
                "token_secret": "s3cr3t-value", "lazy_start_instances": true, "vmid_range_start": 100, "Clone_Concurrency": 2"#,
         );
         let Parsed { config, warnings } = parse_warned(&json);
         assert_eq!(config.template_id, Vmid(9000));
         let by_key = |key: &str| warnings.iter().find(|w| w.key == key).unwrap_or_else(|| panic!("{key} not warned"));
-        assert_eq!(warnings.len(), 12, "one per unknown key: {warnings:?}");
+        assert_eq!(warnings.len(), 11, "one per unknown key: {warnings:?}");
         assert_eq!(by_key("tempalte_id").reason, Ignored::Misspelt { suggestion: "template_id".into() });
         assert_eq!(by_key("whatever").reason, Ignored::Unknown);
         assert_eq!(
@@ -1616,7 +1786,6 @@ mod tests {
             ("template_vmids", "template_id"),
             ("tls_insecure_skip_verify", "insecure_skip_tls_verify"),
             ("tls_ca_file", "ca_file"),
-            ("nodes", "target_nodes"),
             ("vmid_range_start", "vmid_range"),
             ("Clone_Concurrency", "max_parallel_clones"),
         ] {

@@ -10,7 +10,7 @@
 //! - Ownership: pool + not a template + our tag; the description marker is
 //!   re-checked before anything destructive.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use super::failure::Cause;
 use super::ip_pool::Lease;
 use super::lease::LeaseBook;
 use super::naming::{InstanceId, Naming};
+use super::placement::{Demand, Placement};
 use super::quarantine::Quarantine;
 use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
 use super::ssh_key::GeneratedKey;
@@ -34,14 +35,14 @@ use super::{
     CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, Error, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
 };
-use crate::pve::{ConfigUpdate, Credentials, PveClient, VmResource};
+use crate::pve::{ClusterListing, ConfigUpdate, Credentials, PveClient, VmResource};
 use crate::telemetry::metrics::FleetSource;
 use crate::telemetry::snapshot::{InstanceCount, QuarantinedVmid, unix_seconds};
 use crate::telemetry::{FleetSnapshot, Metrics, MetricsListener};
 
 /// Everything `init` sets up.
 ///
-/// Lock order: the engine's mutexes (`node_penalties`, `breaker`,
+/// Lock order: the engine's mutexes (the placement's, `breaker`,
 /// `quarantine`, `range_cursor`, the lease book's and the registry's) are private
 /// leaves, each taken and released inside one synchronous method, so none is
 /// held across an `.await` or together with another. Keep it so: a new
@@ -60,8 +61,8 @@ pub(crate) struct Engine {
     pub linked: bool,
     /// What ConnectInfo reports when Runner's connector_config leaves it empty.
     pub guest: GuestDefaults,
-    /// Target nodes whose last clone failed, until when they are skipped.
-    node_penalties: Mutex<HashMap<String, Instant>>,
+    /// Which node takes the next clone (its own lock; see `placement`).
+    pub placement: Placement,
     /// Every tracked instance, impostor and foreign VMID; the only way to
     /// change an instance's phase.
     pub registry: Registry,
@@ -106,7 +107,7 @@ impl ProxmoxGroup {
 impl Engine {
     /// Connects, reads the template and sets the group up; returns the
     /// cluster's VM listing it read, for the takeover of the seed's VMs.
-    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<(Self, Vec<VmResource>), Error> {
+    async fn start(config: GroupConfig, settings: ConnectorSettings) -> Result<(Self, ClusterListing), Error> {
         let credentials = Credentials::load(&config.credentials_file_path)?;
         // Derived, not random: a restarted plugin hands Runner the key its
         // running instances were given (see `GeneratedKey::derive`).
@@ -126,8 +127,9 @@ impl Engine {
         let version = pve.version().await?;
 
         // The template: where it is, that it is one, and what it can do.
-        let vms = pve.cluster_vms().await?;
-        let template = vms
+        let listing = pve.cluster_listing().await?;
+        let template = listing
+            .vms
             .iter()
             .find(|vm| vm.vmid == config.template_id)
             .ok_or(Error::TemplateNotFound { template_id: config.template_id })?;
@@ -153,6 +155,14 @@ impl Engine {
             )?;
         check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
+        let candidates =
+            if config.target_nodes.is_empty() { vec![template_node.clone()] } else { config.target_nodes.clone() };
+        let mut placement_config = config.placement.clone();
+        if linked {
+            // A linked clone stays on the template's storage.
+            placement_config.target_storages.clear();
+        }
+        let placement = Placement::new(placement_config, candidates, Demand::of_template(&template_config));
         let guest = GuestDefaults::from_template(&template_config);
         let generate_password = generate_credentials && guest.os == "windows";
         let password = generate_password.then(super::windows_password::generate);
@@ -187,7 +197,7 @@ impl Engine {
             guest,
             template_node,
             linked,
-            node_penalties: Mutex::new(HashMap::new()),
+            placement,
             registry: Registry::default(),
             background: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -196,7 +206,7 @@ impl Engine {
             metrics,
             leases: LeaseBook::default(),
         };
-        Ok((engine, vms))
+        Ok((engine, listing))
     }
 
     /// The tags an instance carries in `state`: the group's ownership tags,
@@ -294,35 +304,10 @@ impl Engine {
         self.naming.owner_of_tags(vm.vmid, &vm.tags)
     }
 
-    /// The node for the next clone: the template's, or the target node with
-    /// the fewest instances that has not just failed a clone.
-    pub fn pick_node(&self) -> String {
-        let targets = &self.config.target_nodes;
-        if targets.is_empty() {
-            return self.template_node.clone();
-        }
-        let now = Instant::now();
-        let penalised: HashSet<String> = {
-            let mut penalties = self.node_penalties.lock().unwrap();
-            penalties.retain(|_, until| *until > now);
-            penalties.keys().cloned().collect()
-        };
-        let healthy: Vec<&String> = targets.iter().filter(|node| !penalised.contains(*node)).collect();
-        let candidates = if healthy.is_empty() { targets.iter().collect() } else { healthy };
-        let load = self.registry.active_per_node();
-        // min_by_key keeps the first of equals: the configured order breaks ties.
-        candidates
-            .into_iter()
-            .min_by_key(|node| load.get(node.as_str()).copied().unwrap_or(0))
-            .cloned()
-            .unwrap_or_else(|| self.template_node.clone())
-    }
-
-    /// Skips `node` for new clones for a while after a clone there failed.
-    pub fn penalise_node(&self, node: &str) {
-        if self.config.target_nodes.len() > 1 {
-            self.node_penalties.lock().unwrap().insert(node.to_string(), Instant::now() + NODE_PENALTY);
-        }
+    /// Whether `vm` is one of the instances the registry tracks (not a
+    /// copy carrying our tags).
+    pub fn tracks(&self, vm: &VmResource) -> bool {
+        self.owned(vm).is_some_and(|id| self.registry.get(&id).is_some())
     }
 
     fn count_active(&self) -> u32 {
@@ -528,9 +513,6 @@ impl GuestDefaults {
     }
 }
 
-/// How long a target node whose clone failed is skipped.
-const NODE_PENALTY: Duration = Duration::from_secs(60);
-
 impl InstanceGroup for ProxmoxGroup {
     async fn init(&self, config: &[u8], settings: ConnectorSettings) -> Result<ProviderInfo, Error> {
         let parsed = PluginConfig::parse(config)?;
@@ -539,8 +521,10 @@ impl InstanceGroup for ProxmoxGroup {
         if let Some(engine) = self.engine.get() {
             return Ok(provider_info(engine));
         }
-        let (engine, vms) = Engine::start(config, settings).await?;
+        let (engine, listing) = Engine::start(config, settings).await?;
         let engine = self.engine.get_or_init(|| async { Arc::new(engine) }).await;
+        engine.placement.observe(&listing, |vm| engine.tracks(vm));
+        let vms = listing.vms;
         let source: Weak<dyn FleetSource> = Arc::downgrade(engine) as Weak<Engine>;
         engine.metrics.set_source(source);
         if let Some(address) = engine.config.metrics_listen {
@@ -559,11 +543,12 @@ impl InstanceGroup for ProxmoxGroup {
     async fn update(&self) -> Result<Vec<(String, InstanceState)>, Error> {
         let engine = self.engine()?;
         let started = Instant::now();
-        let vms = engine.pve.cluster_vms().await?;
+        let listing = engine.pve.cluster_listing().await?;
+        let vms = &listing.vms;
         let pool = engine.config.pool.as_str();
         let template_id = engine.config.template_id;
         let Reconciled { states, adopt, check_foreign } = engine.registry.reconcile(
-            &vms,
+            vms,
             Instant::now(),
             |vm| engine.owned(vm),
             |vm| vm.pool.as_deref() == Some(pool) && !vm.template && vm.vmid != template_id,
@@ -574,6 +559,7 @@ impl InstanceGroup for ProxmoxGroup {
         for vm in check_foreign {
             super::adoption::spawn_untagged_check(engine.clone(), vm);
         }
+        engine.placement.observe(&listing, |vm| engine.tracks(vm));
         engine.metrics.update_took(started.elapsed());
         Ok(states)
     }
@@ -734,6 +720,7 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
     .await;
     let mut accepted = 0;
     let mut pool_exhausted = 0;
+    let mut no_room: Vec<String> = Vec::new();
     for result in results {
         match result {
             Ok(()) => accepted += 1,
@@ -741,14 +728,22 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
                 pool_exhausted += 1;
                 failures.push(Error::Provision(err));
             }
+            Err(super::failure::ProvisionError::NoRoom(why)) => no_room.push(why.to_string()),
             Err(err) => failures.push(Error::Provision(err)),
         }
     }
     if pool_exhausted > 0 {
         tracing::warn!(requested = count, short = pool_exhausted, "the static IP pool is exhausted");
     }
+    let short_of_room = no_room.len() as u32;
+    if let Some(why) = no_room.pop() {
+        // One line and one failure for the batch: the reason is the same.
+        tracing::warn!(requested = count, short = short_of_room, "{why}");
+        failures.push(Error::NoRoom { short: short_of_room, why });
+    }
     engine.metrics.refused("ip_pool", pool_exhausted);
-    engine.metrics.refused("error", admission.allowed - accepted - pool_exhausted);
+    engine.metrics.refused("no_room", short_of_room);
+    engine.metrics.refused("error", admission.allowed - accepted - pool_exhausted - short_of_room);
     Ok(Partial { succeeded: accepted, failures })
 }
 

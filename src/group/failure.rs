@@ -89,6 +89,10 @@ pub enum ProvisionError {
          lower `max_instances`, or shorten `ip_pool_reuse_cooldown`"
     )]
     PoolExhausted { pool: String, detail: String },
+    /// No target node can take another instance under the placement rules.
+    /// (Increase reports these together, as one `Error::NoRoom`.)
+    #[error("could not place the instance: {0}")]
+    NoRoom(super::placement::NoRoom),
     /// Without the agent: the connector's port never accepted a connection.
     #[error(
         "could not connect to {address} within boot_timeout ({waited_secs} s): {last}; check that the template \
@@ -146,7 +150,7 @@ impl ProvisionError {
             Self::NoFreeVmid { .. } => Some(Step::AllocateVmid),
             Self::PortClosed { .. } => Some(Step::Boot),
             // Counted as refused by Increase (`ip_pool`), not as a failed step.
-            Self::PoolExhausted { .. } | Self::RemovalRequested | Self::ShuttingDown => None,
+            Self::PoolExhausted { .. } | Self::NoRoom(_) | Self::RemovalRequested | Self::ShuttingDown => None,
         }
     }
 
@@ -159,6 +163,7 @@ impl ProvisionError {
             Self::NoAddress { .. } => "no_address",
             Self::NoFreeVmid { .. } => "no_free_vmid",
             Self::PoolExhausted { .. } => "ip_pool_exhausted",
+            Self::NoRoom(_) => "no_room",
             Self::PortClosed { .. } => "port_closed",
             Self::RemovalRequested => "removal_requested",
             Self::ShuttingDown => "shutting_down",
@@ -187,7 +192,9 @@ impl ProvisionError {
             }
             Self::PortClosed { .. } => Verdict::Counts { cause: Cause { step: Step::Boot, class: "port closed" } },
             // Increase reports it as a shortfall; it says nothing about the template.
-            Self::PoolExhausted { .. } | Self::RemovalRequested | Self::ShuttingDown => Verdict::Neutral,
+            Self::PoolExhausted { .. } | Self::NoRoom(_) | Self::RemovalRequested | Self::ShuttingDown => {
+                Verdict::Neutral
+            }
         }
     }
 }

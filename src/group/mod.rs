@@ -15,6 +15,7 @@ pub mod failure;
 pub mod ip_pool;
 mod lease;
 pub mod naming;
+pub mod placement;
 mod power;
 mod provision;
 pub mod quarantine;
@@ -143,6 +144,12 @@ pub enum Error {
     /// Increase: `max_instances` leaves no room for `refused` of `requested`.
     #[error("could not create {refused} of {requested} instances: max_instances is {max}")]
     MaxInstances { requested: u32, refused: u32, max: u32 },
+    /// Increase: no target node can take `short` more instances under the
+    /// placement rules; `why` names what binds on each node.
+    #[error(
+        "could not create {short} instances: {why}; lower max_instances, add target_nodes, or relax the node_reserve_* or node_*_allocation_limit_percent settings that bind"
+    )]
+    NoRoom { short: u32, why: String },
     /// Increase: the breaker holds scale-up; its message says why and until when.
     #[error("{0}")]
     ScaleUpHeld(String),

@@ -58,17 +58,19 @@ async fn request_clone_on_some_vmid(
         vmid_attempts = vmid_attempts.saturating_sub(1);
         let vmid = allocate_vmid(engine).await?;
         let id = InstanceId::generate(vmid);
-        let node = engine.pick_node();
+        let placed = engine.placement.place(vmid).map_err(ProvisionError::NoRoom)?;
+        let node = placed.node.clone();
         engine.registry.track_creating(id.clone(), &node);
         if let Some(network) = &engine.config.static_network
             && let Err(err) = super::lease::allocate(engine, network, &id).await
         {
             engine.registry.forget(&id);
+            engine.placement.release(placed.ticket);
             super::lease::release_unused(engine, &id);
             return Err(err);
         }
         let asked = Instant::now();
-        let err = match send_clone(engine, &id, &node).await {
+        let err = match send_clone(engine, &id, &node, placed.storage.as_deref()).await {
             Ok(accepted) => {
                 engine.metrics.phase_done(ProvisionPhase::CloneRequest, asked.elapsed());
                 tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
@@ -78,6 +80,7 @@ async fn request_clone_on_some_vmid(
             Err(err) => err,
         };
         engine.registry.forget(&id);
+        engine.placement.release(placed.ticket);
         // No VM carries it: the address is free again at once.
         super::lease::release_unused(engine, &id);
         if vmid_attempts == 0 {
@@ -105,7 +108,7 @@ async fn request_clone_on_some_vmid(
         };
         if node_specific && engine.config.target_nodes.len() > 1 {
             tracing::warn!(node, error = %err, "could not clone to node {node}; trying another target node");
-            engine.penalise_node(&node);
+            engine.placement.penalise(&node);
             continue;
         }
         return Err(err);
@@ -116,7 +119,12 @@ async fn request_clone_on_some_vmid(
 /// unavailable. A request whose answer was lost may have reached PVE: before
 /// giving up, and when a repeat finds the VMID taken, the VM's marker tells
 /// whether the clone is ours, so it never becomes a VM nobody owns.
-async fn send_clone(engine: &Engine, id: &InstanceId, node: &str) -> Result<Accepted, ProvisionError> {
+async fn send_clone(
+    engine: &Engine,
+    id: &InstanceId,
+    node: &str,
+    storage: Option<&str>,
+) -> Result<Accepted, ProvisionError> {
     let request = CloneRequest {
         new_vmid: Some(id.vmid),
         name: Some(engine.config.instance_name_creating.clone()),
@@ -126,7 +134,11 @@ async fn send_clone(engine: &Engine, id: &InstanceId, node: &str) -> Result<Acce
         ),
         pool: Some(engine.config.pool.clone()),
         full: Some(!engine.linked),
-        storage: if engine.linked { None } else { engine.config.storage.clone() },
+        storage: if engine.linked {
+            None
+        } else {
+            storage.map(str::to_string).or_else(|| engine.config.storage.clone())
+        },
         target_node: (node != engine.template_node).then(|| node.to_string()),
     };
     let mut maybe_sent = false;
@@ -520,7 +532,7 @@ async fn grow_disk(
 }
 
 /// PVE's size notation (`8G`, `512M`, `1.5T`, bytes) in bytes.
-fn size_in_bytes(text: &str) -> Option<u64> {
+pub(crate) fn size_in_bytes(text: &str) -> Option<u64> {
     let text = text.trim().trim_start_matches('+');
     let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len()));
     let factor: u64 = match unit {

@@ -385,15 +385,6 @@ impl Registry {
         self.lock().instances.values().filter(|t| t.phase != Phase::Deleting).count()
     }
 
-    /// Instances not being deleted, per node.
-    pub fn active_per_node(&self) -> HashMap<String, usize> {
-        let mut load = HashMap::new();
-        for tracked in self.lock().instances.values().filter(|t| t.phase != Phase::Deleting) {
-            *load.entry(tracked.node.clone()).or_insert(0) += 1;
-        }
-        load
-    }
-
     /// How many instances are in each phase on each node, and how long the
     /// oldest has been in its phase: what the metrics show.
     pub fn census(&self) -> Census {

@@ -90,6 +90,52 @@ pub struct VmResource {
     pub pool: Option<String>,
     /// Seconds since it started, while it runs.
     pub uptime: Option<u64>,
+    /// Its configured memory in bytes.
+    pub max_memory: Option<u64>,
+    /// Its configured virtual CPUs (cores × sockets, or `vcpus`).
+    pub cpus: Option<f64>,
+}
+
+/// One node as `/cluster/resources` lists it. Usage is what the node's
+/// status daemon last reported; it is missing while the node is offline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeResource {
+    pub name: String,
+    /// `online`, or `offline`/`unknown` when the node left the quorum.
+    pub online: bool,
+    /// Logical CPUs.
+    pub cpus: Option<f64>,
+    /// CPU use as a fraction of all CPUs (0.0 – 1.0).
+    pub cpu_usage: Option<f64>,
+    /// Memory in bytes: the total and the part in use.
+    pub max_memory: Option<u64>,
+    pub memory_used: Option<u64>,
+}
+
+/// One storage on one node as `/cluster/resources` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageResource {
+    pub storage: String,
+    pub node: String,
+    /// `available` when the node can use it now.
+    pub available: bool,
+    pub shared: bool,
+    /// Content types (`images`, `rootdir`, `iso`, …).
+    pub content: Vec<String>,
+    /// The storage type (`lvmthin`, `zfspool`, `rbd`, …).
+    pub kind: Option<String>,
+    /// Bytes: the size and the part in use.
+    pub total: Option<u64>,
+    pub used: Option<u64>,
+}
+
+/// The one `/cluster/resources` answer Update reads: guests, nodes and
+/// storages together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterListing {
+    pub vms: Vec<VmResource>,
+    pub nodes: Vec<NodeResource>,
+    pub storages: Vec<StorageResource>,
 }
 
 /// `GET …/status/current`, reduced to what decisions need.
@@ -313,27 +359,29 @@ impl PveClient {
             data(self.api.get_cluster_resources(Some(types::GetClusterResourcesType::Vm)).await, action).await?;
         let mut vms = Vec::new();
         for item in items {
-            if item.type_.as_deref() != Some("qemu") {
-                continue;
+            if let Some(vm) = vm_resource(item, action)? {
+                vms.push(vm);
             }
-            let vmid = match (item.vmid, item.id.as_deref().and_then(|id| id.strip_prefix("qemu/"))) {
-                (Some(vmid), _) => vmid_from(vmid.0, action)?,
-                (None, Some(id)) => vmid_from(id.parse().unwrap_or(-1), action)?,
-                (None, None) => return Err(invalid(action, "a guest has neither `vmid` nor `id`")),
-            };
-            vms.push(VmResource {
-                vmid,
-                node: item.node.unwrap_or_default(),
-                name: item.name,
-                status: item.status,
-                template: item.template.is_some_and(|t| t.0),
-                lock: item.lock.filter(|l| !l.is_empty()),
-                tags: split_tags(item.tags.as_deref()),
-                pool: item.pool,
-                uptime: item.uptime.and_then(|u| u64::try_from(u.0).ok()).filter(|&u| u > 0),
-            });
         }
         Ok(vms)
+    }
+
+    /// Guests, nodes and storages of the cluster in one request (no type
+    /// filter): what placement needs comes with the listing Update reads
+    /// anyway. Nodes and storages the credentials may not audit are absent.
+    pub async fn cluster_listing(&self) -> Result<ClusterListing, Error> {
+        let action = "list the cluster's resources";
+        let items = data(self.api.get_cluster_resources(None).await, action).await?;
+        let mut listing = ClusterListing::default();
+        for item in items {
+            match item.type_.as_deref() {
+                Some("qemu") => listing.vms.extend(vm_resource(item, action)?),
+                Some("node") => listing.nodes.extend(node_resource(item)),
+                Some("storage") => listing.storages.extend(storage_resource(item)),
+                _ => {}
+            }
+        }
+        Ok(listing)
     }
 
     /// The cluster's nodes and whether each is online.
@@ -837,6 +885,58 @@ async fn upid<T: Envelope<Data = String>>(
 
 fn to_values<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
     items.iter().filter_map(|item| serde_json::to_value(item).ok()).collect()
+}
+
+/// A `qemu` item of `/cluster/resources`; other guest types are skipped.
+fn vm_resource(item: types::GetClusterResourcesResponseDataItem, action: &str) -> Result<Option<VmResource>, Error> {
+    if item.type_.as_deref() != Some("qemu") {
+        return Ok(None);
+    }
+    let vmid = match (item.vmid, item.id.as_deref().and_then(|id| id.strip_prefix("qemu/"))) {
+        (Some(vmid), _) => vmid_from(vmid.0, action)?,
+        (None, Some(id)) => vmid_from(id.parse().unwrap_or(-1), action)?,
+        (None, None) => return Err(invalid(action, "a guest has neither `vmid` nor `id`")),
+    };
+    Ok(Some(VmResource {
+        vmid,
+        node: item.node.unwrap_or_default(),
+        name: item.name,
+        status: item.status,
+        template: item.template.is_some_and(|t| t.0),
+        lock: item.lock.filter(|l| !l.is_empty()),
+        tags: split_tags(item.tags.as_deref()),
+        pool: item.pool,
+        uptime: item.uptime.and_then(|u| u64::try_from(u.0).ok()).filter(|&u| u > 0),
+        max_memory: item.maxmem.and_then(|m| u64::try_from(m.0).ok()),
+        cpus: item.maxcpu.map(|c| c.0),
+    }))
+}
+
+/// A `node` item of `/cluster/resources`.
+fn node_resource(item: types::GetClusterResourcesResponseDataItem) -> Option<NodeResource> {
+    let name = item.node?;
+    Some(NodeResource {
+        name,
+        online: item.status.as_deref() == Some("online"),
+        cpus: item.maxcpu.map(|c| c.0),
+        cpu_usage: item.cpu.map(|c| c.0),
+        max_memory: item.maxmem.and_then(|m| u64::try_from(m.0).ok()),
+        memory_used: item.mem.and_then(|m| u64::try_from(m.0).ok()),
+    })
+}
+
+/// A `storage` item of `/cluster/resources`.
+fn storage_resource(item: types::GetClusterResourcesResponseDataItem) -> Option<StorageResource> {
+    Some(StorageResource {
+        storage: item.storage?,
+        node: item.node?,
+        available: item.status.as_deref() == Some("available"),
+        shared: item.shared.is_some_and(|s| s.0),
+        content: item.content.as_deref().unwrap_or_default().split(',').map(str::to_string).collect(),
+        kind: item.plugintype,
+        total: item.maxdisk.and_then(|d| u64::try_from(d.0).ok()),
+        used: item.disk.and_then(|d| u64::try_from(d.0).ok()),
+    })
 }
 
 fn pool_member(member: &Value) -> PoolMember {

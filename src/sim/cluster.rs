@@ -42,6 +42,15 @@ pub struct Node {
     pub boot_time: SimTime,
 }
 
+/// A node's current use, as its status daemon reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeUsage {
+    /// Bytes of memory in use.
+    pub memory: u64,
+    /// CPU use as a fraction of all CPUs.
+    pub cpu: f64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Storage {
     pub id: String,
@@ -376,6 +385,22 @@ impl Cluster {
             guest.reset_history(now - 86_400.0);
         }
         Ok(())
+    }
+
+    /// What a node uses now: the host's own share (an eighth of its memory,
+    /// 2 % CPU) plus every running guest on it, ours or not (a third of its
+    /// memory, as the guest's status reports, and a quarter of its vCPUs).
+    pub fn node_usage(&self, node: &Node) -> NodeUsage {
+        let mut memory = node.memory / 8;
+        let mut busy_cpus = 0.02 * f64::from(node.cpus);
+        for guest in self.vms.values().filter(|vm| vm.node == node.name && vm.is_running()) {
+            memory += guest.max_memory() / 3;
+            busy_cpus += 0.25 * guest.cpus() as f64;
+        }
+        NodeUsage {
+            memory: memory.min(node.memory),
+            cpu: if node.cpus == 0 { 0.0 } else { (busy_cpus / f64::from(node.cpus)).min(1.0) },
+        }
     }
 
     /// Records a VM's current status/name/template for the stale view.

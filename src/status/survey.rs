@@ -315,6 +315,8 @@ mod tests {
             tags: tags.iter().map(ToString::to_string).collect(),
             pool: Some("ci".into()),
             uptime: None,
+            max_memory: None,
+            cpus: None,
         }
     }
 

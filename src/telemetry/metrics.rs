@@ -315,7 +315,7 @@ impl Metrics {
         );
         // Series that exist from the start at 0: rate() and increase() miss
         // the first increment of a series that appears already above 0.
-        for reason in ["max_instances", "held", "error"] {
+        for reason in ["max_instances", "held", "ip_pool", "no_room", "error"] {
             drop(metrics.refused.get_or_create(&ReasonLabel { reason }));
         }
         for action in ["deleted", "claimed_for_adoption"] {

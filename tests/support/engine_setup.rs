@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
 use fleeting_plugin_proxmox::sim::VmView;
-use fleeting_plugin_proxmox::sim::config::{VmSpec, defaults};
+use fleeting_plugin_proxmox::sim::config::{AclSpec, NodeSpec, StorageSpec, VmSpec, defaults};
 use fleeting_plugin_proxmox::sim::{Scenario, SimConfig, SimHandle, Simulator};
 
 /// A VM in the pool that belongs to someone else.
@@ -81,6 +81,37 @@ fn foreign_vm(vmid: u32, extra: &[(&str, &str)]) -> VmSpec {
         config.insert(key.to_string(), value.to_string());
     }
     VmSpec { vmid, node: "pve1".into(), pool: Some(defaults::POOL.into()), config, ..VmSpec::default() }
+}
+
+/// Adds node `name` (16 CPUs, 128 GiB) to the scenario.
+pub fn add_node(scenario: &mut Scenario, name: &str, subnet_octet: u8) {
+    scenario.nodes.push(NodeSpec {
+        name: name.into(),
+        subnet: format!("10.10.{subnet_octet}.0/24"),
+        subnet6: format!("fd00:10:10:{subnet_octet}::/64"),
+        ..Default::default()
+    });
+}
+
+/// Moves the template's disks to `ceph`, a shared RBD storage the plugin's
+/// token may use, so clones can go to every node.
+pub fn share_template_storage(scenario: &mut Scenario) {
+    scenario.storages.push(StorageSpec {
+        id: "ceph".into(),
+        kind: "rbd".into(),
+        shared: Some(true),
+        ..StorageSpec::default()
+    });
+    let template = scenario.vms.iter_mut().find(|vm| vm.vmid == defaults::TEMPLATE_VMID).unwrap();
+    template.config.insert("scsi0".into(), "ceph:base-9000-disk-0,size=8G".into());
+    template.config.insert("ide2".into(), "ceph:vm-9000-cloudinit,media=cdrom".into());
+    scenario.acl.push(AclSpec {
+        path: "/storage/ceph".into(),
+        roles: vec!["PVEDatastoreUser".into()],
+        users: vec![defaults::USER.into()],
+        tokens: vec![defaults::TOKEN_ID.into()],
+        ..AclSpec::default()
+    });
 }
 
 /// The default cluster, fast: 50 simulated seconds per real second.

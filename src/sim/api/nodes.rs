@@ -20,14 +20,15 @@ pub fn list(call: &Call<'_>) -> Result<Reply, ApiError> {
     let mut items = Vec::new();
     for node in cluster.nodes.values() {
         let audit = cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit");
+        let usage = cluster.node_usage(node);
         let item = types::GetNodesResponseDataItem {
             node: Some(node.name.clone()),
             status: Some(if node.online { "online" } else { "offline" }.into()),
             level: Some(String::new()),
             ssl_fingerprint: fingerprint.clone(),
-            cpu: (audit && node.online).then_some(PveNumber(0.03)),
+            cpu: (audit && node.online).then_some(PveNumber(usage.cpu)),
             maxcpu: (audit && node.online).then_some(PveInt(i64::from(node.cpus))),
-            mem: (audit && node.online).then_some(PveInt((node.memory / 4) as i64)),
+            mem: (audit && node.online).then_some(PveInt(usage.memory as i64)),
             maxmem: (audit && node.online).then_some(PveInt(node.memory as i64)),
             uptime: (audit && node.online).then_some(PveInt((now - node.boot_time) as i64)),
         };
@@ -48,8 +49,9 @@ pub fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
     let node = cluster.node(&call.node())?;
     let now = shared.clock.now();
     let version = shared.version;
+    let usage = cluster.node_usage(node);
     let status = types::GetNodesNodeStatusResponseData {
-        cpu: Some(PveNumber(0.03)),
+        cpu: Some(PveNumber(usage.cpu)),
         cpuinfo: Some(types::GetNodesNodeStatusResponseDataCpuinfo {
             cores: Some(PveInt(i64::from(node.cpus / 2).max(1))),
             cpus: Some(PveInt(i64::from(node.cpus))),
@@ -58,10 +60,10 @@ pub fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
         }),
         loadavg: vec!["0.12".into(), "0.18".into(), "0.21".into()],
         memory: Some(types::GetNodesNodeStatusResponseDataMemory {
-            available: Some(PveInt((node.memory * 3 / 4) as i64)),
-            free: Some(PveInt((node.memory * 3 / 4) as i64)),
+            available: Some(PveInt((node.memory - usage.memory) as i64)),
+            free: Some(PveInt((node.memory - usage.memory) as i64)),
             total: Some(PveInt(node.memory as i64)),
-            used: Some(PveInt((node.memory / 4) as i64)),
+            used: Some(PveInt(usage.memory as i64)),
         }),
         pveversion: Some(format!("pve-manager/{version}/5a1c3f1de2b8c9a0")),
         rootfs: Some(types::GetNodesNodeStatusResponseDataRootfs {

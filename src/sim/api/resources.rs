@@ -403,6 +403,7 @@ fn build(
             if !cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit") {
                 continue;
             }
+            let usage = cluster.node_usage(node);
             let entry = Entry {
                 id: Some(ResourceId::Node(&node.name)),
                 kind: Some("node"),
@@ -410,9 +411,9 @@ fn build(
                 status: Some(if node.online { "online" } else { "offline" }),
                 level: Some(""),
                 cgroup_mode: Some(2),
-                cpu: node.online.then_some(0.03),
+                cpu: node.online.then_some(usage.cpu),
                 maxcpu: Some(f64::from(node.cpus)),
-                mem: node.online.then_some((node.memory / 4) as i64),
+                mem: node.online.then_some(usage.memory as i64),
                 maxmem: Some(node.memory as i64),
                 disk: node.online.then_some(12 << 30),
                 maxdisk: Some(100 << 30),
@@ -687,6 +688,7 @@ mod tests {
                 .values()
                 .filter(|node| cluster.privileges(caller, &format!("/nodes/{}", node.name)).contains("Sys.Audit"))
             {
+                let usage = cluster.node_usage(node);
                 items.push(Item {
                     id: Some(format!("node/{}", node.name)),
                     type_: Some("node".into()),
@@ -694,9 +696,9 @@ mod tests {
                     status: Some(if node.online { "online" } else { "offline" }.into()),
                     level: Some(String::new()),
                     cgroup_mode: Some(PveInt(2)),
-                    cpu: node.online.then_some(PveNumber(0.03)),
+                    cpu: node.online.then_some(PveNumber(usage.cpu)),
                     maxcpu: Some(PveNumber(f64::from(node.cpus))),
-                    mem: node.online.then_some(PveInt((node.memory / 4) as i64)),
+                    mem: node.online.then_some(PveInt(usage.memory as i64)),
                     maxmem: Some(PveInt(node.memory as i64)),
                     disk: node.online.then_some(PveInt(12 << 30)),
                     maxdisk: Some(PveInt(100 << 30)),
