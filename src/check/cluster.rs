@@ -530,7 +530,7 @@ async fn check_privileges(
                     || config.static_network.is_some()
                     || !config.nameservers.is_empty()
                     || config.searchdomain.is_some(),
-                disk_resize: config.autoresize.is_some(),
+                disk_resize: config.autoresize.is_some() || config.sizing.disk_mib.is_some(),
                 agent: config.agent_required,
             })
         })
