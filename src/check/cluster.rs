@@ -531,6 +531,8 @@ async fn check_privileges(
                     || !config.nameservers.is_empty()
                     || config.searchdomain.is_some(),
                 disk_resize: config.autoresize.is_some() || config.sizing.disk_mib.is_some(),
+                memory: config.sizing.memory_mib.is_some(),
+                cores: config.sizing.cores.is_some(),
                 agent: config.agent_required,
             })
         })
