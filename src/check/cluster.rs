@@ -476,7 +476,7 @@ async fn check_template(
     } else if config.storage.is_some() {
         report.pass("storage", "`storage` is ignored: linked clones stay on the template's storage");
     }
-    let demand = Demand::of_template(&vm_config);
+    let demand = Demand::of_clone(&vm_config, &config.sizing);
     Some(TemplateOutcome { facts, storage, clone_storages, linked, demand })
 }
 
@@ -609,7 +609,9 @@ async fn check_privileges(
                     || config.static_network.is_some()
                     || !config.nameservers.is_empty()
                     || config.searchdomain.is_some(),
-                disk_resize: config.autoresize.is_some(),
+                disk_resize: config.autoresize.is_some() || config.sizing.disk_mib.is_some(),
+                memory: config.sizing.memory_mib.is_some(),
+                cores: config.sizing.cores.is_some(),
                 agent: config.agent_required,
             })
         })

@@ -78,8 +78,12 @@ pub enum Need {
     /// `use_static_credentials`), hands out static addresses, or sets
     /// `nameserver` / `searchdomain`.
     CloudInit,
-    /// Only with `instance_autoresize_disk` / `instance_autoresize_size`.
+    /// Only with `instance_autoresize_disk` / `instance_autoresize_size` or `vm_disk_mb`.
     DiskResize,
+    /// Only with `vm_memory_mb`.
+    Memory,
+    /// Only with `vm_cpu_cores`.
+    Cores,
     /// Only with the guest agent (`agent_required`, the default).
     Agent,
 }
@@ -89,6 +93,8 @@ pub enum Need {
 pub struct Uses {
     pub cloud_init: bool,
     pub disk_resize: bool,
+    pub memory: bool,
+    pub cores: bool,
     pub agent: bool,
 }
 
@@ -99,6 +105,8 @@ impl Need {
             Self::Always => true,
             Self::CloudInit => uses.cloud_init,
             Self::DiskResize => uses.disk_resize,
+            Self::Memory => uses.memory,
+            Self::Cores => uses.cores,
             Self::Agent => uses.agent,
         }
     }
@@ -107,7 +115,9 @@ impl Need {
         match self {
             Self::Always => "",
             Self::CloudInit => "; only when the plugin generates credentials, hands out static addresses or sets DNS",
-            Self::DiskResize => "; only with `instance_autoresize_disk`",
+            Self::DiskResize => "; only with `instance_autoresize_disk` or `vm_disk_mb`",
+            Self::Memory => "; only with `vm_memory_mb`",
+            Self::Cores => "; only with `vm_cpu_cores`",
             Self::Agent => "; not with `agent_required = false`",
         }
     }
@@ -151,6 +161,20 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
             alternatives: &[],
             why: "grow a disk after the clone (PUT …/resize)",
             needed: Need::DiskResize,
+        },
+        Requirement {
+            place: AclPlace::Pool,
+            privilege: "VM.Config.Memory",
+            alternatives: &[],
+            why: "set the instances' memory before the first start (PUT …/config memory)",
+            needed: Need::Memory,
+        },
+        Requirement {
+            place: AclPlace::Pool,
+            privilege: "VM.Config.CPU",
+            alternatives: &[],
+            why: "set the instances' cores before the first start (PUT …/config cores)",
+            needed: Need::Cores,
         },
     ];
     if version.major >= 9 {

@@ -102,10 +102,28 @@ pub struct PluginConfig {
     pub vmid_range: Option<String>,
     /// Extra Proxmox tags for every instance (lower-cased by Proxmox).
     pub tags: Option<Vec<String>>,
-    /// Clone requests sent to Proxmox at the same time (each returns once Proxmox accepted the clone; Proxmox then runs the clone tasks side by side). Default `4`.
+    /// Clones in progress at the same time, each from its clone request until Proxmox's clone task ends, as in nE0sIghT (parallel clones contend for the template's storage, and Proxmox fails them with "can't lock file … got timeout" when it is overloaded). An instance waiting for its turn is reported as creating and holds no other slot. Default `4`.
     pub max_parallel_clones: Option<u32>,
+    /// Clones in progress at the same time on one node: the node whose template is cloned, where Proxmox runs the clone task. Default: no limit besides `max_parallel_clones`.
+    pub max_parallel_clones_per_node: Option<u32>,
+    /// Instances starting at the same time, each from its start request until the guest reports its address (without the agent: until its port opens), as in nE0sIghT; bounds boot storms. Default: no limit.
+    pub max_parallel_starts: Option<u32>,
+    /// Instances starting at the same time on one node (the node the VM runs on). Default: no limit besides `max_parallel_starts`.
+    pub max_parallel_starts_per_node: Option<u32>,
     /// Deletions running at the same time. Default `4`.
     pub max_parallel_deletes: Option<u32>,
+    /// Memory of every instance in MiB (Proxmox's `memory`), as in nE0sIghT: set with the first configuration update after the clone, before the first start; at least 16. Default: the template's.
+    pub vm_memory_mb: Option<u64>,
+    /// Cores per socket of every instance (Proxmox's `cores`; `sockets` stays the template's), as in nE0sIghT: set before the first start. Default: the template's.
+    pub vm_cpu_cores: Option<u32>,
+    /// Size in MiB that `vm_disk_device` is grown to before the first start, as in nE0sIghT. A disk already that large or larger is left as it is (never shrunk; logged at info). Not together with `instance_autoresize_disk`/`instance_autoresize_size`. Default: the template's size.
+    pub vm_disk_mb: Option<u64>,
+    /// The disk `vm_disk_mb` grows, e.g. `scsi0` (`ide0`-`ide3`, `sata0`-`sata5`, `scsi0`-`scsi30`, `virtio0`-`virtio15`); never the cloud-init drive. Default: the template's boot disk (the first disk in its `boot: order=`, else its first disk).
+    pub vm_disk_device: Option<String>,
+    /// Clone this snapshot of the source VM instead of its current state (Proxmox's `snapname`), as in nE0sIghT. Proxmox templates cannot have snapshots, so the source is a VM that is not a template, cloned in full onto `storage`; Init checks that the snapshot exists. Default: none (the current state).
+    pub clone_snapshot: Option<String>,
+    /// Bandwidth limit of every clone's disk copy in KiB/s (Proxmox's `bwlimit`; `0` means unlimited). Default: the limit of the datacenter or storage configuration.
+    pub clone_bwlimit: Option<u64>,
     /// Longest wait for a clone task, e.g. `10m`. Default `10m`.
     #[schemars(extend("x-format" = "duration"))]
     pub clone_timeout: Option<String>,
@@ -261,6 +279,10 @@ pub struct GroupConfig {
     pub tags: Vec<String>,
     pub max_parallel_clones: u32,
     pub max_parallel_deletes: u32,
+    /// How many clones and starts may run at once, in total and per node.
+    pub parallel: ParallelLimits,
+    /// nE0sIghT's sizing of every instance and its clone source.
+    pub sizing: Sizing,
     pub clone_timeout: Duration,
     pub boot_timeout: Duration,
     pub delete_timeout: Duration,
@@ -279,6 +301,30 @@ pub struct GroupConfig {
     pub nameservers: Vec<std::net::IpAddr>,
     /// cloud-init's `searchdomain`; `None`: not written.
     pub searchdomain: Option<String>,
+}
+
+/// Bounds on work that loads Proxmox, in total and per node; `None` is
+/// no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParallelLimits {
+    pub clones_per_node: Option<u32>,
+    pub starts: Option<u32>,
+    pub starts_per_node: Option<u32>,
+}
+
+/// What every instance is made of, besides the template (nE0sIghT's
+/// `vm_*` and `clone_*` settings).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sizing {
+    pub memory_mib: Option<u64>,
+    pub cores: Option<u32>,
+    /// The size the disk is grown to; with [`Self::disk_device`] or the
+    /// template's boot disk.
+    pub disk_mib: Option<u64>,
+    /// `vm_disk_device`, normalised (`scsi01` → `scsi1`).
+    pub disk_device: Option<String>,
+    pub clone_snapshot: Option<String>,
+    pub clone_bwlimit_kib: Option<u64>,
 }
 
 /// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
@@ -411,14 +457,10 @@ const LC: &str = "LeCyreaxYT/gitlab-fleeting-plugin-proxmox";
 
 const NO_STAGING: &str = "remove it: templates are not staged per node here; with the template's disks on shared storage, \
                           `target_nodes` clones onto other nodes";
-const NO_SIZING: &str = "remove it: set memory and cores on the template; only a disk can be grown \
-                         (`instance_autoresize_disk`, `instance_autoresize_size`)";
 const NO_RETRIES: &str = "remove it: transient Proxmox API errors are retried automatically";
 const NO_LAZY_START: &str = "remove it: instances start as soon as their clone is done";
 const TOKEN_FILE: &str = "move it into the JSON file named by `credentials_file_path` (fields `token_id` and \
                           `token_secret`, see README, The credentials file)";
-const DISK_RESIZE: &str =
-    "set `instance_autoresize_disk` (e.g. \"scsi0\") and `instance_autoresize_size` (e.g. \"20G\")";
 
 /// Keys of the other Proxmox fleeting plugins (nE0sIghT and its fork
 /// overlordtm, yoonda9, LeCyreaxYT; dxas90 has only the seed's keys), with
@@ -435,17 +477,6 @@ const OTHER_PLUGIN_KEYS: &[(&str, &str, Option<&str>, &str)] = &[
     ("template_vmid_range", NE, None, NO_STAGING),
     ("template_name_prefix", NE, None, NO_STAGING),
     ("name_prefix", NE, Some("group"), "set `group` to mark this runner's VMs (VM names come from `instance_name_*`)"),
-    ("clone_snapshot", NE, None, "remove it: clones are made from the template's current state"),
-    ("vm_memory_mb", NE, None, NO_SIZING),
-    ("vm_cpu_cores", NE, None, NO_SIZING),
-    ("vm_disk_mb", NE, Some("instance_autoresize_size"), DISK_RESIZE),
-    ("vm_disk_device", NE, Some("instance_autoresize_disk"), DISK_RESIZE),
-    (
-        "max_parallel_starts",
-        NE,
-        None,
-        "remove it: each instance starts when its clone is done; `max_parallel_clones` bounds the clones",
-    ),
     (
         "task_poll_interval",
         NE,
@@ -955,6 +986,27 @@ impl PluginConfig {
         };
         let max_parallel_clones = parallel(self.max_parallel_clones, "max_parallel_clones");
         let max_parallel_deletes = parallel(self.max_parallel_deletes, "max_parallel_deletes");
+        let mut limit = |value: Option<u32>, key: &str| match value {
+            Some(0) => {
+                problems.push(format!("`{key}` must be at least 1; remove it for no limit"));
+                None
+            }
+            other => other,
+        };
+        let parallel_limits = ParallelLimits {
+            clones_per_node: limit(self.max_parallel_clones_per_node, "max_parallel_clones_per_node"),
+            starts: limit(self.max_parallel_starts, "max_parallel_starts"),
+            starts_per_node: limit(self.max_parallel_starts_per_node, "max_parallel_starts_per_node"),
+        };
+        let sizing = SizingSettings {
+            memory_mb: self.vm_memory_mb,
+            cpu_cores: self.vm_cpu_cores,
+            disk_mb: self.vm_disk_mb,
+            disk_device: self.vm_disk_device,
+            clone_snapshot: self.clone_snapshot,
+            clone_bwlimit: self.clone_bwlimit,
+        }
+        .resolve(autoresize.is_some() || disk_set || size_set, &mut problems);
         let failure_threshold = match self.failure_threshold {
             Some(0) => {
                 problems.push("`failure_threshold` must be at least 1".into());
@@ -1139,6 +1191,8 @@ impl PluginConfig {
             tags: tags.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
             max_parallel_clones,
             max_parallel_deletes,
+            parallel: parallel_limits,
+            sizing,
             clone_timeout,
             boot_timeout,
             delete_timeout,
@@ -1246,6 +1300,79 @@ fn node_rules(
         memory_allocation_limit_percent: memory_limit.or(inherited.memory_allocation_limit_percent),
         cpu_allocation_limit_percent: cpu_limit.or(inherited.cpu_allocation_limit_percent),
     }
+}
+
+/// nE0sIghT's sizing settings as written.
+struct SizingSettings {
+    memory_mb: Option<u64>,
+    cpu_cores: Option<u32>,
+    disk_mb: Option<u64>,
+    disk_device: Option<String>,
+    clone_snapshot: Option<String>,
+    clone_bwlimit: Option<u64>,
+}
+
+impl SizingSettings {
+    /// Every problem pushed onto `problems`; `autoresize_set` says whether
+    /// Phenix66's `instance_autoresize_*` are set too.
+    fn resolve(self, autoresize_set: bool, problems: &mut Vec<String>) -> Sizing {
+        let mut sizing = Sizing { clone_bwlimit_kib: self.clone_bwlimit, ..Sizing::default() };
+        match self.memory_mb {
+            Some(mib) if mib < MIN_MEMORY_MIB => problems.push(format!(
+                "`vm_memory_mb` {mib} is below Proxmox's minimum of {MIN_MEMORY_MIB} MiB; write the memory in MiB, e.g. `vm_memory_mb = 4096`, or remove it to keep the template's"
+            )),
+            other => sizing.memory_mib = other,
+        }
+        match self.cpu_cores {
+            Some(0) => problems.push(
+                "`vm_cpu_cores` 0 is not a number of cores; write at least 1, e.g. `vm_cpu_cores = 2`, or remove it to keep the template's".into(),
+            ),
+            other => sizing.cores = other,
+        }
+        match self.disk_mb {
+            Some(0) => problems.push(
+                "`vm_disk_mb` 0 is not a disk size; write the size in MiB, e.g. `vm_disk_mb = 20480`, or remove it to keep the template's".into(),
+            ),
+            other => sizing.disk_mib = other,
+        }
+        if let Some(text) = self.disk_device.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()) {
+            match parse_disk(&text) {
+                Ok(disk) => sizing.disk_device = Some(disk),
+                Err(problem) => problems.push(format!("`vm_disk_device` {text:?} {problem}")),
+            }
+            if self.disk_mb.is_none() {
+                problems.push(
+                    "`vm_disk_device` is set without `vm_disk_mb`; add the size in MiB, e.g. `vm_disk_mb = 20480`, or remove the device".into(),
+                );
+            }
+        }
+        if autoresize_set && self.disk_mb.is_some() {
+            problems.push(
+                "`vm_disk_mb` and `instance_autoresize_disk`/`instance_autoresize_size` both grow a disk; keep one: `vm_disk_mb` (with `vm_disk_device`, or the boot disk) or Phenix66's `instance_autoresize_*`".into(),
+            );
+        }
+        if let Some(name) = self.clone_snapshot.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+            if is_snapshot_name(&name) {
+                sizing.clone_snapshot = Some(name);
+            } else {
+                problems.push(format!(
+                    "`clone_snapshot` {name:?} is not a Proxmox snapshot name (a letter, then letters, digits, `-`, `_`; at most 40); copy the name from the VM's Snapshots view"
+                ));
+            }
+        }
+        sizing
+    }
+}
+
+/// Proxmox's smallest `memory` in MiB.
+const MIN_MEMORY_MIB: u64 = 16;
+
+/// PVE's `pve-configid` format of snapshot names: a letter, then letters,
+/// digits, `-` and `_`, at most 40 characters.
+fn is_snapshot_name(name: &str) -> bool {
+    name.len() <= 40
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The `ip_pool_*` settings as written.

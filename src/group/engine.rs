@@ -29,6 +29,7 @@ use super::naming::{InstanceId, Naming};
 use super::placement::{Demand, Placement};
 use super::quarantine::Quarantine;
 use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
+use super::slots::SlotGate;
 use super::ssh_key::GeneratedKey;
 use super::template::{TemplateFacts, TemplateStorage};
 use super::{
@@ -70,7 +71,12 @@ pub(crate) struct Engine {
     breaker: Mutex<Breaker>,
     /// VMIDs tied to a failure (orphaned volumes, held locks), skipped by allocation.
     quarantine: Mutex<Quarantine>,
-    pub clone_slots: Semaphore,
+    /// Clones in progress, from the request until the clone task ends.
+    pub clone_slots: Arc<SlotGate>,
+    /// Starts in progress, from the request until the guest's address is known.
+    pub start_slots: Arc<SlotGate>,
+    /// The disk `vm_disk_mb` or `instance_autoresize_disk` grows, checked at Init.
+    pub grown_disk: Option<String>,
     pub delete_slots: Semaphore,
     pub background: TaskTracker,
     pub cancel: CancellationToken,
@@ -134,13 +140,30 @@ impl Engine {
             .find(|vm| vm.vmid == config.template_id)
             .ok_or(Error::TemplateNotFound { template_id: config.template_id })?;
         let template_node = template.node.clone();
-        let template_config = pve.vm_config(&template_node, config.template_id).await?;
+        let current_config = pve.vm_config(&template_node, config.template_id).await?;
+        // With `clone_snapshot` the instances are made of the snapshot's config.
+        let template_config = match &config.sizing.clone_snapshot {
+            None => current_config,
+            Some(name) => {
+                let snapshots = pve.snapshots(&template_node, config.template_id).await?;
+                if !snapshots.contains(name) {
+                    let problem =
+                        super::template::missing_snapshot(config.template_id, name, template.template, &snapshots);
+                    return Err(Error::Template { template_id: config.template_id, problems: vec![problem] });
+                }
+                pve.vm_config_of_snapshot(&template_node, config.template_id, name).await?
+            }
+        };
         let facts = TemplateFacts::from_config(&template_node, &template_config, template.template);
         let generate_credentials = !settings.brings_credentials();
-        let problems: Vec<String> = super::template::judge(&facts, &config, generate_credentials)
+        let mut problems: Vec<String> = super::template::judge(&facts, &config, generate_credentials)
             .into_iter()
             .filter_map(|requirement| requirement.verdict.err().map(|problem| problem.to_string()))
             .collect();
+        let grown_disk = super::template::grown_disk(&template_config, &config).unwrap_or_else(|problem| {
+            problems.push(problem);
+            None
+        });
         if !problems.is_empty() {
             return Err(Error::Template { template_id: config.template_id, problems });
         }
@@ -162,7 +185,8 @@ impl Engine {
             // A linked clone stays on the template's storage.
             placement_config.target_storages.clear();
         }
-        let placement = Placement::new(placement_config, candidates, Demand::of_template(&template_config));
+        let placement =
+            Placement::new(placement_config, candidates, Demand::of_clone(&template_config, &config.sizing));
         let guest = GuestDefaults::from_template(&template_config);
         let generate_password = generate_credentials && guest.os == "windows";
         let password = generate_password.then(super::windows_password::generate);
@@ -181,7 +205,9 @@ impl Engine {
         let config_takeover = config.take_over_seed_instances;
         let engine = Self {
             naming: Naming::new(&config.group),
-            clone_slots: Semaphore::new(config.max_parallel_clones as usize),
+            clone_slots: SlotGate::new(Some(config.max_parallel_clones), config.parallel.clones_per_node),
+            start_slots: SlotGate::new(config.parallel.starts, config.parallel.starts_per_node),
+            grown_disk,
             delete_slots: Semaphore::new(config.max_parallel_deletes as usize),
             breaker: Mutex::new(Breaker::new(
                 config.failure_threshold,

@@ -163,9 +163,9 @@ pub(crate) async fn confirm(
             description: Some(engine.naming.description_with_lease(id, &fresh)),
             ..Default::default()
         };
-        super::provision::retry_locked(|| engine.pve.update_vm_config(node, id.vmid, &update))
+        super::provision::update_own_config(engine, id, node, &update)
             .await
-            .map_err(|error| ProvisionError::pve(Step::Configure, error))?;
+            .map_err(|err| err.during(Step::Configure))?;
     }
     Err(ProvisionError::PoolExhausted {
         pool: network.describe(),

@@ -20,6 +20,7 @@ mod power;
 mod provision;
 pub mod quarantine;
 mod registry;
+pub mod slots;
 pub mod ssh_key;
 pub mod takeover;
 pub mod template;

@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::config::Sizing;
 use crate::pve::{ClusterListing, Vmid};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -151,16 +152,21 @@ pub struct Demand {
 }
 
 impl Demand {
-    /// What a clone of `template` (its config) needs: its memory (MiB,
-    /// default 512), vCPUs (`vcpus`, else cores × sockets) and disks (their
-    /// `size=`, the cloud-init drive and CD-ROMs excluded).
-    pub fn of_template(template: &BTreeMap<String, String>) -> Self {
+    /// What a clone of `template` (the config that is cloned) needs after
+    /// `sizing`: its memory (`vm_memory_mb`, else the template's MiB, default
+    /// 512), vCPUs (`vm_cpu_cores` or `cores`, times `sockets`; or `vcpus`)
+    /// and disks (their `size=`, the cloud-init drive and CD-ROMs excluded;
+    /// the disk `vm_disk_mb` grows counted at its new size).
+    pub fn of_clone(template: &BTreeMap<String, String>, sizing: &Sizing) -> Self {
         let number = |key: &str| template.get(key).and_then(|v| v.split(',').next()?.trim().parse::<u64>().ok());
-        let memory_mib = number("memory").unwrap_or(512);
-        let cores = number("cores").unwrap_or(1).max(1);
+        let memory_mib = sizing.memory_mib.or_else(|| number("memory")).unwrap_or(512);
+        let cores = sizing.cores.map(u64::from).or_else(|| number("cores")).unwrap_or(1).max(1);
         let sockets = number("sockets").unwrap_or(1).max(1);
-        let cpus = number("vcpus").unwrap_or(cores * sockets);
-        let disk = template
+        let cpus = match (sizing.cores, number("vcpus")) {
+            (None, Some(vcpus)) => vcpus,
+            _ => cores * sockets,
+        };
+        let disks: BTreeMap<&str, u64> = template
             .iter()
             .filter(|(key, value)| {
                 let bus = key.trim_end_matches(|c: char| c.is_ascii_digit());
@@ -168,9 +174,22 @@ impl Demand {
                     && !value.contains("media=cdrom")
                     && !value.contains("cloudinit")
             })
-            .filter_map(|(_, value)| value.split(',').find_map(|part| part.strip_prefix("size=")))
-            .filter_map(super::provision::size_in_bytes)
-            .sum();
+            .filter_map(|(key, value)| {
+                let size = value.split(',').find_map(|part| part.strip_prefix("size="))?;
+                Some((key.as_str(), super::provision::size_in_bytes(size)?))
+            })
+            .collect();
+        let mut disk: u64 = disks.values().sum();
+        if let Some(wanted) = sizing.disk_mib.map(|mib| mib << 20) {
+            // The named disk, else the largest (the boot disk, usually).
+            let grown = sizing
+                .disk_device
+                .as_deref()
+                .and_then(|device| disks.get(device).copied())
+                .or_else(|| disks.values().max().copied())
+                .unwrap_or(0);
+            disk += wanted.saturating_sub(grown);
+        }
         Self { memory: memory_mib << 20, cpus: cpus as f64, disk }
     }
 }

@@ -18,7 +18,9 @@ use super::engine::{Engine, choose_addresses};
 use super::failure::{ProvisionError, Step, Verdict};
 use super::ip_pool::Lease;
 use super::naming::InstanceId;
+use super::placement::Placed;
 use super::registry::{Phase, Removal};
+use super::slots::Slot;
 use super::{InstanceState, address::Addresses};
 use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, Vmid};
 use crate::telemetry::ProvisionPhase;
@@ -53,66 +55,138 @@ async fn request_clone_on_some_vmid(
     probe: bool,
     mut vmid_attempts: u32,
 ) -> Result<(), ProvisionError> {
-    let _slot = engine.clone_slots.acquire().await.map_err(|_| ProvisionError::ShuttingDown)?;
     loop {
         vmid_attempts = vmid_attempts.saturating_sub(1);
-        let vmid = allocate_vmid(engine).await?;
-        let id = InstanceId::generate(vmid);
-        let placed = engine.placement.place(vmid).map_err(ProvisionError::NoRoom)?;
-        let node = placed.node.clone();
-        engine.registry.track_creating(id.clone(), &node);
-        if let Some(network) = &engine.config.static_network
-            && let Err(err) = super::lease::allocate(engine, network, &id).await
-        {
-            engine.registry.forget(&id);
-            engine.placement.release(placed.ticket);
-            super::lease::release_unused(engine, &id);
-            return Err(err);
-        }
-        let asked = Instant::now();
-        let err = match send_clone(engine, &id, &node, placed.storage.as_deref()).await {
-            Ok(accepted) => {
-                engine.metrics.phase_done(ProvisionPhase::CloneRequest, asked.elapsed());
-                tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
-                spawn_provisioning(engine, id, accepted, probe, vmid_attempts);
-                return Ok(());
-            }
-            Err(err) => err,
+        let (id, placed) = reserve_instance(engine).await?;
+        // The clone task runs on the template's node, whatever the target.
+        let Some(slot) = engine.clone_slots.try_acquire(&engine.template_node) else {
+            // Runner sees it creating at once; the clone request waits its turn.
+            tracing::info!(instance = %id, vmid = %id.vmid, node = placed.node, "instance creating: waiting for a clone slot (max_parallel_clones)");
+            spawn_queued_clone(engine, id, placed, probe, vmid_attempts);
+            return Ok(());
         };
+        match clone_instance(engine, &id, &placed, slot, probe, vmid_attempts).await {
+            Ok(()) => return Ok(()),
+            Err(CloneFailed::Retry(err)) if vmid_attempts > 0 => {
+                tracing::debug!(error = %err, "trying the clone again on another VMID or node");
+            }
+            Err(CloneFailed::Retry(err) | CloneFailed::GiveUp(err)) => return Err(err),
+        }
+    }
+}
+
+/// A VMID, the instance on it placed and tracked as creating on its node,
+/// and its static lease when the group hands out addresses.
+async fn reserve_instance(engine: &Arc<Engine>) -> Result<(InstanceId, Placed), ProvisionError> {
+    let vmid = allocate_vmid(engine).await?;
+    let id = InstanceId::generate(vmid);
+    let placed = engine.placement.place(vmid).map_err(ProvisionError::NoRoom)?;
+    engine.registry.track_creating(id.clone(), &placed.node);
+    if let Some(network) = &engine.config.static_network
+        && let Err(err) = super::lease::allocate(engine, network, &id).await
+    {
         engine.registry.forget(&id);
         engine.placement.release(placed.ticket);
-        // No VM carries it: the address is free again at once.
         super::lease::release_unused(engine, &id);
-        if vmid_attempts == 0 {
-            return Err(err);
-        }
-        match err.verdict(Some(vmid)) {
-            Verdict::VmidTied(vmid) => {
-                quarantine(engine, vmid, &err);
-                continue;
-            }
-            // /cluster/nextid reserves nothing: someone took the id.
-            _ if matches!(&err, ProvisionError::Pve { error, .. } if error.is_already_exists()) => {
-                tracing::debug!(vmid = %vmid, "VMID taken meanwhile; trying another");
-                continue;
-            }
-            _ => {}
-        }
-        // Another target node may still take it (this one is offline, full,
-        // or misconfigured); permission problems are the same everywhere.
-        let node_specific = match &err {
-            ProvisionError::Pve { error, .. } => {
-                !matches!(error.kind(), ErrorKind::PermissionDenied { .. } | ErrorKind::Unauthorized { .. })
-            }
-            _ => false,
-        };
-        if node_specific && engine.config.target_nodes.len() > 1 {
-            tracing::warn!(node, error = %err, "could not clone to node {node}; trying another target node");
-            engine.placement.penalise(&node);
-            continue;
-        }
         return Err(err);
     }
+    Ok((id, placed))
+}
+
+/// Why a clone request of a reserved instance failed.
+enum CloneFailed {
+    /// Another VMID or node may work (a race, a VMID tied to leftovers, a node-specific failure).
+    Retry(ProvisionError),
+    GiveUp(ProvisionError),
+}
+
+/// Sends the clone of a reserved instance holding its clone slot; once
+/// accepted, provisioning continues in the background with the slot. A
+/// failed request forgets the instance and frees its lease.
+async fn clone_instance(
+    engine: &Arc<Engine>,
+    id: &InstanceId,
+    placed: &Placed,
+    slot: Slot,
+    probe: bool,
+    vmid_attempts: u32,
+) -> Result<(), CloneFailed> {
+    let vmid = id.vmid;
+    let node = placed.node.as_str();
+    let asked = Instant::now();
+    let err = match send_clone(engine, id, node, placed.storage.as_deref()).await {
+        Ok(accepted) => {
+            engine.metrics.phase_done(ProvisionPhase::CloneRequest, asked.elapsed());
+            tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
+            spawn_provisioning(engine, id.clone(), accepted, slot, probe, vmid_attempts);
+            return Ok(());
+        }
+        Err(err) => err,
+    };
+    drop(slot);
+    engine.registry.forget(id);
+    engine.placement.release(placed.ticket);
+    // No VM carries it: the address is free again at once.
+    super::lease::release_unused(engine, id);
+    match err.verdict(Some(vmid)) {
+        Verdict::VmidTied(vmid) => {
+            quarantine(engine, vmid, &err);
+            return Err(CloneFailed::Retry(err));
+        }
+        // /cluster/nextid reserves nothing: someone took the id.
+        _ if matches!(&err, ProvisionError::Pve { error, .. } if error.is_already_exists()) => {
+            tracing::debug!(vmid = %vmid, "VMID taken meanwhile; trying another");
+            return Err(CloneFailed::Retry(err));
+        }
+        _ => {}
+    }
+    // Another target node may still take it (this one is offline, full,
+    // or misconfigured); permission problems are the same everywhere.
+    let node_specific = match &err {
+        ProvisionError::Pve { error, .. } => {
+            !matches!(error.kind(), ErrorKind::PermissionDenied { .. } | ErrorKind::Unauthorized { .. })
+        }
+        _ => false,
+    };
+    if node_specific && engine.config.target_nodes.len() > 1 {
+        tracing::warn!(node, error = %err, "could not clone to node {node}; trying another target node");
+        engine.placement.penalise(node);
+        return Err(CloneFailed::Retry(err));
+    }
+    Err(CloneFailed::GiveUp(err))
+}
+
+/// An instance whose clone waits for a slot: it is requested once one is
+/// free, unless Runner removed the instance meanwhile or the group shuts
+/// down. It holds no other slot while it waits.
+fn spawn_queued_clone(engine: &Arc<Engine>, id: InstanceId, placed: Placed, probe: bool, vmid_attempts: u32) {
+    let (queued, span_id) = (engine.clone(), id.clone());
+    let work = async move {
+        let engine = queued;
+        let Some(slot) = engine.clone_slots.acquire(&engine.template_node, &engine.cancel).await else { return };
+        if engine.registry.phase_of(&id) != Some(Phase::Creating) {
+            tracing::debug!(instance = %id, "removal was requested while the clone waited; not cloning");
+            engine.placement.release(placed.ticket);
+            super::lease::release_unused(&engine, &id);
+            return;
+        }
+        let err = match clone_instance(&engine, &id, &placed, slot, probe, vmid_attempts).await {
+            Ok(()) => return,
+            Err(CloneFailed::Retry(err)) if vmid_attempts > 0 => {
+                tracing::debug!(error = %err, "trying the clone again on another VMID or node");
+                let again: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
+                    Box::pin(request_clone_on_some_vmid(&engine, probe, vmid_attempts));
+                match again.await {
+                    Ok(()) => return,
+                    Err(err) => err,
+                }
+            }
+            Err(CloneFailed::Retry(err) | CloneFailed::GiveUp(err)) => err,
+        };
+        record_failure(&engine, &err, None, probe);
+        tracing::warn!(instance = %id, vmid = %id.vmid, reason = %err, "could not provision instance: its clone request failed");
+    };
+    engine.spawn_traced(Some(&span_id), span_id.vmid, work);
 }
 
 /// Sends the clone request for `id`, again while PVE is briefly
@@ -126,6 +200,8 @@ async fn send_clone(
     storage: Option<&str>,
 ) -> Result<Accepted, ProvisionError> {
     let request = CloneRequest {
+        snapshot: engine.config.sizing.clone_snapshot.clone(),
+        bandwidth_limit_kib: engine.config.sizing.clone_bwlimit_kib,
         new_vmid: Some(id.vmid),
         name: Some(engine.config.instance_name_creating.clone()),
         // The lease rides in the marker: no VM ever exists without it.
@@ -281,9 +357,16 @@ async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
     }
 }
 
-fn spawn_provisioning(engine: &Arc<Engine>, id: InstanceId, accepted: Accepted, probe: bool, vmid_attempts: u32) {
+fn spawn_provisioning(
+    engine: &Arc<Engine>,
+    id: InstanceId,
+    accepted: Accepted,
+    clone_slot: Slot,
+    probe: bool,
+    vmid_attempts: u32,
+) {
     let started = Instant::now();
-    let work = provision(engine.clone(), id.clone(), accepted, started, probe, vmid_attempts);
+    let work = provision(engine.clone(), id.clone(), accepted, clone_slot, started, probe, vmid_attempts);
     engine.spawn_traced(Some(&id), id.vmid, work);
 }
 
@@ -294,11 +377,12 @@ async fn provision(
     engine: Arc<Engine>,
     id: InstanceId,
     accepted: Accepted,
+    clone_slot: Slot,
     started: Instant,
     probe: bool,
     vmid_attempts: u32,
 ) {
-    match provision_steps(&engine, &id, accepted).await {
+    match provision_steps(&engine, &id, accepted, clone_slot).await {
         Ok(addresses) => {
             // None: removal was requested meanwhile.
             let Some(node) = engine.registry.provisioned(&id, addresses.clone()) else { return };
@@ -414,7 +498,12 @@ async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
     }
 }
 
-async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -> Result<Addresses, ProvisionError> {
+async fn provision_steps(
+    engine: &Engine,
+    id: &InstanceId,
+    accepted: Accepted,
+    clone_slot: Slot,
+) -> Result<Addresses, ProvisionError> {
     let pve = &engine.pve;
     let vmid = id.vmid;
     let clone_error = |error| ProvisionError::pve(Step::Clone, error);
@@ -432,6 +521,8 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         }
         Accepted::Found { node } => wait_for_clone_without_task(engine, id, &node).await?,
     }
+    // The clone task is over: the next clone may go, whatever happens here.
+    drop(clone_slot);
     phase_done(ProvisionPhase::CloneTask);
     let node = engine.registry.node_of(id).ok_or(ProvisionError::RemovalRequested)?;
     let config = retry_locked(|| pve.vm_config(&node, vmid)).await.map_err(configure_error)?;
@@ -464,12 +555,20 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         update.nameserver = Some(servers.join(" "));
     }
     update.searchdomain = engine.config.searchdomain.clone();
-    retry_locked(|| pve.update_vm_config(&node, vmid, &update)).await.map_err(configure_error)?;
-    if let Some(resize) = &engine.config.autoresize {
-        grow_disk(engine, &node, vmid, resize, &config).await?;
+    update.memory_mib = engine.config.sizing.memory_mib;
+    update.cores = engine.config.sizing.cores;
+    update_own_config(engine, id, &node, &update).await.map_err(|err| err.during(Step::Configure))?;
+    if let Some(growth) = disk_growth(engine) {
+        grow_disk(engine, &node, vmid, &growth, &config).await?;
     }
     phase_done(ProvisionPhase::Configure);
 
+    // Held until the guest answers: booting is what loads the node.
+    let start_slot = engine.start_slots.acquire(&node, &engine.cancel).await.ok_or(ProvisionError::ShuttingDown)?;
+    // Removed meanwhile: its VMID may already be another VM's.
+    if engine.registry.phase_of(id) != Some(Phase::Creating) {
+        return Err(ProvisionError::RemovalRequested);
+    }
     let deadline = Instant::now() + engine.config.boot_timeout;
     let start = retry_locked(|| pve.start_vm(&node, vmid)).await.map_err(start_error)?;
     match pve.wait_task(&start, engine.config.boot_timeout).await {
@@ -493,17 +592,93 @@ async fn provision_steps(engine: &Engine, id: &InstanceId, accepted: Accepted) -
         }
         None => wait_for_address(engine, &node, vmid, net0, deadline, None).await?,
     };
+    drop(start_slot);
     let rename = engine.label_for(id, InstanceState::Running);
-    if let Err(err) = retry_locked(|| pve.update_vm_config(&node, vmid, &rename)).await {
-        tracing::warn!(vmid = %vmid, error = %err, "could not rename the VM; it is running anyway");
+    match update_own_config(engine, id, &node, &rename).await {
+        Ok(()) => {}
+        Err(OwnWriteError::NotOurs) => return Err(ProvisionError::RemovalRequested),
+        Err(OwnWriteError::Pve(err)) => {
+            tracing::warn!(vmid = %vmid, error = %err, "could not rename the VM; it is running anyway");
+        }
     }
     Ok(addresses)
 }
 
-/// Grows the disk `instance_autoresize_*` names before the first start:
-/// `+N` grows by N; an absolute size only grows (a disk already that large
-/// or larger is left as it is: PVE never shrinks). The cloud-init drive is
-/// never resized (PVE refuses CD-ROMs).
+/// Why a write to an instance's own VM did not happen.
+#[derive(Debug)]
+pub(crate) enum OwnWriteError {
+    /// The VM on the VMID no longer carries this instance's marker (it was
+    /// removed meanwhile, and the VMID may be another VM's now).
+    NotOurs,
+    Pve(PveError),
+}
+
+impl OwnWriteError {
+    /// As a provisioning failure of `step`.
+    pub(crate) fn during(self, step: Step) -> ProvisionError {
+        match self {
+            Self::NotOurs => ProvisionError::RemovalRequested,
+            Self::Pve(error) => ProvisionError::pve(step, error),
+        }
+    }
+}
+
+/// Times a guarded write reads again after losing to another write.
+const OWN_WRITE_ATTEMPTS: u32 = 5;
+
+/// Writes `update` to `id`'s VM only while it is that instance's VM: the
+/// config is read, its marker checked, and the write carries the config's
+/// digest, so PVE refuses it if the VM changed in between. A provisioning
+/// task that outlives its instance (removed while it was being created, its
+/// VMID then handed to a new VM) never writes onto the new VM. A write that
+/// lost to another one (the digest moved on) reads again.
+pub(crate) async fn update_own_config(
+    engine: &Engine,
+    id: &InstanceId,
+    node: &str,
+    update: &ConfigUpdate,
+) -> Result<(), OwnWriteError> {
+    for attempt in 1..=OWN_WRITE_ATTEMPTS {
+        let config = match retry_locked(|| engine.pve.vm_config(node, id.vmid)).await {
+            Ok(config) => config,
+            Err(err) if err.is_not_found() => return Err(OwnWriteError::NotOurs),
+            Err(err) => return Err(OwnWriteError::Pve(err)),
+        };
+        let marker = config.get("description").map(String::as_str).unwrap_or_default();
+        if engine.naming.owner_of_description(marker).as_ref() != Some(id) {
+            return Err(OwnWriteError::NotOurs);
+        }
+        let guarded = ConfigUpdate { digest: config.get("digest").cloned(), ..update.clone() };
+        match retry_locked(|| engine.pve.update_vm_config(node, id.vmid, &guarded)).await {
+            Ok(()) => return Ok(()),
+            Err(err) if is_stale_digest(&err) && attempt < OWN_WRITE_ATTEMPTS => continue,
+            Err(err) if err.is_not_found() => return Err(OwnWriteError::NotOurs),
+            Err(err) => return Err(OwnWriteError::Pve(err)),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// PVE's answer to a config write whose `digest` no longer matches.
+fn is_stale_digest(err: &PveError) -> bool {
+    err.to_string().contains("detected modified configuration")
+}
+
+/// The disk every instance gets grown, and to what: `vm_disk_mb` (to that
+/// many MiB) or Phenix66's `instance_autoresize_*` (to or by a size).
+fn disk_growth(engine: &Engine) -> Option<super::config::DiskResize> {
+    let disk = engine.grown_disk.clone()?;
+    match (&engine.config.autoresize, engine.config.sizing.disk_mib) {
+        (Some(resize), _) => Some(super::config::DiskResize { disk, size: resize.size.clone() }),
+        (None, Some(mib)) => Some(super::config::DiskResize { disk, size: format!("{mib}M") }),
+        (None, None) => None,
+    }
+}
+
+/// Grows the disk before the first start: `+N` grows by N; an absolute
+/// size only grows (a disk already that large or larger is left as it is,
+/// logged once for the instance: PVE never shrinks). Init made sure it is
+/// never the cloud-init drive.
 async fn grow_disk(
     engine: &Engine,
     node: &str,
@@ -512,15 +687,20 @@ async fn grow_disk(
     config: &BTreeMap<String, String>,
 ) -> Result<(), ProvisionError> {
     let resize_error = |error| ProvisionError::pve(Step::Resize, error);
-    let current = config
-        .get(&resize.disk)
-        .and_then(|value| value.split(',').find_map(|part| part.strip_prefix("size=")))
-        .and_then(size_in_bytes);
+    let current_text =
+        config.get(&resize.disk).and_then(|value| value.split(',').find_map(|part| part.strip_prefix("size=")));
+    let current = current_text.and_then(size_in_bytes);
     if let (Some(current), Some(wanted)) = (current, size_in_bytes(&resize.size))
         && !resize.size.starts_with('+')
         && wanted <= current
     {
-        tracing::debug!(vmid = %vmid, disk = resize.disk, size = resize.size, "the disk is already that large; not resizing");
+        tracing::info!(
+            vmid = %vmid,
+            disk = resize.disk,
+            size = current_text.unwrap_or_default(),
+            wanted = resize.size,
+            "the disk is already as large as asked or larger; leaving it as it is (disks are never shrunk)"
+        );
         return Ok(());
     }
     let task =

@@ -290,6 +290,92 @@ fn describe<'a>(storages: impl Iterator<Item = &'a (String, Result<StorageInfo, 
     if described.is_empty() { "(no disks found)".to_string() } else { described.join(", ") }
 }
 
+/// Why `clone_snapshot` names no snapshot of the source, with the fix.
+pub fn missing_snapshot(template_id: crate::pve::Vmid, name: &str, is_template: bool, snapshots: &[String]) -> String {
+    let found =
+        if snapshots.is_empty() { "it has none".to_string() } else { format!("it has {}", snapshots.join(", ")) };
+    let why = if is_template {
+        "; Proxmox templates cannot have snapshots, so clone a VM that is not a template (with `storage` set) or remove `clone_snapshot`"
+    } else {
+        "; name one of them, or take it with `qm snapshot`"
+    };
+    format!("`clone_snapshot` {name} is not a snapshot of VM {template_id} ({found}){why}")
+}
+
+/// The disk that `vm_disk_mb` or `instance_autoresize_disk` grows, checked
+/// against the configuration the instances are cloned from: it must be a
+/// disk of that VM, and never a CD-ROM or the cloud-init drive. `None` when
+/// no disk is grown. The error names the setting and the fix.
+pub fn grown_disk(
+    source: &BTreeMap<String, String>,
+    config: &super::config::GroupConfig,
+) -> Result<Option<String>, String> {
+    let id = config.template_id;
+    let (setting, disk) = match (&config.autoresize, config.sizing.disk_mib, &config.sizing.disk_device) {
+        (Some(resize), _, _) => ("instance_autoresize_disk", resize.disk.clone()),
+        (None, Some(_), Some(device)) => ("vm_disk_device", device.clone()),
+        (None, Some(_), None) => match boot_disk(source) {
+            Some(disk) => return Ok(Some(disk)),
+            None => {
+                return Err(format!(
+                    "`vm_disk_mb` is set, but VM {id} has no disk to grow; add a disk to it, or remove `vm_disk_mb`"
+                ));
+            }
+        },
+        (None, None, _) => return Ok(None),
+    };
+    let disks: Vec<&str> = source
+        .iter()
+        .filter(|(key, value)| is_disk_key(key) && !is_cdrom_or_cloud_init(value))
+        .map(|(key, _)| key.as_str())
+        .collect();
+    let fix = if disks.is_empty() { String::new() } else { format!(" (its disks: {})", disks.join(", ")) };
+    match source.get(&disk) {
+        Some(value) if value.contains("cloudinit") => Err(format!(
+            "`{setting}` {disk} is VM {id}'s cloud-init drive, which is never resized; name the system disk{fix}"
+        )),
+        Some(value) if is_cdrom_or_cloud_init(value) => {
+            Err(format!("`{setting}` {disk} is a CD-ROM drive of VM {id}, not a disk; name a disk{fix}"))
+        }
+        Some(_) => Ok(Some(disk)),
+        None => Err(format!("`{setting}` {disk} is not a disk of VM {id}; name one of its disks{fix}")),
+    }
+}
+
+/// The boot disk: the first disk of `boot: order=…`, else the legacy
+/// `bootdisk`, else the first disk (SCSI, VirtIO, SATA, then IDE).
+pub fn boot_disk(source: &BTreeMap<String, String>) -> Option<String> {
+    let usable = |key: &str| is_disk_key(key) && source.get(key).is_some_and(|value| !is_cdrom_or_cloud_init(value));
+    let boot = source.get("boot").map(String::as_str).unwrap_or_default();
+    let order = boot.split(',').find_map(|part| part.strip_prefix("order="));
+    if let Some(disk) = order.and_then(|order| order.split(';').map(str::trim).find(|key| usable(key))) {
+        return Some(disk.to_string());
+    }
+    if let Some(disk) = source.get("bootdisk").filter(|key| usable(key)) {
+        return Some(disk.clone());
+    }
+    let mut disks: Vec<(usize, u32, &String)> = source
+        .keys()
+        .filter(|key| usable(key))
+        .filter_map(|key| {
+            let bus = ["scsi", "virtio", "sata", "ide"].iter().position(|bus| is_indexed(key, bus))?;
+            let index = key.trim_start_matches(|c: char| c.is_ascii_alphabetic()).parse().ok()?;
+            Some((bus, index, key))
+        })
+        .collect();
+    disks.sort();
+    disks.first().map(|(_, _, key)| (*key).clone())
+}
+
+/// `ide0`-`ide3`, `sata0`-`sata5`, `scsi0`-`scsi30`, `virtio0`-`virtio15`.
+fn is_disk_key(key: &str) -> bool {
+    ["ide", "sata", "scsi", "virtio"].iter().any(|bus| is_indexed(key, bus))
+}
+
+fn is_cdrom_or_cloud_init(value: &str) -> bool {
+    value.contains("media=cdrom") || value.contains("cloudinit") || value.split(',').next() == Some("none")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

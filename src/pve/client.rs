@@ -174,6 +174,10 @@ pub struct CloneRequest {
     pub storage: Option<String>,
     /// Target node (full clones on shared storage only).
     pub target_node: Option<String>,
+    /// Clone this snapshot of the source instead of its current state.
+    pub snapshot: Option<String>,
+    /// Bandwidth limit of the copy in KiB/s (PVE's `bwlimit`).
+    pub bandwidth_limit_kib: Option<u64>,
 }
 
 /// A VM without disks or devices (see [`PveClient::create_empty_vm`]).
@@ -210,6 +214,10 @@ pub struct ConfigUpdate {
     pub delete: Vec<String>,
     /// Fails the update if the config changed since it was read.
     pub digest: Option<String>,
+    /// Memory in MiB (`memory`).
+    pub memory_mib: Option<u64>,
+    /// Cores per socket (`cores`).
+    pub cores: Option<u32>,
 }
 
 /// One interface reported by the guest agent.
@@ -426,9 +434,9 @@ impl PveClient {
             full: request.full.map(PveBool),
             storage: request.storage.clone(),
             target: request.target_node.clone(),
-            bwlimit: None,
+            bwlimit: request.bandwidth_limit_kib.map(|kib| i64::try_from(kib).unwrap_or(i64::MAX)),
             format: None,
-            snapname: None,
+            snapname: request.snapshot.clone(),
         };
         upid(self.api.post_nodes_node_qemu_vmid_clone(node, source.into(), &body).await, &action).await
     }
@@ -438,19 +446,29 @@ impl PveClient {
         let action = format!("read the configuration of VM {vmid}");
         let config =
             data(self.api.get_nodes_node_qemu_vmid_config(node, vmid.into(), None, None).await, &action).await?;
-        let value = serde_json::to_value(config).map_err(|err| invalid(&action, err.to_string()))?;
-        let mut entries = BTreeMap::new();
-        if let Value::Object(map) = value {
-            for (key, value) in map {
-                let text = match value {
-                    Value::Null => continue,
-                    Value::String(text) => text,
-                    other => other.to_string(),
-                };
-                entries.insert(key, text);
-            }
-        }
-        Ok(entries)
+        config_entries(config, &action)
+    }
+
+    /// The configuration of the snapshot `snapshot` of the VM, as
+    /// [`Self::vm_config`] reads the current one.
+    pub async fn vm_config_of_snapshot(
+        &self,
+        node: &str,
+        vmid: Vmid,
+        snapshot: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let action = format!("read the configuration of snapshot {snapshot} of VM {vmid}");
+        let config =
+            data(self.api.get_nodes_node_qemu_vmid_config(node, vmid.into(), None, Some(snapshot)).await, &action)
+                .await?;
+        config_entries(config, &action)
+    }
+
+    /// The names of the VM's snapshots (without PVE's `current` entry).
+    pub async fn snapshots(&self, node: &str, vmid: Vmid) -> Result<Vec<String>, Error> {
+        let action = format!("list the snapshots of VM {vmid}");
+        let list = data(self.api.get_nodes_node_qemu_vmid_snapshot(node, vmid.into()).await, &action).await?;
+        Ok(list.into_iter().filter_map(|snapshot| snapshot.name).filter(|name| name != "current").collect())
     }
 
     /// Changes configuration keys synchronously.
@@ -468,6 +486,8 @@ impl PveClient {
             cipassword: update.cipassword.as_ref().map(|password| password.expose().to_string()),
             delete: (!update.delete.is_empty()).then(|| update.delete.join(",")),
             digest: update.digest.clone(),
+            memory: update.memory_mib.map(|mib| mib.to_string()),
+            cores: update.cores.map(i64::from),
             ..Default::default()
         };
         match self.api.put_nodes_node_qemu_vmid_config(node, vmid.into(), &body).await {
@@ -839,6 +859,24 @@ macro_rules! envelope {
     (@take always $value:expr) => { Some($value) };
 }
 
+/// A VM configuration as key → value strings (numbers and flags as PVE
+/// wrote them; absent keys left out).
+fn config_entries(config: impl serde::Serialize, action: &str) -> Result<BTreeMap<String, String>, Error> {
+    let value = serde_json::to_value(config).map_err(|err| invalid(action, err.to_string()))?;
+    let mut entries = BTreeMap::new();
+    if let Value::Object(map) = value {
+        for (key, value) in map {
+            let text = match value {
+                Value::Null => continue,
+                Value::String(text) => text,
+                other => other.to_string(),
+            };
+            entries.insert(key, text);
+        }
+    }
+    Ok(entries)
+}
+
 envelope! {
     GetVersionResponse => optional types::GetVersionResponseData,
     GetClusterResourcesResponse => always Vec<types::GetClusterResourcesResponseDataItem>,
@@ -863,6 +901,7 @@ envelope! {
     GetNodesNodeStorageResponse => always Vec<types::GetNodesNodeStorageResponseDataItem>,
     GetNodesNodeStorageStorageContentResponse => always Vec<types::GetNodesNodeStorageStorageContentResponseDataItem>,
     GetNodesResponse => always Vec<types::GetNodesResponseDataItem>,
+    GetNodesNodeQemuVmidSnapshotResponse => always Vec<types::GetNodesNodeQemuVmidSnapshotResponseDataItem>,
 }
 
 async fn data<T: Envelope>(

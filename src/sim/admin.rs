@@ -90,6 +90,12 @@ pub struct TaskView {
     pub running: bool,
     pub exit_status: Option<String>,
     pub log: Vec<String>,
+    /// When it started and ended, in simulated seconds (exact, unlike the
+    /// UPID's whole seconds).
+    #[serde(default)]
+    pub started: f64,
+    #[serde(default)]
+    pub ended: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,6 +205,8 @@ impl Admin {
                 running: task.is_running(),
                 exit_status: task.exit_status.clone(),
                 log: task.log.clone(),
+                started: task.started,
+                ended: task.ended,
             })
             .collect()
     }

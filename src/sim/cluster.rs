@@ -72,6 +72,17 @@ impl Storage {
         matches!(self.kind.as_str(), "dir" | "nfs" | "cifs" | "btrfs" | "lvmthin" | "zfspool" | "rbd")
     }
 
+    /// pve-storage's `volume_has_feature` for a snapshot of `volid`:
+    /// `clone` (linked) from a snapshot on LVM-thin and RBD only; `copy`
+    /// (full) also from qcow2 files on directory-like storages.
+    pub fn copies_from_snapshot(&self, linked: bool, volid: &str) -> bool {
+        match self.kind.as_str() {
+            "lvmthin" | "rbd" => true,
+            _ if linked => false,
+            _ => self.file_based() && volid.ends_with(".qcow2"),
+        }
+    }
+
     fn file_based(&self) -> bool {
         matches!(self.kind.as_str(), "dir" | "nfs" | "cifs" | "btrfs" | "cephfs")
     }
@@ -364,7 +375,25 @@ impl Cluster {
                 }
             }
         }
+        if spec.template && !spec.snapshots.is_empty() {
+            return Err(
+                "a template cannot have snapshots (PVE: unable to create template, because VM contains snapshots)"
+                    .into(),
+            );
+        }
+        let mut snapshots = BTreeMap::new();
+        for snapshot in &spec.snapshots {
+            let mut taken = if snapshot.config.is_empty() { config.clone() } else { snapshot.config.clone() };
+            taken.remove("lock");
+            let entry = vm::Snapshot {
+                config: taken,
+                description: snapshot.description.clone().unwrap_or_default(),
+                snaptime: (now - 3600.0) as i64,
+            };
+            snapshots.insert(snapshot.name.clone(), entry);
+        }
         let mut guest = Vm::new(spec.vmid, spec.node.clone(), config, now);
+        guest.snapshots = snapshots;
         guest.agent = spec.agent.clone();
         guest.ha_managed = spec.ha;
         if spec.running {

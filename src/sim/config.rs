@@ -242,6 +242,20 @@ pub struct VmSpec {
     pub agent: AgentSpec,
     /// A config lock at start (`backup`, …).
     pub lock: Option<String>,
+    /// Snapshots of a VM that is not a template (PVE refuses both
+    /// snapshots of templates and templates with snapshots).
+    pub snapshots: Vec<SnapshotSpec>,
+}
+
+/// One snapshot: the VM's configuration when it was taken.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSpec {
+    pub name: String,
+    pub description: Option<String>,
+    /// The configuration the snapshot holds; empty: the VM's own.
+    #[serde(deserialize_with = "config_values")]
+    pub config: BTreeMap<String, String>,
 }
 
 /// How the VM's guest agent behaves; clones inherit it from their source.

@@ -148,8 +148,11 @@
 //!
 //! # Simplifications (where the simulator is not PVE)
 //!
-//! Changes to a running VM apply at once (PVE keeps some pending); there are
-//! no snapshots, LXC guests, HA state machine or replication; a failed
+//! Changes to a running VM apply at once (PVE keeps some pending); snapshots
+//! exist only as a scenario declares them (`[[vms.snapshots]]`, never on a
+//! template; listed, read with `config?snapshot=` and cloned from with
+//! `snapname`, not created or rolled back); there are no LXC guests, HA
+//! state machine or replication; a failed
 //! destroy lifts its `destroyed` lock so a retry can work; TOTP codes are
 //! checked against real time (the client computes them from its clock).
 

@@ -17,6 +17,7 @@ use super::upid::Upid;
 pub struct Task {
     pub upid: Upid,
     pub text: String,
+    pub started: SimTime,
     pub ended: Option<SimTime>,
     pub exit_status: Option<String>,
     pub log: Vec<String>,
@@ -76,7 +77,16 @@ impl Tasks {
         let (stop, stopped) = watch::channel(false);
         self.by_upid.insert(
             text.clone(),
-            Task { upid, text: text.clone(), ended: None, exit_status: None, log: Vec::new(), warnings: 0, stop },
+            Task {
+                upid,
+                text: text.clone(),
+                started: now,
+                ended: None,
+                exit_status: None,
+                log: Vec::new(),
+                warnings: 0,
+                stop,
+            },
         );
         self.order.push(text.clone());
         (text, stopped)

@@ -35,6 +35,14 @@ pub struct Observation {
     pub template: bool,
 }
 
+/// A snapshot: the configuration when it was taken, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub config: BTreeMap<String, String>,
+    pub description: String,
+    pub snaptime: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Vm {
     pub vmid: u32,
@@ -46,6 +54,8 @@ pub struct Vm {
     pub agent: AgentSpec,
     /// Set by the admin API: the agent stopped answering.
     pub agent_killed: bool,
+    /// Snapshot name → what it holds (the `[name]` sections of the config file).
+    pub snapshots: BTreeMap<String, Snapshot>,
     pub created: SimTime,
     observations: VecDeque<Observation>,
     /// Sizes derived from the config, refreshed with every observation
@@ -72,6 +82,7 @@ impl Vm {
             ha_managed: false,
             agent: AgentSpec::default(),
             agent_killed: false,
+            snapshots: BTreeMap::new(),
             created: now,
             observations: VecDeque::new(),
             facts: Facts::default(),

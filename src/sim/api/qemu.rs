@@ -103,13 +103,23 @@ fn digest(config: &BTreeMap<String, String>) -> String {
 pub fn config(call: &Call<'_>) -> Result<Reply, ApiError> {
     let cluster = call.shared.cluster();
     let guest = cluster.vm_on(&call.node(), call.vmid())?;
-    if let Some(snapshot) = call.params.get("snapshot") {
-        return Err(ApiError::internal(format!("snapshot '{snapshot}' does not exist")));
-    }
+    let (config, snaptime) = match call.params.get("snapshot") {
+        None => (&guest.config, None),
+        Some(name) => {
+            let snapshot = guest
+                .snapshots
+                .get(name)
+                .ok_or_else(|| ApiError::internal(format!("snapshot '{name}' does not exist")))?;
+            (&snapshot.config, Some(snapshot.snaptime))
+        }
+    };
     let api = &call.shared.api;
     let numeric_memory = (call.shared.version.major, call.shared.version.minor) < (8, 1);
     let mut map = Map::new();
-    for (key, value) in &guest.config {
+    if let Some(snaptime) = snaptime {
+        map.insert("snaptime".into(), json!(snaptime));
+    }
+    for (key, value) in config {
         let typed = match (key.as_str(), api.config_value_kind(key)) {
             ("cipassword", _) => json!("**********"),
             ("memory", _) if numeric_memory => value.parse::<i64>().map_or_else(|_| json!(value), |n| json!(n)),
@@ -120,8 +130,28 @@ pub fn config(call: &Call<'_>) -> Result<Reply, ApiError> {
         };
         map.insert(key.clone(), typed);
     }
-    map.insert("digest".into(), json!(digest(&guest.config)));
+    map.insert("digest".into(), json!(digest(config)));
     Ok(Reply::data(&map))
+}
+
+/// `GET …/snapshot`: every snapshot, then `current` ("You are here!").
+pub fn snapshots(call: &Call<'_>) -> Result<Reply, ApiError> {
+    let cluster = call.shared.cluster();
+    let guest = cluster.vm_on(&call.node(), call.vmid())?;
+    let mut list: Vec<Value> = guest
+        .snapshots
+        .iter()
+        .map(|(name, snapshot)| {
+            json!({ "name": name, "snaptime": snapshot.snaptime, "vmstate": 0, "description": snapshot.description })
+        })
+        .collect();
+    list.push(json!({
+        "name": "current",
+        "digest": digest(&guest.config),
+        "running": i64::from(guest.is_running()),
+        "description": "You are here!",
+    }));
+    Ok(Reply::data(&list))
 }
 
 const NOT_CONFIG_KEYS: &[&str] = &["node", "vmid", "digest", "delete", "revert", "skiplock", "background_delay"];
@@ -351,6 +381,8 @@ struct ClonePlan {
     description: Option<String>,
     pool: Option<String>,
     source_running: bool,
+    /// Cloned from this snapshot's configuration instead of the current one.
+    snapname: Option<String>,
     disks: Vec<PlannedDisk>,
 }
 
@@ -364,9 +396,17 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
     if let Some(lock) = guest.lock() {
         return Err(ApiError::internal(locked(lock)));
     }
-    if let Some(snapshot) = params.get("snapname") {
-        return Err(ApiError::internal(format!("snapshot '{snapshot}' does not exist")));
-    }
+    let snapname = params.text("snapname");
+    let source_config = match &snapname {
+        None => &guest.config,
+        Some(name) => {
+            &guest
+                .snapshots
+                .get(name)
+                .ok_or_else(|| ApiError::internal(format!("snapshot '{name}' does not exist")))?
+                .config
+        }
+    };
     let full = params.flag("full").unwrap_or(!guest.is_template());
     if !full && params.has("storage") {
         return Err(ApiError::internal("parameter 'storage' not allowed for linked clones"));
@@ -403,7 +443,7 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
     }
     let mut disks = Vec::new();
     for (key, value) in
-        guest.config.iter().filter(|(k, v)| vm::is_disk_key(k) && !k.starts_with("unused") && !vm::is_cdrom(v))
+        source_config.iter().filter(|(k, v)| vm::is_disk_key(k) && !k.starts_with("unused") && !vm::is_cdrom(v))
     {
         let Some(volid) = vm::disk_volume(value) else { continue };
         let Some((storage_id, _)) = volid.split_once(':') else { continue };
@@ -412,9 +452,19 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
             .get(storage_id)
             .ok_or_else(|| ApiError::internal(format!("storage '{storage_id}' does not exist")))?;
         let cloudinit = value.contains("cloudinit");
-        let linkable = guest.is_template() && storage.supports_linked_clone();
-        if !(full || cloudinit || linkable) {
-            return Err(ApiError::internal(format!("Linked clone feature is not supported for '{volid}' ({key})")));
+        if snapname.is_some() && !cloudinit {
+            let linked = !full;
+            if !storage.copies_from_snapshot(linked, &volid) {
+                let kind = if linked { "Linked" } else { "Full" };
+                return Err(ApiError::internal(format!(
+                    "{kind} clone feature is not supported for a snapshot of '{volid}' ({key})"
+                )));
+            }
+        } else {
+            let linkable = guest.is_template() && storage.supports_linked_clone();
+            if !(full || cloudinit || linkable) {
+                return Err(ApiError::internal(format!("Linked clone feature is not supported for '{volid}' ({key})")));
+            }
         }
         if target != node && !storage.shared {
             return Err(ApiError::internal(format!("can't clone VM to node '{target}' (VM uses local storage)")));
@@ -432,7 +482,7 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
             cluster.require(caller, &format!("/storage/{storage}"), &["Datastore.AllocateSpace"], false)?;
         }
         if call.shared.version.requires_sdn_use() {
-            for (_, value) in guest.config.iter().filter(|(k, _)| k.starts_with("net")) {
+            for (_, value) in source_config.iter().filter(|(k, _)| k.starts_with("net")) {
                 if let Some(bridge) = vm::net_bridge(value) {
                     cluster.require(caller, &format!("/sdn/zones/localnetwork/{bridge}"), &["SDN.Use"], false)?;
                 }
@@ -449,6 +499,7 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
         description: params.text("description"),
         pool: params.text("pool"),
         source_running: guest.is_running(),
+        snapname,
         disks,
     })
 }
@@ -461,10 +512,16 @@ fn materialize_clone(cluster: &mut Cluster, plan: &ClonePlan, now: f64) -> Resul
         return Err(format!("unable to create VM {}: config file already exists", plan.newid));
     }
     let source = cluster.vm_on(&plan.node, plan.source).map_err(|e| e.message)?;
-    let mut config: BTreeMap<String, String> = source
-        .config
+    let source_config = match &plan.snapname {
+        Some(name) => source.snapshots.get(name).map_or(&source.config, |snapshot| &snapshot.config),
+        None => &source.config,
+    };
+    let mut config: BTreeMap<String, String> = source_config
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "template" | "lock" | "parent" | "vmstate") && !k.starts_with("unused"))
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "template" | "lock" | "parent" | "vmstate" | "snaptime" | "snapstate")
+                && !k.starts_with("unused")
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let agent_spec = source.agent.clone();
