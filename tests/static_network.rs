@@ -38,7 +38,8 @@ fn static_config(setup: &Setup, group: &str, max_instances: u32) -> Vec<u8> {
     let mut config = setup.config.clone();
     config["group"] = group.into();
     config["max_instances"] = max_instances.into();
-    config["max_parallel_clones"] = 8.into();
+    // Clone slots last until the clone task ends: enough for a burst of 25.
+    config["max_parallel_clones"] = 25.into();
     config["network_mode"] = "static".into();
     config["ip_pool_network"] = POOL_NETWORK.into();
     config["ip_pool_gateway"] = "127.0.1.1".into();
@@ -60,11 +61,12 @@ fn settings(port: u16) -> ConnectorSettings {
 /// both name an address there until one of them yields.
 fn assert_no_address_twice(setup: &Setup) -> BTreeMap<IpAddr, u32> {
     let mut holders: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    // One snapshot of every VM (one read per VM would compare VMs at
+    // different moments, and see an address move as held twice).
     for vm in setup.sim.admin().inventory().vms {
-        let Some(view) = setup.sim.admin().vm(vm.vmid) else { continue };
-        let mut claimed: BTreeSet<IpAddr> = Lease::from_tags(&view.tags).addresses().collect();
+        let mut claimed: BTreeSet<IpAddr> = Lease::from_tags(&vm.tags).addresses().collect();
         claimed.extend(
-            Lease::from_ipconfig(view.config.get("ipconfig0").map(String::as_str).unwrap_or_default()).addresses(),
+            Lease::from_ipconfig(vm.config.get("ipconfig0").map(String::as_str).unwrap_or_default()).addresses(),
         );
         for ip in claimed {
             if let Some(other) = holders.insert(ip, vm.vmid) {
@@ -246,6 +248,8 @@ async fn an_exhausted_pool_is_an_increase_shortfall_naming_the_pool() {
     let mut config: serde_json::Value = serde_json::from_slice(&static_config(&setup, "fleeting", 3)).unwrap();
     config["ip_pool_ranges"] = "127.0.1.10-127.0.1.13".into();
     config["ip_pool_exclude"] = "127.0.1.13".into();
+    // Long enough that a loaded machine still asks within it.
+    config["ip_pool_reuse_cooldown"] = "8s".into();
     let group = start(config.to_string().as_bytes(), port).await;
     let first = group.increase(3).await.unwrap();
     assert_eq!(first.succeeded, 3, "{:?}", first.failures);
@@ -262,7 +266,7 @@ async fn an_exhausted_pool_is_an_increase_shortfall_naming_the_pool() {
         short.failures
     );
     assert_eq!(states(&group).await.len(), 2, "no clone was made");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(9)).await;
     assert_eq!(group.increase(1).await.unwrap().succeeded, 1, "free again after the cooldown");
     let ids = settle(&setup, &group, 3).await;
     group.decrease(ids).await.unwrap();

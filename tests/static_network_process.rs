@@ -110,7 +110,8 @@ async fn two_plugin_processes_and_kill_9_never_share_an_address() {
         let mut config = reliability::plugin_config(&sim, &credentials, 2 * PER_MANAGER);
         config["group"] = group.into();
         config["vmid_range"] = vmids.into();
-        config["max_parallel_clones"] = 8.into();
+        // Clone slots last until the clone task ends: enough for a burst of 25.
+        config["max_parallel_clones"] = 25.into();
         config["network_mode"] = "static".into();
         config["ip_pool_network"] = "127.0.1.0/26".into();
         config["ip_pool_gateway"] = "127.0.1.1".into();

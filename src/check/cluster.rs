@@ -613,6 +613,7 @@ async fn check_privileges(
                 memory: config.sizing.memory_mib.is_some(),
                 cores: config.sizing.cores.is_some(),
                 agent: config.agent_required,
+                placement: !config.target_nodes.is_empty(),
             })
         })
         .collect();
@@ -622,6 +623,7 @@ async fn check_privileges(
             AclPlace::Template => vec![config.template_id.to_string()],
             AclPlace::Storage => template.map(|t| t.clone_storages.clone()).unwrap_or_default(),
             AclPlace::Bridge => template.map(|t| t.facts.bridges.clone()).unwrap_or_default(),
+            AclPlace::Nodes => vec![String::new()],
         }
     };
     if template.is_none() {

@@ -19,10 +19,13 @@ pub enum AclPlace {
     Storage,
     /// `/sdn/zones/localnetwork/<bridge>`: every bridge the template's NICs use.
     Bridge,
+    /// `/nodes`: the nodes' resources in the cluster listing (placement).
+    Nodes,
 }
 
 impl AclPlace {
-    pub const ALL: [AclPlace; 4] = [AclPlace::Pool, AclPlace::Template, AclPlace::Storage, AclPlace::Bridge];
+    pub const ALL: [AclPlace; 5] =
+        [AclPlace::Pool, AclPlace::Template, AclPlace::Storage, AclPlace::Bridge, AclPlace::Nodes];
 
     /// The ACL path for a concrete object (`ci`, `9000`, `local-lvm`, `vmbr0`).
     pub fn path(self, object: &str) -> String {
@@ -31,6 +34,7 @@ impl AclPlace {
             Self::Template => format!("/vms/{object}"),
             Self::Storage => format!("/storage/{object}"),
             Self::Bridge => format!("/sdn/zones/localnetwork/{object}"),
+            Self::Nodes => "/nodes".to_string(),
         }
     }
 
@@ -41,6 +45,7 @@ impl AclPlace {
             Self::Template => "/vms/<template_id>",
             Self::Storage => "/storage/<storage>",
             Self::Bridge => "/sdn/zones/localnetwork/<bridge>",
+            Self::Nodes => "/nodes",
         }
     }
 
@@ -51,6 +56,7 @@ impl AclPlace {
             Self::Template => "FleetingTemplate",
             Self::Storage => "FleetingStorage",
             Self::Bridge => "FleetingNetwork",
+            Self::Nodes => "FleetingNodes",
         }
     }
 }
@@ -86,6 +92,8 @@ pub enum Need {
     Cores,
     /// Only with the guest agent (`agent_required`, the default).
     Agent,
+    /// Only with `target_nodes` (placement reads the nodes' resources).
+    Placement,
 }
 
 /// What a group does that decides which privileges it needs.
@@ -96,6 +104,7 @@ pub struct Uses {
     pub memory: bool,
     pub cores: bool,
     pub agent: bool,
+    pub placement: bool,
 }
 
 impl Need {
@@ -108,6 +117,7 @@ impl Need {
             Self::Memory => uses.memory,
             Self::Cores => uses.cores,
             Self::Agent => uses.agent,
+            Self::Placement => uses.placement,
         }
     }
 
@@ -119,6 +129,7 @@ impl Need {
             Self::Memory => "; only with `vm_memory_mb`",
             Self::Cores => "; only with `vm_cpu_cores`",
             Self::Agent => "; not with `agent_required = false`",
+            Self::Placement => "; only with `target_nodes` (without it new VMs are spread by count)",
         }
     }
 }
@@ -201,6 +212,13 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
         "Datastore.AllocateSpace",
         "allocate the clones' disks and cloud-init drive; read the storage type (linked clones)",
     ));
+    list.push(Requirement {
+        place: AclPlace::Nodes,
+        privilege: "Sys.Audit",
+        alternatives: &[],
+        why: "read each node's memory, CPU and storage use in the cluster listing (GET /cluster/resources), which placement weighs",
+        needed: Need::Placement,
+    });
     if version.requires_sdn_use() {
         list.push(need(
             AclPlace::Bridge,
@@ -259,12 +277,13 @@ pub fn setup_script(major: u32) -> String {
     lines.push("# The pool the instances live in".to_string());
     lines.push("pveum pool add ci --comment \"GitLab Runner instances\"".to_string());
     lines.push(String::new());
-    lines.push("# ACLs: pool, template (outside the pool), storage, bridge".to_string());
+    lines.push("# ACLs: pool, template (outside the pool), storage, bridge; /nodes only with target_nodes".to_string());
     let objects = [
         (AclPlace::Pool, "ci"),
         (AclPlace::Template, "9000"),
         (AclPlace::Storage, "local-lvm"),
         (AclPlace::Bridge, "vmbr0"),
+        (AclPlace::Nodes, ""),
     ];
     for (place, object) in objects {
         if role_privileges(&version, place).is_empty() {

@@ -21,13 +21,17 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
 type report struct {
-	Started    time.Time         `json:"started"`
-	Command    string            `json:"command"`
-	Quick      bool              `json:"quick"`
+	Started time.Time `json:"started"`
+	Command string    `json:"command"`
+	Quick   bool      `json:"quick"`
+	// Side by side: the scale and fault runs of all plugins ran at once,
+	// each plugin against its own simulator.
+	SideBySide bool              `json:"side_by_side"`
 	Machine    machine           `json:"machine"`
 	Versions   map[string]string `json:"versions"`
 	Contenders []*contender      `json:"contenders"`
@@ -109,6 +113,7 @@ func main() {
 	chart := flag.String("chart", "docs/benchmarks.svg", "the chart to write (linked from the report)")
 	raw := flag.String("json", "", "also write the raw results as JSON here")
 	quick := flag.Bool("quick", false, "a short profile (n = 1, 5; API cost at 10, 100; linked clones only)")
+	sideBySide := flag.Bool("side-by-side", true, "run the scale and fault scenarios of all plugins at once, each against its own simulator (footprint and API cost always run one plugin at a time)")
 	sizesFlag := flag.String("sizes", "1,5,20,50", "instance counts for scale-up and scale-down")
 	apiSizesFlag := flag.String("api-sizes", "10,100,1000,2000", "instance counts for the API cost")
 	linkedScale := flag.Float64("linked-scale", 2, "time scale (simulated s per real s) of the linked-clone profile")
@@ -194,13 +199,41 @@ func main() {
 			p.profiles = append(p.profiles, profile == "full")
 		}
 	}
+	var dirs sync.Mutex
 	run := 0
 	p.dir = func(what string) string {
+		dirs.Lock()
+		defer dirs.Unlock()
 		run++
 		return filepath.Join(scratch, fmt.Sprintf("%03d-%s", run, what))
 	}
-	for _, c := range r.Contenders {
-		runContender(r, c, p)
+	if *sideBySide {
+		// CPU and memory first, one plugin at a time (nothing else runs);
+		// then the long scale and fault runs of all plugins at once, each
+		// against its own simulator (their timings come from the simulated
+		// clock, so running them side by side costs minutes, not hours).
+		r.SideBySide = true
+		for _, c := range r.Contenders {
+			runMeasured(r, c, p)
+		}
+		timed := make([]timedResults, len(r.Contenders))
+		var wg sync.WaitGroup
+		for i, c := range r.Contenders {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				timed[i] = runTimed(c, p)
+			}()
+		}
+		wg.Wait()
+		for _, t := range timed {
+			r.Scale = append(r.Scale, t.scale...)
+			r.Faults = append(r.Faults, t.faults...)
+		}
+	} else {
+		for _, c := range r.Contenders {
+			runContender(r, c, p)
+		}
 	}
 	if p.runs("api") {
 		logf("== ours (Rust), metrics on")
@@ -229,6 +262,21 @@ func runContender(r *report, c *contender, p plan) {
 	if !p.runs("footprint") && !p.runs("api") && !p.runs("scale") && !p.runs("faults") {
 		return
 	}
+	runMeasured(r, c, p)
+	t := runTimed(c, p)
+	r.Scale = append(r.Scale, t.scale...)
+	r.Faults = append(r.Faults, t.faults...)
+}
+
+// timedResults are one plugin's scale and fault runs.
+type timedResults struct {
+	scale  []scaleResult
+	faults []faultResult
+}
+
+// runMeasured measures what the CPU and memory of the machine decide:
+// footprint (handshake, idle RSS) and API cost per Update.
+func runMeasured(r *report, c *contender, p plan) {
 	fp := footprint{Contender: c.Name, HandshakeRuns: p.handshakeRuns}
 	if info, err := os.Stat(c.Binary); err == nil {
 		fp.BinaryBytes = info.Size()
@@ -260,7 +308,12 @@ func runContender(r *report, c *contender, p plan) {
 	if p.runs("footprint") {
 		r.Footprints = append(r.Footprints, fp)
 	}
+}
 
+// runTimed runs the scale-up/down and fault scenarios of one plugin, whose
+// timings follow the simulated clock.
+func runTimed(c *contender, p plan) timedResults {
+	var t timedResults
 	for _, faults := range []float64{0, p.faultRate} {
 		if !p.runs("scale") {
 			break
@@ -272,19 +325,20 @@ func runContender(r *report, c *contender, p plan) {
 			}
 			for _, n := range p.sizes {
 				result := scaleUpDown(c, p.simBinary, p.dir("scale"), realisticTimings, full, n, p.cloneLimit, scale, faults)
-				logf("  scale %s n=%d faults=%.0f%%: up %.1f s (ideal %.1f s, %.2f×), down %.1f s, %d requests %s %s",
-					result.Profile, n, faults*100, result.Up, result.Ideal, result.Ratio(), result.Down, result.Requests, result.Error, result.DownError)
-				r.Scale = append(r.Scale, result)
+				logf("  %s scale %s n=%d faults=%.0f%%: up %.1f s (ideal %.1f s, %.2f×), down %.1f s, %d requests %s %s",
+					c.Name, result.Profile, n, faults*100, result.Up, result.Ideal, result.Ratio(), result.Down, result.Requests, result.Error, result.DownError)
+				t.scale = append(t.scale, result)
 			}
 		}
 	}
 	if p.runs("faults") {
 		result := faultComparison(c, p.simBinary, p.dir("faults"), p.apiScale)
-		logf("  faults: %d requested, %d accepted, %d ran, peak %d running, %d restarts, %d never came back, leaked %v, %d orphaned disks, foreign touched %v, %d crashes %s",
-			result.Requested, result.Accepted, result.Ran, result.PeakRunning, result.Restarts, result.NeverCameBack,
+		logf("  %s faults: %d requested, %d accepted, %d ran, peak %d running, %d restarts, %d never came back, leaked %v, %d orphaned disks, foreign touched %v, %d crashes %s",
+			c.Name, result.Requested, result.Accepted, result.Ran, result.PeakRunning, result.Restarts, result.NeverCameBack,
 			result.LeakedVMs, result.OrphanedDisks, result.ForeignTouched, result.Crashes, result.Error)
-		r.Faults = append(r.Faults, result)
+		t.faults = append(t.faults, result)
 	}
+	return t
 }
 
 // runs reports whether the plan includes a scenario (all when not limited).

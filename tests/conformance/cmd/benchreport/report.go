@@ -278,6 +278,9 @@ func renderMarkdown(r *report, chartPath string) string {
 
 	w("## Machine and versions\n\n")
 	w("- Machine: %d CPUs (%s), %s RAM, %s; shared with other builds, so absolute timings carry noise.\n", r.Machine.CPUs, r.Machine.CPU, r.Machine.Memory, r.Machine.Kernel)
+	if r.SideBySide {
+		w("- Footprint and API cost ran one plugin at a time; the scale and fault runs of all plugins ran side by side, each plugin against its own simulator (their times follow the simulated clock; the shared CPU adds the same noise to every plugin).\n")
+	}
 	keys := make([]string, 0, len(r.Versions))
 	for k := range r.Versions {
 		keys = append(keys, k)
