@@ -128,7 +128,9 @@ fn cool_down(cooling: &mut HashMap<IpAddr, Instant>, freed: impl IntoIterator<It
 }
 
 /// Times a clone moves to another address after finding its own claimed.
-const CONFLICT_ATTEMPTS: u32 = 5;
+/// Two managers filling one range at once meet often near its end; each
+/// move avoids every address contested before, so this bounds a rare case.
+const CONFLICT_ATTEMPTS: u32 = 12;
 
 /// Hands `id` a lease from the pools, held by this process until its VM is
 /// gone.
@@ -150,15 +152,24 @@ pub(crate) async fn confirm(
     id: &InstanceId,
     node: &str,
 ) -> Result<Lease, ProvisionError> {
-    for _ in 0..CONFLICT_ATTEMPTS {
+    // Addresses another VM claimed during this confirmation: the other
+    // manager may be moving too, so neither goes back to them.
+    let mut contested: HashSet<IpAddr> = HashSet::new();
+    for attempt in 0..CONFLICT_ATTEMPTS {
         let lease = held(engine, id).unwrap_or_default();
         let claimed = claimed_elsewhere(engine, id.vmid).await?;
         let conflicts: Vec<IpAddr> = lease.addresses().filter(|ip| claimed.contains(ip)).collect();
         if conflicts.is_empty() {
             return Ok(lease);
         }
-        tracing::info!(instance = %id, vmid = %id.vmid, address = ?conflicts, "another VM claims this address; taking another");
-        let fresh = pick(engine, network, id, &claimed)?;
+        tracing::info!(instance = %id, vmid = %id.vmid, address = ?conflicts, attempt, "another VM claims this address; taking another");
+        contested.extend(conflicts);
+        if attempt > 0 {
+            // Out of step with the other manager, whose new clones then show.
+            tokio::time::sleep(Duration::from_millis(rand::random_range(50..400))).await;
+        }
+        let avoided: HashSet<IpAddr> = claimed.union(&contested).copied().collect();
+        let fresh = pick(engine, network, id, &avoided)?;
         let update = crate::pve::ConfigUpdate {
             description: Some(engine.naming.description_with_lease(id, &fresh)),
             ..Default::default()
