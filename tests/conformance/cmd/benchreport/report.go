@@ -274,6 +274,7 @@ func renderMarkdown(r *report, chartPath string) string {
 	w("\n")
 
 	renderFaults(w, r)
+	renderOperations(w, r)
 	renderSwitchover(w, r)
 
 	w("## Machine and versions\n\n")
