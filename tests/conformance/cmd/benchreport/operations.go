@@ -87,8 +87,10 @@ var knownRefusals = []knownRefusal{
 		why: "the guest agent is not up yet (the VM is booting); PVE answers 500 `QEMU guest agent is not running` until it is, and the plugin asks again"},
 	{contender: "ours", operation: "get_cluster_nextid", reason: "400 Parameter verification failed. (vmid: VM N already exists)",
 		why: "ours asks `/cluster/nextid?vmid=N` whether an id it chose is free; PVE answers 400 `VM N already exists` when it is not, and ours tries the next"},
-	{contender: "ours", operation: "get_nodes_node_qemu_vmid_config", reason: "403 Permission check failed (/vms/N, VM.Audit)",
-		why: "ours reads the configuration of a VM named like an instance outside its pool, to tell whether it is one of its own; PVE refuses it (VM.Audit on `/vms/N` comes only with the pool's roles), which tells ours it is not"},
+	{operation: "get_nodes_node_qemu_vmid_config", reason: "403 Permission check failed (/vms/N, VM.Audit)",
+		why: "the VM is a clone whose task is still running: qemu-server adds a clone to its pool (`pool=`) only when the clone task ends, so until then the roles on the pool give no VM.Audit on `/vms/N`; the plugin looked at it early (after an injected fault hid the clone's outcome) and looks again later"},
+	{contender: "ne0sight", operation: "post_nodes_node_qemu_vmid_clone", reason: "500 unable to create VM N: config file already exists",
+		why: "nE0sIghT cloned again onto the VMID of a clone still running, having lost track of the first after an injected fault on its task status; qemu-server refuses a clone whose new configuration file exists, with this 500"},
 }
 
 // explain is the known reason for a refusal, or "".
