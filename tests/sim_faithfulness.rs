@@ -91,6 +91,45 @@ async fn a_real_pve_answers_a_second_clone_onto_a_vmid_in_use_with_500_config_fi
     assert_eq!(reason(&response), "unable to create VM 151: config file already exists");
 }
 
+/// A guest-agent call on a VM that is not running: qemu-server's agent
+/// calls `die "VM $vmid is not running\n"` (500) before asking the agent.
+#[tokio::test]
+async fn a_real_pve_answers_the_agent_of_a_stopped_vm_with_500_not_running() {
+    let sim = start(fast_scenario()).await;
+    let response = clone_into_pool(&sim, 152).await;
+    let upid = response.json::<Value>().await.unwrap()["data"].as_str().expect("a UPID").to_string();
+    wait(&token_client(&sim), &upid.parse().expect("the UPID parses")).await.expect("the clone ends well");
+    let response = get(&sim, "/nodes/pve1/qemu/152/agent/get-osinfo").await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(reason(&response), "VM 152 is not running");
+}
+
+/// A destroyed VM leaves its pool, and pveproxy checks the schema's
+/// permission (`["perm", "/vms/{vmid}", ["VM.GuestAgent.Audit",
+/// "VM.GuestAgent.Unrestricted"], "any", 1]` in 9.x) before the handler
+/// looks for the VM: a user whose rights come from the pool gets 403, the
+/// privileges joined with `|` as `check_any` writes them.
+#[tokio::test]
+async fn a_real_pve_answers_the_agent_of_a_deleted_vm_with_403_not_does_not_exist() {
+    let sim = start(fast_scenario()).await;
+    let pve = token_client(&sim);
+    let response = clone_into_pool(&sim, 153).await;
+    let upid = response.json::<Value>().await.unwrap()["data"].as_str().expect("a UPID").to_string();
+    wait(&pve, &upid.parse().expect("the UPID parses")).await.expect("the clone ends well");
+    let response = raw_client()
+        .delete(format!("{}/nodes/pve1/qemu/153", sim.api_url()))
+        .header("Authorization", token_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", reason(&response));
+    let upid = response.json::<Value>().await.unwrap()["data"].as_str().expect("a UPID").to_string();
+    wait(&pve, &upid.parse().expect("the UPID parses")).await.expect("the deletion ends well");
+    let response = get(&sim, "/nodes/pve1/qemu/153/agent/network-get-interfaces").await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(reason(&response), "Permission check failed (/vms/153, VM.GuestAgent.Audit|VM.GuestAgent.Unrestricted)");
+}
+
 /// What the benchmark report reads: the simulator's own answers and the
 /// reasons of its refusals per operation, with the injected faults apart.
 #[tokio::test]

@@ -89,6 +89,10 @@ var knownRefusals = []knownRefusal{
 		why: "ours asks `/cluster/nextid?vmid=N` whether an id it chose is free; PVE answers 400 `VM N already exists` when it is not, and ours tries the next"},
 	{operation: "get_nodes_node_qemu_vmid_config", reason: "403 Permission check failed (/vms/N, VM.Audit)",
 		why: "the VM is a clone whose task is still running: qemu-server adds a clone to its pool (`pool=`) only when the clone task ends, so until then the roles on the pool give no VM.Audit on `/vms/N`; the plugin looked at it early (after an injected fault hid the clone's outcome) and looks again later"},
+	{operation: "get_nodes_node_qemu_vmid_agent_network_get_interfaces", reason: "403 Permission check failed (/vms/N, VM.GuestAgent.Audit|VM.GuestAgent.Unrestricted)",
+		why: "the VM had just been deleted: a destroyed VM leaves its pool, and PVE checks the permission before it looks for the VM, so the answer is 403 (`check_any` lists the privileges with `|`), not `does not exist`"},
+	{operation: "*", reason: "500 VM N is not running",
+		why: "the VM is stopped (its start task failed under the injected faults, and go-proxmox's `Task.Wait` does not read the exit status); PVE answers every guest-agent call on a stopped VM with 500 `VM N is not running`, and the plugin gives the instance up"},
 	{contender: "ne0sight", operation: "post_nodes_node_qemu_vmid_clone", reason: "500 unable to create VM N: config file already exists",
 		why: "nE0sIghT cloned again onto the VMID of a clone still running, having lost track of the first after an injected fault on its task status; qemu-server refuses a clone whose new configuration file exists, with this 500"},
 }
