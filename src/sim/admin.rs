@@ -3,7 +3,7 @@
 //!
 //! | Method and path | Body | Effect |
 //! |---|---|---|
-//! | `GET /_sim/counters` | | requests per operationId, statuses, faults, tasks |
+//! | `GET /_sim/counters` | | requests per operationId, statuses (per operation too), refusal reasons, faults, tasks |
 //! | `POST /_sim/counters/reset` | | zeroes the counters |
 //! | `GET /_sim/inventory` | | VMs (config, status, lock, pool, agent), orphaned disks, pools, nodes |
 //! | `GET /_sim/vms/{vmid}` | | one VM |

@@ -17,6 +17,19 @@ pub struct Counters {
     pub by_method: BTreeMap<String, u64>,
     /// HTTP status → answers.
     pub by_status: BTreeMap<u16, u64>,
+    /// operationId → HTTP status → answers the simulator gave as PVE would
+    /// (injected faults and dropped connections are not among them): tells a
+    /// request PVE refuses from a fault.
+    #[serde(default)]
+    pub answers_by_operation: BTreeMap<String, BTreeMap<u16, u64>>,
+    /// operationId → `"<status> <message>"` → answers, for the answers of
+    /// 400 and more that were not injected: why a request was refused.
+    /// Numbers of three digits and more (VM ids, ports) read `N`, so that
+    /// one reason is counted once.
+    /// At most [`MAX_REFUSAL_REASONS`] reasons per operation; the rest are
+    /// counted under [`OTHER_REFUSALS`].
+    #[serde(default)]
+    pub refusals: BTreeMap<String, BTreeMap<String, u64>>,
     pub injected_errors: u64,
     pub dropped_connections: u64,
     /// Requests carried out whose answer was then lost (a closed connection).
@@ -55,6 +68,35 @@ impl Counters {
     }
 }
 
+/// How many distinct refusal reasons are kept per operation.
+pub const MAX_REFUSAL_REASONS: usize = 16;
+/// The key the reasons beyond [`MAX_REFUSAL_REASONS`] are counted under.
+pub const OTHER_REFUSALS: &str = "(other reasons)";
+/// Reasons are cut to this many characters.
+const MAX_REASON_CHARS: usize = 200;
+
+/// `reason` with every run of three digits and more replaced by `N`.
+fn without_ids(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut digits = String::new();
+    for c in reason.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        if digits.len() >= 3 {
+            out.push('N');
+        } else {
+            out.push_str(&digits);
+        }
+        digits.clear();
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default)]
 pub struct CounterSet(Mutex<Counters>);
 
@@ -73,8 +115,30 @@ impl CounterSet {
         });
     }
 
+    /// An answer that is not the simulator's own (an injected fault).
     pub fn answered(&self, status: u16) {
         self.update(|c| *c.by_status.entry(status).or_default() += 1);
+    }
+
+    /// An answer the simulator gave as PVE would; `reason` is the error's
+    /// message (and the parameters' problems) when it refused.
+    pub fn answered_as_pve(&self, operation: &str, status: u16, reason: Option<&str>) {
+        self.update(|c| {
+            *c.by_status.entry(status).or_default() += 1;
+            *c.answers_by_operation.entry(operation.to_string()).or_default().entry(status).or_default() += 1;
+            if let Some(reason) = reason.filter(|_| status >= 400) {
+                let reasons = c.refusals.entry(operation.to_string()).or_default();
+                let mut key = format!("{status} {}", without_ids(reason));
+                if let Some((cut, _)) = key.char_indices().nth(MAX_REASON_CHARS) {
+                    key.truncate(cut);
+                    key.push('…');
+                }
+                if !reasons.contains_key(&key) && reasons.len() >= MAX_REFUSAL_REASONS {
+                    key = OTHER_REFUSALS.to_string();
+                }
+                *reasons.entry(key).or_default() += 1;
+            }
+        });
     }
 
     pub fn snapshot(&self) -> Counters {
@@ -83,5 +147,45 @@ impl CounterSet {
 
     pub fn reset(&self) {
         self.update(|c| *c = Counters::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_per_operation_and_reason_without_ids() {
+        let counters = CounterSet::default();
+        counters.answered_as_pve(
+            "get_cluster_nextid",
+            400,
+            Some("Parameter verification failed. (vmid: VM 114 already exists)"),
+        );
+        counters.answered_as_pve(
+            "get_cluster_nextid",
+            400,
+            Some("Parameter verification failed. (vmid: VM 2001 already exists)"),
+        );
+        counters.answered_as_pve("get_cluster_nextid", 200, None);
+        counters.answered(503);
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot.answers_by_operation["get_cluster_nextid"], BTreeMap::from([(200, 1), (400, 2)]));
+        assert_eq!(
+            snapshot.refusals["get_cluster_nextid"],
+            BTreeMap::from([("400 Parameter verification failed. (vmid: VM N already exists)".to_string(), 2)])
+        );
+        assert_eq!(snapshot.by_status, BTreeMap::from([(200, 1), (400, 2), (503, 1)]));
+    }
+
+    #[test]
+    fn refusal_reasons_are_bounded_per_operation() {
+        let counters = CounterSet::default();
+        for i in 0..(MAX_REFUSAL_REASONS + 5) {
+            counters.answered_as_pve("unknown", 501, Some(&format!("reason {}", "x".repeat(i))));
+        }
+        let reasons = &counters.snapshot().refusals["unknown"];
+        assert_eq!(reasons.len(), MAX_REFUSAL_REASONS + 1);
+        assert_eq!(reasons[OTHER_REFUSALS], 5);
     }
 }

@@ -28,7 +28,10 @@
 //!   tokens, ACLs, roles, tickets, TOTP codes); `release.rs` the simulated
 //!   PVE release.
 //! - `faults.rs`, `counters.rs`, `admin.rs`: fault injection, request
-//!   counters, and the control room ([`Admin`], HTTP under `/_sim/`).
+//!   counters (with the answers per operation and the reasons of refusals,
+//!   injected faults apart), and the control room ([`Admin`], HTTP under
+//!   `/_sim/`). `RUST_LOG=pve_sim::requests=info` logs one line per
+//!   answered request: method, operationId, path, status and reason.
 //! - `clock.rs`: the one clock; every duration is simulated seconds scaled
 //!   by `time_scale`. `config.rs`: the scenario.
 //!

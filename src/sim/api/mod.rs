@@ -61,18 +61,19 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
     } else if let Some(rest) = full_path.strip_prefix("/api2/extjs") {
         (Format::ExtJs, rest.to_string())
     } else {
-        shared.counters.request(method.as_str(), "unknown");
+        shared.counters.request(method.as_str(), UNKNOWN);
         let error = ApiError::not_implemented(method.as_str(), &full_path);
-        return Ok(finish(&shared, wire::failure(&error, Format::Json, shared.wire)));
+        return Ok(refuse(&shared, &method, UNKNOWN, &full_path, &error, Format::Json));
     };
     let path = if path.is_empty() { "/".to_string() } else { path };
 
     let Some((operation, path_params)) = shared.api.route(method.as_str(), &path) else {
-        shared.counters.request(method.as_str(), "unknown");
+        shared.counters.request(method.as_str(), UNKNOWN);
         let error = ApiError::not_implemented(method.as_str(), &path);
-        return Ok(finish(&shared, wire::failure(&error, format, shared.wire)));
+        return Ok(refuse(&shared, &method, UNKNOWN, &full_path, &error, format));
     };
     shared.counters.request(method.as_str(), &operation.id);
+    let id = operation.id.as_str();
 
     let decision = shared.faults().decide(&operation.id);
     if decision.latency_ms > 0 {
@@ -84,7 +85,10 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
     }
     if let Some((status, message)) = decision.error {
         shared.counters.update(|c| c.injected_errors += 1);
-        return Ok(finish(&shared, wire::failure(&ApiError::new(status, message), format, shared.wire)));
+        let response = wire::failure(&ApiError::new(status, message), format, shared.wire);
+        shared.counters.answered(response.status().as_u16());
+        log_request(&method, id, &full_path, response.status().as_u16(), Some("injected fault"));
+        return Ok(response);
     }
 
     let (parts, body) = request.into_parts();
@@ -92,7 +96,7 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
         Ok(bytes) => bytes,
         Err(_) => {
             let error = ApiError::new(413, "Request Entity Too Large");
-            return Ok(finish(&shared, wire::failure(&error, format, shared.wire)));
+            return Ok(refuse(&shared, &method, id, &full_path, &error, format));
         }
     };
 
@@ -103,7 +107,9 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
             Ok(caller) => Some(caller),
             Err(message) => {
                 shared.clock.sleep(shared.timings.unauthorized_delay).await;
-                return Ok(finish(&shared, wire::unauthorized(message)));
+                shared.counters.answered_as_pve(id, 401, Some(message));
+                log_request(&method, id, &full_path, 401, Some(message));
+                return Ok(wire::unauthorized(message));
             }
         }
     };
@@ -114,21 +120,69 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
         shared.counters.update(|c| c.lost_answers += 1);
         return Err(DropConnection);
     }
-    let response = match result {
-        Ok(reply) => wire::success(&reply, format),
+    match result {
+        Ok(reply) => {
+            let response = wire::success(&reply, format);
+            let status = response.status().as_u16();
+            shared.counters.answered_as_pve(id, status, None);
+            log_request(&method, id, &full_path, status, None);
+            Ok(response)
+        }
         Err(error) => {
             if error.status == 401 {
                 shared.clock.sleep(shared.timings.unauthorized_delay).await;
             }
-            wire::failure(&error, format, shared.wire)
+            Ok(refuse(&shared, &method, id, &full_path, &error, format))
         }
-    };
-    Ok(finish(&shared, response))
+    }
 }
 
-fn finish(shared: &Shared, response: Response<Body>) -> Response<Body> {
-    shared.counters.answered(response.status().as_u16());
+/// The operation requests no route matches are counted under.
+const UNKNOWN: &str = "unknown";
+
+/// Answers with an error as PVE would, counting the answer and its reason
+/// per operation (requests to no operation: the method and path too).
+fn refuse(
+    shared: &Shared,
+    method: &Method,
+    operation: &str,
+    path: &str,
+    error: &ApiError,
+    format: Format,
+) -> Response<Body> {
+    let response = wire::failure(error, format, shared.wire);
+    let status = response.status().as_u16();
+    let reason = refusal_reason(error);
+    shared.counters.answered_as_pve(operation, status, Some(&reason));
+    log_request(method, operation, path, status, Some(&reason));
     response
+}
+
+/// The message of a refusal, with the parameters' problems (PVE's own
+/// words; they name parameters, never echo secret values).
+fn refusal_reason(error: &ApiError) -> String {
+    match &error.errors {
+        Some(errors) if !errors.is_empty() => {
+            let problems: Vec<String> = errors.iter().map(|(name, problem)| format!("{name}: {problem}")).collect();
+            format!("{} ({})", error.message, problems.join("; "))
+        }
+        _ => error.message.clone(),
+    }
+}
+
+/// One line per answered request at `RUST_LOG=pve_sim::requests=info`:
+/// method, operation, path, status and the reason of a refusal, never the
+/// query or the body.
+fn log_request(method: &Method, operation: &str, path: &str, status: u16, reason: Option<&str>) {
+    tracing::info!(
+        target: "pve_sim::requests",
+        method = method.as_str(),
+        operation,
+        path,
+        status,
+        reason = reason.unwrap_or(""),
+        "request"
+    );
 }
 
 /// The parts of the HTTP request the handler reads.

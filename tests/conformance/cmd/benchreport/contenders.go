@@ -46,6 +46,9 @@ type contender struct {
 	Settings map[string]json.RawMessage `json:"settings,omitempty"`
 	// Incidents are the times the plugin process exited, panicked or hung.
 	Incidents []incident `json:"incidents,omitempty"`
+	// Operations are the PVE operations it used in the scale and fault
+	// runs, by operationId (operations.go).
+	Operations map[string]*operationUse `json:"operations,omitempty"`
 	// configure writes the plugin's config (and credentials file) for a run.
 	configure func(sim *simulator, work string, p runParams) ([]byte, error)
 	// scrapeURL, when set, is the plugin's /metrics, scraped during the

@@ -140,6 +140,7 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 		return result
 	}
 	defer sim.stop()
+	defer c.recordOperations(sim)
 	before, _, err := sim.vmViews()
 	if err != nil {
 		result.Error = err.Error()
@@ -418,19 +419,6 @@ func renderFaults(w func(string, ...any), r *report) {
 			row += " " + oneLine(f.Error)
 		}
 		w("%s\n", row)
-	}
-	w("\nOperations each plugin used in this scenario (requests):\n\n")
-	for _, f := range r.Faults {
-		names := make([]string, 0, len(f.Operations))
-		for name := range f.Operations {
-			names = append(names, name)
-		}
-		sort.Strings(names)
-		parts := make([]string, 0, len(names))
-		for _, name := range names {
-			parts = append(parts, fmt.Sprintf("`%s` %d", name, f.Operations[name]))
-		}
-		w("- %s (%d): %s\n", f.Contender, len(names), strings.Join(parts, ", "))
 	}
 	w("\n")
 }

@@ -73,6 +73,7 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 		return result
 	}
 	defer sim.stop()
+	defer c.recordOperations(sim)
 	s, err := openSession(c, sim, work, scenario, runParams{maxInstances: n, fullClone: full, cloneLimit: cloneLimit})
 	if err != nil {
 		result.Error = err.Error()

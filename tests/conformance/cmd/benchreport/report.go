@@ -254,6 +254,7 @@ func renderMarkdown(r *report, chartPath string) string {
 	w("\n")
 
 	renderFaults(w, r)
+	renderOperations(w, r)
 	renderSwitchover(w, r)
 
 	w("## Machine and versions\n\n")

@@ -199,6 +199,10 @@ type counters struct {
 	ByStatus      map[string]int64 `json:"by_status"`
 	Injected      int64            `json:"injected_errors"`
 	TasksStarted  map[string]int64 `json:"tasks_started"`
+	// AnswersByOperation and Refusals leave out the injected faults:
+	// operationId → status → answers, and operationId → reason → answers.
+	AnswersByOperation map[string]map[string]int64 `json:"answers_by_operation"`
+	Refusals           map[string]map[string]int64 `json:"refusals"`
 }
 
 func (s *simulator) counters() (counters, error) {
