@@ -1,6 +1,6 @@
 //! Placement on a three-node cluster with the template on shared storage
 //! (pve1, pve2, pve3; 16 CPUs and 128 GiB each), pve2 already loaded by
-//! three running VMs that are not ours (96 GiB and 8 cores each). Every
+//! three running VMs that are not ours (96 GiB and 8 cores each, half busy). Every
 //! policy places as documented, a reserve keeps the loaded node out, an
 //! offline node is skipped, and when nothing fits Increase says what binds
 //! without sending a clone.
@@ -43,7 +43,16 @@ async fn three_nodes_seen(settings: serde_json::Value, audit_all: bool) -> Setup
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        scenario.vms.push(VmSpec { vmid, node: "pve2".into(), running: true, config, ..VmSpec::default() });
+        // Busy databases: half of their cores.
+        let load = Some(0.5);
+        scenario.vms.push(VmSpec {
+            vmid,
+            node: "pve2".into(),
+            running: true,
+            config,
+            cpu_load: load,
+            ..VmSpec::default()
+        });
     }
     let mut setup = setup(scenario).await;
     setup.config["target_nodes"] = serde_json::json!(NODES);
@@ -92,7 +101,7 @@ async fn drain(group: &ProxmoxGroup) {
 async fn each_policy_places_as_documented() {
     // (scheduler, instances per node after one Increase of 6)
     let cases = [
-        // The loaded node has the least memory (16 GiB) and CPU (9.7 cores) free.
+        // The loaded node has the least memory (16 GiB) and CPU (3.7 cores) free.
         ("balanced", (3, 0, 3)),
         ("most_free_ram", (3, 0, 3)),
         ("most_free_cpu", (3, 0, 3)),

@@ -330,10 +330,10 @@ impl Engine {
         self.naming.owner_of_tags(vm.vmid, &vm.tags)
     }
 
-    /// Whether `vm` is one of the instances the registry tracks (not a
-    /// copy carrying our tags).
-    pub fn tracks(&self, vm: &VmResource) -> bool {
-        self.owned(vm).is_some_and(|id| self.registry.get(&id).is_some())
+    /// The VMIDs of the instances the registry tracks (a copy carrying our
+    /// tags is not one of them): one lock for a whole listing.
+    pub fn tracked_vmids(&self) -> std::collections::HashSet<crate::pve::Vmid> {
+        self.registry.tracked_ids().into_iter().map(|id| id.vmid).collect()
     }
 
     fn count_active(&self) -> u32 {
@@ -549,7 +549,8 @@ impl InstanceGroup for ProxmoxGroup {
         }
         let (engine, listing) = Engine::start(config, settings).await?;
         let engine = self.engine.get_or_init(|| async { Arc::new(engine) }).await;
-        engine.placement.observe(&listing, |vm| engine.tracks(vm));
+        let tracked = engine.tracked_vmids();
+        engine.placement.observe(&listing, |vm| tracked.contains(&vm.vmid));
         let vms = listing.vms;
         let source: Weak<dyn FleetSource> = Arc::downgrade(engine) as Weak<Engine>;
         engine.metrics.set_source(source);
@@ -585,7 +586,8 @@ impl InstanceGroup for ProxmoxGroup {
         for vm in check_foreign {
             super::adoption::spawn_untagged_check(engine.clone(), vm);
         }
-        engine.placement.observe(&listing, |vm| engine.tracks(vm));
+        let tracked = engine.tracked_vmids();
+        engine.placement.observe(&listing, |vm| tracked.contains(&vm.vmid));
         engine.metrics.update_took(started.elapsed());
         Ok(states)
     }

@@ -250,11 +250,13 @@ async fn claimed_elsewhere(engine: &Engine, own: Vmid) -> Result<HashSet<IpAddr>
 }
 
 /// The addresses a VM's config claims: its marker's lease and the static
-/// addresses of its `ipconfigN`. A VM gone meanwhile claims nothing.
+/// addresses of its `ipconfigN`. A VM gone meanwhile claims nothing (with
+/// privileges on the pool only, PVE answers a deleted VM with 403 on its
+/// path, not 404: it is in no pool any more).
 async fn config_claims(engine: &Engine, vm: &VmResource) -> Result<Vec<IpAddr>, PveError> {
     let config = match super::provision::retry_locked(|| engine.pve.vm_config(&vm.node, vm.vmid)).await {
         Ok(config) => config,
-        Err(err) if err.is_not_found() => return Ok(Vec::new()),
+        Err(err) if super::provision::absent_from_pool(&err, vm.vmid) => return Ok(Vec::new()),
         Err(err) => return Err(err),
     };
     let mut addresses: Vec<IpAddr> =

@@ -269,7 +269,7 @@ async fn find_own_clone(
 /// Reading a VM that is not there: 404, or, with privileges granted on the
 /// pool only, 403 on `/vms/<vmid>` (PVE checks the privilege before it
 /// looks for the VM, and a VM that does not exist is in no pool).
-fn absent_from_pool(err: &PveError, vmid: Vmid) -> bool {
+pub(crate) fn absent_from_pool(err: &PveError, vmid: Vmid) -> bool {
     let vm_path = format!("/vms/{vmid}");
     err.is_not_found() || matches!(err.kind(), ErrorKind::PermissionDenied { path: Some(path), .. } if *path == vm_path)
 }
@@ -641,7 +641,7 @@ pub(crate) async fn update_own_config(
     for attempt in 1..=OWN_WRITE_ATTEMPTS {
         let config = match retry_locked(|| engine.pve.vm_config(node, id.vmid)).await {
             Ok(config) => config,
-            Err(err) if err.is_not_found() => return Err(OwnWriteError::NotOurs),
+            Err(err) if absent_from_pool(&err, id.vmid) => return Err(OwnWriteError::NotOurs),
             Err(err) => return Err(OwnWriteError::Pve(err)),
         };
         let marker = config.get("description").map(String::as_str).unwrap_or_default();
@@ -652,7 +652,7 @@ pub(crate) async fn update_own_config(
         match retry_locked(|| engine.pve.update_vm_config(node, id.vmid, &guarded)).await {
             Ok(()) => return Ok(()),
             Err(err) if is_stale_digest(&err) && attempt < OWN_WRITE_ATTEMPTS => continue,
-            Err(err) if err.is_not_found() => return Err(OwnWriteError::NotOurs),
+            Err(err) if absent_from_pool(&err, id.vmid) => return Err(OwnWriteError::NotOurs),
             Err(err) => return Err(OwnWriteError::Pve(err)),
         }
     }

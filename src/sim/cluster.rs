@@ -396,6 +396,7 @@ impl Cluster {
         guest.snapshots = snapshots;
         guest.agent = spec.agent.clone();
         guest.ha_managed = spec.ha;
+        guest.cpu_load = spec.cpu_load.unwrap_or(super::vm::IDLE_CPU_LOAD).clamp(0.0, 1.0);
         if spec.running {
             // Up long enough for its agent to answer.
             let since = now - scenario.timings.boot - scenario.timings.agent_delay - 60.0;
@@ -418,13 +419,13 @@ impl Cluster {
 
     /// What a node uses now: the host's own share (an eighth of its memory,
     /// 2 % CPU) plus every running guest on it, ours or not (a third of its
-    /// memory, as the guest's status reports, and a quarter of its vCPUs).
+    /// memory, as the guest's status reports, and its `cpu_load` of its vCPUs).
     pub fn node_usage(&self, node: &Node) -> NodeUsage {
         let mut memory = node.memory / 8;
         let mut busy_cpus = 0.02 * f64::from(node.cpus);
         for guest in self.vms.values().filter(|vm| vm.node == node.name && vm.is_running()) {
             memory += guest.max_memory() / 3;
-            busy_cpus += 0.25 * guest.cpus() as f64;
+            busy_cpus += guest.cpu_load * guest.cpus() as f64;
         }
         NodeUsage {
             memory: memory.min(node.memory),

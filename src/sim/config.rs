@@ -245,6 +245,9 @@ pub struct VmSpec {
     /// Snapshots of a VM that is not a template (PVE refuses both
     /// snapshots of templates and templates with snapshots).
     pub snapshots: Vec<SnapshotSpec>,
+    /// The share of its vCPUs the guest keeps busy while it runs (what the
+    /// node's CPU use adds up from); unset: an idle guest's 2 %.
+    pub cpu_load: Option<f64>,
 }
 
 /// One snapshot: the VM's configuration when it was taken.

@@ -54,6 +54,8 @@ pub struct Vm {
     pub agent: AgentSpec,
     /// Set by the admin API: the agent stopped answering.
     pub agent_killed: bool,
+    /// The share of its vCPUs it keeps busy while running.
+    pub cpu_load: f64,
     /// Snapshot name → what it holds (the `[name]` sections of the config file).
     pub snapshots: BTreeMap<String, Snapshot>,
     pub created: SimTime,
@@ -63,6 +65,10 @@ pub struct Vm {
     /// 2,000 VMs must not re-parse 2,000 configs).
     facts: Facts,
 }
+
+/// An idle guest's CPU use, as a share of its vCPUs (clones start idle:
+/// a CI VM waiting for its job).
+pub const IDLE_CPU_LOAD: f64 = 0.02;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Facts {
@@ -82,6 +88,7 @@ impl Vm {
             ha_managed: false,
             agent: AgentSpec::default(),
             agent_killed: false,
+            cpu_load: IDLE_CPU_LOAD,
             snapshots: BTreeMap::new(),
             created: now,
             observations: VecDeque::new(),

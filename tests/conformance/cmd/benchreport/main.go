@@ -277,6 +277,9 @@ type timedResults struct {
 // runMeasured measures what the CPU and memory of the machine decide:
 // footprint (handshake, idle RSS) and API cost per Update.
 func runMeasured(r *report, c *contender, p plan) {
+	if r.SideBySide {
+		logf("== %s: footprint and API cost", c.Name)
+	}
 	fp := footprint{Contender: c.Name, HandshakeRuns: p.handshakeRuns}
 	if info, err := os.Stat(c.Binary); err == nil {
 		fp.BinaryBytes = info.Size()
