@@ -83,13 +83,6 @@ async fn settle(plugin: &mut PluginProcess, count: usize, within: Duration) -> V
     }
 }
 
-// Known race, found by this test under load (one run of .ci/run: 127.0.1.20 on VMs
-// 1004 and 2047): the check after the clone reads the other manager's claims
-// from /cluster/resources, which lags behind, so two managers can each miss
-// the other's new clone and keep the same address. Run it with
-// `cargo test --test static_network_process -- --ignored` once the check
-// reads claims from a source that does not lag.
-#[ignore = "known race between two managers on one range while /cluster/resources lags (issue 16)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_plugin_processes_and_kill_9_never_share_an_address() {
     let kills = Profile::from_env().pick(4, 20, "RELIABILITY_CRASHES");

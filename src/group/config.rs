@@ -1046,26 +1046,27 @@ impl PluginConfig {
                 "`cloud_init_user` {cloud_init_user:?} is not a Linux user name (lower-case letters, digits, `-`, `_`)"
             ));
         }
-        let nodes_key = match (self.target_nodes, self.nodes.map(TextList::items)) {
+        // Which of the two keys gave the nodes, so a problem names it.
+        let (nodes_key, node_names) = match (self.target_nodes, self.nodes.map(TextList::items)) {
             (Some(ours), Some(theirs)) => {
                 if ours != theirs {
                     problems
                         .push("`nodes` and `target_nodes` are the same setting and differ; keep one of them".into());
                 }
-                Some(ours)
+                ("target_nodes", ours)
             }
-            (Some(ours), None) => Some(ours),
-            (None, theirs) => {
-                theirs.map(|list| list.iter().flat_map(|item| item.split(',')).map(str::to_string).collect())
+            (Some(ours), None) => ("target_nodes", ours),
+            (None, Some(theirs)) => {
+                ("nodes", theirs.iter().flat_map(|item| item.split(',')).map(str::to_string).collect())
             }
+            (None, None) => ("target_nodes", Vec::new()),
         };
         let mut target_nodes: Vec<String> = Vec::new();
-        for node in nodes_key.unwrap_or_default() {
+        for node in node_names {
             let node = node.trim().to_string();
             if !is_dns_name(&node) || node.contains('.') {
-                problems.push(format!(
-                    "`target_nodes` entry {node:?} is not a Proxmox node name (letters, digits and `-`)"
-                ));
+                problems
+                    .push(format!("`{nodes_key}` entry {node:?} is not a Proxmox node name (letters, digits and `-`)"));
             } else if !target_nodes.contains(&node) {
                 target_nodes.push(node);
             }

@@ -245,7 +245,14 @@ impl Engine {
             InstanceState::Deleting => &self.config.instance_tags_removing,
             _ => &Vec::new(),
         };
-        let lease = super::lease::held(self, id).unwrap_or_default();
+        // Lease tags go with the `ipconfig0` written after the lease was
+        // confirmed; a VM being deleted may never have got that far (its
+        // lease was lost to another VM), and its marker and `ipconfig0`
+        // still show any claim until it is gone.
+        let lease = match state {
+            InstanceState::Deleting => Lease::default(),
+            _ => super::lease::held(self, id).unwrap_or_default(),
+        };
         let extra: Vec<String> = self.config.tags.iter().chain(per_state).cloned().chain(lease.tags()).collect();
         self.naming.tags(id, &extra)
     }
