@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use engine_setup::*;
 use fleeting_plugin_proxmox::group::InstanceGroup;
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
-use fleeting_plugin_proxmox::sim::config::{AclSpec, SnapshotSpec, StorageSpec, VmSpec, defaults};
+use fleeting_plugin_proxmox::sim::config::{SnapshotSpec, VmSpec, defaults};
 
 fn size_of(value: &str) -> &str {
     value.split(',').find_map(|part| part.strip_prefix("size=")).unwrap_or_default()
@@ -184,24 +184,10 @@ fn peak(tasks: &[fleeting_plugin_proxmox::sim::TaskView], kind: &str) -> (usize,
     (total, per_node)
 }
 
+/// The template on shared storage, with clone and start tasks long enough
+/// that unbounded starts and clones would overlap.
 fn on_shared_storage(mut scenario: fleeting_plugin_proxmox::sim::Scenario) -> fleeting_plugin_proxmox::sim::Scenario {
-    scenario.storages.push(StorageSpec {
-        id: "ceph".into(),
-        kind: "rbd".into(),
-        shared: Some(true),
-        ..StorageSpec::default()
-    });
-    scenario.acl.push(AclSpec {
-        path: "/storage/ceph".into(),
-        roles: vec!["PVEDatastoreUser".into()],
-        users: vec![defaults::USER.into()],
-        tokens: vec![defaults::TOKEN_ID.into()],
-        ..AclSpec::default()
-    });
-    let template = &mut scenario.vms[0].config;
-    template.insert("scsi0".into(), "ceph:base-9000-disk-0,size=8G".into());
-    template.insert("ide2".into(), "ceph:vm-9000-cloudinit,media=cdrom".into());
-    // Long enough that unbounded starts and clones would overlap.
+    share_template_storage(&mut scenario);
     scenario.timings.start = 5.0;
     scenario.timings.clone_linked = 5.0;
     scenario
