@@ -26,8 +26,8 @@ pub struct Counters {
     /// 400 and more that were not injected: why a request was refused.
     /// Numbers of three digits and more (VM ids, ports) read `N`, so that
     /// one reason is counted once.
-    /// At most [`MAX_REFUSAL_REASONS`] reasons per operation; the rest are
-    /// counted under [`OTHER_REFUSALS`].
+    /// At most `MAX_REFUSAL_REASONS` reasons per operation; the rest are
+    /// counted under `OTHER_REFUSALS`.
     #[serde(default)]
     pub refusals: BTreeMap<String, BTreeMap<String, u64>>,
     pub injected_errors: u64,
