@@ -476,7 +476,9 @@ async fn check_template(
     } else if config.storage.is_some() {
         report.pass("storage", "`storage` is ignored: linked clones stay on the template's storage");
     }
-    let demand = Demand::of_clone(&vm_config, &config.sizing);
+    // Init refuses a disk that cannot be grown; here it only sizes the demand.
+    let grown = crate::group::template::grown_disk(&vm_config, config).ok().flatten();
+    let demand = Demand::of_clone(&vm_config, &config.sizing, grown.as_deref());
     Some(TemplateOutcome { facts, storage, clone_storages, linked, demand })
 }
 
@@ -523,14 +525,8 @@ async fn check_placement(pve: &PveClient, config: &GroupConfig, template: &Templ
             return;
         }
     };
-    let candidates =
-        if config.target_nodes.is_empty() { vec![template.facts.node.clone()] } else { config.target_nodes.clone() };
-    let mut placement_config = config.placement.clone();
-    if template.linked {
-        placement_config.target_storages.clear();
-    }
-    let scheduler = placement_config.scheduler.name();
-    let placement = Placement::new(placement_config, candidates, template.demand);
+    let scheduler = config.placement.scheduler.name();
+    let placement = Placement::for_group(config, &template.facts.node, template.linked, template.demand);
     let naming = Naming::new(&config.group);
     placement.observe(&listing, |vm| naming.owner_of_tags(vm.vmid, &vm.tags).is_some());
     let ours = listing.vms.iter().filter(|vm| naming.owner_of_tags(vm.vmid, &vm.tags).is_some()).count() as u32;

@@ -178,15 +178,8 @@ impl Engine {
             )?;
         check_target_nodes(&pve, &config, &template_node, &storage).await?;
 
-        let candidates =
-            if config.target_nodes.is_empty() { vec![template_node.clone()] } else { config.target_nodes.clone() };
-        let mut placement_config = config.placement.clone();
-        if linked {
-            // A linked clone stays on the template's storage.
-            placement_config.target_storages.clear();
-        }
-        let placement =
-            Placement::new(placement_config, candidates, Demand::of_clone(&template_config, &config.sizing));
+        let demand = Demand::of_clone(&template_config, &config.sizing, grown_disk.as_deref());
+        let placement = Placement::for_group(&config, &template_node, linked, demand);
         let guest = GuestDefaults::from_template(&template_config);
         let generate_password = generate_credentials && guest.os == "windows";
         let password = generate_password.then(super::windows_password::generate);

@@ -18,7 +18,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::config::Sizing;
+use super::config::{GroupConfig, Sizing};
 use crate::pve::{ClusterListing, Vmid};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -156,8 +156,8 @@ impl Demand {
     /// `sizing`: its memory (`vm_memory_mb`, else the template's MiB, default
     /// 512), vCPUs (`vm_cpu_cores` or `cores`, times `sockets`; or `vcpus`)
     /// and disks (their `size=`, the cloud-init drive and CD-ROMs excluded;
-    /// the disk `vm_disk_mb` grows counted at its new size).
-    pub fn of_clone(template: &BTreeMap<String, String>, sizing: &Sizing) -> Self {
+    /// `grown_disk`, which `vm_disk_mb` grows, counted at its new size).
+    pub fn of_clone(template: &BTreeMap<String, String>, sizing: &Sizing, grown_disk: Option<&str>) -> Self {
         let number = |key: &str| template.get(key).and_then(|v| v.split(',').next()?.trim().parse::<u64>().ok());
         let memory_mib = sizing.memory_mib.or_else(|| number("memory")).unwrap_or(512);
         let cores = sizing.cores.map(u64::from).or_else(|| number("cores")).unwrap_or(1).max(1);
@@ -166,28 +166,10 @@ impl Demand {
             (None, Some(vcpus)) => vcpus,
             _ => cores * sockets,
         };
-        let disks: BTreeMap<&str, u64> = template
-            .iter()
-            .filter(|(key, value)| {
-                let bus = key.trim_end_matches(|c: char| c.is_ascii_digit());
-                matches!(bus, "ide" | "sata" | "scsi" | "virtio" | "efidisk" | "tpmstate")
-                    && !value.contains("media=cdrom")
-                    && !value.contains("cloudinit")
-            })
-            .filter_map(|(key, value)| {
-                let size = value.split(',').find_map(|part| part.strip_prefix("size="))?;
-                Some((key.as_str(), super::provision::size_in_bytes(size)?))
-            })
-            .collect();
+        let disks = super::template::disk_sizes(template);
         let mut disk: u64 = disks.values().sum();
         if let Some(wanted) = sizing.disk_mib.map(|mib| mib << 20) {
-            // The named disk, else the largest (the boot disk, usually).
-            let grown = sizing
-                .disk_device
-                .as_deref()
-                .and_then(|device| disks.get(device).copied())
-                .or_else(|| disks.values().max().copied())
-                .unwrap_or(0);
+            let grown = grown_disk.and_then(|key| disks.get(key).copied()).unwrap_or(0);
             disk += wanted.saturating_sub(grown);
         }
         Self { memory: memory_mib << 20, cpus: cpus as f64, disk }
@@ -307,6 +289,19 @@ pub struct Placement {
 impl Placement {
     pub fn new(config: PlacementConfig, candidates: Vec<String>, demand: Demand) -> Self {
         Self { config, candidates, demand, state: Mutex::new(State::default()) }
+    }
+
+    /// The group's placement: over `target_nodes`, else the template's node;
+    /// linked clones stay on the template's storage, so `target_storages`
+    /// do not apply to them. One reading for the engine and `check`.
+    pub fn for_group(config: &GroupConfig, template_node: &str, linked: bool, demand: Demand) -> Self {
+        let candidates =
+            if config.target_nodes.is_empty() { vec![template_node.to_string()] } else { config.target_nodes.clone() };
+        let mut placement_config = config.placement.clone();
+        if linked {
+            placement_config.target_storages.clear();
+        }
+        Self::new(placement_config, candidates, demand)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -702,6 +697,28 @@ mod tests {
             *placed.entry(node).or_default() += 1;
         }
         placed
+    }
+
+    #[test]
+    fn the_demand_counts_the_grown_disk_at_its_new_size() {
+        let template: BTreeMap<String, String> = [
+            ("memory", "4096"),
+            ("cores", "2"),
+            ("sockets", "2"),
+            ("scsi0", "local-lvm:base-9000-disk-0,size=8G"),
+            ("scsi1", "local-lvm:base-9000-disk-1,size=32G"),
+            ("efidisk0", "local-lvm:base-9000-disk-2,size=4M"),
+            ("ide2", "local-lvm:vm-9000-cloudinit,media=cdrom"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let plain = Demand::of_clone(&template, &Sizing::default(), None);
+        assert_eq!((plain.memory, plain.cpus, plain.disk), (4 * GB, 4.0, 40 * GB + (4 << 20)));
+        let sizing = Sizing { memory_mib: Some(1024), cores: Some(3), disk_mib: Some(20 * 1024), ..Sizing::default() };
+        // The boot disk scsi0 grows from 8 to 20 GiB (not the larger data disk).
+        let sized = Demand::of_clone(&template, &sizing, Some("scsi0"));
+        assert_eq!((sized.memory, sized.cpus, sized.disk), (GB, 6.0, 52 * GB + (4 << 20)));
     }
 
     #[test]

@@ -367,6 +367,22 @@ pub fn boot_disk(source: &BTreeMap<String, String>) -> Option<String> {
     disks.first().map(|(_, _, key)| (*key).clone())
 }
 
+/// The size of every disk a clone gets its own copy of (EFI and TPM state
+/// included, CD-ROMs and the cloud-init drive not), by key, from `size=`.
+pub fn disk_sizes(source: &BTreeMap<String, String>) -> BTreeMap<&str, u64> {
+    source
+        .iter()
+        .filter(|(key, value)| {
+            (is_disk_key(key) || key.as_str() == "efidisk0" || key.as_str() == "tpmstate0")
+                && !is_cdrom_or_cloud_init(value)
+        })
+        .filter_map(|(key, value)| {
+            let size = value.split(',').find_map(|part| part.strip_prefix("size="))?;
+            Some((key.as_str(), super::provision::size_in_bytes(size)?))
+        })
+        .collect()
+}
+
 /// `ide0`-`ide3`, `sata0`-`sata5`, `scsi0`-`scsi30`, `virtio0`-`virtio15`.
 fn is_disk_key(key: &str) -> bool {
     ["ide", "sata", "scsi", "virtio"].iter().any(|bus| is_indexed(key, bus))
