@@ -180,6 +180,19 @@ pub struct CloneRequest {
     pub bandwidth_limit_kib: Option<u64>,
 }
 
+/// An offline migration (`POST …/migrate` without `online`): PVE copies
+/// the VM's local disks to `target` and moves its config there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrateRequest {
+    /// The node the VM moves to.
+    pub target: String,
+    /// PVE's `targetstorage`: one storage id for every local disk, `1` for
+    /// each disk's own storage, or `source:target` pairs (comma-separated).
+    pub target_storage: Option<String>,
+    /// Bandwidth limit of the disk copy in KiB/s (PVE's `bwlimit`).
+    pub bwlimit_kib: Option<u64>,
+}
+
 /// A VM without disks or devices (see [`PveClient::create_empty_vm`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmptyVmRequest {
@@ -439,6 +452,44 @@ impl PveClient {
             snapname: request.snapshot.clone(),
         };
         upid(self.api.post_nodes_node_qemu_vmid_clone(node, source.into(), &body).await, &action).await
+    }
+
+    /// Starts an offline migration of `vmid` from `node` (a `qmigrate`
+    /// task on `node`; the VM must be stopped, PVE refuses a running VM
+    /// without `online`, which this never sends).
+    pub async fn migrate_vm(&self, node: &str, vmid: Vmid, request: &MigrateRequest) -> Result<Upid, Error> {
+        let action = format!("migrate VM {vmid} from {node} to {}", request.target);
+        let body = types::PostNodesNodeQemuVmidMigrateBody {
+            target: request.target.clone(),
+            targetstorage: request.target_storage.clone(),
+            bwlimit: request.bwlimit_kib.map(|kib| i64::try_from(kib).unwrap_or(i64::MAX)),
+            // Offline: `online` is not sent (PVE would refuse a running VM).
+            online: None,
+            force: None,
+            migration_network: None,
+            migration_type: None,
+            with_conntrack_state: None,
+            with_local_disks: None,
+        };
+        upid(self.api.post_nodes_node_qemu_vmid_migrate(node, vmid.into(), &body).await, &action).await
+    }
+
+    /// Converts the stopped VM into a template (a `qmtemplate` task: its
+    /// disks become `base-…` volumes). `None` from PVE 7.0, whose call
+    /// started the task but answered `null` (qemu-server returns the UPID
+    /// since 7.0-15, i.e. PVE 7.1); there `template: 1` is already set when
+    /// the call returns and the disks are renamed shortly after.
+    pub async fn convert_to_template(&self, node: &str, vmid: Vmid) -> Result<Option<Upid>, Error> {
+        let action = format!("convert VM {vmid} to a template");
+        let body = types::PostNodesNodeQemuVmidTemplateBody::default();
+        let result = self.api.post_nodes_node_qemu_vmid_template(node, vmid.into(), &body).await;
+        match data(result, &action).await {
+            Ok(text) => {
+                text.parse().map(Some).map_err(|err: super::task::UpidParseError| invalid(&action, err.to_string()))
+            }
+            Err(err) if matches!(err.kind(), ErrorKind::InvalidResponse { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// The VM's configuration as key → value strings (pending changes applied).
@@ -884,6 +935,8 @@ envelope! {
     PostNodesNodeQemuVmidCloneResponse => optional String,
     PostNodesNodeQemuResponse => optional String,
     PutNodesNodeQemuVmidResizeResponse => optional String,
+    PostNodesNodeQemuVmidMigrateResponse => optional String,
+    PostNodesNodeQemuVmidTemplateResponse => optional String,
     GetNodesNodeQemuVmidConfigResponse => optional types::GetNodesNodeQemuVmidConfigResponseData,
     GetNodesNodeQemuVmidStatusCurrentResponse => optional types::GetNodesNodeQemuVmidStatusCurrentResponseData,
     PostNodesNodeQemuVmidStatusStartResponse => optional String,

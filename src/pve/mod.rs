@@ -24,8 +24,8 @@ pub mod tls;
 pub mod version;
 
 pub use client::{
-    ClientConfig, CloneRequest, ClusterListing, ConfigUpdate, EmptyVmRequest, GuestInterface, NodeInfo, NodeResource,
-    PoolMember, PveClient, StorageInfo, StorageResource, StorageVolume, TaskStatus, VmResource, VmStatus, Vmid,
+    ClientConfig, CloneRequest, ClusterListing, ConfigUpdate, EmptyVmRequest, GuestInterface, MigrateRequest, NodeInfo,
+    NodeResource, PoolMember, PveClient, StorageInfo, StorageResource, StorageVolume, TaskStatus, VmResource, VmStatus, Vmid,
 };
 pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
 pub use error::{Error, ErrorKind};
