@@ -17,6 +17,7 @@ use crate::group::config::{CloneMode, GroupConfig, IgnoredKey, Parsed, PluginCon
 use crate::group::naming::Naming;
 use crate::group::placement::{Demand, Placement};
 use crate::group::template::{TemplateFacts, TemplateStorage};
+use crate::group::template_copy::read_node_templates;
 use crate::pve::{
     ClientConfig, Credentials, ErrorKind, Fingerprint, PveClient, PveVersion, RetryPolicy, SecondFactor, Vmid,
 };
@@ -395,6 +396,10 @@ pub struct TemplateOutcome {
     pub linked: bool,
     /// What one instance needs of a node.
     pub demand: Demand,
+    /// The template's version as its copies record it.
+    pub version: String,
+    /// The nodes with a template of their own (`template_vmids`).
+    pub own_template: Vec<String>,
 }
 
 async fn check_template(
@@ -479,7 +484,24 @@ async fn check_template(
     // Init refuses a disk that cannot be grown; here it only sizes the demand.
     let grown = crate::group::template::grown_disk(&vm_config, config).ok().flatten();
     let demand = Demand::of_clone(&vm_config, &config.sizing, grown.as_deref());
-    Some(TemplateOutcome { facts, storage, clone_storages, linked, demand })
+    let version = crate::group::template_copy::template_version(&vm_config);
+    let listing = crate::pve::ClusterListing { vms, ..Default::default() };
+    let own_template = match read_node_templates(pve, config, &listing, &facts.node, generate, grown.as_deref()).await {
+        Ok(sources) => {
+            for source in &sources {
+                report.pass(
+                    format!("template {}", source.vmid),
+                    format!("serves node {} ({} clones)", source.node, if source.linked { "linked" } else { "full" }),
+                );
+            }
+            sources.into_iter().map(|source| source.node).collect()
+        }
+        Err(err) => {
+            report.fail("template_vmids", err.to_string(), "fix `template_vmids` as the message says");
+            Vec::new()
+        }
+    };
+    Some(TemplateOutcome { facts, storage, clone_storages, linked, demand, version, own_template })
 }
 
 /// `target_nodes`: known, online, and reachable from the template's storage.
@@ -488,7 +510,14 @@ async fn check_target_nodes(pve: &PveClient, config: &GroupConfig, template: &Te
         return;
     }
     let subject = "target_nodes";
-    match crate::group::engine::inspect_target_nodes(pve, config, &template.facts.node, &template.storage).await {
+    let nodes = crate::group::engine::inspect_target_nodes(
+        pve,
+        config,
+        &template.facts.node,
+        &template.own_template,
+        &template.storage,
+    );
+    match nodes.await {
         Ok(findings) => {
             for problem in &findings.problems {
                 report.fail(subject, problem.clone(), "fix `target_nodes` as the message says");
@@ -526,13 +555,16 @@ async fn check_placement(pve: &PveClient, config: &GroupConfig, template: &Templ
         }
     };
     let scheduler = config.placement.scheduler.name();
-    let placement = Placement::for_group(config, &template.facts.node, template.linked, template.demand);
+    let default_nodes =
+        std::iter::once(template.facts.node.clone()).chain(template.own_template.iter().cloned()).collect();
+    let placement = Placement::for_group(config, default_nodes, template.linked, template.demand);
     let naming = Naming::new(&config.group);
+    let unready = check_template_copies(pve, config, template, &listing, &naming, report).await;
     placement.observe(&listing, |vm| naming.owner_of_tags(vm.vmid, &vm.tags).is_some());
     let ours = listing.vms.iter().filter(|vm| naming.owner_of_tags(vm.vmid, &vm.tags).is_some()).count() as u32;
     let mut room_total: Option<u32> = Some(0);
     let mut open_nodes = 0;
-    for room in placement.survey() {
+    for room in placement.survey(&unready) {
         let subject = format!("node {}", room.node);
         if room.blocked_by.is_empty() {
             open_nodes += 1;
@@ -581,6 +613,82 @@ async fn check_placement(pve: &PveClient, config: &GroupConfig, template: &Templ
     }
 }
 
+/// The template copies of nodes that cannot clone the template directly:
+/// where each goes, and whether it is there and made of the current
+/// template. Returns the nodes without a current copy (they take no clone
+/// until Init has made it).
+async fn check_template_copies(
+    pve: &PveClient,
+    config: &GroupConfig,
+    template: &TemplateOutcome,
+    listing: &crate::pve::ClusterListing,
+    naming: &Naming,
+    report: &mut Report,
+) -> crate::group::placement::Unready {
+    use crate::group::template_copy::{discover, plan_copies};
+    let mut unready = crate::group::placement::Unready::new();
+    let plans = match plan_copies(config, &template.facts, &template.storage, listing, &template.own_template) {
+        Ok(plans) => plans,
+        Err(problems) => {
+            for problem in problems {
+                report.fail("template copies", problem, "fix `target_storages` or `target_nodes` as the message says");
+            }
+            return unready;
+        }
+    };
+    if plans.is_empty() {
+        return unready;
+    }
+    let found = match discover(pve, naming, &config.pool, &config.staging.name_prefix, listing).await {
+        Ok(found) => found,
+        Err(err) => {
+            report.fail("template copies", err.to_string(), "see the privileges below");
+            return unready;
+        }
+    };
+    for plan in &plans {
+        let subject = format!("template copy {}", plan.node);
+        let how = format!("{} clones from it onto {}", if plan.linked { "linked" } else { "full" }, plan.storage);
+        let mine: Vec<_> = found.iter().filter(|copy| copy.marker.node == plan.node).collect();
+        let current = mine.iter().find(|copy| {
+            copy.is_template
+                && copy.node == plan.node
+                && copy.marker.source == config.template_id
+                && copy.marker.version == template.version
+        });
+        match (current, mine.first()) {
+            (Some(copy), _) => report.pass(&subject, format!("VM {} is current ({how})", copy.vmid)),
+            (None, Some(copy)) => {
+                unready.insert(plan.node.clone(), "its template copy is out of date".into());
+                report.warn(
+                    &subject,
+                    format!(
+                        "VM {} is {}; the plugin makes a new one and deletes it once no instance uses it",
+                        copy.vmid,
+                        if copy.is_template { "made of an older version of the template" } else { "a copy cut short" }
+                    ),
+                    "nothing to do; the node takes clones again once the new copy is ready",
+                );
+            }
+            (None, None) => {
+                unready.insert(plan.node.clone(), "it has no template copy yet".into());
+                report.warn(
+                    &subject,
+                    format!(
+                        "none yet: Init makes it (a full clone on {}, an offline migration onto {} of {}); {how}",
+                        template.facts.node, plan.storage, plan.node
+                    ),
+                    format!(
+                        "nothing to do; it takes as long as copying the template's disks, and the node takes clones once it is ready (the token needs VM.Migrate and VM.Allocate on the pool, and Datastore.AllocateSpace on {})",
+                        plan.storage
+                    ),
+                );
+            }
+        }
+    }
+    unready
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn check_privileges(
     pve: &PveClient,
@@ -610,6 +718,11 @@ async fn check_privileges(
                 cores: config.sizing.cores.is_some(),
                 agent: config.agent_required,
                 placement: !config.target_nodes.is_empty(),
+                staging: config.staging.mode == crate::group::config::StageMode::Auto
+                    && template.is_some_and(|template| {
+                        !template.storage.all_shared()
+                            && config.target_nodes.iter().any(|node| *node != template.facts.node)
+                    }),
             })
         })
         .collect();

@@ -94,6 +94,9 @@ pub enum Need {
     Agent,
     /// Only with `target_nodes` (placement reads the nodes' resources).
     Placement,
+    /// Only when nodes get template copies (`target_nodes` beyond the
+    /// template's node, with the template on local storage).
+    Staging,
 }
 
 /// What a group does that decides which privileges it needs.
@@ -105,6 +108,7 @@ pub struct Uses {
     pub cores: bool,
     pub agent: bool,
     pub placement: bool,
+    pub staging: bool,
 }
 
 impl Need {
@@ -118,6 +122,7 @@ impl Need {
             Self::Cores => uses.cores,
             Self::Agent => uses.agent,
             Self::Placement => uses.placement,
+            Self::Staging => uses.staging,
         }
     }
 
@@ -130,6 +135,7 @@ impl Need {
             Self::Cores => "; only with `vm_cpu_cores`",
             Self::Agent => "; not with `agent_required = false`",
             Self::Placement => "; only with `target_nodes` (without it new VMs are spread by count)",
+            Self::Staging => "; only when other target nodes cannot reach the template's storage (template copies)",
         }
     }
 }
@@ -212,6 +218,13 @@ pub fn required_privileges(version: &PveVersion) -> Vec<Requirement> {
         "Datastore.AllocateSpace",
         "allocate the clones' disks and cloud-init drive; read the storage type (linked clones)",
     ));
+    list.push(Requirement {
+        place: AclPlace::Pool,
+        privilege: "VM.Migrate",
+        alternatives: &[],
+        why: "move each node's template copy from the template's node to its own (POST …/migrate, offline)",
+        needed: Need::Staging,
+    });
     list.push(Requirement {
         place: AclPlace::Nodes,
         privilege: "Sys.Audit",

@@ -37,8 +37,10 @@ pub struct PluginConfig {
     pub pool: Option<String>,
     /// Storage for full clones. When it is set and `clone_mode` is not, every instance is a full clone onto it, as in the seed (a source VM that is not a template can then be cloned too). Default: the template's storage.
     pub storage: Option<String>,
-    /// VMID of the template to clone. Required.
+    /// VMID of the template to clone (or the first of `template_vmids`). Required.
     pub template_id: Option<u32>,
+    /// Templates to clone, as in nE0sIghT: each serves the node it is on, so the admin can keep one template per node (e.g. on each node's local-lvm) instead of letting the plugin copy one. The first (or `template_id`, when set) is the main one: it serves every target node without a template of its own, and its copies are made for them (`template_stage_mode`). At most one per node. Default: `template_id` alone.
+    pub template_vmids: Option<Vec<u32>>,
     /// Most instances this group may have at once, counting those being created. Required.
     pub max_instances: Option<u32>,
     /// Guest interface to take addresses from. Set, it is read first (as in the seed); unset, the interface with net0's MAC is read first and `ens18` is only the fallback. Default `ens18`.
@@ -98,6 +100,15 @@ pub struct PluginConfig {
     pub node_policies: Option<Vec<NodePolicySettings>>,
     /// Storages full clones may land on; for each VM, the one on its node with the most free space that holds the disks above `node_reserve_disk_*` wins. Implies full clones (`clone_mode` `linked` is refused). Use instead of `storage`. Default: the template's storage (or `storage`).
     pub target_storages: Option<TextList>,
+    /// Whether a target node that cannot clone the template directly (its disks are on storage that node cannot reach, such as each node's own local-lvm or ZFS) gets its own copy of the template, as in nE0sIghT: `auto` (such nodes get a copy), `required` (nE0sIghT's name; the same as `auto`, which also refuses a node that can get no copy), or `off` (Init refuses such nodes). A copy is a full clone on the template's node, migrated offline to the node and converted into a template there: it is in `pool`, marked as this group's in its description, never counted as an instance, made again when the template changes (see `template_check_interval`) and deleted once no instance is a linked clone of it. Nodes without a ready copy take no clones meanwhile. Default `auto`.
+    pub template_stage_mode: Option<String>,
+    /// VMIDs of the template copies, as `first-last`, apart from `vmid_range`, e.g. `9900-9909`. Default: any free VMID.
+    pub template_vmid_range: Option<String>,
+    /// VM name of the template copies, `<prefix>-<node>` (letters, digits and `-`). Default `<group>-template`, with `_` and `.` of the group written `-`.
+    pub template_name_prefix: Option<String>,
+    /// How often the template is read to notice that it changed, which makes new copies (old ones serve until the new ones are ready). A change is a new `template-version=<value>` line in the template's description (nE0sIghT's marker) when it has one, else any change of its configuration (its digest). Default `5m`.
+    #[schemars(extend("x-format" = "duration"))]
+    pub template_check_interval: Option<String>,
     /// VMIDs the plugin may use, as `first-last`, e.g. `9100-9199`. Default: any free VMID.
     pub vmid_range: Option<String>,
     /// Extra Proxmox tags for every instance (lower-cased by Proxmox).
@@ -239,7 +250,12 @@ pub struct GroupConfig {
     pub credentials_file_path: PathBuf,
     pub pool: String,
     pub storage: Option<String>,
+    /// The main template: cloned on its node and wherever its storage is
+    /// shared, copied for nodes without (`template_vmids`' first, or
+    /// `template_id`).
     pub template_id: Vmid,
+    /// The other templates of `template_vmids`, each serving its own node.
+    pub node_templates: Vec<Vmid>,
     pub max_instances: u32,
     /// The interface to read addresses from: read first when
     /// [`Self::instance_network_interface_explicit`], else only a fallback
@@ -275,6 +291,8 @@ pub struct GroupConfig {
     pub target_nodes: Vec<String>,
     /// The scheduler, reserves, limits and target storages.
     pub placement: PlacementConfig,
+    /// Template copies for nodes that cannot clone the template directly.
+    pub staging: Staging,
     pub vmid_range: Option<(Vmid, Vmid)>,
     pub tags: Vec<String>,
     pub max_parallel_clones: u32,
@@ -325,6 +343,27 @@ pub struct Sizing {
     pub disk_device: Option<String>,
     pub clone_snapshot: Option<String>,
     pub clone_bwlimit_kib: Option<u64>,
+}
+
+/// `template_stage_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StageMode {
+    /// Nodes that cannot clone the template directly are refused.
+    Off,
+    /// They get a copy (`auto`, and nE0sIghT's `required`).
+    #[default]
+    Auto,
+}
+
+/// How template copies are made and named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staging {
+    pub mode: StageMode,
+    /// `template_vmid_range`; `None`: any free VMID.
+    pub vmid_range: Option<(Vmid, Vmid)>,
+    /// Copies are named `<name_prefix>-<node>`.
+    pub name_prefix: String,
+    pub check_interval: Duration,
 }
 
 /// A disk resize after the clone (PVE's `PUT /nodes/{node}/qemu/{vmid}/resize`).
@@ -455,8 +494,6 @@ const OV: &str = "overlordtm/fleeting-plugin-proxmox";
 const YO: &str = "yoonda9/fleeting-plugin-proxmox";
 const LC: &str = "LeCyreaxYT/gitlab-fleeting-plugin-proxmox";
 
-const NO_STAGING: &str = "remove it: templates are not staged per node here; with the template's disks on shared storage, \
-                          `target_nodes` clones onto other nodes";
 const NO_RETRIES: &str = "remove it: transient Proxmox API errors are retried automatically";
 const NO_LAZY_START: &str = "remove it: instances start as soon as their clone is done";
 const TOKEN_FILE: &str = "move it into the JSON file named by `credentials_file_path` (fields `token_id` and \
@@ -472,10 +509,6 @@ const OTHER_PLUGIN_KEYS: &[(&str, &str, Option<&str>, &str)] = &[
     ("tls_ca_file", NE, Some("ca_file"), "rename it to `ca_file`"),
     ("tls_insecure_skip_verify", NE, Some("insecure_skip_tls_verify"), "rename it to `insecure_skip_tls_verify`"),
     ("cluster_name", NE, None, "remove it: the plugin uses the cluster behind `url`"),
-    ("template_vmids", NE, Some("template_id"), "set `template_id` to the VMID of the one template to clone"),
-    ("template_stage_mode", NE, None, NO_STAGING),
-    ("template_vmid_range", NE, None, NO_STAGING),
-    ("template_name_prefix", NE, None, NO_STAGING),
     ("name_prefix", NE, Some("group"), "set `group` to mark this runner's VMs (VM names come from `instance_name_*`)"),
     (
         "task_poll_interval",
@@ -802,20 +835,32 @@ impl PluginConfig {
                 "`pool` {pool:?} is not a Proxmox pool id (letters, digits, `-`, `_`, `.`, `/` for nested pools)"
             ));
         }
-        let template_id = match self.template_id {
-            Some(id) if id >= 100 => Vmid(id),
-            Some(id) => {
-                problems.push(format!("`template_id` {id} is not a VMID (100 or more)"));
-                Vmid(100)
+        let mut templates: Vec<Vmid> = Vec::new();
+        for (key, id) in self
+            .template_id
+            .map(|id| ("template_id", id))
+            .into_iter()
+            .chain(self.template_vmids.iter().flatten().map(|id| ("template_vmids", *id)))
+        {
+            if id < 100 {
+                problems.push(format!("`{key}` {id} is not a VMID (100 or more)"));
+            } else if templates.contains(&Vmid(id)) {
+                if key == "template_vmids"
+                    && self.template_vmids.iter().flatten().filter(|other| **other == id).count() > 1
+                {
+                    problems.push(format!("`template_vmids` names {id} twice; keep it once"));
+                }
+            } else {
+                templates.push(Vmid(id));
             }
-            None => {
-                problems.push(
-                    "`template_id` is required; add the VMID of the template to clone, e.g. `template_id = 9000`"
-                        .into(),
-                );
-                Vmid(100)
-            }
-        };
+        }
+        if self.template_id.is_none() && self.template_vmids.as_ref().is_none_or(Vec::is_empty) {
+            problems.push(
+                "`template_id` is required; add the VMID of the template to clone, e.g. `template_id = 9000`".into(),
+            );
+        }
+        let template_id = templates.first().copied().unwrap_or(Vmid(100));
+        let node_templates: Vec<Vmid> = templates.iter().skip(1).copied().collect();
         let max_instances = match self.max_instances {
             Some(0) => {
                 problems.push("`max_instances` must be at least 1".into());
@@ -942,9 +987,8 @@ impl PluginConfig {
                     "`max_instances` {max_instances} does not fit `vmid_range` {first}-{last} ({size} ids); widen the range or lower max_instances"
                 ));
             }
-            if (first.0..=last.0).contains(&template_id.0) {
-                problems
-                    .push(format!("`vmid_range` {first}-{last} contains the template {template_id}; move the range"));
+            for template in templates.iter().filter(|template| (first.0..=last.0).contains(&template.0)) {
+                problems.push(format!("`vmid_range` {first}-{last} contains the template {template}; move the range"));
             }
         }
 
@@ -1158,6 +1202,23 @@ impl PluginConfig {
             }
         };
 
+        if !node_templates.is_empty() && sizing.clone_snapshot.is_some() {
+            problems.push(
+                "`clone_snapshot` names a snapshot of one source VM, but `template_vmids` lists several templates; remove `clone_snapshot` or keep one template".into(),
+            );
+        }
+        let staging = resolve_staging(
+            StagingSettings {
+                mode: self.template_stage_mode,
+                vmid_range: self.template_vmid_range,
+                name_prefix: self.template_name_prefix,
+                check_interval: self.template_check_interval,
+            },
+            &group,
+            (&templates, vmid_range),
+            &mut problems,
+        );
+
         if !problems.is_empty() {
             return Err(ConfigError { problems, ignored: Vec::new() });
         }
@@ -1169,6 +1230,7 @@ impl PluginConfig {
             pool,
             storage,
             template_id,
+            node_templates,
             max_instances,
             instance_network_interface: interface,
             instance_network_interface_explicit,
@@ -1188,6 +1250,7 @@ impl PluginConfig {
             clone_mode_explicit: self.clone_mode.is_some(),
             target_nodes,
             placement,
+            staging,
             vmid_range,
             tags: tags.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
             max_parallel_clones,
@@ -1623,6 +1686,78 @@ pub(crate) fn is_tag(tag: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '+' | '.'))
 }
 
+struct StagingSettings {
+    mode: Option<String>,
+    vmid_range: Option<String>,
+    name_prefix: Option<String>,
+    check_interval: Option<String>,
+}
+
+/// `template_stage_mode`, `template_vmid_range`, `template_name_prefix` and
+/// `template_check_interval`; the copies' VMIDs must stay clear of the
+/// instances' range and the template.
+fn resolve_staging(
+    settings: StagingSettings,
+    group: &str,
+    (templates, vmid_range): (&[Vmid], Option<(Vmid, Vmid)>),
+    problems: &mut Vec<String>,
+) -> Staging {
+    let mode = match settings.mode.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+        None | Some("auto" | "required") => StageMode::Auto,
+        Some("off") => StageMode::Off,
+        Some(other) => {
+            problems.push(format!("`template_stage_mode` {other:?} is not one of auto, required, off"));
+            StageMode::Auto
+        }
+    };
+    let range = settings.vmid_range.as_deref().map(str::trim).filter(|r| !r.is_empty()).and_then(|text| {
+        match parse_range(text) {
+            Ok(range) => Some(range),
+            Err(problem) => {
+                problems.push(format!("`template_vmid_range` {text:?} {problem}"));
+                None
+            }
+        }
+    });
+    if let Some((first, last)) = range {
+        if let Some((instances_first, instances_last)) = vmid_range
+            && first <= instances_last
+            && instances_first <= last
+        {
+            problems.push(format!(
+                "`template_vmid_range` {first}-{last} overlaps `vmid_range` {instances_first}-{instances_last}; give the copies their own VMIDs"
+            ));
+        }
+        for template in templates.iter().filter(|template| (first.0..=last.0).contains(&template.0)) {
+            problems
+                .push(format!("`template_vmid_range` {first}-{last} contains the template {template}; move the range"));
+        }
+    }
+    let name_prefix = match settings.name_prefix.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        Some(prefix) if is_dns_name(prefix) && !prefix.contains('.') && prefix.len() <= 40 => prefix.to_string(),
+        Some(prefix) => {
+            problems.push(format!(
+                "`template_name_prefix` {prefix:?} cannot start a VM name; use at most 40 letters, digits and `-`"
+            ));
+            String::new()
+        }
+        None => format!("{}-template", group.replace(['_', '.'], "-")),
+    };
+    let check_interval = match settings.check_interval.as_deref().map(str::trim) {
+        None | Some("") => Duration::from_secs(300),
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(interval) if interval >= Duration::from_secs(10) => interval,
+            _ => {
+                problems.push(format!(
+                    "`template_check_interval` {text:?} is not a duration of at least 10s; write e.g. \"5m\""
+                ));
+                Duration::from_secs(300)
+            }
+        },
+    };
+    Staging { mode, vmid_range: range, name_prefix, check_interval }
+}
+
 fn parse_range(text: &str) -> Result<(Vmid, Vmid), &'static str> {
     let (first, last) = text.split_once('-').ok_or("must be written `first-last`, e.g. \"9100-9199\"")?;
     let first: u32 = first.trim().parse().map_err(|_| "must be written `first-last`, e.g. \"9100-9199\"")?;
@@ -1895,7 +2030,7 @@ mod tests {
     #[test]
     fn unknown_keys_never_fail_and_say_what_to_do() {
         let json = seed_with(
-            r#""tempalte_id": 1, "whatever": true, "api_url": "https://x", "template_vmids": [9000],
+            r#""tempalte_id": 1, "whatever": true, "api_url": "https://x", "template_vmid": [9000],
                "tls_insecure_skip_verify": true, "tls_ca_file": "/ca.pem", "token_id": "a@pve!b",
                "token_secret": "s3cr3t-value", "lazy_start_instances": true, "vmid_range_start": 100, "Clone_Concurrency": 2"#,
         );
@@ -1904,6 +2039,7 @@ mod tests {
         let by_key = |key: &str| warnings.iter().find(|w| w.key == key).unwrap_or_else(|| panic!("{key} not warned"));
         assert_eq!(warnings.len(), 11, "one per unknown key: {warnings:?}");
         assert_eq!(by_key("tempalte_id").reason, Ignored::Misspelt { suggestion: "template_id".into() });
+        assert!(matches!(&by_key("template_vmid").reason, Ignored::Misspelt { .. }));
         assert_eq!(by_key("whatever").reason, Ignored::Unknown);
         assert_eq!(
             by_key("whatever").to_string(),
@@ -1911,7 +2047,6 @@ mod tests {
         );
         for (key, ours) in [
             ("api_url", "url"),
-            ("template_vmids", "template_id"),
             ("tls_insecure_skip_verify", "insecure_skip_tls_verify"),
             ("tls_ca_file", "ca_file"),
             ("vmid_range_start", "vmid_range"),

@@ -32,6 +32,7 @@ use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
 use super::slots::SlotGate;
 use super::ssh_key::GeneratedKey;
 use super::template::{TemplateFacts, TemplateStorage};
+use super::template_copy::{CloneSource, TemplateCopies};
 use super::{
     CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, Error, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
@@ -64,6 +65,9 @@ pub(crate) struct Engine {
     pub guest: GuestDefaults,
     /// Which node takes the next clone (its own lock; see `placement`).
     pub placement: Placement,
+    /// The template's copies on nodes that cannot clone it directly (its
+    /// own lock; see `template_copy`).
+    pub copies: TemplateCopies,
     /// Every tracked instance, impostor and foreign VMID; the only way to
     /// change an instance's phase.
     pub registry: Registry,
@@ -143,7 +147,7 @@ impl Engine {
         let current_config = pve.vm_config(&template_node, config.template_id).await?;
         // With `clone_snapshot` the instances are made of the snapshot's config.
         let template_config = match &config.sizing.clone_snapshot {
-            None => current_config,
+            None => current_config.clone(),
             Some(name) => {
                 let snapshots = pve.snapshots(&template_node, config.template_id).await?;
                 if !snapshots.contains(name) {
@@ -176,10 +180,43 @@ impl Engine {
             super::template::clone_kind(&facts, &storage, config.clone_mode, config.clone_mode_explicit).map_err(
                 |problem| Error::Template { template_id: config.template_id, problems: vec![problem.to_string()] },
             )?;
-        check_target_nodes(&pve, &config, &template_node, &storage).await?;
+        let node_templates = super::template_copy::read_node_templates(
+            &pve,
+            &config,
+            &listing,
+            &template_node,
+            generate_credentials,
+            grown_disk.as_deref(),
+        )
+        .await?;
+        let own_template: Vec<String> = node_templates.iter().map(|source| source.node.clone()).collect();
+        check_target_nodes(&pve, &config, &template_node, &own_template, &storage).await?;
+        let plans = super::template_copy::plan_copies(&config, &facts, &storage, &listing, &own_template)
+            .map_err(|problems| Error::TargetNodes { problems })?;
+        let copies = if plans.is_empty() {
+            TemplateCopies::default()
+        } else {
+            let version = super::template_copy::template_version(&current_config);
+            let naming = Naming::new(&config.group);
+            let found =
+                super::template_copy::discover(&pve, &naming, &config.pool, &config.staging.name_prefix, &listing)
+                    .await?;
+            TemplateCopies::new(config.template_id, plans, version, found, config.staging.check_interval)
+        }
+        .with_node_templates(node_templates);
+        for plan in copies.plans() {
+            tracing::info!(
+                node = plan.node,
+                storage = plan.storage,
+                clone = if plan.linked { "linked" } else { "full" },
+                "node {} clones from its own copy of the template (template_stage_mode)",
+                plan.node
+            );
+        }
 
         let demand = Demand::of_clone(&template_config, &config.sizing, grown_disk.as_deref());
-        let placement = Placement::for_group(&config, &template_node, linked, demand);
+        let default_nodes = std::iter::once(template_node.clone()).chain(own_template.iter().cloned()).collect();
+        let placement = Placement::for_group(&config, default_nodes, linked, demand);
         let guest = GuestDefaults::from_template(&template_config);
         let generate_password = generate_credentials && guest.os == "windows";
         let password = generate_password.then(super::windows_password::generate);
@@ -217,6 +254,7 @@ impl Engine {
             template_node,
             linked,
             placement,
+            copies,
             registry: Registry::default(),
             background: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -226,6 +264,16 @@ impl Engine {
             leases: LeaseBook::default(),
         };
         Ok((engine, listing))
+    }
+
+    /// Where a clone for `node` comes from: the node's template copy, or
+    /// the template itself (on its node, or on shared storage).
+    pub fn clone_source(&self, node: &str) -> CloneSource {
+        self.copies.source_for(node).unwrap_or_else(|| CloneSource {
+            vmid: self.config.template_id,
+            node: self.template_node.clone(),
+            linked: self.linked,
+        })
     }
 
     /// The tags an instance carries in `state`: the group's ownership tags,
@@ -462,6 +510,7 @@ pub async fn inspect_target_nodes(
     pve: &PveClient,
     config: &GroupConfig,
     template_node: &str,
+    own_template: &[String],
     storage: &TemplateStorage,
 ) -> Result<TargetNodeFindings, crate::pve::Error> {
     let mut findings = TargetNodeFindings::default();
@@ -482,10 +531,11 @@ pub async fn inspect_target_nodes(
             Some(_) => {}
         }
     }
-    let elsewhere = config.target_nodes.iter().any(|node| node != template_node);
-    if elsewhere && !storage.all_shared() {
+    let elsewhere = config.target_nodes.iter().any(|node| node != template_node && !own_template.contains(node));
+    let staged = config.staging.mode == super::config::StageMode::Auto;
+    if elsewhere && !storage.all_shared() && !staged {
         findings.problems.push(format!(
-            "`target_nodes` includes nodes other than {template_node}, but template {} has volumes on storage that is not shared: {}; Proxmox clones to another node only from shared storage, so move the template's disks and cloud-init drive to shared storage (e.g. Ceph/NFS) or list only {template_node}",
+            "`target_nodes` includes nodes other than {template_node}, but template {} has volumes on storage that is not shared: {}, and `template_stage_mode` is off; Proxmox clones to another node only from shared storage, so set `template_stage_mode = \"auto\"` (each node gets its own copy of the template), move the template's disks and cloud-init drive to shared storage (e.g. Ceph/NFS), or list only {template_node}",
             config.template_id,
             storage.describe(),
         ));
@@ -497,9 +547,10 @@ async fn check_target_nodes(
     pve: &PveClient,
     config: &GroupConfig,
     template_node: &str,
+    own_template: &[String],
     storage: &TemplateStorage,
 ) -> Result<(), Error> {
-    let findings = inspect_target_nodes(pve, config, template_node, storage).await?;
+    let findings = inspect_target_nodes(pve, config, template_node, own_template, storage).await?;
     for node in &findings.offline {
         tracing::warn!(node, "target node is offline; clones go to the other target nodes until it is back");
     }
@@ -557,6 +608,7 @@ impl InstanceGroup for ProxmoxGroup {
         if let Some(address) = engine.config.metrics_listen {
             *self.listener.lock().unwrap() = Some(MetricsListener::spawn(address, engine.metrics.clone()));
         }
+        super::template_copy::spawn_keeper(engine.clone());
         if engine.config.take_over_seed_instances {
             // Init's own listing; what it misses, Update judges in the takeover window.
             let claimed = super::takeover::take_over(engine, &vms).await;

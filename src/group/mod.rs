@@ -24,6 +24,7 @@ pub mod slots;
 pub mod ssh_key;
 pub mod takeover;
 pub mod template;
+pub mod template_copy;
 pub mod windows_password;
 
 use std::future::Future;

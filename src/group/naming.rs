@@ -69,6 +69,17 @@ impl FromStr for InstanceId {
     }
 }
 
+/// What the marker of a template copy says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyMarker {
+    /// The template it copies.
+    pub source: Vmid,
+    /// The node it was made for.
+    pub node: String,
+    /// The template's version it was made from.
+    pub version: String,
+}
+
 /// The group's marker and tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Naming {
@@ -123,6 +134,35 @@ impl Naming {
             }
         }
         (group == Some(self.group.as_str())).then_some(instance).flatten()
+    }
+
+    /// The description of a copy of template `source` made from its
+    /// `version`: the marker without an `instance`, so no code that looks
+    /// for instances ever takes a copy for one.
+    pub fn copy_description(&self, source: Vmid, node: &str, version: &str) -> String {
+        format!(
+            "{MARKER_PREFIX} group={} template-copy-of={source} node={node} version={version}\nCopy of template {source} made by the GitLab Runner fleeting plugin for Proxmox for node {node}; it deletes this copy when the template changes and no instance uses it.",
+            self.group
+        )
+    }
+
+    /// The template copy a description marks as this group's, if any.
+    pub fn copy_of_description(&self, description: &str) -> Option<CopyMarker> {
+        let rest = description.lines().next()?.trim().strip_prefix(MARKER_PREFIX)?;
+        let (mut group, mut source, mut node, mut version) = (None, None, None, None);
+        for field in rest.split_whitespace() {
+            match field.split_once('=') {
+                Some(("group", value)) => group = Some(value),
+                Some(("template-copy-of", value)) => source = value.parse().ok().map(Vmid),
+                Some(("node", value)) => node = Some(value.to_string()),
+                Some(("version", value)) => version = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        if group != Some(self.group.as_str()) {
+            return None;
+        }
+        Some(CopyMarker { source: source?, node: node?, version: version.unwrap_or_default() })
     }
 
     /// Whether a description carries this plugin's marker, of any group.

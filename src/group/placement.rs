@@ -238,6 +238,9 @@ impl fmt::Display for NoRoom {
     }
 }
 
+/// Nodes that cannot take a clone yet, with why.
+pub type Unready = BTreeMap<String, String>;
+
 /// Where a clone goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
@@ -291,12 +294,12 @@ impl Placement {
         Self { config, candidates, demand, state: Mutex::new(State::default()) }
     }
 
-    /// The group's placement: over `target_nodes`, else the template's node;
-    /// linked clones stay on the template's storage, so `target_storages`
-    /// do not apply to them. One reading for the engine and `check`.
-    pub fn for_group(config: &GroupConfig, template_node: &str, linked: bool, demand: Demand) -> Self {
-        let candidates =
-            if config.target_nodes.is_empty() { vec![template_node.to_string()] } else { config.target_nodes.clone() };
+    /// The group's placement: over `target_nodes`, else the templates'
+    /// nodes (`default_nodes`); linked clones stay on the template's
+    /// storage, so `target_storages` do not apply to them. One reading for
+    /// the engine and `check`.
+    pub fn for_group(config: &GroupConfig, default_nodes: Vec<String>, linked: bool, demand: Demand) -> Self {
+        let candidates = if config.target_nodes.is_empty() { default_nodes } else { config.target_nodes.clone() };
         let mut placement_config = config.placement.clone();
         if linked {
             placement_config.target_storages.clear();
@@ -377,11 +380,13 @@ impl Placement {
 
     /// Chooses the node (and storage) for the clone `vmid` and counts it
     /// there until its VM runs.
-    pub fn place(&self, vmid: Vmid) -> Result<Placed, NoRoom> {
+    /// `unready` names the nodes that cannot take a clone yet, with why
+    /// (their template copy is not made yet).
+    pub fn place(&self, vmid: Vmid, unready: &Unready) -> Result<Placed, NoRoom> {
         let now = Instant::now();
         let mut state = self.lock();
         state.penalties.retain(|_, until| *until > now);
-        let rooms = self.rooms(&state);
+        let rooms = self.rooms(&state, unready);
         let mut open: Vec<&NodeRoom> = rooms.iter().filter(|room| room.blocked_by.is_empty()).collect();
         if open.is_empty() {
             return Err(NoRoom {
@@ -430,12 +435,12 @@ impl Placement {
     }
 
     /// Every candidate node's room for one more instance now.
-    pub fn survey(&self) -> Vec<NodeRoom> {
+    pub fn survey(&self, unready: &Unready) -> Vec<NodeRoom> {
         let state = self.lock();
-        self.rooms(&state)
+        self.rooms(&state, unready)
     }
 
-    fn rooms(&self, state: &State) -> Vec<NodeRoom> {
+    fn rooms(&self, state: &State, unready: &Unready) -> Vec<NodeRoom> {
         let mut pending_per_node: HashMap<&str, Committed> = HashMap::new();
         for Pending { node, storage, demand, .. } in state.pending.values() {
             let entry = pending_per_node.entry(node.as_str()).or_default();
@@ -482,6 +487,10 @@ impl Placement {
                 }
                 if state.penalties.contains_key(node) {
                     room.blocked_by.push(format!("a clone there failed within the last {} s", NODE_PENALTY.as_secs()));
+                }
+                if let Some(why) = unready.get(node) {
+                    room.blocked_by.push(why.clone());
+                    room.fits = Some(0);
                 }
                 room
             })
@@ -693,7 +702,7 @@ mod tests {
     fn place_many(placement: &Placement, count: u32) -> BTreeMap<String, u32> {
         let mut placed = BTreeMap::new();
         for vmid in 0..count {
-            let node = placement.place(Vmid(1000 + vmid)).unwrap().node;
+            let node = placement.place(Vmid(1000 + vmid), &Unready::new()).unwrap().node;
             *placed.entry(node).or_default() += 1;
         }
         placed
@@ -726,7 +735,7 @@ mod tests {
         let placement = placement(Scheduler::MostFreeRam, NodeRules::default());
         placement.observe(&three_nodes(), |_| false);
         // pve1 has 56 GiB free, pve3 28, pve2 24: pve1 takes instances until it is level with pve3.
-        assert_eq!(placement.place(Vmid(1)).unwrap().node, "pve1");
+        assert_eq!(placement.place(Vmid(1), &Unready::new()).unwrap().node, "pve1");
         // Then the most free memory: pve1 down to 28 GiB, then pve1 and pve3 in turn, then all three.
         let placed = place_many(&placement, 10);
         assert_eq!((placed["pve1"], placed["pve2"], placed["pve3"]), (8, 1, 1), "{placed:?}");
@@ -753,7 +762,7 @@ mod tests {
         let placed = place_many(&placement, 6);
         // pve2: 24 GiB free minus 4 needed is below the 24 GiB reserve.
         assert_eq!(placed.get("pve2"), None, "{placed:?}");
-        let rooms = placement.survey();
+        let rooms = placement.survey(&Unready::new());
         let pve2 = rooms.iter().find(|room| room.node == "pve2").unwrap();
         assert!(
             pve2.blocked_by[0].starts_with("memory reserve (24.0 GiB free, 4.0 GiB needed, 24.0 GiB reserved)"),
@@ -768,7 +777,7 @@ mod tests {
         // 200 × 4 GiB on 160 GiB of nodes: every one is placed, by most free memory.
         let placed = place_many(&placement, 200);
         assert_eq!(placed.values().sum::<u32>(), 200);
-        assert!(placement.survey().iter().all(|room| room.fits.is_none()));
+        assert!(placement.survey(&Unready::new()).iter().all(|room| room.fits.is_none()));
     }
 
     #[test]
@@ -780,7 +789,7 @@ mod tests {
         listing.nodes[2].online = false;
         placement.observe(&listing, |_| false);
         // pve2: 32 GiB committed of a 32 GiB cap.
-        let err = placement.place(Vmid(1)).unwrap_err();
+        let err = placement.place(Vmid(1), &Unready::new()).unwrap_err();
         let text = err.to_string();
         assert!(
             text.starts_with("no node can take another instance (4.0 GiB memory, 2 vCPU, 0 MiB disk): pve1: offline"),
@@ -796,7 +805,7 @@ mod tests {
     fn round_robin_takes_turns_and_spread_counts_our_instances() {
         let placement = placement(Scheduler::RoundRobin, NodeRules::default());
         placement.observe(&three_nodes(), |_| false);
-        let nodes: Vec<String> = (0..4).map(|i| placement.place(Vmid(i + 1)).unwrap().node).collect();
+        let nodes: Vec<String> = (0..4).map(|i| placement.place(Vmid(i + 1), &Unready::new()).unwrap().node).collect();
         assert_eq!(nodes, ["pve1", "pve2", "pve3", "pve1"]);
 
         let spread = self::placement(Scheduler::Spread, NodeRules::default());
@@ -804,9 +813,9 @@ mod tests {
         listing.vms =
             vec![vm(1001, "pve1", 4, 2.0, true), vm(1002, "pve1", 4, 2.0, true), vm(1003, "pve3", 4, 2.0, true)];
         spread.observe(&listing, |vm| vm.vmid.0 > 1000);
-        assert_eq!(spread.place(Vmid(2000)).unwrap().node, "pve2");
-        assert_eq!(spread.place(Vmid(2001)).unwrap().node, "pve2");
-        assert_eq!(spread.place(Vmid(2002)).unwrap().node, "pve3");
+        assert_eq!(spread.place(Vmid(2000), &Unready::new()).unwrap().node, "pve2");
+        assert_eq!(spread.place(Vmid(2001), &Unready::new()).unwrap().node, "pve2");
+        assert_eq!(spread.place(Vmid(2002), &Unready::new()).unwrap().node, "pve3");
     }
 
     #[test]
@@ -817,15 +826,15 @@ mod tests {
         let mut listing = three_nodes();
         listing.nodes[2].cpu_usage = Some(0.0);
         placement.observe(&listing, |_| false);
-        let first = placement.place(Vmid(1)).unwrap();
-        placement.place(Vmid(2)).unwrap();
-        assert!(placement.place(Vmid(3)).is_err(), "8 vCPUs of 8 committed");
+        let first = placement.place(Vmid(1), &Unready::new()).unwrap();
+        placement.place(Vmid(2), &Unready::new()).unwrap();
+        assert!(placement.place(Vmid(3), &Unready::new()).is_err(), "8 vCPUs of 8 committed");
         // VM 1 fails to clone; VM 2 runs and is counted by the listing instead.
         placement.release(first.ticket);
         listing.vms.push(vm(2, "pve3", 1, 4.0, true));
         placement.observe(&listing, |_| true);
-        assert_eq!(placement.place(Vmid(3)).unwrap().node, "pve3");
-        assert!(placement.place(Vmid(4)).is_err());
+        assert_eq!(placement.place(Vmid(3), &Unready::new()).unwrap().node, "pve3");
+        assert!(placement.place(Vmid(4), &Unready::new()).is_err());
     }
 
     #[test]
@@ -852,10 +861,10 @@ mod tests {
         let mut listing = three_nodes();
         listing.storages = vec![storage("local-lvm", 100, 20), storage("fast", 200, 100), storage("other", 1000, 0)];
         placement.observe(&listing, |_| false);
-        assert_eq!(placement.place(Vmid(1)).unwrap().storage.as_deref(), Some("fast"));
+        assert_eq!(placement.place(Vmid(1), &Unready::new()).unwrap().storage.as_deref(), Some("fast"));
         // fast: 70 GiB free now, local-lvm 80.
-        assert_eq!(placement.place(Vmid(2)).unwrap().storage.as_deref(), Some("local-lvm"));
-        let fits = placement.survey()[0].fits;
+        assert_eq!(placement.place(Vmid(2), &Unready::new()).unwrap().storage.as_deref(), Some("local-lvm"));
+        let fits = placement.survey(&Unready::new())[0].fits;
         assert_eq!(fits, Some(1), "local-lvm: 50 GiB free, 10 reserved, 30 each");
     }
 }

@@ -58,8 +58,8 @@ async fn request_clone_on_some_vmid(
     loop {
         vmid_attempts = vmid_attempts.saturating_sub(1);
         let (id, placed) = reserve_instance(engine).await?;
-        // The clone task runs on the template's node, whatever the target.
-        let Some(slot) = engine.clone_slots.try_acquire(&engine.template_node) else {
+        // The clone task runs on its source's node, whatever the target.
+        let Some(slot) = engine.clone_slots.try_acquire(&engine.clone_source(&placed.node).node) else {
             // Runner sees it creating at once; the clone request waits its turn.
             tracing::info!(instance = %id, vmid = %id.vmid, node = placed.node, "instance creating: waiting for a clone slot (max_parallel_clones)");
             spawn_queued_clone(engine, id, placed, probe, vmid_attempts);
@@ -80,7 +80,7 @@ async fn request_clone_on_some_vmid(
 async fn reserve_instance(engine: &Arc<Engine>) -> Result<(InstanceId, Placed), ProvisionError> {
     let vmid = allocate_vmid(engine).await?;
     let id = InstanceId::generate(vmid);
-    let placed = engine.placement.place(vmid).map_err(ProvisionError::NoRoom)?;
+    let placed = engine.placement.place(vmid, &engine.copies.unready()).map_err(ProvisionError::NoRoom)?;
     engine.registry.track_creating(id.clone(), &placed.node);
     if let Some(network) = &engine.config.static_network
         && let Err(err) = super::lease::allocate(engine, network, &id).await
@@ -117,7 +117,8 @@ async fn clone_instance(
     let err = match send_clone(engine, id, node, placed.storage.as_deref()).await {
         Ok(accepted) => {
             engine.metrics.phase_done(ProvisionPhase::CloneRequest, asked.elapsed());
-            tracing::info!(instance = %id, vmid = %vmid, node, clone = if engine.linked { "linked" } else { "full" }, "instance creating: clone accepted");
+            let source = engine.clone_source(node);
+            tracing::info!(instance = %id, vmid = %vmid, node, source = %source.vmid, clone = if source.linked { "linked" } else { "full" }, "instance creating: clone accepted");
             spawn_provisioning(engine, id.clone(), accepted, slot, probe, vmid_attempts);
             return Ok(());
         }
@@ -163,7 +164,8 @@ fn spawn_queued_clone(engine: &Arc<Engine>, id: InstanceId, placed: Placed, prob
     let (queued, span_id) = (engine.clone(), id.clone());
     let work = async move {
         let engine = queued;
-        let Some(slot) = engine.clone_slots.acquire(&engine.template_node, &engine.cancel).await else { return };
+        let source_node = engine.clone_source(&placed.node).node;
+        let Some(slot) = engine.clone_slots.acquire(&source_node, &engine.cancel).await else { return };
         if engine.registry.phase_of(&id) != Some(Phase::Creating) {
             tracing::debug!(instance = %id, "removal was requested while the clone waited; not cloning");
             engine.placement.release(placed.ticket);
@@ -199,8 +201,11 @@ async fn send_clone(
     node: &str,
     storage: Option<&str>,
 ) -> Result<Accepted, ProvisionError> {
+    let source = engine.clone_source(node);
+    let from_template = source.vmid == engine.config.template_id;
     let request = CloneRequest {
-        snapshot: engine.config.sizing.clone_snapshot.clone(),
+        // A copy was made of the snapshot already (and templates have none).
+        snapshot: if from_template { engine.config.sizing.clone_snapshot.clone() } else { None },
         bandwidth_limit_kib: engine.config.sizing.clone_bwlimit_kib,
         new_vmid: Some(id.vmid),
         name: Some(engine.config.instance_name_creating.clone()),
@@ -209,18 +214,18 @@ async fn send_clone(
             engine.naming.description_with_lease(id, &super::lease::held(engine, id).unwrap_or_default()),
         ),
         pool: Some(engine.config.pool.clone()),
-        full: Some(!engine.linked),
-        storage: if engine.linked {
+        full: Some(!source.linked),
+        storage: if source.linked {
             None
         } else {
             storage.map(str::to_string).or_else(|| engine.config.storage.clone())
         },
-        target_node: (node != engine.template_node).then(|| node.to_string()),
+        target_node: (node != source.node).then(|| node.to_string()),
     };
     let mut maybe_sent = false;
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=CLONE_REQUEST_ATTEMPTS {
-        let error = match engine.pve.clone_vm(&engine.template_node, engine.config.template_id, &request).await {
+        let error = match engine.pve.clone_vm(&source.node, source.vmid, &request).await {
             Ok(upid) => return Ok(Accepted::Task(upid)),
             Err(error) => error,
         };

@@ -1,0 +1,217 @@
+//! Three nodes, each with its own local-lvm, the template on pve1's: pve2
+//! and pve3 cannot clone it (Proxmox clones to another node only from
+//! shared storage), so each gets a copy of the template (full clone on
+//! pve1, offline migration, conversion into a template there). Instances
+//! of pve2 and pve3 are linked clones of their node's copy; a changed
+//! template makes new copies while running instances keep theirs, and the
+//! old copies go once no instance uses them.
+
+#[path = "support/engine_setup.rs"]
+mod engine_setup;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use engine_setup::*;
+use fleeting_plugin_proxmox::group::InstanceGroup;
+use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
+use fleeting_plugin_proxmox::sim::VmView;
+use fleeting_plugin_proxmox::sim::config::defaults;
+
+const NODES: [&str; 3] = ["pve1", "pve2", "pve3"];
+
+async fn three_local_nodes(settings: serde_json::Value) -> Setup {
+    let mut scenario = fast_scenario();
+    add_node(&mut scenario, "pve3", 30);
+    let mut setup = setup(scenario).await;
+    setup.config["target_nodes"] = serde_json::json!(NODES);
+    setup.config["max_instances"] = 30.into();
+    setup.config["max_parallel_clones"] = 8.into();
+    setup.config["scheduler"] = "spread".into();
+    for (key, value) in settings.as_object().unwrap() {
+        setup.config[key] = value.clone();
+    }
+    setup
+}
+
+/// The group's template copies in the simulator, complete or not.
+fn copies(setup: &Setup) -> Vec<VmView> {
+    let inventory = setup.sim.admin().inventory();
+    inventory
+        .vms
+        .into_iter()
+        .filter(|vm| vm.config.get("description").is_some_and(|d| d.contains("template-copy-of=9000")))
+        .collect()
+}
+
+/// Waits until pve2 and pve3 each have one complete copy and nothing else
+/// carries a copy marker; returns node → copy VMID.
+async fn wait_for_copies(setup: &Setup, not: &[u32]) -> BTreeMap<String, u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = copies(setup);
+        let complete: BTreeMap<String, u32> = found
+            .iter()
+            .filter(|vm| vm.template && vm.lock.is_none() && !not.contains(&vm.vmid))
+            .map(|vm| (vm.node.clone(), vm.vmid))
+            .collect();
+        if complete.len() == 2 && complete.contains_key("pve2") && complete.contains_key("pve3") {
+            return complete;
+        }
+        assert!(Instant::now() < deadline, "no copies on pve2 and pve3 within 60 s: {found:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Our instances per node.
+fn per_node(setup: &Setup) -> BTreeMap<String, Vec<VmView>> {
+    let mut nodes: BTreeMap<String, Vec<VmView>> = NODES.iter().map(|node| (node.to_string(), Vec::new())).collect();
+    for vm in setup.sim.admin().inventory().vms {
+        let instance = vm.config.get("description").is_some_and(|d| d.contains(" instance="));
+        if instance && !vm.template && vm.vmid != COPY_VMID {
+            nodes.get_mut(&vm.node).unwrap().push(vm);
+        }
+    }
+    nodes
+}
+
+/// The base volume a linked clone's system disk is made of
+/// (`local-lvm:base-9901-disk-0/vm-105-disk-0` → `base-9901-disk-0`).
+fn base_of(vm: &VmView) -> String {
+    let disk = vm.config.get("scsi0").cloned().unwrap_or_default();
+    let volume = disk.split(',').next().unwrap_or_default();
+    let name = volume.split_once(':').map(|(_, name)| name).unwrap_or_default();
+    name.split('/').next().unwrap_or_default().to_string()
+}
+
+async fn scale_to(group: &ProxmoxGroup, count: usize) {
+    let current = states(group).await.len();
+    if count > current {
+        let answer = group.increase((count - current) as u32).await.unwrap();
+        assert_eq!(answer.succeeded as usize, count - current, "{:?}", answer.failures);
+    }
+    wait_until(group, &format!("{count} running"), all_running(count)).await;
+}
+
+async fn drain(group: &ProxmoxGroup) {
+    let ids: Vec<String> = states(group).await.into_iter().map(|(id, _)| id).collect();
+    group.decrease(ids).await.unwrap();
+    wait_until(group, "drained", |s| s.is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_storage_on_three_nodes_scales_0_30_0_from_a_copy_per_node() {
+    let setup = three_local_nodes(serde_json::json!({})).await;
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let made = wait_for_copies(&setup, &[]).await;
+    for (node, vmid) in &made {
+        let copy = setup.sim.admin().vm(*vmid).unwrap();
+        assert_eq!(copy.pool.as_deref(), Some(defaults::POOL), "a copy is in the pool");
+        assert!(copy.config["scsi0"].starts_with(&format!("local-lvm:base-{vmid}-disk-0")), "{node}: {copy:?}");
+    }
+    assert!(states(&group).await.is_empty(), "a copy is never an instance");
+
+    scale_to(&group, 30).await;
+    let nodes = per_node(&setup);
+    for node in NODES {
+        assert_eq!(nodes[node].len(), 10, "spread puts 10 on {node}");
+    }
+    for vm in &nodes["pve1"] {
+        assert_eq!(base_of(vm), "base-9000-disk-0", "pve1 clones the template itself");
+    }
+    for node in ["pve2", "pve3"] {
+        for vm in &nodes[node] {
+            assert_eq!(base_of(vm), format!("base-{}-disk-0", made[node]), "{node} clones its copy (linked)");
+        }
+    }
+    drain(&group).await;
+    assert_eq!(wait_for_copies(&setup, &[]).await, made, "the copies stay for the next scale-up");
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_template_rolls_the_copies_without_touching_running_instances() {
+    let setup = three_local_nodes(serde_json::json!({ "template_check_interval": "10s" })).await;
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let old = wait_for_copies(&setup, &[]).await;
+    scale_to(&group, 6).await;
+    let running_before: Vec<VmView> = per_node(&setup).into_values().flatten().collect();
+
+    // The admin updates the template (a new image, a bumped marker).
+    setup
+        .sim
+        .admin()
+        .edit_config(defaults::TEMPLATE_VMID, &[("description", Some("Debian 12\ntemplate-version=2"))])
+        .unwrap();
+    let old_vmids: Vec<u32> = old.values().copied().collect();
+    let new = wait_for_copies(&setup, &old_vmids).await;
+    assert!(new.values().all(|vmid| !old_vmids.contains(vmid)));
+    // Linked clones of the old copies still run: the old copies stay.
+    for vmid in &old_vmids {
+        assert!(setup.sim.admin().vm(*vmid).is_some(), "copy {vmid} is still used by linked clones");
+    }
+    let ids: Vec<String> = states(&group).await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 6, "no instance was removed");
+    for before in &running_before {
+        let now = setup.sim.admin().vm(before.vmid).unwrap();
+        assert_eq!(now.status, "running");
+        assert_eq!(base_of(&now), base_of(before), "a running instance keeps its disks");
+    }
+
+    // New instances come from the new copies; the old copies go with their last instance.
+    group.decrease(ids).await.unwrap();
+    wait_until(&group, "drained", |s| s.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old_vmids.iter().any(|vmid| setup.sim.admin().vm(*vmid).is_some()) {
+        assert!(Instant::now() < deadline, "the old copies were not deleted: {:#?}", copies(&setup));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    scale_to(&group, 6).await;
+    for node in ["pve2", "pve3"] {
+        for vm in &per_node(&setup)[node] {
+            assert_eq!(base_of(vm), format!("base-{}-disk-0", new[node]), "{node} clones its new copy");
+        }
+    }
+    drain(&group).await;
+    assert_eq!(copies(&setup).len(), 2, "only the current copies remain");
+    setup.assert_no_leaks();
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_node_gets_its_copy_when_it_is_back_and_the_others_serve_meanwhile() {
+    let mut scenario = fast_scenario();
+    add_node(&mut scenario, "pve3", 30);
+    let mut setup = setup(scenario).await;
+    setup.config["target_nodes"] = serde_json::json!(NODES);
+    setup.config["scheduler"] = "spread".into();
+    setup.config["template_check_interval"] = "10s".into();
+    setup.sim.admin().set_node_online("pve3", false).unwrap();
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    scale_to(&group, 4).await;
+    let nodes = per_node(&setup);
+    assert_eq!(nodes["pve3"].len(), 0, "the offline node takes nothing");
+    assert_eq!(nodes["pve1"].len() + nodes["pve2"].len(), 4);
+    drain(&group).await;
+    setup.sim.admin().set_node_online("pve3", true).unwrap();
+    // Its staging failed while it was offline; the keeper tries again.
+    wait_for_copies(&setup, &[]).await;
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_mode_off_refuses_nodes_that_cannot_clone_the_template() {
+    let setup = three_local_nodes(serde_json::json!({ "template_stage_mode": "off" })).await;
+    let group = ProxmoxGroup::new();
+    let err = group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap_err().to_string();
+    assert!(err.contains("template_stage_mode"), "{err}");
+    assert!(err.contains("local-lvm"), "{err}");
+    assert!(copies(&setup).is_empty());
+}
