@@ -193,17 +193,20 @@ impl Engine {
         check_target_nodes(&pve, &config, &template_node, &own_template, &storage).await?;
         let plans = super::template_copy::plan_copies(&config, &facts, &storage, &listing, &own_template)
             .map_err(|problems| Error::TargetNodes { problems })?;
-        let copies = if plans.is_empty() {
-            TemplateCopies::default()
-        } else {
-            let version = super::template_copy::template_version(&current_config);
-            let naming = Naming::new(&config.group);
-            let found =
-                super::template_copy::discover(&pve, &naming, &config.pool, &config.staging.name_prefix, &listing)
-                    .await?;
-            TemplateCopies::new(config.template_id, plans, version, found, config.staging.check_interval)
-        }
-        .with_node_templates(node_templates);
+        // Copies are looked for even when no node needs one now, so those
+        // of nodes no longer targeted are deleted too.
+        let found = super::template_copy::discover(
+            &pve,
+            &Naming::new(&config.group),
+            &config.pool,
+            &config.staging.name_prefix,
+            &listing,
+        )
+        .await?;
+        let template_version = super::template_copy::template_version(&current_config);
+        let copies =
+            TemplateCopies::new(config.template_id, plans, template_version, found, config.staging.check_interval)
+                .with_node_templates(node_templates);
         for plan in copies.plans() {
             tracing::info!(
                 node = plan.node,

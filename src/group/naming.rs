@@ -72,6 +72,8 @@ impl FromStr for InstanceId {
 /// What the marker of a template copy says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyMarker {
+    /// The copy's own VMID.
+    pub vmid: Vmid,
     /// The template it copies.
     pub source: Vmid,
     /// The node it was made for.
@@ -139,20 +141,23 @@ impl Naming {
     /// The description of a copy of template `source` made from its
     /// `version`: the marker without an `instance`, so no code that looks
     /// for instances ever takes a copy for one.
-    pub fn copy_description(&self, source: Vmid, node: &str, version: &str) -> String {
+    pub fn copy_description(&self, vmid: Vmid, source: Vmid, node: &str, version: &str) -> String {
         format!(
-            "{MARKER_PREFIX} group={} template-copy-of={source} node={node} version={version}\nCopy of template {source} made by the GitLab Runner fleeting plugin for Proxmox for node {node}; it deletes this copy when the template changes and no instance uses it.",
+            "{MARKER_PREFIX} group={} template-copy={vmid} template-copy-of={source} node={node} version={version}\nCopy of template {source} made by the GitLab Runner fleeting plugin for Proxmox for node {node}; it deletes this copy when the template changes and no instance uses it.",
             self.group
         )
     }
 
-    /// The template copy a description marks as this group's, if any.
+    /// The template copy a description marks as this group's, if any. Like
+    /// an instance's, the marker names its own VMID, so a VM cloned from a
+    /// copy by hand (which inherits the description) is never taken for one.
     pub fn copy_of_description(&self, description: &str) -> Option<CopyMarker> {
         let rest = description.lines().next()?.trim().strip_prefix(MARKER_PREFIX)?;
-        let (mut group, mut source, mut node, mut version) = (None, None, None, None);
+        let (mut group, mut vmid, mut source, mut node, mut version) = (None, None, None, None, None);
         for field in rest.split_whitespace() {
             match field.split_once('=') {
                 Some(("group", value)) => group = Some(value),
+                Some(("template-copy", value)) => vmid = value.parse().ok().map(Vmid),
                 Some(("template-copy-of", value)) => source = value.parse().ok().map(Vmid),
                 Some(("node", value)) => node = Some(value.to_string()),
                 Some(("version", value)) => version = Some(value.to_string()),
@@ -162,7 +167,7 @@ impl Naming {
         if group != Some(self.group.as_str()) {
             return None;
         }
-        Some(CopyMarker { source: source?, node: node?, version: version.unwrap_or_default() })
+        Some(CopyMarker { vmid: vmid?, source: source?, node: node?, version: version.unwrap_or_default() })
     }
 
     /// Whether a description carries this plugin's marker, of any group.
@@ -239,5 +244,20 @@ mod tests {
         for tag in &tags {
             assert!(crate::group::config::is_tag(tag), "{tag} must be a valid PVE tag");
         }
+    }
+
+    #[test]
+    fn a_copy_marker_is_never_an_instance_and_names_its_own_vmid() {
+        let naming = Naming::new("runner-a");
+        let description = naming.copy_description(Vmid(9901), Vmid(9000), "pve2", "d:abc");
+        let marker = naming.copy_of_description(&description).unwrap();
+        assert_eq!(
+            marker,
+            CopyMarker { vmid: Vmid(9901), source: Vmid(9000), node: "pve2".into(), version: "d:abc".into() }
+        );
+        assert_eq!(naming.owner_of_description(&description), None, "a copy is no instance");
+        assert_eq!(Naming::new("runner-b").copy_of_description(&description), None, "another group's copy");
+        let instance = naming.description(&"105-abcdef".parse().unwrap());
+        assert_eq!(naming.copy_of_description(&instance), None, "an instance is no copy");
     }
 }

@@ -456,7 +456,7 @@ pub async fn discover(
             Err(err) => return Err(err),
         };
         let description = config.get("description").map(String::as_str).unwrap_or_default();
-        if let Some(marker) = naming.copy_of_description(description) {
+        if let Some(marker) = naming.copy_of_description(description).filter(|marker| marker.vmid == vm.vmid) {
             let is_template = vm.template || config.get("template").is_some_and(|t| t == "1");
             found.push(FoundCopy { vmid: vm.vmid, node: vm.node.clone(), marker, is_template });
         }
@@ -567,7 +567,7 @@ async fn make_copy(
         new_vmid: Some(vmid),
         name: Some(copy_name(&engine.config.staging.name_prefix, &plan.node)),
         // The marker rides with the clone request: the VM never exists unmarked.
-        description: Some(engine.naming.copy_description(source, &plan.node, version)),
+        description: Some(engine.naming.copy_description(vmid, source, &plan.node, version)),
         pool: Some(engine.config.pool.clone()),
         full: Some(true),
         storage: None,
@@ -673,7 +673,7 @@ async fn delete_copy(engine: &Engine, vmid: Vmid, node: &str) -> Result<Deleted,
     }
     let Some((node, config)) = at else { return Ok(Deleted::Gone) };
     let description = config.get("description").map(String::as_str).unwrap_or_default();
-    if engine.naming.copy_of_description(description).is_none() {
+    if engine.naming.copy_of_description(description).is_none_or(|marker| marker.vmid != vmid) {
         return Ok(Deleted::NotOurs);
     }
     if let Some(lock) = config.get("lock") {
@@ -696,7 +696,7 @@ mod tests {
         FoundCopy {
             vmid: Vmid(vmid),
             node: node.into(),
-            marker: CopyMarker { source: Vmid(9000), node: node.into(), version: version.into() },
+            marker: CopyMarker { vmid: Vmid(vmid), source: Vmid(9000), node: node.into(), version: version.into() },
             is_template,
         }
     }
