@@ -25,7 +25,8 @@ pub mod version;
 
 pub use client::{
     ClientConfig, CloneRequest, ClusterListing, ConfigUpdate, EmptyVmRequest, GuestInterface, MigrateRequest, NodeInfo,
-    NodeResource, PoolMember, PveClient, StorageInfo, StorageResource, StorageVolume, TaskStatus, VmResource, VmStatus, Vmid,
+    NodeResource, PoolMember, PveClient, StorageInfo, StorageResource, StorageVolume, TaskStatus, VmResource, VmStatus,
+    Vmid,
 };
 pub use credentials::{Credentials, CredentialsError, SecondFactor, Secret};
 pub use error::{Error, ErrorKind};
