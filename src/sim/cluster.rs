@@ -952,6 +952,53 @@ mod tests {
     }
 
     #[test]
+    fn local_volumes_live_on_their_vms_node() {
+        use crate::sim::config::{StorageSpec, VmSpec};
+        let load = |vms: Vec<VmSpec>, storages: Vec<StorageSpec>| {
+            let mut scenario = Scenario { seed: Some(3), ..Scenario::default() };
+            scenario.vms.extend(vms);
+            scenario.storages.extend(storages);
+            Cluster::from_scenario(&scenario, PveRelease::parse("9.1.3").unwrap(), 1_700_000_000.0)
+        };
+        let vm = |vmid: u32, node: &str, disk: &str| VmSpec {
+            vmid,
+            node: node.into(),
+            config: BTreeMap::from([("scsi0".to_string(), disk.to_string())]),
+            ..VmSpec::default()
+        };
+        let cluster = load(vec![vm(100, "pve2", "local-lvm:vm-100-disk-0,size=1G")], vec![]).unwrap();
+        let volume = cluster.volume("local-lvm:vm-100-disk-0", "pve2").unwrap();
+        assert_eq!(volume.node.as_deref(), Some("pve2"));
+        assert!(cluster.volume("local-lvm:vm-100-disk-0", "pve1").is_none(), "pve1's volume group lacks it");
+        assert_eq!(cluster.volumes_on("local-lvm", "pve1").count(), 2, "the template's two volumes");
+        assert_eq!(cluster.volumes_on("local-lvm", "pve2").count(), 1);
+        // The same volume id on two nodes is two volumes; a free name is per node.
+        let mut cluster = cluster;
+        cluster.create_volume("local-lvm", "vm-100-disk-0".into(), 100, 1, None, "pve1").unwrap();
+        assert_eq!(cluster.free_disk_name("local-lvm", 100, None, "pve2").as_deref(), Some("vm-100-disk-1"));
+        assert_eq!(cluster.orphaned_volumes().len(), 1);
+
+        let pve1_only = StorageSpec { id: "pve1-only".into(), nodes: vec!["pve1".into()], ..StorageSpec::default() };
+        let Err(SimError::Scenario(problem)) = load(vec![vm(101, "pve2", "pve1-only:vm-101-disk-0")], vec![pve1_only])
+        else {
+            panic!("a local volume on another node than its VM is refused")
+        };
+        assert!(problem.contains("not available on node `pve2`"), "{problem}");
+        let Err(SimError::Scenario(problem)) =
+            load(vec![vm(102, "pve1", "local-lvm:vm-102-disk-0"), vm(103, "pve2", "local-lvm:vm-102-disk-0")], vec![])
+        else {
+            panic!("one local volume used on two nodes is refused")
+        };
+        assert!(problem.contains("VM 102 on node `pve1` uses it"), "{problem}");
+        let base = vm(9100, "pve1", "local:9100/base-9100-disk-0.qcow2");
+        let clone = vm(104, "pve2", "local:9100/base-9100-disk-0.qcow2/104/vm-104-disk-0.qcow2");
+        let Err(SimError::Scenario(problem)) = load(vec![base, clone], vec![]) else {
+            panic!("a linked clone away from its base is refused")
+        };
+        assert!(problem.contains("is a linked clone of `local:9100/base-9100-disk-0.qcow2`"), "{problem}");
+    }
+
+    #[test]
     fn leases_and_slaac_addresses() {
         let mut cluster = cluster();
         let mut guest = Vm::new(
