@@ -9,7 +9,9 @@
 //! per-parameter messages, permission checks per path, tickets with CSRF
 //! and TFA, API tokens with privilege separation, worker tasks with real
 //! UPIDs, clone locks, stale `/cluster/resources`, a guest agent that comes
-//! up after boot, orphaned disks. PVE facts it follows are in
+//! up after boot, orphaned disks, volumes of local storages that belong to
+//! one node, offline migration (`qmigrate`) and conversion to a template
+//! (`qmtemplate`). PVE facts it follows are in
 //! `../shared/docs/pve-api-notes.md`.
 //!
 //! # Rooms
@@ -87,6 +89,8 @@
 //! [timings]                   # simulated seconds
 //! clone_linked = 2.0
 //! clone_full = 20.0
+//! migrate = 5.0               # offline migration (copy of local disks)
+//! template = 1.0              # conversion to a template
 //! start = 1.0
 //! boot = 15.0
 //! agent_delay = 5.0
@@ -155,7 +159,9 @@
 //! exist only as a scenario declares them (`[[vms.snapshots]]`, never on a
 //! template; listed, read with `config?snapshot=` and cloned from with
 //! `snapname`, not created or rolled back); there are no LXC guests, HA
-//! state machine or replication; a failed
+//! state machine (an HA-managed VM's `hamigrate` simply starts the
+//! `qmigrate`) or replication, and no live migration (`online` with a
+//! running VM is 501); a failed
 //! destroy lifts its `destroyed` lock so a retry can work; TOTP codes are
 //! checked against real time (the client computes them from its clock).
 
