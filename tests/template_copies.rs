@@ -15,12 +15,17 @@ use std::time::{Duration, Instant};
 use engine_setup::*;
 use fleeting_plugin_proxmox::group::InstanceGroup;
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
+use fleeting_plugin_proxmox::sim::FaultRule;
 use fleeting_plugin_proxmox::sim::VmView;
 use fleeting_plugin_proxmox::sim::config::defaults;
 
 const NODES: [&str; 3] = ["pve1", "pve2", "pve3"];
 
 async fn three_local_nodes(settings: serde_json::Value) -> Setup {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut scenario = fast_scenario();
     add_node(&mut scenario, "pve3", 30);
     let mut setup = setup(scenario).await;
@@ -75,13 +80,15 @@ fn per_node(setup: &Setup) -> BTreeMap<String, Vec<VmView>> {
     nodes
 }
 
-/// The base volume a linked clone's system disk is made of
-/// (`local-lvm:base-9901-disk-0/vm-105-disk-0` → `base-9901-disk-0`).
-fn base_of(vm: &VmView) -> String {
+/// The template volume a linked clone's system disk is based on
+/// (`base-9901-disk-0`), as the storage holds it; `None` for a full clone.
+fn base_of(setup: &Setup, vm: &VmView) -> Option<String> {
     let disk = vm.config.get("scsi0").cloned().unwrap_or_default();
-    let volume = disk.split(',').next().unwrap_or_default();
-    let name = volume.split_once(':').map(|(_, name)| name).unwrap_or_default();
-    name.split('/').next().unwrap_or_default().to_string()
+    let volid = disk.split(',').next().unwrap_or_default().to_string();
+    let volume = setup.sim.admin().volumes_of(vm.vmid).into_iter().find(|v| v.volid == volid)?;
+    let base = volume.base?;
+    let name = base.split_once(':').map_or(base.as_str(), |(_, name)| name);
+    Some(name.split('/').next().unwrap_or_default().to_string())
 }
 
 async fn scale_to(group: &ProxmoxGroup, count: usize) {
@@ -118,13 +125,22 @@ async fn local_storage_on_three_nodes_scales_0_30_0_from_a_copy_per_node() {
         assert_eq!(nodes[node].len(), 10, "spread puts 10 on {node}");
     }
     for vm in &nodes["pve1"] {
-        assert_eq!(base_of(vm), "base-9000-disk-0", "pve1 clones the template itself");
+        assert_eq!(base_of(&setup, vm).as_deref(), Some("base-9000-disk-0"), "pve1 clones the template itself");
     }
     for node in ["pve2", "pve3"] {
         for vm in &nodes[node] {
-            assert_eq!(base_of(vm), format!("base-{}-disk-0", made[node]), "{node} clones its copy (linked)");
+            let expected = format!("base-{}-disk-0", made[node]);
+            assert_eq!(base_of(&setup, vm), Some(expected), "{node} clones its copy (linked)");
         }
     }
+    // Copies change nothing for Update: one request, whatever the layout.
+    let admin = setup.sim.admin();
+    admin.reset_counters();
+    for _ in 0..5 {
+        group.update().await.unwrap();
+    }
+    let counters = admin.counters();
+    assert_eq!(counters.requests_total, 5, "one request per Update: {:?}", counters.by_operation);
     drain(&group).await;
     assert_eq!(wait_for_copies(&setup, &[]).await, made, "the copies stay for the next scale-up");
     setup.assert_no_leaks();
@@ -159,7 +175,7 @@ async fn a_changed_template_rolls_the_copies_without_touching_running_instances(
     for before in &running_before {
         let now = setup.sim.admin().vm(before.vmid).unwrap();
         assert_eq!(now.status, "running");
-        assert_eq!(base_of(&now), base_of(before), "a running instance keeps its disks");
+        assert_eq!(now.config.get("scsi0"), before.config.get("scsi0"), "a running instance keeps its disks");
     }
 
     // New instances come from the new copies; the old copies go with their last instance.
@@ -173,7 +189,8 @@ async fn a_changed_template_rolls_the_copies_without_touching_running_instances(
     scale_to(&group, 6).await;
     for node in ["pve2", "pve3"] {
         for vm in &per_node(&setup)[node] {
-            assert_eq!(base_of(vm), format!("base-{}-disk-0", new[node]), "{node} clones its new copy");
+            let expected = format!("base-{}-disk-0", new[node]);
+            assert_eq!(base_of(&setup, vm), Some(expected), "{node} clones its new copy");
         }
     }
     drain(&group).await;
@@ -214,4 +231,54 @@ async fn stage_mode_off_refuses_nodes_that_cannot_clone_the_template() {
     assert!(err.contains("template_stage_mode"), "{err}");
     assert!(err.contains("local-lvm"), "{err}");
     assert!(copies(&setup).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_failed_clone_left_on_another_nodes_local_storage_is_reclaimed() {
+    // Every instance on pve2 (its copy's node): the volumes a crashed clone
+    // leaves are on pve2's local-lvm, which only a holder on pve2 frees.
+    let setup = three_local_nodes(serde_json::json!({ "target_nodes": ["pve2"] })).await;
+    let admin = setup.sim.admin();
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !copies(&setup).iter().any(|vm| vm.template && vm.node == "pve2" && vm.lock.is_none()) {
+        assert!(Instant::now() < deadline, "no copy on pve2: {:#?}", copies(&setup));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The engine learns of the copy when its conversion task ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let placed = group.increase(1).await.unwrap();
+        if placed.succeeded == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pve2 never took a clone: {:?}", placed.failures);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until(&group, "one running", all_running(1)).await;
+    drain(&group).await;
+    admin.add_fault(FaultRule {
+        task_failure_rate: 1.0,
+        leave_orphans: true,
+        remaining: Some(1),
+        ..FaultRule::for_operation("post_nodes_node_qemu_vmid_clone")
+    });
+    assert_eq!(group.increase(1).await.unwrap().succeeded, 1);
+    wait_until(&group, "the failed instance removed", |s| s.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !admin.inventory().orphaned_disks.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed clone's volumes are freed: {:?}",
+            admin.inventory().orphaned_disks
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    scale_to(&group, 2).await;
+    assert_eq!(per_node(&setup)["pve2"].len(), 2);
+    drain(&group).await;
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
 }

@@ -458,7 +458,11 @@ async fn provision(
 /// (with `destroy-unreferenced-disks`) free them, with no privilege beyond
 /// the pool's `VM.Allocate`. A VMID someone else took meanwhile is left alone.
 async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
-    let node = engine.template_node.clone();
+    // The failed clone's volumes are on the instance's node (its local
+    // storage, when it cloned a template copy or onto a local target
+    // storage), and `destroy-unreferenced-disks` frees only the storages of
+    // the node the holder is on.
+    let node = engine.registry.node_of(id).unwrap_or_else(|| engine.template_node.clone());
     match engine.pve.vm_config(&node, id.vmid).await {
         Err(err) if absent_from_pool(&err, id.vmid) => {}
         // The VM exists (the deletion handles it), or PVE cannot say.

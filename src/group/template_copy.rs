@@ -96,8 +96,11 @@ struct State {
     /// Nodes whose last staging failed: why, and when.
     failed: BTreeMap<String, (String, Instant)>,
     /// Copies to delete once PVE lets us (of an older version, for a node
-    /// no longer targeted, or cut short), with their node.
+    /// no longer targeted, or cut short), with the node they were made for.
     retired: BTreeMap<Vmid, String>,
+    /// VMIDs stagings in flight took (`/cluster/nextid` reserves nothing,
+    /// so two stagings would otherwise pick the same).
+    claimed: std::collections::BTreeSet<Vmid>,
 }
 
 /// The one owner of the copies' state, behind one private lock (a leaf:
@@ -137,7 +140,7 @@ impl TemplateCopies {
                 let ready = TemplateCopy { vmid: copy.vmid, node: copy.node.clone(), version: copy.marker.version };
                 state.ready.insert(copy.node, ready);
             } else {
-                state.retired.insert(copy.vmid, copy.node);
+                state.retired.insert(copy.vmid, copy.marker.node);
             }
         }
         Self {
@@ -265,14 +268,24 @@ impl TemplateCopies {
         }
     }
 
-    /// A node's staging failed; a VM it left behind is retired.
-    fn staging_failed(&self, node: &str, reason: String, leftover: Option<(Vmid, String)>) {
+    /// A node's staging failed; the VM it made (its clone had completed) is
+    /// retired.
+    fn staging_failed(&self, node: &str, reason: String, made: Option<Vmid>) {
         let mut state = self.lock();
         state.staging.remove(node);
         state.failed.insert(node.to_string(), (reason, Instant::now()));
-        if let Some((vmid, at)) = leftover {
-            state.retired.insert(vmid, at);
+        if let Some(vmid) = made {
+            state.retired.insert(vmid, node.to_string());
         }
+    }
+
+    /// Takes `vmid` for a staging unless another staging has it.
+    fn claim(&self, vmid: Vmid) -> bool {
+        self.lock().claimed.insert(vmid)
+    }
+
+    fn unclaim(&self, vmid: Vmid) {
+        self.lock().claimed.remove(&vmid);
     }
 
     fn retired(&self) -> Vec<(Vmid, String)> {
@@ -283,10 +296,11 @@ impl TemplateCopies {
         self.lock().retired.remove(&vmid);
     }
 
-    /// The VMIDs of every copy this process knows (ready or retired).
+    /// The VMIDs of every copy this process knows (ready, retired or being made).
     fn known_vmids(&self) -> Vec<Vmid> {
         let state = self.lock();
-        state.ready.values().map(|copy| copy.vmid).chain(state.retired.keys().copied()).collect()
+        let ready = state.ready.values().map(|copy| copy.vmid);
+        ready.chain(state.retired.keys().copied()).chain(state.claimed.iter().copied()).collect()
     }
 }
 
@@ -319,20 +333,26 @@ pub fn plan_copies(
     let mut plans = Vec::new();
     let mut problems = Vec::new();
     for node in config.target_nodes.iter().filter(|node| **node != facts.node && !own_template.contains(node)) {
-        let on_node: Vec<_> = listing.storages.iter().filter(|s| s.node == *node).collect();
-        // Without Datastore.Audit the listing shows no storage of the node:
-        // take the first wanted one, and let the migration say if it is missing.
+        let on_node: Vec<_> = listing.storages.iter().filter(|s| s.node == *node && s.available).collect();
+        // Without Datastore.Audit the listing shows no storage of the node,
+        // and an offline node shows none available: take the first wanted
+        // one, and let the migration say if it is missing.
         let chosen = if on_node.is_empty() {
-            wanted.first().map(|name| (name.to_string(), None))
+            wanted.first().map(|name| name.to_string())
         } else {
             wanted.iter().find_map(|name| {
                 on_node
                     .iter()
-                    .find(|s| s.storage == **name && s.available && s.content.iter().any(|c| c == "images"))
-                    .map(|s| (name.to_string(), s.kind.clone()))
+                    .find(|s| s.storage == **name && s.content.iter().any(|c| c == "images"))
+                    .map(|_| name.to_string())
             })
         };
-        let Some((storage_name, kind)) = chosen else {
+        // A storage's type is cluster-wide (storage.cfg): any node's entry tells it.
+        let kind_of = |name: &str| listing.storages.iter().find(|s| s.storage == name).and_then(|s| s.kind.clone());
+        let Some((storage_name, kind)) = chosen.map(|name| {
+            let kind = kind_of(&name);
+            (name, kind)
+        }) else {
             let names: Vec<&str> = wanted.iter().map(|name| name.as_str()).collect();
             problems.push(format!(
                 "node {node} cannot get a copy of template {}: none of {} holds VM disks there; add a storage of {node} to `target_storages`, or remove {node} from `target_nodes`",
@@ -518,8 +538,12 @@ async fn stage(engine: &Arc<Engine>, plan: CopyPlan) {
     let version = engine.copies.version();
     let started = Instant::now();
     tracing::info!(node = plan.node, template = %source, storage = plan.storage, "making a template copy for node {}", plan.node);
-    let mut made: Option<(Vmid, String)> = None;
-    let result = make_copy(engine, source, &plan, &version, &mut made).await;
+    let mut made: Option<Vmid> = None;
+    let mut claimed: Option<Vmid> = None;
+    let result = make_copy(engine, source, &plan, &version, &mut claimed, &mut made).await;
+    if let Some(vmid) = claimed {
+        engine.copies.unclaim(vmid);
+    }
     match result {
         Ok(vmid) => {
             tracing::info!(node = plan.node, vmid = %vmid, seconds = started.elapsed().as_secs(), "template copy ready: node {} clones from VM {vmid}", plan.node);
@@ -552,30 +576,40 @@ async fn make_copy(
     source: Vmid,
     plan: &CopyPlan,
     version: &str,
-    made: &mut Option<(Vmid, String)>,
+    claimed: &mut Option<Vmid>,
+    made: &mut Option<Vmid>,
 ) -> Result<Vmid, StageError> {
     let pve = &engine.pve;
     let template_node = engine.template_node.as_str();
-    let vmid = copy_vmid(engine).await?;
     // The copy's clone loads the template's storage like any clone: it takes a slot.
     let Some(slot) = engine.clone_slots.acquire(template_node, &engine.cancel).await else {
         return Err(StageError::ShuttingDown);
     };
-    let request = CloneRequest {
-        snapshot: engine.config.sizing.clone_snapshot.clone(),
-        bandwidth_limit_kib: engine.config.sizing.clone_bwlimit_kib,
-        new_vmid: Some(vmid),
-        name: Some(copy_name(&engine.config.staging.name_prefix, &plan.node)),
-        // The marker rides with the clone request: the VM never exists unmarked.
-        description: Some(engine.naming.copy_description(vmid, source, &plan.node, version)),
-        pool: Some(engine.config.pool.clone()),
-        full: Some(true),
-        storage: None,
-        target_node: None,
+    // `/cluster/nextid` reserves nothing: another staging or a clone may
+    // take the VMID first, and then PVE refuses ours; take the next one.
+    let mut attempts = 0;
+    let (vmid, upid) = loop {
+        attempts += 1;
+        if let Some(vmid) = claimed.take() {
+            engine.copies.unclaim(vmid);
+        }
+        let vmid = copy_vmid(engine).await?;
+        *claimed = Some(vmid);
+        let request = copy_request(engine, vmid, source, plan, version);
+        match pve.clone_vm(template_node, source, &request).await {
+            Ok(upid) => break (vmid, upid),
+            Err(err) if err.is_already_exists() && attempts < 5 => {
+                tracing::debug!(vmid = %vmid, "VMID taken meanwhile; the copy tries another");
+                tokio::time::sleep(Duration::from_millis(rand::random_range(50..400))).await;
+            }
+            Err(err) => return Err(StageError::Pve { step: "clone the template", source: err }),
+        }
     };
-    let upid = pve.clone_vm(template_node, source, &request).await.map_err(step("clone the template"))?;
-    *made = Some((vmid, template_node.to_string()));
+    // A failed clone task leaves nothing of ours (PVE removes what it
+    // made; the VMID may even be another's now): only a completed clone
+    // is ours to clean up.
     pve.wait_task(&upid, engine.config.clone_timeout).await.map_err(step("clone the template"))?;
+    *made = Some(vmid);
     drop(slot);
     let migrate = MigrateRequest {
         target: plan.node.clone(),
@@ -586,7 +620,6 @@ async fn make_copy(
         .await
         .map_err(step("migrate the copy to its node"))?;
     pve.wait_task(&upid, engine.config.clone_timeout).await.map_err(step("migrate the copy to its node"))?;
-    *made = Some((vmid, plan.node.clone()));
     let upid = retry_locked(|| pve.convert_to_template(&plan.node, vmid))
         .await
         .map_err(step("convert the copy into a template"))?;
@@ -597,21 +630,42 @@ async fn make_copy(
     Ok(vmid)
 }
 
+/// The clone request of a copy: a full clone on the template's node,
+/// carrying the copy's marker from the start, so it never exists unmarked.
+fn copy_request(engine: &Engine, vmid: Vmid, source: Vmid, plan: &CopyPlan, version: &str) -> CloneRequest {
+    CloneRequest {
+        snapshot: engine.config.sizing.clone_snapshot.clone(),
+        bandwidth_limit_kib: engine.config.sizing.clone_bwlimit_kib,
+        new_vmid: Some(vmid),
+        name: Some(copy_name(&engine.config.staging.name_prefix, &plan.node)),
+        description: Some(engine.naming.copy_description(vmid, source, &plan.node, version)),
+        pool: Some(engine.config.pool.clone()),
+        full: Some(true),
+        storage: None,
+        target_node: None,
+    }
+}
+
 /// A VMID for a new copy: the first free one of `template_vmid_range`, else
 /// the cluster's next free one.
 async fn copy_vmid(engine: &Engine) -> Result<Vmid, StageError> {
     let pve = &engine.pve;
-    let Some((first, last)) = engine.config.staging.vmid_range else {
-        return retry_locked(|| pve.next_vmid(None)).await.map_err(step("allocate a VMID"));
-    };
     let taken = engine.copies.known_vmids();
+    let (first, last) = match engine.config.staging.vmid_range {
+        Some(range) => range,
+        None => {
+            let next = retry_locked(|| pve.next_vmid(None)).await.map_err(step("allocate a VMID"))?;
+            (next, Vmid(next.0.saturating_add(100)))
+        }
+    };
     for candidate in first.0..=last.0 {
         let candidate = Vmid(candidate);
         if taken.contains(&candidate) {
             continue;
         }
         match pve.next_vmid(Some(candidate)).await {
-            Ok(vmid) => return Ok(vmid),
+            Ok(vmid) if engine.copies.claim(vmid) => return Ok(vmid),
+            Ok(_) => continue,
             Err(err)
                 if err.is_already_exists() || matches!(err.kind(), crate::pve::ErrorKind::InvalidParameter { .. }) =>
             {
@@ -656,24 +710,23 @@ enum Deleted {
     NotOurs,
 }
 
-async fn delete_copy(engine: &Engine, vmid: Vmid, node: &str) -> Result<Deleted, PveError> {
+async fn delete_copy(engine: &Engine, vmid: Vmid, made_for: &str) -> Result<Deleted, PveError> {
     let pve = &engine.pve;
-    // It may have moved (a migration finished after a restart): find it.
-    let mut at = None;
-    for candidate in [node, engine.template_node.as_str()] {
-        match pve.vm_config(candidate, vmid).await {
-            Ok(config) => {
-                at = Some((candidate.to_string(), config));
-                break;
-            }
-            Err(err)
-                if absent_from_pool(&err, vmid) || matches!(err.kind(), crate::pve::ErrorKind::NotFound { .. }) => {}
-            Err(err) => return Err(err),
-        }
-    }
+    // It may have moved since it was retired (a migration of a staging cut
+    // short finishes after a restart): the listing tells where it is now.
+    let vms = pve.cluster_vms().await?;
+    let Some(node) = vms.iter().find(|vm| vm.vmid == vmid).map(|vm| vm.node.clone()) else {
+        return Ok(Deleted::Gone);
+    };
+    let at = match pve.vm_config(&node, vmid).await {
+        Ok(config) => Some((node, config)),
+        Err(err) if absent_from_pool(&err, vmid) => None,
+        Err(err) => return Err(err),
+    };
     let Some((node, config)) = at else { return Ok(Deleted::Gone) };
     let description = config.get("description").map(String::as_str).unwrap_or_default();
-    if engine.naming.copy_of_description(description).is_none_or(|marker| marker.vmid != vmid) {
+    let ours = engine.naming.copy_of_description(description).is_some_and(|m| m.vmid == vmid && m.node == made_for);
+    if !ours {
         return Ok(Deleted::NotOurs);
     }
     if let Some(lock) = config.get("lock") {
@@ -752,10 +805,10 @@ mod tests {
     fn a_failed_staging_rests_and_retires_what_it_left() {
         let copies = TemplateCopies::new(Vmid(9000), vec![plan("pve2")], "d:a".into(), Vec::new(), RETRY_AFTER);
         assert_eq!(copies.begin_due().len(), 1);
-        copies.staging_failed("pve2", "could not clone".into(), Some((Vmid(9907), "pve1".into())));
+        copies.staging_failed("pve2", "could not clone".into(), Some(Vmid(9907)));
         assert!(copies.begin_due().is_empty(), "not again before RETRY_AFTER");
         assert!(copies.unready()["pve2"].contains("could not clone"));
-        assert_eq!(copies.retired(), [(Vmid(9907), "pve1".to_string())]);
+        assert_eq!(copies.retired(), [(Vmid(9907), "pve2".to_string())]);
     }
 
     #[test]

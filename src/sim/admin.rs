@@ -65,6 +65,9 @@ pub struct VolumeView {
     /// The node it lives on (a local storage's volume); `None` on shared storage.
     #[serde(default)]
     pub node: Option<String>,
+    /// The template volume a linked clone is based on (`local-lvm:base-9000-disk-0`).
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,11 +171,31 @@ impl Admin {
                 vmid: v.owner,
                 size: v.size,
                 node: v.node.clone(),
+                base: v.base.clone(),
             })
             .collect();
         let pools = cluster.pools.values().map(|p| (p.id.clone(), p.vms.iter().copied().collect())).collect();
         let nodes = cluster.nodes.values().map(|n| NodeView { name: n.name.clone(), online: n.online }).collect();
         Inventory { vms, orphaned_disks, pools, nodes, running_tasks: cluster.tasks.running() }
+    }
+
+    /// Every volume of `vmid`'s name on any storage and node, as the
+    /// storages hold them (which tells, e.g., what a linked clone is based on).
+    pub fn volumes_of(&self, vmid: u32) -> Vec<VolumeView> {
+        let cluster = self.shared.cluster();
+        cluster
+            .volumes
+            .values()
+            .filter(|v| v.owner == vmid)
+            .map(|v| VolumeView {
+                volid: v.volid.clone(),
+                storage: v.storage.clone(),
+                vmid: v.owner,
+                size: v.size,
+                node: v.node.clone(),
+                base: v.base.clone(),
+            })
+            .collect()
     }
 
     pub fn vm(&self, vmid: u32) -> Option<VmView> {
