@@ -16,7 +16,8 @@
 //! | `POST /_sim/vms/{vmid}/agent` | `{"state": "running" \| "killed" \| "never-up"}` | breaks or repairs the guest agent |
 //! | `POST /_sim/nodes/{node}` | `{"online": false}` | takes a node offline (or back) |
 //! | `POST /_sim/unreachable` | `{"seconds": 5}` | refuses every connection for that long (simulated seconds) |
-//! | `POST /_sim/orphans` | `{"storage": "local-lvm", "vmid": 105}` | creates an orphaned disk `vm-105-disk-N` |
+//! | `POST /_sim/orphans` | `{"storage": "local-lvm", "vmid": 105, "node": "pve2"}` | creates an orphaned disk `vm-105-disk-N` (on a local storage: on `node`, by default the VM's node or the storage's first) |
+//! | `POST /_sim/vms/{vmid}/config` | `{"set": {"description": "v2"}, "delete": ["tags"]}` | edits the config as an admin on the node would (`qm set`): the digest changes |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,6 +62,9 @@ pub struct VolumeView {
     /// The VMID in the volume's name.
     pub vmid: u32,
     pub size: u64,
+    /// The node it lives on (a local storage's volume); `None` on shared storage.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,7 +162,13 @@ impl Admin {
         let orphaned_disks = cluster
             .orphaned_volumes()
             .into_iter()
-            .map(|v| VolumeView { volid: v.volid.clone(), storage: v.storage.clone(), vmid: v.owner, size: v.size })
+            .map(|v| VolumeView {
+                volid: v.volid.clone(),
+                storage: v.storage.clone(),
+                vmid: v.owner,
+                size: v.size,
+                node: v.node.clone(),
+            })
             .collect();
         let pools = cluster.pools.values().map(|p| (p.id.clone(), p.vms.iter().copied().collect())).collect();
         let nodes = cluster.nodes.values().map(|n| NodeView { name: n.name.clone(), online: n.online }).collect();
@@ -258,14 +268,46 @@ impl Admin {
     }
 
     /// Creates a disk named for `vmid` that no config references, as a crash
-    /// in the middle of a clone leaves behind.
+    /// in the middle of a clone leaves behind. On a local storage it lives
+    /// on the node of VM `vmid` if there is one, else on the first node that
+    /// has the storage.
     pub fn add_orphaned_disk(&self, storage: &str, vmid: u32) -> Result<String, SimError> {
+        self.add_orphaned_disk_on(storage, vmid, None)
+    }
+
+    /// [`Self::add_orphaned_disk`] on `node` (for a local storage).
+    pub fn add_orphaned_disk_on(&self, storage: &str, vmid: u32, node: Option<&str>) -> Result<String, SimError> {
         let mut cluster = self.shared.cluster();
         let problem =
             |cause: String| SimError::Admin(format!("could not create an orphaned disk on {storage}: {cause}"));
-        let name =
-            cluster.free_disk_name(storage, vmid, None).ok_or_else(|| problem("the storage does not exist".into()))?;
-        cluster.create_volume(storage, name, vmid, 1 << 30, None).map_err(problem)
+        let node = leftover_node(&cluster, storage, vmid, node).map_err(problem)?;
+        let name = cluster
+            .free_disk_name(storage, vmid, None, &node)
+            .ok_or_else(|| problem("the storage does not exist".into()))?;
+        cluster.create_volume(storage, name, vmid, 1 << 30, None, &node).map_err(problem)
+    }
+
+    /// Edits VM `vmid`'s config as an admin on its node would (`qm set`,
+    /// or an edit of `/etc/pve/qemu-server/<vmid>.conf`): `Some` sets a key,
+    /// `None` deletes it. No checks, no locks; values are stored as given
+    /// (tags normalised as PVE writes them). The config's `digest` changes
+    /// with any change, so clients see "the template changed".
+    pub fn edit_config(&self, vmid: u32, changes: &[(&str, Option<&str>)]) -> Result<(), SimError> {
+        let now = self.shared.clock.now();
+        let mut cluster = self.shared.cluster();
+        let guest = cluster.vms.get_mut(&vmid).ok_or_else(|| no_vm(vmid))?;
+        for (key, value) in changes {
+            if key.is_empty() || matches!(*key, "digest" | "vmid" | "node") {
+                return Err(SimError::Admin(format!("could not change VM {vmid}: `{key}` is not a config key")));
+            }
+            match value {
+                Some(value) if *key == "tags" => guest.config.insert(key.to_string(), super::vm::normalize_tags(value)),
+                Some(value) => guest.config.insert(key.to_string(), value.to_string()),
+                None => guest.config.remove(*key),
+            };
+        }
+        cluster.touch(vmid, now);
+        Ok(())
     }
 
     /// Leaves what a node crash in the middle of a clone to `vmid` leaves on
@@ -276,12 +318,14 @@ impl Admin {
         let mut cluster = self.shared.cluster();
         let problem =
             |cause: String| SimError::Admin(format!("could not leave volumes of VM {vmid} on {storage}: {cause}"));
-        let disk =
-            cluster.free_disk_name(storage, vmid, None).ok_or_else(|| problem("the storage does not exist".into()))?;
+        let node = leftover_node(&cluster, storage, vmid, None).map_err(problem)?;
+        let disk = cluster
+            .free_disk_name(storage, vmid, None, &node)
+            .ok_or_else(|| problem("the storage does not exist".into()))?;
         let cloudinit =
             cluster.cloudinit_volume_name(storage, vmid).ok_or_else(|| problem("the storage does not exist".into()))?;
-        let disk = cluster.create_volume(storage, disk, vmid, 1 << 30, None).map_err(problem)?;
-        let cloudinit = cluster.create_volume(storage, cloudinit, vmid, 4 << 20, None).map_err(problem)?;
+        let disk = cluster.create_volume(storage, disk, vmid, 1 << 30, None, &node).map_err(problem)?;
+        let cloudinit = cluster.create_volume(storage, cloudinit, vmid, 4 << 20, None, &node).map_err(problem)?;
         Ok(vec![disk, cloudinit])
     }
 
@@ -289,6 +333,36 @@ impl Admin {
     pub fn now(&self) -> f64 {
         self.shared.clock.now()
     }
+}
+
+/// The node leftovers of `vmid` on `storage` go to: the given one, the VM's
+/// node, or the first node that has the storage.
+fn leftover_node(
+    cluster: &super::cluster::Cluster,
+    storage: &str,
+    vmid: u32,
+    node: Option<&str>,
+) -> Result<String, String> {
+    let store = cluster.storages.get(storage).ok_or_else(|| "the storage does not exist".to_string())?;
+    let node = match node {
+        Some(node) => node.to_string(),
+        None => match cluster.vms.get(&vmid).map(|vm| vm.node.clone()).filter(|n| store.available_on(n)) {
+            Some(node) => node,
+            None => cluster
+                .nodes
+                .keys()
+                .find(|n| store.available_on(n))
+                .cloned()
+                .ok_or_else(|| "no node has the storage".to_string())?,
+        },
+    };
+    if !cluster.nodes.contains_key(&node) {
+        return Err(format!("node {node} does not exist"));
+    }
+    if !store.available_on(&node) {
+        return Err(format!("the storage is not available on node {node}"));
+    }
+    Ok(node)
 }
 
 fn no_vm(vmid: u32) -> SimError {
@@ -326,6 +400,17 @@ struct UnreachableRequest {
 struct OrphanRequest {
     storage: String,
     vmid: u32,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigEditRequest {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    delete: Vec<String>,
 }
 
 /// Answers one `/_sim/…` request.
@@ -409,6 +494,19 @@ pub(crate) async fn respond(shared: &Arc<Shared>, request: Request<Body>) -> Res
             };
             done(admin.set_config_lock(vmid, None).and_then(|()| admin.hold_lock(vmid, false)))
         }
+        (Method::POST, ["vms", id, "config"]) => {
+            let request = body_as!(ConfigEditRequest, "config edit");
+            let Some(vmid) = vmid(id) else {
+                return reply(StatusCode::NOT_FOUND, &error_body(format!("could not find VM {id}")));
+            };
+            let changes: Vec<(&str, Option<&str>)> = request
+                .set
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .chain(request.delete.iter().map(|k| (k.as_str(), None)))
+                .collect();
+            done(admin.edit_config(vmid, &changes))
+        }
         (Method::POST, ["vms", id, "agent"]) => {
             let request = body_as!(AgentRequest, "agent request");
             let Some(vmid) = vmid(id) else {
@@ -427,7 +525,7 @@ pub(crate) async fn respond(shared: &Arc<Shared>, request: Request<Body>) -> Res
         }
         (Method::POST, ["orphans"]) => {
             let request = body_as!(OrphanRequest, "orphan request");
-            match admin.add_orphaned_disk(&request.storage, request.vmid) {
+            match admin.add_orphaned_disk_on(&request.storage, request.vmid, request.node.as_deref()) {
                 Ok(volid) => reply(StatusCode::OK, &serde_json::json!({ "volid": volid })),
                 Err(err) => reply(StatusCode::BAD_REQUEST, &error_body(err.to_string())),
             }

@@ -7,6 +7,10 @@
 //! - every volume a VM's config references exists; volumes may exist that
 //!   no config references (orphans), and they keep their names, so a later
 //!   VM with the same VMID can collide with them;
+//! - a volume on a local (non-shared) storage lives on one node, the node of
+//!   the VM that owns it (each node has its own `local-lvm` volume group, so
+//!   the same volume id can exist on two nodes); one on a shared storage
+//!   lives nowhere in particular and is seen from every node;
 //! - every change to a VM's status, name or template is recorded for the
 //!   stale view of `/cluster/resources` (`touch`).
 
@@ -132,7 +136,20 @@ pub struct Volume {
     pub size: u64,
     /// The template volume a linked clone is based on.
     pub base: Option<String>,
+    /// The node it lives on: `Some` on a local storage, `None` on a shared one.
+    pub node: Option<String>,
 }
+
+impl Volume {
+    /// Whether `node` sees it (a shared volume is seen from every node).
+    pub fn seen_from(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
+    }
+}
+
+/// Where a volume is kept: its node on a local storage (`None` on a shared
+/// one) and its volume id.
+pub type VolumeKey = (Option<String>, String);
 
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
@@ -156,7 +173,7 @@ pub struct Cluster {
     pub access: Access,
     pub nodes: BTreeMap<String, Node>,
     pub storages: BTreeMap<String, Storage>,
-    pub volumes: BTreeMap<String, Volume>,
+    pub volumes: BTreeMap<VolumeKey, Volume>,
     pub pools: BTreeMap<String, Pool>,
     pub vms: BTreeMap<u32, Vm>,
     pub tasks: Tasks,
@@ -347,18 +364,59 @@ impl Cluster {
             if !self.storages.contains_key(storage) {
                 return Err(format!("{key} uses storage `{storage}`, which the scenario does not define"));
             }
+            // A local storage must exist on the VM's node: its volumes live there
+            // (PVE: `storage_check_node` refuses a storage outside its `nodes`).
+            if !self.storages[storage].available_on(&spec.node) {
+                return Err(format!(
+                    "{key} uses storage `{storage}`, which is not available on node `{}` (a local volume lives on its VM's node)",
+                    spec.node
+                ));
+            }
             if vm::is_cdrom(value) {
                 continue;
             }
             let size = vm::property(value, "size").and_then(|s| vm::parse_size(&s)).unwrap_or(4 << 20);
+            let node = self.volume_node(storage, &spec.node);
+            let volume_key = (node.clone(), volid.clone());
+            if let Some(other) = self.vms.values().find(|vm| {
+                vm.vmid != spec.vmid
+                    && vm.node != spec.node
+                    && node.is_some()
+                    && Self::referenced_volumes(vm).contains(&volid)
+            }) {
+                return Err(format!(
+                    "{key}: `{volid}` is on a local storage and VM {} on node `{}` uses it; a local volume lives on one node",
+                    other.vmid, other.node
+                ));
+            }
+            // A linked clone's file name carries its base (`9000/base-9000-disk-0.qcow2/105/…`):
+            // on a local storage the base is on the same node.
+            if node.is_some()
+                && let Some((prefix, _)) = volname.rsplit_once('/')
+                && prefix.contains("base-")
+                && let Some((base, _)) = prefix.rsplit_once('/')
+            {
+                let base_volid = format!("{storage}:{base}");
+                if let Some(owner) = self
+                    .vms
+                    .values()
+                    .find(|vm| vm.node != spec.node && Self::referenced_volumes(vm).contains(&base_volid))
+                {
+                    return Err(format!(
+                        "{key}: `{volid}` is a linked clone of `{base_volid}`, which is on node `{}` (a local storage's linked clone lives beside its base)",
+                        owner.node
+                    ));
+                }
+            }
             self.volumes.insert(
-                volid.clone(),
+                volume_key,
                 Volume {
                     volid: volid.clone(),
                     storage: storage.to_string(),
                     owner: owner_of(volname).unwrap_or(spec.vmid),
                     size,
                     base: None,
+                    node,
                 },
             );
         }
@@ -609,13 +667,54 @@ impl Cluster {
             .collect()
     }
 
-    /// Volumes that no VM's config references.
+    /// Volumes that no VM's config references (a local one: no VM on its node).
     pub fn orphaned_volumes(&self) -> Vec<&Volume> {
-        let referenced: BTreeSet<String> = self.vms.values().flat_map(Self::referenced_volumes).collect();
-        self.volumes.values().filter(|v| !referenced.contains(&v.volid)).collect()
+        let referenced: BTreeSet<VolumeKey> =
+            self.vms.values().flat_map(|guest| self.referenced_volume_keys(guest)).collect();
+        self.volumes.iter().filter(|(key, _)| !referenced.contains(*key)).map(|(_, v)| v).collect()
     }
 
-    /// Creates a volume; fails with the storage's message if the name is taken.
+    /// The node a volume of `storage` created for a VM on `node` lives on:
+    /// `node` for a local storage, `None` for a shared one (or an unknown one).
+    pub fn volume_node(&self, storage: &str, node: &str) -> Option<String> {
+        self.storages.get(storage).filter(|s| !s.shared).map(|_| node.to_string())
+    }
+
+    /// The key of `volid` as a VM on `node` refers to it.
+    pub fn volume_key(&self, volid: &str, node: &str) -> VolumeKey {
+        let storage = volid.split(':').next().unwrap_or_default();
+        (self.volume_node(storage, node), volid.to_string())
+    }
+
+    /// The volume `volid` as a VM on `node` sees it.
+    pub fn volume(&self, volid: &str, node: &str) -> Option<&Volume> {
+        self.volumes.get(&self.volume_key(volid, node))
+    }
+
+    pub fn volume_mut(&mut self, volid: &str, node: &str) -> Option<&mut Volume> {
+        let key = self.volume_key(volid, node);
+        self.volumes.get_mut(&key)
+    }
+
+    pub fn remove_volume(&mut self, volid: &str, node: &str) -> Option<Volume> {
+        let key = self.volume_key(volid, node);
+        self.volumes.remove(&key)
+    }
+
+    /// The volumes of `storage` that `node` sees: a local storage's own
+    /// volumes on that node, every volume of a shared one.
+    pub fn volumes_on<'a>(&'a self, storage: &'a str, node: &'a str) -> impl Iterator<Item = &'a Volume> + 'a {
+        self.volumes.values().filter(move |v| v.storage == storage && v.seen_from(node))
+    }
+
+    /// The keys of the volumes the VM's config references, on its node.
+    pub fn referenced_volume_keys(&self, guest: &Vm) -> Vec<VolumeKey> {
+        Self::referenced_volumes(guest).iter().map(|volid| self.volume_key(volid, &guest.node)).collect()
+    }
+
+    /// Creates a volume on `node` (for a local storage; a shared one's
+    /// volumes belong to no node); fails with the storage's message if the
+    /// name is taken there.
     pub fn create_volume(
         &mut self,
         storage: &str,
@@ -623,24 +722,26 @@ impl Cluster {
         owner: u32,
         size: u64,
         base: Option<String>,
+        node: &str,
     ) -> Result<String, String> {
         let store = self.storages.get(storage).ok_or_else(|| format!("storage '{storage}' does not exist"))?;
         let volid = format!("{storage}:{volname}");
-        if self.volumes.contains_key(&volid) {
+        let key = self.volume_key(&volid, node);
+        if self.volumes.contains_key(&key) {
             return Err(store.exists_error(&volname));
         }
-        self.volumes
-            .insert(volid.clone(), Volume { volid: volid.clone(), storage: storage.to_string(), owner, size, base });
+        let volume =
+            Volume { volid: volid.clone(), storage: storage.to_string(), owner, size, base, node: key.0.clone() };
+        self.volumes.insert(key, volume);
         Ok(volid)
     }
 
-    /// pve-storage's `find_free_diskname`: the lowest free `vm-<vmid>-disk-<n>`.
-    pub fn free_disk_name(&self, storage: &str, vmid: u32, base: Option<&str>) -> Option<String> {
+    /// pve-storage's `find_free_diskname` on `node`: the lowest free
+    /// `vm-<vmid>-disk-<n>` (a local storage only knows its node's volumes).
+    pub fn free_disk_name(&self, storage: &str, vmid: u32, base: Option<&str>, node: &str) -> Option<String> {
         let store = self.storages.get(storage)?;
         let taken: BTreeSet<String> = self
-            .volumes
-            .values()
-            .filter(|v| v.storage == storage)
+            .volumes_on(storage, node)
             .map(|v| v.volid.rsplit('/').next().unwrap_or(&v.volid).rsplit(':').next().unwrap_or_default().to_string())
             .collect();
         (0..1000)
@@ -662,27 +763,32 @@ impl Cluster {
             .ok_or_else(|| format!("Configuration file 'nodes/?/qemu-server/{vmid}.conf' does not exist"))?;
         let referenced = Self::referenced_volumes(guest);
         let node = guest.node.clone();
+        // pve-storage's `volume_is_base_and_used` (qemu-server `destroy_vm`).
         for volid in &referenced {
-            if let Some(user) = self.volumes.values().find(|v| v.base.as_deref() == Some(volid.as_str())) {
-                return Err(format!("base volume '{volid}' is still in use by linked cloned VM {}", user.owner));
+            if let Some(user) = self.base_user(volid, &node) {
+                return Err(format!("base volume '{volid}' is still in use by linked cloned VM {user}"));
             }
         }
         let mut log = Vec::new();
         for volid in &referenced {
-            if self.volumes.remove(volid).is_some() {
+            if self.remove_volume(volid, &node).is_some() {
                 log.push(format!("Removing image: 100% complete...done. ({volid})"));
             }
         }
         if unreferenced {
-            let orphans: Vec<String> = self
+            let orphans: Vec<VolumeKey> = self
                 .volumes
-                .values()
-                .filter(|v| v.owner == vmid && self.storages.get(&v.storage).is_some_and(|s| s.available_on(&node)))
-                .map(|v| v.volid.clone())
+                .iter()
+                .filter(|(_, v)| {
+                    v.owner == vmid
+                        && v.seen_from(&node)
+                        && self.storages.get(&v.storage).is_some_and(|s| s.available_on(&node))
+                })
+                .map(|(key, _)| key.clone())
                 .collect();
-            for volid in orphans {
-                self.volumes.remove(&volid);
-                log.push(format!("Removing unreferenced image: {volid}"));
+            for key in orphans {
+                self.volumes.remove(&key);
+                log.push(format!("Removing unreferenced image: {}", key.1));
             }
         }
         self.leave_pool(vmid);
@@ -696,6 +802,13 @@ impl Cluster {
         self.vms.remove(&vmid);
         self.flocks.remove(&vmid);
         Ok(log)
+    }
+
+    /// The VMID of a linked clone whose disk is based on `volid` (as a VM
+    /// on `node` sees it), if any: pve-storage's `volume_is_base_and_used`.
+    pub fn base_user(&self, volid: &str, node: &str) -> Option<u32> {
+        let key = self.volume_key(volid, node);
+        self.volumes.values().find(|v| v.base.as_deref() == Some(volid) && v.node == key.0).map(|v| v.owner)
     }
 
     /// `fe80::…` and SLAAC addresses are derived from the MAC (EUI-64).
@@ -783,8 +896,8 @@ mod tests {
         let template = &cluster.vms[&9000];
         assert!(template.is_template());
         assert_eq!(template.pool.as_deref(), Some("ci"));
-        assert!(cluster.volumes.contains_key("local-lvm:base-9000-disk-0"));
-        assert!(cluster.volumes.contains_key("local-lvm:vm-9000-cloudinit"));
+        assert!(cluster.volume("local-lvm:base-9000-disk-0", "pve1").is_some());
+        assert!(cluster.volume("local-lvm:vm-9000-cloudinit", "pve1").is_some());
         assert!(cluster.orphaned_volumes().is_empty());
         assert_eq!(cluster.next_free_vmid(), Some(100));
         assert!(
@@ -824,14 +937,14 @@ mod tests {
     #[test]
     fn disk_names_avoid_orphans_but_cloudinit_collides() {
         let mut cluster = cluster();
-        cluster.create_volume("local-lvm", "vm-105-disk-0".into(), 105, 1, None).unwrap();
-        assert_eq!(cluster.free_disk_name("local-lvm", 105, None).as_deref(), Some("vm-105-disk-1"));
-        cluster.create_volume("local-lvm", "vm-105-cloudinit".into(), 105, 1, None).unwrap();
-        let err = cluster.create_volume("local-lvm", "vm-105-cloudinit".into(), 105, 1, None).unwrap_err();
+        cluster.create_volume("local-lvm", "vm-105-disk-0".into(), 105, 1, None, "pve1").unwrap();
+        assert_eq!(cluster.free_disk_name("local-lvm", 105, None, "pve1").as_deref(), Some("vm-105-disk-1"));
+        cluster.create_volume("local-lvm", "vm-105-cloudinit".into(), 105, 1, None, "pve1").unwrap();
+        let err = cluster.create_volume("local-lvm", "vm-105-cloudinit".into(), 105, 1, None, "pve1").unwrap_err();
         assert!(err.contains("already exists"), "{err}");
         assert_eq!(cluster.orphaned_volumes().len(), 2);
         assert_eq!(
-            cluster.free_disk_name("local", 105, Some("9000/base-9000-disk-0.qcow2")).as_deref(),
+            cluster.free_disk_name("local", 105, Some("9000/base-9000-disk-0.qcow2"), "pve1").as_deref(),
             Some("9000/base-9000-disk-0.qcow2/105/vm-105-disk-0.qcow2")
         );
         assert_eq!(owner_of("9000/base-9000-disk-0.qcow2/105/vm-105-disk-0.qcow2"), Some(105));

@@ -125,6 +125,10 @@ pub struct Timings {
     pub delete: f64,
     /// An asynchronous config update (`POST …/config`).
     pub config: f64,
+    /// An offline migration (`qmigrate`): the copy of the local disks.
+    pub migrate: f64,
+    /// A conversion to a template (`qmtemplate`): the disks renamed to base volumes.
+    pub template: f64,
     /// How far `status`, `name` and `template` in `/cluster/resources` lag
     /// behind (pvestatd's broadcast cycle).
     pub resources_staleness: f64,
@@ -147,6 +151,8 @@ impl Default for Timings {
             shutdown: 5.0,
             delete: 1.0,
             config: 0.5,
+            migrate: 5.0,
+            template: 1.0,
             resources_staleness: 10.0,
             lock_timeout: 1.0,
             unauthorized_delay: 3.0,

@@ -87,6 +87,8 @@
 //! [timings]                   # simulated seconds
 //! clone_linked = 2.0
 //! clone_full = 20.0
+//! migrate = 5.0               # offline migration (copy of local disks)
+//! template = 1.0              # conversion to a template
 //! start = 1.0
 //! boot = 15.0
 //! agent_delay = 5.0

@@ -6,6 +6,7 @@
 
 mod access;
 mod cluster;
+mod migrate;
 mod nodes;
 mod pools;
 mod qemu;
@@ -404,6 +405,8 @@ fn dispatch(call: &Call<'_>) -> Result<Reply, ApiError> {
         "post_nodes_node_qemu_vmid_config" => qemu::update_config(call, true),
         "put_nodes_node_qemu_vmid_cloudinit" => qemu::regenerate_cloudinit(call),
         "post_nodes_node_qemu_vmid_clone" => qemu::clone(call),
+        "post_nodes_node_qemu_vmid_migrate" => migrate::migrate(call),
+        "post_nodes_node_qemu_vmid_template" => migrate::template(call),
         "get_nodes_node_qemu_vmid_status_current" => qemu::status(call),
         "post_nodes_node_qemu_vmid_status_start" => qemu::power(call, qemu::PowerAction::Start),
         "post_nodes_node_qemu_vmid_status_stop" => qemu::power(call, qemu::PowerAction::Stop),
@@ -457,6 +460,8 @@ fn handled_operations() -> &'static [&'static str] {
         "post_nodes_node_qemu_vmid_config",
         "put_nodes_node_qemu_vmid_cloudinit",
         "post_nodes_node_qemu_vmid_clone",
+        "post_nodes_node_qemu_vmid_migrate",
+        "post_nodes_node_qemu_vmid_template",
         "get_nodes_node_qemu_vmid_status_current",
         "post_nodes_node_qemu_vmid_status_start",
         "post_nodes_node_qemu_vmid_status_stop",

@@ -99,8 +99,10 @@ fn storage_visible(cluster: &Cluster, caller: &Caller, storage: &Storage) -> boo
     held.contains("Datastore.Audit") || held.contains("Datastore.AllocateSpace")
 }
 
-fn used_space(cluster: &Cluster, storage: &str) -> u64 {
-    cluster.volumes.values().filter(|v| v.storage == storage).map(|v| v.size).sum()
+/// What `node` sees used on `storage`: a local storage counts only that
+/// node's volumes (each node has its own volume group or directory).
+fn used_space(cluster: &Cluster, storage: &str, node: &str) -> u64 {
+    cluster.volumes_on(storage, node).map(|v| v.size).sum()
 }
 
 /// The node's storages with usage; `content`/`storage`/`enabled` filter.
@@ -119,7 +121,7 @@ pub fn storage(call: &Call<'_>) -> Result<Reply, ApiError> {
         {
             continue;
         }
-        let used = used_space(&cluster, &storage.id);
+        let used = used_space(&cluster, &storage.id, &node);
         items.push(types::GetNodesNodeStorageResponseDataItem {
             storage: Some(storage.id.clone()),
             type_: Some(storage.kind.clone()),
@@ -162,7 +164,8 @@ pub fn storage_content(call: &Call<'_>) -> Result<Reply, ApiError> {
     let on_storage = cluster.privileges(caller, &format!("/storage/{id}"));
     let allocate = caller.is_root() || on_storage.contains("Datastore.Allocate");
     let mut items: Vec<types::GetNodesNodeStorageStorageContentResponseDataItem> = Vec::new();
-    for volume in cluster.volumes.values().filter(|v| v.storage == id) {
+    // A local storage lists the volumes on this node only.
+    for volume in cluster.volumes_on(&id, &node) {
         if only_vmid.is_some_and(|vmid| vmid != i64::from(volume.owner)) {
             continue;
         }

@@ -23,9 +23,9 @@ use crate::sim::vm::{self, Power, Vm};
 use crate::sim::wire::{ApiError, Reply};
 
 /// `lock_config`'s default flock timeout (clone uses the shorter configured one).
-const CONFIG_LOCK_TIMEOUT: f64 = 10.0;
+pub(super) const CONFIG_LOCK_TIMEOUT: f64 = 10.0;
 
-fn locked(lock: &str) -> String {
+pub(super) fn locked(lock: &str) -> String {
     format!("VM is locked ({lock})")
 }
 
@@ -242,6 +242,7 @@ fn split_list(value: Option<&str>) -> Vec<String> {
 /// new values (tags normalised, NICs get a MAC, `storage:size` allocates).
 fn apply_config(cluster: &mut Cluster, vmid: u32, params: &Params) -> Result<(), String> {
     let Some(guest) = cluster.vms.get(&vmid) else { return Err(format!("VM {vmid} does not exist")) };
+    let node = guest.node.clone();
     let mut config = guest.config.clone();
     let mut remove_volumes = Vec::new();
     for key in split_list(params.get("delete")) {
@@ -264,14 +265,14 @@ fn apply_config(cluster: &mut Cluster, vmid: u32, params: &Params) -> Result<(),
             let mac = cluster.new_mac();
             value = vm::net_with_mac(&value, &mac);
         } else if vm::is_disk_key(key)
-            && let Some(allocated) = allocate_disk(cluster, vmid, &value)?
+            && let Some(allocated) = allocate_disk(cluster, vmid, &node, &value)?
         {
             value = allocated;
         }
         config.insert(key.to_string(), value);
     }
     for volid in remove_volumes {
-        cluster.volumes.remove(&volid);
+        cluster.remove_volume(&volid, &node);
     }
     if let Some(guest) = cluster.vms.get_mut(&vmid) {
         guest.config = config;
@@ -281,7 +282,7 @@ fn apply_config(cluster: &mut Cluster, vmid: u32, params: &Params) -> Result<(),
 
 /// `local-lvm:4` (GiB) and `local-lvm:cloudinit` allocate a new volume;
 /// returns the value that references it.
-fn allocate_disk(cluster: &mut Cluster, vmid: u32, value: &str) -> Result<Option<String>, String> {
+fn allocate_disk(cluster: &mut Cluster, vmid: u32, node: &str, value: &str) -> Result<Option<String>, String> {
     let first = value.split(',').next().unwrap_or_default();
     let rest: Vec<&str> = value.split(',').skip(1).collect();
     let Some((storage, spec)) = first.split_once(':') else { return Ok(None) };
@@ -290,12 +291,12 @@ fn allocate_disk(cluster: &mut Cluster, vmid: u32, value: &str) -> Result<Option
     }
     if spec == "cloudinit" {
         let name = cluster.cloudinit_volume_name(storage, vmid).unwrap_or_default();
-        let volid = cluster.create_volume(storage, name, vmid, 4 << 20, None)?;
+        let volid = cluster.create_volume(storage, name, vmid, 4 << 20, None, node)?;
         return Ok(Some(format!("{volid},media=cdrom")));
     }
     let Ok(gib) = spec.parse::<f64>() else { return Ok(None) };
-    let name = cluster.free_disk_name(storage, vmid, None).ok_or("no free disk name")?;
-    let volid = cluster.create_volume(storage, name, vmid, (gib * (1u64 << 30) as f64) as u64, None)?;
+    let name = cluster.free_disk_name(storage, vmid, None, node).ok_or("no free disk name")?;
+    let volid = cluster.create_volume(storage, name, vmid, (gib * (1u64 << 30) as f64) as u64, None, node)?;
     let mut parts = vec![volid];
     parts.extend(rest.iter().map(|s| s.to_string()));
     parts.push(format!("size={gib}G"));
@@ -437,10 +438,32 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
             .storages
             .get(storage)
             .ok_or_else(|| ApiError::internal(format!("storage '{storage}' does not exist")))?;
-        if !store.available_on(&target) {
-            return Err(ApiError::internal(format!("storage '{storage}' is not available on node '{target}'")));
+        // qemu-server `clone_vm`: `storage_check_enabled` on this node and on
+        // the target, images content, and a clone to another node only onto
+        // shared storage.
+        for on in [&node, &target] {
+            if !store.available_on(on) {
+                return Err(ApiError::internal(format!("storage '{storage}' is not available on node '{on}'")));
+            }
+        }
+        if !store.content.split(',').any(|c| c == "images") {
+            return Err(ApiError::parameter("storage", format!("storage '{storage}' does not support vm images")));
+        }
+        if target != node && !store.shared {
+            return Err(ApiError::internal(format!("can't clone to non-shared storage '{storage}'")));
         }
     }
+    // `check_storage_access_clone`: any drive on a non-shared storage, CD-ROM
+    // images (an ISO on `local`) and the cloud-init drive included, makes
+    // the VM local (unusedN are not drives).
+    let shared_vm = source_config
+        .iter()
+        .filter(|(k, _)| vm::is_disk_key(k) && !k.starts_with("unused"))
+        .filter_map(|(_, v)| vm::disk_volume(v))
+        .all(|volid| {
+            let storage = volid.split(':').next().unwrap_or_default();
+            cluster.storages.get(storage).is_none_or(|s| s.shared)
+        });
     let mut disks = Vec::new();
     for (key, value) in
         source_config.iter().filter(|(k, v)| vm::is_disk_key(k) && !k.starts_with("unused") && !vm::is_cdrom(v))
@@ -466,9 +489,6 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
                 return Err(ApiError::internal(format!("Linked clone feature is not supported for '{volid}' ({key})")));
             }
         }
-        if target != node && !storage.shared {
-            return Err(ApiError::internal(format!("can't clone VM to node '{target}' (VM uses local storage)")));
-        }
         let storage = if full {
             target_storage.clone().unwrap_or_else(|| storage_id.to_string())
         } else {
@@ -488,6 +508,9 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
                 }
             }
         }
+    }
+    if target != node && !shared_vm {
+        return Err(ApiError::internal(format!("can't clone VM to node '{target}' (VM uses local storage)")));
     }
     Ok(ClonePlan {
         source,
@@ -527,17 +550,26 @@ fn materialize_clone(cluster: &mut Cluster, plan: &ClonePlan, now: f64) -> Resul
     let agent_spec = source.agent.clone();
     let mut created = Vec::new();
     for disk in &plan.disks {
-        let size = cluster.volumes.get(&disk.source_volid).map_or(4 << 20, |v| v.size);
+        let size = cluster.volume(&disk.source_volid, &plan.node).map_or(4 << 20, |v| v.size);
         let linked = !plan.full && !disk.cloudinit;
         let base =
             linked.then(|| disk.source_volid.split_once(':').map_or(String::new(), |(_, name)| name.to_string()));
         let name = if disk.cloudinit {
             cluster.cloudinit_volume_name(&disk.storage, plan.newid)
         } else {
-            cluster.free_disk_name(&disk.storage, plan.newid, base.as_deref())
+            cluster.free_disk_name(&disk.storage, plan.newid, base.as_deref(), &plan.target)
         };
+        // The task runs on the source node; a clone to another node is only
+        // allowed onto shared storage, so `target` is where local volumes go.
         let result = name.ok_or_else(|| format!("storage '{}' does not exist", disk.storage)).and_then(|name| {
-            cluster.create_volume(&disk.storage, name, plan.newid, size, linked.then(|| disk.source_volid.clone()))
+            cluster.create_volume(
+                &disk.storage,
+                name,
+                plan.newid,
+                size,
+                linked.then(|| disk.source_volid.clone()),
+                &plan.target,
+            )
         });
         match result {
             Ok(volid) => {
@@ -548,7 +580,7 @@ fn materialize_clone(cluster: &mut Cluster, plan: &ClonePlan, now: f64) -> Resul
             }
             Err(message) => {
                 for volid in &created {
-                    cluster.volumes.remove(volid);
+                    cluster.remove_volume(volid, &plan.target);
                 }
                 return Ok(Err(message));
             }
@@ -661,7 +693,7 @@ async fn clone_body(
             if config_exists {
                 if !leave_orphans {
                     for volid in &created {
-                        cluster.volumes.remove(volid);
+                        cluster.remove_volume(volid, &plan.target);
                     }
                 }
                 cluster.vms.remove(&plan.newid);
@@ -1091,8 +1123,7 @@ pub fn resize(call: &Call<'_>) -> Result<Reply, ApiError> {
     };
     let amount = vm::parse_size(amount).filter(|_| valid).ok_or_else(|| ApiError::internal("invalid size string"))?;
     let current = cluster
-        .volumes
-        .get(&volid)
+        .volume(&volid, &node)
         .map(|v| v.size)
         .or_else(|| vm::property(&value, "size").as_deref().and_then(vm::parse_size))
         .unwrap_or(0);
@@ -1100,11 +1131,12 @@ pub fn resize(call: &Call<'_>) -> Result<Reply, ApiError> {
     if new_size < current {
         return Err(ApiError::internal("shrinking disks is not supported"));
     }
+    let volume_node = node.clone();
     let apply = move |cluster: &mut Cluster| {
         if new_size == current {
             return;
         }
-        if let Some(volume) = cluster.volumes.get_mut(&volid) {
+        if let Some(volume) = cluster.volume_mut(&volid, &volume_node) {
             volume.size = new_size;
         }
         if let Some(guest) = cluster.vms.get_mut(&vmid)

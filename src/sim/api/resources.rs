@@ -434,7 +434,7 @@ fn build(
                 if !held.contains("Datastore.Audit") && !held.contains("Datastore.AllocateSpace") {
                     continue;
                 }
-                let used: u64 = cluster.volumes.values().filter(|v| v.storage == storage.id).map(|v| v.size).sum();
+                let used: u64 = cluster.volumes_on(&storage.id, &node.name).map(|v| v.size).sum();
                 let entry = Entry {
                     id: Some(ResourceId::Storage { node: &node.name, storage: &storage.id }),
                     kind: Some("storage"),
@@ -714,7 +714,7 @@ mod tests {
                     if !held.contains("Datastore.Audit") && !held.contains("Datastore.AllocateSpace") {
                         continue;
                     }
-                    let used: u64 = cluster.volumes.values().filter(|v| v.storage == storage.id).map(|v| v.size).sum();
+                    let used: u64 = cluster.volumes_on(&storage.id, &node.name).map(|v| v.size).sum();
                     items.push(Item {
                         id: Some(format!("storage/{}/{}", node.name, storage.id)),
                         type_: Some("storage".into()),
@@ -914,7 +914,7 @@ mod tests {
         check.at(&cluster(), now + 2.8, "100 in HA and stopped, not observed yet");
         cluster().vms.get_mut(&109).unwrap().reset_history(now + 2.9);
         check.at(&cluster(), now + 2.9, "109's history forgotten");
-        cluster().create_volume("local-lvm", "vm-150-disk-0".into(), 150, 7 << 30, None).unwrap();
+        cluster().create_volume("local-lvm", "vm-150-disk-0".into(), 150, 7 << 30, None, "pve1").unwrap();
         check.at(&cluster(), now + 3.0, "a new volume");
         cluster().access.remove_acl_path("/vms/101");
         check.at(&cluster(), now + 3.1, "tfa@pve no longer sees 101");
