@@ -67,6 +67,9 @@ type faultResult struct {
 	// What the simulator holds after the drain.
 	LeakedVMs      []string `json:"leaked_vms"`
 	OrphanedDisks  int      `json:"orphaned_disks"`
+	// Orphans describe the orphaned disks (volume, storage, node, size) as
+	// the simulator lists them.
+	Orphans []string `json:"orphans,omitempty"`
 	ForeignTouched []string `json:"foreign_touched"`
 	// Crashes are the plugin's own exits, panics and hangs (not our kills).
 	Crashes int `json:"crashes"`
@@ -123,9 +126,17 @@ func (s *simulator) vmViews() (map[int]vmView, []string, error) {
 }
 
 // killNine ends the plugin with SIGKILL, as a crash or an OOM kill would;
-// it is the harness's doing, so it is not recorded as an incident.
+// it is the harness's doing, so it is not recorded as an incident. The
+// session is gone from then on: should the plugin not start again, the
+// drain starts it once more instead of calling the dead one (which was
+// recorded as the plugin's own exit, a crash).
 func (s *session) killNine() {
 	s.closed = true
+	s.mu.Lock()
+	if s.failure == nil {
+		s.failure = fmt.Errorf("%w: killed with SIGKILL by the harness", errPluginGone)
+	}
+	s.mu.Unlock()
 	if s.pid > 0 {
 		syscall.Kill(s.pid, syscall.SIGKILL)
 	}
@@ -370,7 +381,7 @@ func faultComparison(c *contender, simBinary, work string, scale float64, l layo
 			result.RanPerNode[node] = len(vms)
 		}
 	}
-	result.OrphanedDisks = len(orphans)
+	result.OrphanedDisks, result.Orphans = len(orphans), orphans
 	for _, vmid := range []int{foreignInPool, foreignOutside, templateID} {
 		was, now := before[vmid], after[vmid]
 		if _, still := after[vmid]; !still {

@@ -322,6 +322,14 @@ func apiCost(c *contender, simBinary, work string, sizes []int, scale float64, l
 		return fail(err)
 	}
 	defer s.close()
+	if l.copies() && c.multiNode() {
+		// The steady state on every node: growth starts once the plugin's
+		// template copies are there (a plugin that makes them after Init
+		// would otherwise put the first instances on the template's node).
+		if err := sim.waitForCopies(len(l.nodes())-1, 5*time.Minute); err != nil {
+			logf("  %s: %v; growing anyway", c.Name, err)
+		}
+	}
 	var results []apiCostResult
 	have := 0
 	for _, n := range sizes {

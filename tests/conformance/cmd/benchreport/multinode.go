@@ -196,6 +196,21 @@ func (s *simulator) clusterView(exclude map[int]bool) (clusterView, error) {
 	return view, nil
 }
 
+// waitForCopies waits until the simulator holds want template copies.
+func (s *simulator) waitForCopies(want int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		view, err := s.clusterView(nil)
+		if err == nil && len(view.Copies) >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d template copies after %s (last: %v, %v)", len(view.Copies), want, timeout, view.Copies, err)
+		}
+		time.Sleep(updateEvery)
+	}
+}
+
 // perNodeText writes "pve1 12, pve2 9, pve3 9".
 func perNodeText(perNode map[string]int) string {
 	if len(perNode) == 0 {
@@ -365,8 +380,9 @@ func renderMultinode(w func(string, ...any), r *report) {
 
 	if len(r.APICostNodes) > 0 {
 		w("### 7.3 API cost per Update over five nodes\n\n")
-		w("Section 1's measurement on %s: one group grows to each size in turn, the instances spread over the nodes by each plugin's own placement, ", layoutLocal5.title())
-		w("then the host calls Update repeatedly. The LukasK32 lineage has every instance on pve1 (no node setting), so its figures are one node's.\n\n")
+		w("Section 1's measurement on %s: once the plugin's template copies are there (nE0sIghT makes them during Init; ours after it, so the driver waits for them), ", layoutLocal5.title())
+		w("one group grows to each size in turn, the instances spread over the nodes by each plugin's own placement, then the host calls Update repeatedly. ")
+		w("The LukasK32 lineage has every instance on pve1 (no node setting), so its figures are one node's.\n\n")
 		w("| Plugin | Nodes given | N | Updates | PVE requests/Update | Requests by operation | CPU ms/Update | Update wall ms | RSS | Running, per node |\n")
 		w("|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, a := range r.APICostNodes {

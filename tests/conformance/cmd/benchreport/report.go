@@ -732,7 +732,7 @@ func lossReason(kind string) string {
 	case "to-running":
 		return "Time to running on a layout: section 7.2 has, for both, when Init returned, when everything was accepted, and where the instances ran."
 	case "to-accepted":
-		return "Acceptance: section 7.2 has, for both, what the first Increase accepted and when the rest was; a node whose template copy is not ready yet takes no clones."
+		return "Acceptance: section 7.2 has, for both, when Init returned, what the first Increase accepted and when the rest was; a plugin that copies the template during Init accepts nothing before, and below a second the figure is mostly start-up (exec, handshake, Init)."
 	case "leaks":
 		return "Leaks: the VMs and disks left are listed by name in the fault comparison's table."
 	default:
