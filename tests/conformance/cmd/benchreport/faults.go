@@ -65,11 +65,11 @@ type faultResult struct {
 	// restarted plugin did not list within faultRecovery.
 	NeverCameBack int `json:"never_came_back"`
 	// What the simulator holds after the drain.
-	LeakedVMs      []string `json:"leaked_vms"`
-	OrphanedDisks  int      `json:"orphaned_disks"`
+	LeakedVMs     []string `json:"leaked_vms"`
+	OrphanedDisks int      `json:"orphaned_disks"`
 	// Orphans describe the orphaned disks (volume, storage, node, size) as
 	// the simulator lists them.
-	Orphans []string `json:"orphans,omitempty"`
+	Orphans        []string `json:"orphans,omitempty"`
 	ForeignTouched []string `json:"foreign_touched"`
 	// Crashes are the plugin's own exits, panics and hangs (not our kills).
 	Crashes int `json:"crashes"`
