@@ -17,14 +17,21 @@ type runParams struct {
 	maxInstances int
 	fullClone    bool
 	cloneLimit   int
+	// layout is the cluster's nodes and storage (multinode.go); the zero
+	// value is the usual one: template and instances on pve1's local-lvm.
+	layout layout
 }
 
 // label names the settings a run gets, for the report.
 func (p runParams) label() string {
+	label := "linked clones"
 	if p.fullClone {
-		return "full clones"
+		label = "full clones"
 	}
-	return "linked clones"
+	if p.layout.Key != "" {
+		label += ", " + p.layout.title()
+	}
+	return label
 }
 
 // contender is one fleeting plugin under test: ours, or a competitor's
@@ -194,6 +201,12 @@ func ours(binary string) *contender {
 	return &contender{Key: "ours", Name: "ours (Rust)", Binary: binary, Version: gitDescribe(), Style: styleOurs, configure: configureOurs}
 }
 
+// multiNode reports whether the contender can be given several nodes: ours
+// (target_nodes) and the nE0sIghT lineage (nodes, with staged templates for
+// nodes on local storage). The LukasK32 lineage has no node setting; it
+// clones onto the template's node.
+func (c *contender) multiNode() bool { return c.Style == styleOurs || c.Style == styleNE0sIghT }
+
 // settingsFor writes a contender's config for one run and records it
 // (secrets replaced) for the report.
 func (c *contender) settingsFor(sim *simulator, work string, p runParams) ([]byte, error) {
@@ -285,11 +298,18 @@ func configureOurs(sim *simulator, work string, p runParams) ([]byte, error) {
 	if p.fullClone {
 		mode = "full"
 	}
-	return json.Marshal(map[string]any{
+	config := map[string]any{
 		"url": sim.URL, "tls_fingerprint": sim.Fingerprint, "credentials_file_path": credentials,
 		"pool": poolName, "template_id": templateID, "max_instances": p.maxInstances, "group": "bench",
 		"clone_mode": mode, "max_parallel_clones": p.cloneLimit, "max_parallel_deletes": p.cloneLimit,
-	})
+	}
+	// Several nodes: every node in target_nodes; on local storage the
+	// template copies are made with the defaults (template_stage_mode auto,
+	// copies on the template's storage id, VMIDs from the cluster).
+	if p.layout.multi() {
+		config["target_nodes"] = p.layout.nodes()
+	}
+	return json.Marshal(config)
 }
 
 // The LukasK32 lineage (README "Plugin settings"): user/password from a
@@ -309,7 +329,7 @@ func configureLukasK32(sim *simulator, work string, p runParams) ([]byte, error)
 		"pool": poolName, "template_id": templateID, "max_instances": p.maxInstances,
 	}
 	if p.fullClone {
-		config["storage"] = "local-lvm"
+		config["storage"] = p.layout.storage()
 	}
 	return json.Marshal(config)
 }
@@ -321,6 +341,9 @@ func configureLukasK32(sim *simulator, work string, p runParams) ([]byte, error)
 // the guest agent must report the address); no staged templates (the
 // template is on the only allowed node); the clone and delete limits of the
 // scenario, the other limits and timeouts at their documented defaults.
+// Several nodes: all of them in `nodes`, and staged templates
+// (`template_stage_mode = "auto"`, which needs a `template_vmid_range`
+// apart from `vmid_range`) for the nodes that cannot clone the template.
 func configureNE0sIghT(sim *simulator, work string, p runParams) ([]byte, error) {
 	mode := "linked"
 	if p.fullClone {
@@ -329,10 +352,14 @@ func configureNE0sIghT(sim *simulator, work string, p runParams) ([]byte, error)
 	config := map[string]any{
 		"api_url": sim.URL, "token_id": tokenID, "token_secret": tokenSecret,
 		"pool": poolName, "template_vmids": []int{templateID}, "template_stage_mode": "off",
-		"name_prefix": "bench", "vmid_range": "1000-8999", "nodes": []string{"pve1"},
-		"clone_mode": mode, "target_storages": []string{"local-lvm"},
+		"name_prefix": "bench", "vmid_range": "1000-8999", "nodes": p.layout.nodes(),
+		"clone_mode": mode, "target_storages": []string{p.layout.storage()},
 		"network_mode": "dhcp", "agent_required": true,
 		"max_parallel_clones": p.cloneLimit, "max_parallel_deletes": p.cloneLimit,
+	}
+	if p.layout.multi() {
+		config["template_stage_mode"] = "auto"
+		config["template_vmid_range"] = ne0sightTemplateRange
 	}
 	if sim.CAFile != "" {
 		config["tls_ca_file"] = sim.CAFile

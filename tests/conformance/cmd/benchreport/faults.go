@@ -65,20 +65,30 @@ type faultResult struct {
 	// restarted plugin did not list within faultRecovery.
 	NeverCameBack int `json:"never_came_back"`
 	// What the simulator holds after the drain.
-	LeakedVMs      []string `json:"leaked_vms"`
-	OrphanedDisks  int      `json:"orphaned_disks"`
+	LeakedVMs     []string `json:"leaked_vms"`
+	OrphanedDisks int      `json:"orphaned_disks"`
+	// Orphans describe the orphaned disks (volume, storage, node, size) as
+	// the simulator lists them.
+	Orphans        []string `json:"orphans,omitempty"`
 	ForeignTouched []string `json:"foreign_touched"`
 	// Crashes are the plugin's own exits, panics and hangs (not our kills).
 	Crashes int `json:"crashes"`
 	// Operations are the distinct PVE operations the plugin used in this
 	// scenario, with their request counts.
 	Operations map[string]int64 `json:"operations"`
-	Error      string           `json:"error,omitempty"`
+	// Layout is the cluster's (multinode.go; empty: the usual one node).
+	// On several nodes, RanPerNode counts the distinct instance VMs (VMID
+	// and name) seen running on each node, and TemplateCopies are the
+	// templates the plugin made and kept (not counted as leaks).
+	Layout         string         `json:"layout,omitempty"`
+	RanPerNode     map[string]int `json:"ran_per_node,omitempty"`
+	TemplateCopies []string       `json:"template_copies,omitempty"`
+	Error          string         `json:"error,omitempty"`
 }
 
-// faultScenario plants the foreign VMs next to the usual cluster.
-func faultScenario(t timings) map[string]any {
-	s := scenario(t, 64)
+// faultScenario plants the foreign VMs next to the cluster of the layout.
+func faultScenario(t timings, l layout) map[string]any {
+	s := layoutScenario(t, 64, l)
 	vms := s["vms"].([]map[string]any)
 	vms = append(vms,
 		map[string]any{"vmid": foreignInPool, "node": "pve1", "pool": poolName, "running": true,
@@ -93,8 +103,10 @@ func faultScenario(t timings) map[string]any {
 }
 
 type vmView struct {
-	Status string
-	Config map[string]string
+	Node     string
+	Template bool
+	Status   string
+	Config   map[string]string
 }
 
 func (s *simulator) vmViews() (map[int]vmView, []string, error) {
@@ -104,7 +116,7 @@ func (s *simulator) vmViews() (map[int]vmView, []string, error) {
 	}
 	views := map[int]vmView{}
 	for _, vm := range inv.VMs {
-		views[vm.VMID] = vmView{Status: vm.Status, Config: vm.Config}
+		views[vm.VMID] = vmView{Node: vm.Node, Template: vm.Template, Status: vm.Status, Config: vm.Config}
 	}
 	var orphans []string
 	for _, disk := range inv.OrphanedDisks {
@@ -114,9 +126,17 @@ func (s *simulator) vmViews() (map[int]vmView, []string, error) {
 }
 
 // killNine ends the plugin with SIGKILL, as a crash or an OOM kill would;
-// it is the harness's doing, so it is not recorded as an incident.
+// it is the harness's doing, so it is not recorded as an incident. The
+// session is gone from then on: should the plugin not start again, the
+// drain starts it once more instead of calling the dead one (which was
+// recorded as the plugin's own exit, a crash).
 func (s *session) killNine() {
 	s.closed = true
+	s.mu.Lock()
+	if s.failure == nil {
+		s.failure = fmt.Errorf("%w: killed with SIGKILL by the harness", errPluginGone)
+	}
+	s.mu.Unlock()
 	if s.pid > 0 {
 		syscall.Kill(s.pid, syscall.SIGKILL)
 	}
@@ -129,12 +149,15 @@ func (s *session) killNine() {
 	s.log.close()
 }
 
-func faultComparison(c *contender, simBinary, work string, scale float64) faultResult {
-	const label = "fault comparison"
-	result := faultResult{Contender: c.Name}
+func faultComparison(c *contender, simBinary, work string, scale float64, l layout) faultResult {
+	label := "fault comparison"
+	if l.Key != "" {
+		label += ", " + l.title()
+	}
+	result := faultResult{Contender: c.Name, Layout: l.Key}
 	fast := realisticTimings
 	fast.CloneLinked, fast.Boot, fast.AgentDelay = 2, 4, 2
-	sim, err := startSimulatorWith(simBinary, work, faultScenario(fast), scale, 23)
+	sim, err := startSimulatorWith(simBinary, work, faultScenario(fast, l), scale, 23)
 	if err != nil {
 		result.Error = err.Error()
 		return result
@@ -146,7 +169,9 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 		result.Error = err.Error()
 		return result
 	}
-	params := runParams{maxInstances: faultCapacity * 2, cloneLimit: 4}
+	params := runParams{maxInstances: faultCapacity * 2, cloneLimit: 4, layout: l}
+	// ranOn are the instance VMs seen running, by node (several nodes only).
+	ranOn := map[string]map[string]bool{}
 	incidentsBefore := len(c.Incidents)
 	s, err := openSession(c, sim, work, label, params)
 	if err != nil {
@@ -237,6 +262,18 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 			continue
 		}
 		states = current
+		if l.multi() {
+			if views, _, err := sim.vmViews(); err == nil {
+				for vmid, view := range views {
+					if _, existed := before[vmid]; !existed && !view.Template && view.Status == "running" {
+						if ranOn[view.Node] == nil {
+							ranOn[view.Node] = map[string]bool{}
+						}
+						ranOn[view.Node][fmt.Sprintf("%d %s", vmid, view.Config["name"])] = true
+					}
+				}
+			}
+		}
 		alive, running := 0, 0
 		var finished []string
 		for id, state := range states {
@@ -327,12 +364,24 @@ func faultComparison(c *contender, simBinary, work string, scale float64) faultR
 		return result
 	}
 	for vmid, view := range after {
-		if _, existed := before[vmid]; !existed {
-			result.LeakedVMs = append(result.LeakedVMs, fmt.Sprintf("%d (%s, %s)", vmid, view.Status, view.Config["name"]))
+		if _, existed := before[vmid]; existed {
+			continue
 		}
+		if l.multi() && view.Template {
+			result.TemplateCopies = append(result.TemplateCopies, fmt.Sprintf("%d on %s (%s)", vmid, view.Node, view.Config["name"]))
+			continue
+		}
+		result.LeakedVMs = append(result.LeakedVMs, fmt.Sprintf("%d (%s, %s)", vmid, view.Status, view.Config["name"]))
 	}
 	sort.Strings(result.LeakedVMs)
-	result.OrphanedDisks = len(orphans)
+	sort.Strings(result.TemplateCopies)
+	if l.multi() {
+		result.RanPerNode = map[string]int{}
+		for node, vms := range ranOn {
+			result.RanPerNode[node] = len(vms)
+		}
+	}
+	result.OrphanedDisks, result.Orphans = len(orphans), orphans
 	for _, vmid := range []int{foreignInPool, foreignOutside, templateID} {
 		was, now := before[vmid], after[vmid]
 		if _, still := after[vmid]; !still {
@@ -402,9 +451,24 @@ func renderFaults(w func(string, ...any), r *report) {
 	w("starting it again at once; a plugin that crashes on its own is started again too, as Runner does (at most %d times). ", maxFaultCrashes)
 	w("Then the faults stop, every instance is removed, and the simulator's inventory is compared with the one before: ")
 	w("a foreign VM sits in the pool and another named like a seed instance outside it; nobody may touch them or the template.\n\n")
-	w("| Plugin | Accepted / asked | Ran | Peak running (of %d) | kill -9 restarts | Running before a kill, not listed after (%.0f s) | VMs leaked | Orphaned disks | Foreign VMs touched | Crashes | PVE operations used |\n", faultCapacity, faultRecovery.Seconds())
-	w("|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, f := range r.Faults {
+	faultTable(w, r, r.Faults, layoutUsual)
+}
+
+// faultTable writes one row per plugin of a fault comparison; on several
+// nodes with the nodes each was given, its instances per node and the
+// template copies it kept.
+func faultTable(w func(string, ...any), r *report, results []faultResult, l layout) {
+	head := "| Plugin |"
+	if l.multi() {
+		head += " Nodes given |"
+	}
+	head += fmt.Sprintf(" Accepted / asked | Ran | Peak running (of %d) | kill -9 restarts | Running before a kill, not listed after (%.0f s) | VMs leaked | Orphaned disks | Foreign VMs touched | Crashes | PVE operations used |",
+		faultCapacity, faultRecovery.Seconds())
+	if l.multi() {
+		head += " Ran, per node | Template copies kept |"
+	}
+	w("%s\n|%s\n", head, strings.Repeat("---|", strings.Count(head, "|")-1))
+	for _, f := range results {
 		leaked := "0"
 		if len(f.LeakedVMs) > 0 {
 			leaked = fmt.Sprintf("%d: %s", len(f.LeakedVMs), strings.Join(f.LeakedVMs, ", "))
@@ -413,8 +477,19 @@ func renderFaults(w func(string, ...any), r *report) {
 		if len(f.ForeignTouched) > 0 {
 			touched = strings.Join(f.ForeignTouched, ", ")
 		}
-		row := fmt.Sprintf("| %s | %d / %d | %d | %d | %d | %d | %s | %d | %s | %d | %d |", f.Contender, f.Accepted, f.Requested, f.Ran, f.PeakRunning,
+		row := "| " + f.Contender + " |"
+		if l.multi() {
+			row += " " + nodesGiven(contenderNamed(r, f.Contender), l) + " |"
+		}
+		row += fmt.Sprintf(" %d / %d | %d | %d | %d | %d | %s | %d | %s | %d | %d |", f.Accepted, f.Requested, f.Ran, f.PeakRunning,
 			f.Restarts, f.NeverCameBack, leaked, f.OrphanedDisks, touched, f.Crashes, len(f.Operations))
+		if l.multi() {
+			copies := "none"
+			if len(f.TemplateCopies) > 0 {
+				copies = fmt.Sprintf("%d: %s", len(f.TemplateCopies), strings.Join(f.TemplateCopies, ", "))
+			}
+			row += fmt.Sprintf(" %s | %s |", perNodeText(f.RanPerNode), copies)
+		}
 		if f.Error != "" {
 			row += " " + oneLine(f.Error)
 		}

@@ -53,6 +53,13 @@ type report struct {
 	Scale           []scaleResult   `json:"scale"`
 	// Faults is the fault comparison, one result per plugin.
 	Faults []faultResult `json:"faults,omitempty"`
+	// The runs on several nodes (multinode.go): the fault comparison on
+	// three nodes with local storage, the time to N running on three nodes
+	// with local storage and on one with shared storage, and the API cost
+	// over five nodes.
+	FaultsNodes  []faultResult     `json:"faults_nodes,omitempty"`
+	ToRunning    []toRunningResult `json:"to_running,omitempty"`
+	APICostNodes []apiCostResult   `json:"api_cost_nodes,omitempty"`
 	// Scenarios are the ones this run was limited to (-scenarios).
 	Scenarios  []string    `json:"scenarios"`
 	Switchover *switchover `json:"switchover,omitempty"`
@@ -76,6 +83,10 @@ type plan struct {
 	profiles                         []bool // full clone or not
 	handshakeRuns                    int
 	skipAPICost                      bool
+	// toRunningN is the size of time-to-running; nodeAPISizes are the
+	// sizes of api-multinode.
+	toRunningN   int
+	nodeAPISizes []int
 	// scenarios are the measurements to run (-scenarios).
 	scenarios map[string]bool
 	// switchoverWait is the pause between the seed's kill and our start.
@@ -112,10 +123,12 @@ func main() {
 	out := flag.String("out", "docs/benchmarks.md", "the report to write")
 	chart := flag.String("chart", "docs/benchmarks.svg", "the chart to write (linked from the report)")
 	raw := flag.String("json", "", "also write the raw results as JSON here")
-	quick := flag.Bool("quick", false, "a short profile (n = 1, 5; API cost at 10, 100; linked clones only)")
+	quick := flag.Bool("quick", false, "a short profile (n = 1, 5; API cost at 10, 100, over five nodes at 100; time to 10 running; linked clones only)")
 	sideBySide := flag.Bool("side-by-side", true, "run the scale and fault scenarios of all plugins at once, each against its own simulator (footprint and API cost always run one plugin at a time)")
 	sizesFlag := flag.String("sizes", "1,5,20,50", "instance counts for scale-up and scale-down")
 	apiSizesFlag := flag.String("api-sizes", "10,100,1000,2000", "instance counts for the API cost")
+	nodeAPISizesFlag := flag.String("multinode-api-sizes", "2000", "instance counts for the API cost over five nodes (api-multinode)")
+	toRunningN := flag.Int("to-running-n", 30, "instance count of time-to-running (three nodes with local storage vs one node with shared storage)")
 	linkedScale := flag.Float64("linked-scale", 2, "time scale (simulated s per real s) of the linked-clone profile")
 	fullScale := flag.Float64("full-scale", 5, "time scale of the full-clone profile")
 	apiScale := flag.Float64("api-scale", 20, "time scale of the API-cost run")
@@ -158,9 +171,12 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	sizes, apiSizes := ints(*sizesFlag), ints(*apiSizesFlag)
+	sizes, apiSizes, nodeAPISizes := ints(*sizesFlag), ints(*apiSizesFlag), ints(*nodeAPISizesFlag)
+	if *toRunningN <= 0 {
+		fatal(fmt.Errorf("-to-running-n %d is not a positive number", *toRunningN))
+	}
 	if *quick {
-		sizes, apiSizes = []int{1, 5}, []int{10, 100}
+		sizes, apiSizes, nodeAPISizes, *toRunningN = []int{1, 5}, []int{10, 100}, []int{100}, 10
 	}
 	scratch := *work
 	if scratch == "" {
@@ -188,7 +204,8 @@ func main() {
 	r.Skipped = names(skipped)
 
 	p := plan{simBinary: *simBinary, sizes: sizes, apiSizes: apiSizes, linkedScale: *linkedScale, fullScale: *fullScale,
-		apiScale: *apiScale, cloneLimit: *cloneLimit, faultRate: *faultRate, handshakeRuns: *handshakeRuns, scenarios: scenarios, switchoverWait: *switchoverWait}
+		apiScale: *apiScale, cloneLimit: *cloneLimit, faultRate: *faultRate, handshakeRuns: *handshakeRuns, scenarios: scenarios, switchoverWait: *switchoverWait,
+		toRunningN: *toRunningN, nodeAPISizes: nodeAPISizes}
 	for _, name := range allScenarios {
 		if scenarios[name] {
 			r.Scenarios = append(r.Scenarios, name)
@@ -227,8 +244,7 @@ func main() {
 		}
 		wg.Wait()
 		for _, t := range timed {
-			r.Scale = append(r.Scale, t.scale...)
-			r.Faults = append(r.Faults, t.faults...)
+			t.addTo(r)
 		}
 	} else {
 		for _, c := range r.Contenders {
@@ -241,7 +257,7 @@ func main() {
 		if err != nil {
 			logf("  metrics overhead: %v", err)
 		} else {
-			r.MetricsOverhead = apiCost(m, p.simBinary, p.dir("api-metrics"), p.apiSizes, p.apiScale)
+			r.MetricsOverhead = apiCost(m, p.simBinary, p.dir("api-metrics"), p.apiSizes, p.apiScale, layoutUsual)
 			for _, result := range r.MetricsOverhead {
 				logf("  API cost with metrics N=%d: %.2f requests/Update, %.2f ms CPU/Update %s",
 					result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.Error)
@@ -259,19 +275,30 @@ func main() {
 // c.Incidents); the next scenario starts a fresh process.
 func runContender(r *report, c *contender, p plan) {
 	logf("== %s", c.Name)
-	if !p.runs("footprint") && !p.runs("api") && !p.runs("scale") && !p.runs("faults") {
+	ran := false
+	for _, name := range allScenarios {
+		ran = ran || name != "switchover" && p.runs(name)
+	}
+	if !ran {
 		return
 	}
 	runMeasured(r, c, p)
-	t := runTimed(c, p)
-	r.Scale = append(r.Scale, t.scale...)
-	r.Faults = append(r.Faults, t.faults...)
+	runTimed(c, p).addTo(r)
 }
 
-// timedResults are one plugin's scale and fault runs.
+// timedResults are one plugin's scale, fault and time-to-running runs.
 type timedResults struct {
-	scale  []scaleResult
-	faults []faultResult
+	scale       []scaleResult
+	faults      []faultResult
+	faultsNodes []faultResult
+	toRunning   []toRunningResult
+}
+
+func (t timedResults) addTo(r *report) {
+	r.Scale = append(r.Scale, t.scale...)
+	r.Faults = append(r.Faults, t.faults...)
+	r.FaultsNodes = append(r.FaultsNodes, t.faultsNodes...)
+	r.ToRunning = append(r.ToRunning, t.toRunning...)
 }
 
 // runMeasured measures what the CPU and memory of the machine decide:
@@ -299,13 +326,20 @@ func runMeasured(r *report, c *contender, p plan) {
 	}
 
 	if !p.skipAPICost && p.runs("api") {
-		for _, result := range apiCost(c, p.simBinary, p.dir("api"), p.apiSizes, p.apiScale) {
+		for _, result := range apiCost(c, p.simBinary, p.dir("api"), p.apiSizes, p.apiScale, layoutUsual) {
 			logf("  API cost N=%d: %.2f requests/Update, %.2f ms CPU/Update, %.1f ms/Update, RSS %d KB %s",
 				result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.UpdateMillis, result.RSSKB, result.Error)
 			if result.N == 1000 && result.Error == "" {
 				fp.RSS1000KB = result.RSSKB
 			}
 			r.APICost = append(r.APICost, result)
+		}
+	}
+	if !p.skipAPICost && p.runs("api-multinode") {
+		for _, result := range apiCost(c, p.simBinary, p.dir("api-nodes"), p.nodeAPISizes, p.apiScale, layoutLocal5) {
+			logf("  API cost over five nodes N=%d: %.2f requests/Update, %.2f ms CPU/Update, %.1f ms/Update, RSS %d KB, per node %s %s",
+				result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.UpdateMillis, result.RSSKB, perNodeText(result.PerNode), result.Error)
+			r.APICostNodes = append(r.APICostNodes, result)
 		}
 	}
 	if p.runs("footprint") {
@@ -334,21 +368,42 @@ func runTimed(c *contender, p plan) timedResults {
 			}
 		}
 	}
+	if p.runs("time-to-running") {
+		for _, l := range toRunningLayouts {
+			result := timeToRunning(c, p.simBinary, p.dir("to-running-"+l.Key), l, p.toRunningN, p.cloneLimit, p.linkedScale)
+			if result.NotRun != "" {
+				logf("  %s time to %d running, %s: %s", c.Name, result.N, l.title(), result.NotRun)
+			} else {
+				logf("  %s time to %d running, %s: Init %.1f s, all accepted %.1f s (first Increase %d), running %.1f s, per node %s, %d template copies, %d requests %s",
+					c.Name, result.N, l.title(), result.Init, result.Accepted, result.FirstIncrease, result.Running, perNodeText(result.PerNode), len(result.Copies), result.Requests, result.Error)
+			}
+			t.toRunning = append(t.toRunning, result)
+		}
+	}
 	if p.runs("faults") {
-		result := faultComparison(c, p.simBinary, p.dir("faults"), p.apiScale)
-		logf("  %s faults: %d requested, %d accepted, %d ran, peak %d running, %d restarts, %d never came back, leaked %v, %d orphaned disks, foreign touched %v, %d crashes %s",
-			c.Name, result.Requested, result.Accepted, result.Ran, result.PeakRunning, result.Restarts, result.NeverCameBack,
-			result.LeakedVMs, result.OrphanedDisks, result.ForeignTouched, result.Crashes, result.Error)
+		result := faultComparison(c, p.simBinary, p.dir("faults"), p.apiScale, layoutUsual)
+		logFaults(c, "faults", result)
 		t.faults = append(t.faults, result)
 	}
+	if p.runs("faults-multinode") {
+		result := faultComparison(c, p.simBinary, p.dir("faults-nodes"), p.apiScale, layoutLocal3)
+		logFaults(c, "faults on three nodes", result)
+		t.faultsNodes = append(t.faultsNodes, result)
+	}
 	return t
+}
+
+func logFaults(c *contender, what string, result faultResult) {
+	logf("  %s %s: %d requested, %d accepted, %d ran, peak %d running, %d restarts, %d never came back, leaked %v, %d orphaned disks, foreign touched %v, %d crashes, ran per node %s, template copies %v %s",
+		c.Name, what, result.Requested, result.Accepted, result.Ran, result.PeakRunning, result.Restarts, result.NeverCameBack,
+		result.LeakedVMs, result.OrphanedDisks, result.ForeignTouched, result.Crashes, perNodeText(result.RanPerNode), result.TemplateCopies, result.Error)
 }
 
 // runs reports whether the plan includes a scenario (all when not limited).
 func (p plan) runs(name string) bool { return p.scenarios == nil || p.scenarios[name] }
 
 // allScenarios are the measurements -scenarios can choose from.
-var allScenarios = []string{"footprint", "api", "scale", "faults", "switchover"}
+var allScenarios = []string{"footprint", "api", "api-multinode", "scale", "time-to-running", "faults", "faults-multinode", "switchover"}
 
 func parseScenarios(text string) (map[string]bool, error) {
 	out := map[string]bool{}

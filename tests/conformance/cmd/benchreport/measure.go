@@ -92,11 +92,48 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 	defer cancel()
 
 	started := time.Now()
-	// Runner keeps asking until it has the capacity it wants: again for what
-	// a plugin did not accept, and again for an instance the plugin gave up
-	// on (reported deleting or deleted before it ever ran); so does this.
+	up := driveUp(ctx, s, sim, n, started)
+	result.Error, result.Replaced = up.err, len(up.lost)
+	addressed := up.addressed
+	if result.Error == "" {
+		result.Up = sim.simSeconds(time.Since(started))
+	}
+	if counters, err := sim.counters(); err == nil {
+		result.Requests, result.Injected = counters.RequestsTotal, counters.Injected
+	}
+	if s.gone() {
+		// Scale-down needs a live plugin; what it left behind is counted.
+		if left, err := sim.instances(); err == nil && left > 0 {
+			result.Error += fmt.Sprintf("; %d VMs left in Proxmox: %s", left, sim.leftovers())
+		}
+		return result
+	}
+	result.Down, err = scaleDown(s, sim, addressed)
+	if err != nil {
+		result.DownError = err.Error()
+	}
+	return result
+}
+
+// upDrive is one drive to n instances running with an address.
+type upDrive struct {
+	addressed, lost map[string]bool
+	// firstAccepted is what the first Increase accepted; allAccepted is
+	// when the plugin had first accepted n in all (zero: never).
+	firstAccepted int
+	allAccepted   time.Time
+	// err is why n did not run.
+	err string
+}
+
+// driveUp asks for n instances and calls Update until n run with an
+// address, as Runner does: it asks again for what a plugin did not accept,
+// and again for an instance the plugin gave up on (reported deleting or
+// deleted before it ever ran).
+func driveUp(ctx context.Context, s *session, sim *simulator, n int, started time.Time) upDrive {
+	d := upDrive{addressed: map[string]bool{}, lost: map[string]bool{}}
 	var mu sync.Mutex
-	target, accepted, inFlight := n, 0, false
+	target, accepted, inFlight, calls := n, 0, false, 0
 	var lastErr error
 	stop := make(chan struct{})
 	increaserDone := make(chan struct{})
@@ -118,6 +155,13 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 			got, err := s.increase(ctx, need)
 			mu.Lock()
 			accepted += got
+			if calls == 0 {
+				d.firstAccepted = got
+			}
+			calls++
+			if accepted >= n && d.allAccepted.IsZero() {
+				d.allAccepted = time.Now()
+			}
 			inFlight = false
 			if err != nil {
 				lastErr = err
@@ -128,8 +172,7 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 			}
 		}
 	}()
-	addressed := map[string]bool{}
-	lost := map[string]bool{}
+	addressed, lost := d.addressed, d.lost
 	for {
 		mu.Lock()
 		done := len(addressed) >= n && accepted >= target && !inFlight
@@ -139,12 +182,12 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 		}
 		time.Sleep(updateEvery)
 		if s.gone() {
-			result.Error = fmt.Sprintf("%d of %d running with an address, then the %v", len(addressed), n, s.err())
+			d.err = fmt.Sprintf("%d of %d running with an address, then the %v", len(addressed), n, s.err())
 			break
 		}
 		if ctx.Err() != nil {
 			mu.Lock()
-			result.Error = fmt.Sprintf("%d of %d running with an address after %.0f s (simulated); last error: %v", len(addressed), n, sim.simSeconds(time.Since(started)), lastErr)
+			d.err = fmt.Sprintf("%d of %d running with an address after %.0f s (simulated); last error: %v", len(addressed), n, sim.simSeconds(time.Since(started)), lastErr)
 			mu.Unlock()
 			break
 		}
@@ -176,30 +219,14 @@ func scaleUpDown(c *contender, simBinary, work string, t timings, full bool, n, 
 			}
 		}
 	}
-	result.Replaced = len(lost)
 	close(stop)
 	select { // bounded: every Increase has a deadline
 	case <-increaserDone:
 	case <-time.After(limits.Increase + 10*time.Second):
 	}
-	if result.Error == "" {
-		result.Up = sim.simSeconds(time.Since(started))
-	}
-	if counters, err := sim.counters(); err == nil {
-		result.Requests, result.Injected = counters.RequestsTotal, counters.Injected
-	}
-	if s.gone() {
-		// Scale-down needs a live plugin; what it left behind is counted.
-		if left, err := sim.instances(); err == nil && left > 0 {
-			result.Error += fmt.Sprintf("; %d VMs left in Proxmox: %s", left, sim.leftovers())
-		}
-		return result
-	}
-	result.Down, err = scaleDown(s, sim, addressed)
-	if err != nil {
-		result.DownError = err.Error()
-	}
-	return result
+	mu.Lock()
+	defer mu.Unlock()
+	return d
 }
 
 // scaleDown removes the instances and waits until Proxmox has none left,
@@ -264,33 +291,49 @@ type apiCostResult struct {
 	// Wall time of one Update through the host.
 	UpdateMillis float64 `json:"update_ms"`
 	RSSKB        int     `json:"rss_kb"`
-	Error        string  `json:"error,omitempty"`
+	// Layout is the cluster's (multinode.go; empty: the usual one node),
+	// PerNode the running instance VMs on each node at the measurement.
+	Layout  string         `json:"layout,omitempty"`
+	PerNode map[string]int `json:"instances_per_node,omitempty"`
+	Error   string         `json:"error,omitempty"`
 }
 
 // apiCost grows one group to each size in turn and measures steady-state
-// Updates at each.
-func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) []apiCostResult {
+// Updates at each, on the given cluster layout.
+func apiCost(c *contender, simBinary, work string, sizes []int, scale float64, l layout) []apiCostResult {
 	largest := sizes[len(sizes)-1]
 	fail := func(err error) []apiCostResult {
-		return []apiCostResult{{Contender: c.Name, N: sizes[0], Error: err.Error()}}
+		return []apiCostResult{{Contender: c.Name, N: sizes[0], Layout: l.Key, Error: err.Error()}}
 	}
 	// Fast timings: the steady state is what counts here, not the way there.
 	fast := realisticTimings
 	fast.CloneLinked, fast.Boot, fast.AgentDelay = 1, 2, 1
-	sim, err := startSimulator(simBinary, work, fast, largest, scale, 11)
+	sim, err := startSimulatorWith(simBinary, work, layoutScenario(fast, largest, l), scale, 11)
 	if err != nil {
 		return fail(err)
 	}
 	defer sim.stop()
-	s, err := openSession(c, sim, work, "API cost", runParams{maxInstances: largest, cloneLimit: 16})
+	label := "API cost"
+	if l.Key != "" {
+		label += ", " + l.title()
+	}
+	s, err := openSession(c, sim, work, label, runParams{maxInstances: largest, cloneLimit: 16, layout: l})
 	if err != nil {
 		return fail(err)
 	}
 	defer s.close()
+	if l.copies() && c.multiNode() {
+		// The steady state on every node: growth starts once the plugin's
+		// template copies are there (a plugin that makes them after Init
+		// would otherwise put the first instances on the template's node).
+		if err := sim.waitForCopies(len(l.nodes())-1, 5*time.Minute); err != nil {
+			logf("  %s: %v; growing anyway", c.Name, err)
+		}
+	}
 	var results []apiCostResult
 	have := 0
 	for _, n := range sizes {
-		result := apiCostResult{Contender: c.Name, N: n}
+		result := apiCostResult{Contender: c.Name, N: n, Layout: l.Key}
 		if err := growTo(s, n, have); err != nil {
 			result.Error = err.Error()
 			results = append(results, result)
@@ -330,6 +373,11 @@ func apiCost(c *contender, simBinary, work string, sizes []int, scale float64) [
 		result.CPUMillisPerUpdate = float64(cpu) * 1000 / clockTicks / float64(result.Updates)
 		result.UpdateMillis = float64(elapsed.Microseconds()) / 1000 / float64(result.Updates)
 		result.RSSKB = rssKB(s.pid)
+		if l.Key != "" {
+			if view, err := sim.clusterView(nil); err == nil {
+				result.PerNode = view.RunningPerNode
+			}
+		}
 		results = append(results, result)
 	}
 	return results

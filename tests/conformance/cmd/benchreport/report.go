@@ -256,6 +256,7 @@ func renderMarkdown(r *report, chartPath string) string {
 	renderFaults(w, r)
 	renderOperations(w, r)
 	renderSwitchover(w, r)
+	renderMultinode(w, r)
 
 	w("## Machine and versions\n\n")
 	w("- Machine: %d CPUs (%s), %s RAM, %s; shared with other builds, so absolute timings carry noise.\n", r.Machine.CPUs, r.Machine.CPU, r.Machine.Memory, r.Machine.Kernel)
@@ -291,7 +292,8 @@ func renderMarkdown(r *report, chartPath string) string {
 	w("```sh\nscripts/bench-report            # full run, rewrites docs/benchmarks.md and docs/benchmarks.svg\n")
 	w("scripts/bench-report -quick     # CI-sized run\nscripts/bench-report -competitors none   # ours only\n")
 	w("scripts/bench-report -competitor 'seed=/path/to/binary,repo=github.com/LukasK32/fleeting-plugin-proxmox,commit=229b964'  # a competitor's prebuilt binary\n")
-	w("scripts/bench-report -quick -scenarios switchover -competitor 'seed=/path/to/binary,commit=229b964'  # only the switch-over from the seed\n```\n\n")
+	w("scripts/bench-report -quick -scenarios switchover -competitor 'seed=/path/to/binary,commit=229b964'  # only the switch-over from the seed\n")
+	w("scripts/bench-report -scenarios faults-multinode,time-to-running,api-multinode -to-running-n 30 -multinode-api-sizes 2000  # only the runs on several nodes\n```\n\n")
 	w("This run's command line: `%s`\n", r.Command)
 	return b.String()
 }
@@ -602,6 +604,8 @@ func sideBySide(r *report) []sideRow {
 		for i, c := range competitors {
 			value, failed := theirs(c)
 			switch {
+			case strings.HasPrefix(failed, "not run"):
+				out.cells = append(out.cells, oneLine(failed))
 			case failed != "":
 				out.cells = append(out.cells, "theirs failed: "+oneLine(failed))
 			case !mineOK:
@@ -705,7 +709,7 @@ func sideBySide(r *report) []sideRow {
 			return 0, ""
 		}))
 	}
-	return rows
+	return append(rows, multinodeRows(r, row)...)
 }
 
 // lossReason says plainly why ours loses on a figure of this kind.
@@ -725,6 +729,12 @@ func lossReason(kind string) string {
 		return "Scale-up: see the scale-up section for the critical path of both."
 	case "scale-down":
 		return "Scale-down: ours stops each VM before it deletes it (PVE refuses to delete a running VM), and waits for both tasks."
+	case "to-running":
+		return "Time to running on a layout: section 7.2 has, for both, when Init returned, when everything was accepted, and where the instances ran."
+	case "to-accepted":
+		return "Acceptance: section 7.2 has, for both, when Init returned, what the first Increase accepted and when the rest was; a plugin that copies the template during Init accepts nothing before, and below a second the figure is mostly start-up (exec, handshake, Init)."
+	case "leaks":
+		return "Leaks: the VMs and disks left are listed by name in the fault comparison's table."
 	default:
 		return ""
 	}

@@ -39,6 +39,12 @@ type timings struct {
 	Stop               float64 `json:"stop"`
 	Delete             float64 `json:"delete"`
 	ResourcesStaleness float64 `json:"resources_staleness"`
+	// Migrate (an offline migration: the copy of the local disks) and
+	// Template (the conversion into a template) matter only where a plugin
+	// copies the template to other nodes; left out of the scenario when 0
+	// (the simulator's defaults).
+	Migrate  float64 `json:"migrate,omitempty"`
+	Template float64 `json:"template,omitempty"`
 }
 
 // The issue's realistic profile: linked clone ≈ 2 s, full clone ≈ 30 s,
@@ -60,13 +66,20 @@ func scenario(t timings, capacity int) map[string]any {
 	acl := func(path string, roles ...string) map[string]any {
 		return map[string]any{"path": path, "roles": roles, "users": aclUsers, "tokens": []string{tokenID}, "propagate": true}
 	}
+	simTimings := map[string]any{
+		"clone_linked": t.CloneLinked, "clone_full": t.CloneFull, "start": t.Start, "boot": t.Boot,
+		"agent_delay": t.AgentDelay, "stop": t.Stop, "delete": t.Delete, "resources_staleness": t.ResourcesStaleness,
+	}
+	if t.Migrate > 0 {
+		simTimings["migrate"] = t.Migrate
+	}
+	if t.Template > 0 {
+		simTimings["template"] = t.Template
+	}
 	return map[string]any{
 		"pve_version":  "9.1.3",
 		"cluster_name": "sim",
-		"timings": map[string]any{
-			"clone_linked": t.CloneLinked, "clone_full": t.CloneFull, "start": t.Start, "boot": t.Boot,
-			"agent_delay": t.AgentDelay, "stop": t.Stop, "delete": t.Delete, "resources_staleness": t.ResourcesStaleness,
-		},
+		"timings":      simTimings,
 		"nodes": []map[string]any{
 			{"name": "pve1", "subnet": subnet, "subnet6": "fd00:10:10:10::/64", "cpus": 512, "memory_gib": 16384},
 			{"name": "pve2", "subnet": "10.10.20.0/24", "subnet6": "fd00:10:10:20::/64", "cpus": 16, "memory_gib": 128},
@@ -218,6 +231,7 @@ func (s *simulator) resetCounters() error {
 type inventory struct {
 	VMs []struct {
 		VMID     int               `json:"vmid"`
+		Node     string            `json:"node"`
 		Template bool              `json:"template"`
 		Status   string            `json:"status"`
 		Config   map[string]string `json:"config"`
