@@ -590,11 +590,17 @@ async fn target_nodes_must_exist_and_be_reachable_from_the_template_storage() {
     assert_eq!(outcome.exit_code(), 1);
     let (detail, _) = failure(&outcome, "target_nodes");
     assert!(detail.contains("pve9, which is not a node of this cluster (nodes: pve1, pve2)"), "{detail}");
-    // The default template sits on local-lvm: another node cannot clone it.
+    // The default template sits on local-lvm: another node cannot clone it,
+    // unless it gets a copy (the default) …
     config["target_nodes"] = json!(["pve1", "pve2"]);
+    config["template_stage_mode"] = json!("off");
     let outcome = setup.check(&config, None).await;
     let (detail, _) = failure(&outcome, "target_nodes");
     assert!(detail.contains("only from shared storage"), "{detail}");
+    assert!(detail.contains("template_stage_mode"), "{detail}");
+    // … which it does by default.
+    config["template_stage_mode"] = json!("auto");
+    assert_eq!(setup.check(&config, None).await.exit_code(), 0);
     config["target_nodes"] = json!(["pve1"]);
     assert_eq!(setup.check(&config, None).await.exit_code(), 0);
     setup.sim.shutdown().await.unwrap();
@@ -713,4 +719,51 @@ async fn the_engine_and_check_give_the_same_verdict_for_every_template_fixture()
         let _ = group.shutdown().await;
         setup.sim.shutdown().await.unwrap();
     }
+}
+
+/// A node on local storage: `check` says its copy is not made yet, and
+/// with the least-privilege roles the engine makes it; then `check` finds it
+/// current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_copies_are_reported_per_node_and_least_privilege_makes_them() {
+    let mut scenario = least_privilege("9.1.3");
+    // With target_nodes, placement reads the nodes (FleetingNodes on /nodes).
+    scenario.acl.push(AclSpec {
+        path: AclPlace::Nodes.path(""),
+        roles: vec![AclPlace::Nodes.role().to_string()],
+        users: vec![defaults::USER.into()],
+        tokens: vec![defaults::TOKEN_ID.into()],
+        ..AclSpec::default()
+    });
+    let setup = Setup::start(scenario).await;
+    let mut config = setup.config.clone();
+    config["target_nodes"] = json!(["pve1", "pve2"]);
+    config["template_vmid_range"] = json!("9900-9909");
+    let before = setup.check(&config, None).await;
+    assert_eq!(before.exit_code(), 0, "{}", before.render());
+    let copy =
+        before.reports[0].findings.iter().find(|f| f.subject == "template copy pve2").expect("a line for pve2's copy");
+    assert_eq!(copy.status, Status::Warn);
+    assert!(copy.detail.contains("none yet"), "{}", copy.detail);
+    let pve2 = before.reports[0].findings.iter().find(|f| f.subject == "node pve2").expect("a line for node pve2");
+    assert!(pve2.detail.contains("no template copy yet"), "{}", pve2.detail);
+    assert!(before.render().contains("VM.Migrate"), "the privilege list names VM.Migrate");
+
+    let group = ProxmoxGroup::new();
+    group.init(config.to_string().as_bytes(), ConnectorSettings::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copies: Vec<_> = setup.sim.admin().inventory().vms.into_iter().filter(|vm| vm.vmid >= 9900).collect();
+        if copies.iter().any(|vm| vm.template && vm.node == "pve2" && vm.lock.is_none()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no copy made with the least-privilege roles: {copies:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = setup.check(&config, None).await;
+    let copy = after.reports[0].findings.iter().find(|f| f.subject == "template copy pve2").unwrap();
+    assert_eq!(copy.status, Status::Pass, "{}", copy.detail);
+    assert!(copy.detail.contains("is current"), "{}", copy.detail);
+    group.shutdown().await.unwrap();
+    setup.sim.shutdown().await.unwrap();
 }

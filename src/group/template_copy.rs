@@ -43,6 +43,10 @@ pub struct CopyPlan {
     /// Instances are linked clones of the copy (its storage can make them,
     /// and `clone_mode` allows); full clones otherwise.
     pub linked: bool,
+    /// The migration moves the disks onto `storage` (`targetstorage`,
+    /// which PVE lets only `VM.Config.Disk` ask for); otherwise every volume
+    /// keeps its storage id, which the node must have.
+    pub map_storage: bool,
 }
 
 /// A complete copy serving its node.
@@ -362,10 +366,12 @@ pub fn plan_copies(
             continue;
         };
         let linkable = kind.is_some_and(|kind| StorageInfo { kind, shared: false }.supports_linked_clones());
+        let map_storage = facts.all_storages().iter().any(|name| *name != storage_name);
         plans.push(CopyPlan {
             node: node.clone(),
             storage: storage_name,
             linked: config.clone_mode != CloneMode::Full && linkable,
+            map_storage,
         });
     }
     if problems.is_empty() { Ok(plans) } else { Err(problems) }
@@ -613,7 +619,7 @@ async fn make_copy(
     drop(slot);
     let migrate = MigrateRequest {
         target: plan.node.clone(),
-        target_storage: Some(plan.storage.clone()),
+        target_storage: plan.map_storage.then(|| plan.storage.clone()),
         bwlimit_kib: engine.config.sizing.clone_bwlimit_kib,
     };
     let upid = retry_locked(|| pve.migrate_vm(template_node, vmid, &migrate))
@@ -742,7 +748,7 @@ mod tests {
     use super::*;
 
     fn plan(node: &str) -> CopyPlan {
-        CopyPlan { node: node.into(), storage: "local-lvm".into(), linked: true }
+        CopyPlan { node: node.into(), storage: "local-lvm".into(), linked: true, map_storage: false }
     }
 
     fn found(vmid: u32, node: &str, version: &str, is_template: bool) -> FoundCopy {
