@@ -242,9 +242,10 @@ async fn target_nodes_spread_clones_and_skip_an_offline_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn target_nodes_on_local_storage_are_refused_at_init() {
+async fn target_nodes_on_local_storage_are_refused_at_init_without_template_copies() {
     let mut setup = setup(fast_scenario()).await;
     setup.config["target_nodes"] = serde_json::json!(["pve1", "pve2", "pve9"]);
+    setup.config["template_stage_mode"] = "off".into();
     let group = ProxmoxGroup::new();
     let err = group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap_err().to_string();
     assert!(
@@ -252,6 +253,7 @@ async fn target_nodes_on_local_storage_are_refused_at_init() {
         "{err}"
     );
     assert!(err.contains("only from shared storage"), "{err}");
+    assert!(err.contains("template_stage_mode = \"auto\""), "the fix is named: {err}");
 }
 
 /// A UEFI template whose EFI disk sits on storage without linked clones

@@ -282,3 +282,42 @@ async fn what_a_failed_clone_left_on_another_nodes_local_storage_is_reclaimed() 
     setup.assert_untouched();
     group.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_template_per_node_serves_its_node_and_no_copy_is_made() {
+    let mut scenario = fast_scenario();
+    // The admin keeps template 9001 on pve2's own local-lvm.
+    let mut own = scenario.vms.iter().find(|vm| vm.vmid == defaults::TEMPLATE_VMID).unwrap().clone();
+    own.vmid = 9001;
+    own.node = "pve2".into();
+    own.config.insert("scsi0".into(), "local-lvm:base-9001-disk-0,iothread=1,size=8G".into());
+    own.config.insert("ide2".into(), "local-lvm:vm-9001-cloudinit,media=cdrom".into());
+    own.config.insert("net0".into(), "virtio=BC:24:11:90:00:01,bridge=vmbr0,firewall=1".into());
+    scenario.vms.push(own);
+    let mut setup = setup(scenario).await;
+    setup.untouchable.push(setup.sim.admin().vm(9001).unwrap());
+    setup.config["template_vmids"] = serde_json::json!([defaults::TEMPLATE_VMID, 9001]);
+    setup.config["scheduler"] = "spread".into();
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    scale_to(&group, 4).await;
+    let nodes = per_node(&setup);
+    assert_eq!((nodes["pve1"].len(), nodes["pve2"].len()), (2, 2), "the templates' nodes are the default targets");
+    for vm in &nodes["pve2"] {
+        assert_eq!(base_of(&setup, vm).as_deref(), Some("base-9001-disk-0"), "pve2 clones its own template");
+    }
+    assert!(copies(&setup).is_empty(), "no copy is made for a node with its own template");
+    drain(&group).await;
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+
+    // Two templates on one node are refused, naming both.
+    setup.config["template_vmids"] = serde_json::json!([9001, defaults::TEMPLATE_VMID, 9001]);
+    let err = ProxmoxGroup::new()
+        .init(setup.config.to_string().as_bytes(), static_credentials())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`template_vmids` names 9001 twice"), "{err}");
+}

@@ -118,7 +118,18 @@ pub fn judge_vm(
 
     let mut note = None;
     let mut instance: Option<&InstanceId> = None;
-    let verdict = if is_template {
+    let copy = naming.copy_of_description(description).filter(|marker| marker.vmid == vm.vmid);
+    let verdict = if let Some(copy) = &copy {
+        note = Some(if is_template {
+            format!("this group's copy of template {} for node {}", copy.source, copy.node)
+        } else {
+            format!(
+                "this group's copy of template {} for node {} being made, or cut short (then the plugin deletes it)",
+                copy.source, copy.node
+            )
+        });
+        Verdict::Template
+    } else if is_template {
         Verdict::Template
     } else {
         match (&tag_owner, &marker_owner) {
@@ -151,7 +162,7 @@ pub fn judge_vm(
             (None, None) => Verdict::Foreign,
         }
     };
-    let phase = if is_template {
+    let phase = if is_template || copy.is_some() {
         Some(Phase::Template)
     } else if verdict == Verdict::Foreign {
         None
