@@ -82,21 +82,6 @@ fn counts(setup: &Setup) -> (usize, usize, usize) {
     (counts["pve1"], counts["pve2"], counts["pve3"])
 }
 
-async fn scale_to(group: &ProxmoxGroup, count: usize) {
-    let current = states(group).await.len();
-    if count > current {
-        let answer = group.increase((count - current) as u32).await.unwrap();
-        assert_eq!(answer.succeeded as usize, count - current, "{:?}", answer.failures);
-    }
-    wait_until(group, &format!("{count} running"), all_running(count)).await;
-}
-
-async fn drain(group: &ProxmoxGroup) {
-    let ids: Vec<String> = states(group).await.into_iter().map(|(id, _)| id).collect();
-    group.decrease(ids).await.unwrap();
-    wait_until(group, "drained", |s| s.is_empty()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_policy_places_as_documented() {
     // (scheduler, instances per node after one Increase of 6)

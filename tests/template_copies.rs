@@ -91,21 +91,6 @@ fn base_of(setup: &Setup, vm: &VmView) -> Option<String> {
     Some(name.split('/').next().unwrap_or_default().to_string())
 }
 
-async fn scale_to(group: &ProxmoxGroup, count: usize) {
-    let current = states(group).await.len();
-    if count > current {
-        let answer = group.increase((count - current) as u32).await.unwrap();
-        assert_eq!(answer.succeeded as usize, count - current, "{:?}", answer.failures);
-    }
-    wait_until(group, &format!("{count} running"), all_running(count)).await;
-}
-
-async fn drain(group: &ProxmoxGroup) {
-    let ids: Vec<String> = states(group).await.into_iter().map(|(id, _)| id).collect();
-    group.decrease(ids).await.unwrap();
-    wait_until(group, "drained", |s| s.is_empty()).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_storage_on_three_nodes_scales_0_30_0_from_a_copy_per_node() {
     let setup = three_local_nodes(serde_json::json!({})).await;

@@ -70,6 +70,19 @@ pub struct VolumeView {
     pub base: Option<String>,
 }
 
+impl VolumeView {
+    fn of(v: &super::cluster::Volume) -> Self {
+        Self {
+            volid: v.volid.clone(),
+            storage: v.storage.clone(),
+            vmid: v.owner,
+            size: v.size,
+            node: v.node.clone(),
+            base: v.base.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
@@ -162,18 +175,7 @@ impl Admin {
     pub fn inventory(&self) -> Inventory {
         let cluster = self.shared.cluster();
         let vms = cluster.vms.keys().filter_map(|vmid| self.view(&cluster, *vmid)).collect();
-        let orphaned_disks = cluster
-            .orphaned_volumes()
-            .into_iter()
-            .map(|v| VolumeView {
-                volid: v.volid.clone(),
-                storage: v.storage.clone(),
-                vmid: v.owner,
-                size: v.size,
-                node: v.node.clone(),
-                base: v.base.clone(),
-            })
-            .collect();
+        let orphaned_disks = cluster.orphaned_volumes().into_iter().map(VolumeView::of).collect();
         let pools = cluster.pools.values().map(|p| (p.id.clone(), p.vms.iter().copied().collect())).collect();
         let nodes = cluster.nodes.values().map(|n| NodeView { name: n.name.clone(), online: n.online }).collect();
         Inventory { vms, orphaned_disks, pools, nodes, running_tasks: cluster.tasks.running() }
@@ -183,19 +185,7 @@ impl Admin {
     /// storages hold them (which tells, e.g., what a linked clone is based on).
     pub fn volumes_of(&self, vmid: u32) -> Vec<VolumeView> {
         let cluster = self.shared.cluster();
-        cluster
-            .volumes
-            .values()
-            .filter(|v| v.owner == vmid)
-            .map(|v| VolumeView {
-                volid: v.volid.clone(),
-                storage: v.storage.clone(),
-                vmid: v.owner,
-                size: v.size,
-                node: v.node.clone(),
-                base: v.base.clone(),
-            })
-            .collect()
+        cluster.volumes.values().filter(|v| v.owner == vmid).map(VolumeView::of).collect()
     }
 
     pub fn vm(&self, vmid: u32) -> Option<VmView> {

@@ -171,6 +171,23 @@ pub async fn wait_until(
     }
 }
 
+/// Increases to `count` instances and waits until all of them run.
+pub async fn scale_to(group: &ProxmoxGroup, count: usize) {
+    let current = states(group).await.len();
+    if count > current {
+        let answer = group.increase((count - current) as u32).await.unwrap();
+        assert_eq!(answer.succeeded as usize, count - current, "{:?}", answer.failures);
+    }
+    wait_until(group, &format!("{count} running"), all_running(count)).await;
+}
+
+/// Removes every instance and waits until none is left.
+pub async fn drain(group: &ProxmoxGroup) {
+    let ids: Vec<String> = states(group).await.into_iter().map(|(id, _)| id).collect();
+    group.decrease(ids).await.unwrap();
+    wait_until(group, "drained", |s| s.is_empty()).await;
+}
+
 pub fn all_running(count: usize) -> impl Fn(&[(String, InstanceState)]) -> bool {
     move |s| s.len() == count && s.iter().all(|(_, st)| *st == InstanceState::Running)
 }
