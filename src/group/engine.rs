@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -797,10 +798,14 @@ async fn increase(engine: &Arc<Engine>, count: u32) -> Result<Partial<u32>, Erro
         failures.push(Error::ScaleUpHeld(held));
     }
     let probe = admission.probe;
-    let results = futures::future::join_all(
-        (0..admission.allowed).map(|_| super::provision::request_clone(engine.clone(), probe)),
-    )
-    .await;
+    // A bounded number at a time: each asks PVE for a VMID before it
+    // reserves one, and a thousand at once would open a thousand
+    // connections to pveproxy (and hold their buffers) for no gain.
+    let results: Vec<_> =
+        futures::stream::iter((0..admission.allowed).map(|_| super::provision::request_clone(engine.clone(), probe)))
+            .buffer_unordered(CLONE_REQUESTS_AT_ONCE)
+            .collect()
+            .await;
     let mut accepted = 0;
     let mut pool_exhausted = 0;
     let mut no_room: Vec<String> = Vec::new();
@@ -848,6 +853,10 @@ async fn probe_port(engine: &Engine, parsed: &InstanceId, id: &str) -> Result<()
 
 /// How long one TCP probe of a connector's port may take.
 pub(crate) const PORT_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How many of one Increase's clone requests (VMID, placement, clone POST)
+/// are under way at once; the rest queue behind them in the same call.
+const CLONE_REQUESTS_AT_ONCE: usize = 16;
 
 fn provider_info(engine: &Engine) -> ProviderInfo {
     ProviderInfo {

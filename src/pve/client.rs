@@ -35,6 +35,9 @@ impl From<Vmid> for i64 {
     }
 }
 
+/// Idle connections to PVE kept for reuse after a burst of requests.
+const IDLE_CONNECTIONS_KEPT: usize = 16;
+
 /// Everything needed to reach one PVE cluster.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -336,6 +339,10 @@ impl PveClient {
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.connect_timeout)
+            // pveproxy speaks HTTP/1.1: every request in flight has its own
+            // connection. Keep a few for the next burst, not one per request
+            // of the last (each holds TLS and HTTP buffers).
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_KEPT)
             .user_agent(concat!("fleeting-plugin-proxmox/", env!("CARGO_PKG_VERSION")));
         if let Some(tls_config) = tls::client_config(&config.tls)? {
             builder = builder.tls_backend_preconfigured(tls_config);

@@ -31,10 +31,15 @@ type report struct {
 	Quick   bool      `json:"quick"`
 	// Side by side: the scale and fault runs of all plugins ran at once,
 	// each plugin against its own simulator.
-	SideBySide bool              `json:"side_by_side"`
-	Machine    machine           `json:"machine"`
-	Versions   map[string]string `json:"versions"`
-	Contenders []*contender      `json:"contenders"`
+	SideBySide bool `json:"side_by_side"`
+	// RunnerTurns: Update and Increase were called in turn, never at once,
+	// and Increase was waited for as long as the scenario's budget lasted,
+	// as Runner's provisioner does (earlier runs polled Update during
+	// Increase and gave Increase 2 minutes).
+	RunnerTurns bool              `json:"runner_turns,omitempty"`
+	Machine     machine           `json:"machine"`
+	Versions    map[string]string `json:"versions"`
+	Contenders  []*contender      `json:"contenders"`
 	// NotGiven are the known competitors with no binary in this run;
 	// Skipped were given but left out by -competitors.
 	NotGiven    []string        `json:"not_given,omitempty"`
@@ -189,7 +194,7 @@ func main() {
 	}
 
 	r := &report{Started: time.Now().UTC(), Command: reRunCommand(), Quick: *quick, Machine: describeMachine(), Versions: versions(),
-		LinkedScale: *linkedScale, FullScale: *fullScale, APIScale: *apiScale, CloneLimit: *cloneLimit, FaultRate: *faultRate, Timings: realisticTimings}
+		LinkedScale: *linkedScale, FullScale: *fullScale, APIScale: *apiScale, CloneLimit: *cloneLimit, FaultRate: *faultRate, Timings: realisticTimings, RunnerTurns: true}
 	r.Contenders = append(r.Contenders, ours(*plugin))
 	var skipped []*contender
 	for _, c := range given {

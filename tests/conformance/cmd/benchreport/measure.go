@@ -129,12 +129,18 @@ type upDrive struct {
 // driveUp asks for n instances and calls Update until n run with an
 // address, as Runner does: it asks again for what a plugin did not accept,
 // and again for an instance the plugin gave up on (reported deleting or
-// deleted before it ever ran).
+// deleted before it ever ran). Like Runner's provisioner it never calls
+// Update while an Increase is under way, and gives Increase what is left of
+// the drive's budget rather than a deadline of its own.
 func driveUp(ctx context.Context, s *session, sim *simulator, n int, started time.Time) upDrive {
 	d := upDrive{addressed: map[string]bool{}, lost: map[string]bool{}}
 	var mu sync.Mutex
-	target, accepted, inFlight, calls := n, 0, false, 0
+	target, accepted, inFlight, calls := n, 0, n > 0, 0
 	var lastErr error
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(limits.Increase)
+	}
 	stop := make(chan struct{})
 	increaserDone := make(chan struct{})
 	go func() {
@@ -152,7 +158,7 @@ func driveUp(ctx context.Context, s *session, sim *simulator, n int, started tim
 				}
 				continue
 			}
-			got, err := s.increase(ctx, need)
+			got, err := s.increaseWithin(ctx, need, time.Until(deadline))
 			mu.Lock()
 			accepted += got
 			if calls == 0 {
@@ -176,11 +182,18 @@ func driveUp(ctx context.Context, s *session, sim *simulator, n int, started tim
 	for {
 		mu.Lock()
 		done := len(addressed) >= n && accepted >= target && !inFlight
+		busy := inFlight
 		mu.Unlock()
 		if done {
 			break
 		}
 		time.Sleep(updateEvery)
+		if busy && ctx.Err() == nil && !s.gone() {
+			// Runner's provisioner calls Update and Increase in turn from
+			// one loop, never at once: a plugin whose Increase holds a lock
+			// Update needs is not stalled by a call Runner would not make.
+			continue
+		}
 		if s.gone() {
 			d.err = fmt.Sprintf("%d of %d running with an address, then the %v", len(addressed), n, s.err())
 			break
@@ -222,7 +235,7 @@ func driveUp(ctx context.Context, s *session, sim *simulator, n int, started tim
 	close(stop)
 	select { // bounded: every Increase has a deadline
 	case <-increaserDone:
-	case <-time.After(limits.Increase + 10*time.Second):
+	case <-time.After(time.Until(deadline) + limits.Kill + 10*time.Second):
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -408,34 +421,58 @@ func scrape(ctx context.Context, url string) error {
 	return nil
 }
 
-// growTo asks for more instances until n run.
+// growTo asks for more instances until n run, as Runner's provisioner does:
+// Update and Increase take turns (never at once), Increase has no deadline
+// of its own but the growth's budget, and what it asks for is capped by
+// what Update already reports, so a plugin whose Increase made instances but
+// answered with an error (the count is then lost on the wire) is not asked
+// for all of them again.
 func growTo(s *session, n, have int) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	budget := growthBudget(n - have)
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
-	asked := have
+	deadline, _ := ctx.Deadline()
+	asked, known, running := have, have, 0
+	var lastErr error
 	for {
-		if asked < n {
-			got, _ := s.increase(ctx, n-asked)
+		if need := min(n-asked, n-known); need > 0 {
+			got, _ := s.increaseWithin(ctx, need, time.Until(deadline))
 			asked += got
 		}
 		states, err := s.states(ctx)
-		running := 0
-		for _, state := range states {
-			if state == provider.StateRunning {
-				running++
+		if err != nil {
+			lastErr = err // the last good count stands
+		} else {
+			known, running = 0, 0
+			for _, state := range states {
+				switch state {
+				case provider.StateDeleting, provider.StateDeleted:
+				case provider.StateRunning:
+					known++
+					running++
+				default:
+					known++
+				}
 			}
-		}
-		if err == nil && running >= n {
-			return nil
+			if running >= n {
+				return nil
+			}
 		}
 		if s.gone() {
 			return fmt.Errorf("%d of %d instances running, then the %v", running, n, s.err())
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("only %d of %d instances running after 15 minutes (last Update error: %v)", running, n, err)
+			return fmt.Errorf("only %d of %d instances running after %v (last Update error: %v)", running, n, budget.Round(time.Minute), lastErr)
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// growthBudget is how long growTo waits for `more` instances: 15 minutes,
+// and half a second more for each instance, so that one step of 2,000 gets
+// about what the same growth gets in steps.
+func growthBudget(more int) time.Duration {
+	return 15*time.Minute + time.Duration(max(more, 0))*time.Second/2
 }
 
 type footprint struct {

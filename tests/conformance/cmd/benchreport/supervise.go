@@ -377,8 +377,15 @@ func (s *session) states(parent context.Context) (map[string]provider.State, err
 }
 
 func (s *session) increase(parent context.Context, n int) (int, error) {
+	return s.increaseWithin(parent, n, limits.Increase)
+}
+
+// increaseWithin is increase with a deadline of the caller's choosing: a
+// growth that Runner would wait for (its provisioner gives Increase no
+// deadline) passes what is left of its own budget.
+func (s *session) increaseWithin(parent context.Context, n int, limit time.Duration) (int, error) {
 	var got int
-	err := s.do(parent, "Increase", limits.Increase, func(ctx context.Context) error {
+	err := s.do(parent, "Increase", limit, func(ctx context.Context) error {
 		var err error
 		got, err = s.group.Increase(ctx, n)
 		return err
