@@ -51,6 +51,10 @@ fn copies(setup: &Setup) -> Vec<VmView> {
 
 /// Waits until pve2 and pve3 each have one complete copy and nothing else
 /// carries a copy marker; returns node → copy VMID.
+/// How long after a copy is complete in PVE the plugin has seen so: the
+/// task-status backoff's ceiling (2 s) and a margin for a loaded machine.
+const COPY_NOTICED_WITHIN: Duration = Duration::from_secs(4);
+
 async fn wait_for_copies(setup: &Setup, not: &[u32]) -> BTreeMap<String, u32> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -61,6 +65,10 @@ async fn wait_for_copies(setup: &Setup, not: &[u32]) -> BTreeMap<String, u32> {
             .map(|vm| (vm.node.clone(), vm.vmid))
             .collect();
         if complete.len() == 2 && complete.contains_key("pve2") && complete.contains_key("pve3") {
+            // The plugin learns a copy is complete when it next polls the
+            // copy's last task (polls back off to 2 s apart); until then it
+            // rightly clones on the template's node.
+            tokio::time::sleep(COPY_NOTICED_WITHIN).await;
             return complete;
         }
         assert!(Instant::now() < deadline, "no copies on pve2 and pve3 within 60 s: {found:#?}");
