@@ -158,7 +158,7 @@ func driveUp(ctx context.Context, s *session, sim *simulator, n int, started tim
 				}
 				continue
 			}
-			got, err := s.increaseWithin(ctx, need, time.Until(deadline))
+			got, err := s.increaseWithin(ctx, need, time.Until(deadline)+time.Second)
 			mu.Lock()
 			accepted += got
 			if calls == 0 {
@@ -436,7 +436,7 @@ func growTo(s *session, n, have int) error {
 	var lastErr error
 	for {
 		if need := min(n-asked, n-known); need > 0 {
-			got, _ := s.increaseWithin(ctx, need, time.Until(deadline))
+			got, _ := s.increaseWithin(ctx, need, time.Until(deadline)+time.Second)
 			asked += got
 		}
 		states, err := s.states(ctx)

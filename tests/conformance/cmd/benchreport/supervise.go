@@ -382,7 +382,9 @@ func (s *session) increase(parent context.Context, n int) (int, error) {
 
 // increaseWithin is increase with a deadline of the caller's choosing: a
 // growth that Runner would wait for (its provisioner gives Increase no
-// deadline) passes what is left of its own budget.
+// deadline) passes a little more than what is left of its own budget, so
+// that the budget ends first and an Increase still under way then is the
+// scenario's failure, not a hang.
 func (s *session) increaseWithin(parent context.Context, n int, limit time.Duration) (int, error) {
 	var got int
 	err := s.do(parent, "Increase", limit, func(ctx context.Context) error {
