@@ -469,8 +469,8 @@ func growTo(s *session, n, have int) error {
 }
 
 // growthBudget is how long growTo waits for `more` instances: 15 minutes,
-// and half a second more for each instance, so that one step of 2,000 gets
-// about what the same growth gets in steps.
+// and half a second more for each instance (one step of 2,000 gets 32
+// minutes, where section 1's four steps to 2,000 get 15 minutes each).
 func growthBudget(more int) time.Duration {
 	return 15*time.Minute + time.Duration(max(more, 0))*time.Second/2
 }
