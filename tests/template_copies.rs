@@ -49,12 +49,13 @@ fn copies(setup: &Setup) -> Vec<VmView> {
         .collect()
 }
 
-/// Waits until pve2 and pve3 each have one complete copy and nothing else
-/// carries a copy marker; returns node → copy VMID.
 /// How long after a copy is complete in PVE the plugin has seen so: the
 /// task-status backoff's ceiling (2 s) and a margin for a loaded machine.
 const COPY_NOTICED_WITHIN: Duration = Duration::from_secs(4);
 
+/// Waits until pve2 and pve3 each have one complete copy and nothing else
+/// carries a copy marker, and the plugin can have noticed; returns node →
+/// copy VMID.
 async fn wait_for_copies(setup: &Setup, not: &[u32]) -> BTreeMap<String, u32> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
