@@ -14,6 +14,7 @@ use std::time::Instant;
 use engine_setup::*;
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
+use fleeting_plugin_proxmox::sim::FaultRule;
 use fleeting_plugin_proxmox::sim::config::defaults;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,6 +82,47 @@ async fn increase_returns_while_clones_still_run() {
     let clones = setup.sim.admin().tasks().iter().filter(|t| t.task_type == "qmclone" && t.running).count();
     assert_eq!(clones, 20, "Increase returned after {:?} with {clones} clone tasks running", started.elapsed());
     assert!(states(&group).await.iter().all(|(_, s)| *s == InstanceState::Creating));
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_increase_keeps_few_requests_and_connections_under_way() {
+    let mut scenario = fast_scenario();
+    scenario.time_scale = 1.0;
+    scenario.timings.clone_linked = 60.0;
+    // A busy pveproxy: the VMID queries of one Increase overlap, as they
+    // would on a real cluster, instead of each being answered at once.
+    scenario.faults.push(FaultRule { latency_ms: 300, ..FaultRule::for_operation("get_cluster_nextid") });
+    let setup = setup(scenario).await;
+    let group = ProxmoxGroup::new();
+    let mut config = setup.config.clone();
+    config["max_instances"] = 48.into();
+    group.init(config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let admin = setup.sim.admin();
+    admin.reset_counters();
+
+    let accepted = group.increase(48).await.unwrap();
+    assert_eq!(accepted.succeeded, 48, "{:?}", accepted.failures);
+    let counters = admin.counters();
+    // One VMID query per instance, and one more for those above PVE's
+    // lowest free VMID: requests under way at once claim distinct ones
+    // instead of all being told the same and asking again.
+    let queries = counters.operation("get_cluster_nextid");
+    assert!((48..=96).contains(&queries), "{queries} VMID queries for 48 instances: {:?}", counters.by_operation);
+    // 16 clone requests at a time (VMID query, then the clone POST), plus
+    // the status polls of the 4 clone tasks that max_parallel_clones lets run.
+    let bound = 16 + 4 + 2;
+    assert!(
+        (12..=bound).contains(&counters.requests_in_flight_peak),
+        "requests under way at once: {} (at most {bound}; at least 12, or the VMID queries did not overlap)",
+        counters.requests_in_flight_peak
+    );
+    assert!(
+        counters.connections_open_peak <= bound,
+        "connections open at once: {} of {} opened (at most {bound})",
+        counters.connections_open_peak,
+        counters.connections_accepted
+    );
     group.shutdown().await.unwrap();
 }
 

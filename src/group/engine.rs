@@ -46,7 +46,7 @@ use crate::telemetry::{FleetSnapshot, Metrics, MetricsListener};
 /// Everything `init` sets up.
 ///
 /// Lock order: the engine's mutexes (the placement's, `breaker`,
-/// `quarantine`, `range_cursor`, the lease book's and the registry's) are private
+/// `quarantine`, `range_cursor`, `vmid_claims`, the lease book's and the registry's) are private
 /// leaves, each taken and released inside one synchronous method, so none is
 /// held across an `.await` or together with another. Keep it so: a new
 /// method takes one lock and returns a value, never a guard.
@@ -90,6 +90,8 @@ pub(crate) struct Engine {
     pub takeover_until: Option<Instant>,
     /// Next VMID to try inside `vmid_range`.
     range_cursor: Mutex<u32>,
+    /// VMIDs clone requests under way hold until their instance is tracked.
+    pub vmid_claims: super::vmid_claim::VmidClaims,
     /// The group's metrics; the PVE client reports its requests here too.
     pub metrics: Arc<Metrics>,
     /// Static leases this process handed out or adopted, and the addresses
@@ -263,6 +265,7 @@ impl Engine {
             background: TaskTracker::new(),
             cancel: CancellationToken::new(),
             range_cursor: Mutex::new(first),
+            vmid_claims: Default::default(),
             takeover_until: config_takeover.then(|| Instant::now() + super::takeover::TAKEOVER_WINDOW),
             metrics,
             leases: LeaseBook::default(),

@@ -25,6 +25,7 @@ pub mod ssh_key;
 pub mod takeover;
 pub mod template;
 pub mod template_copy;
+mod vmid_claim;
 pub mod windows_password;
 
 use std::future::Future;

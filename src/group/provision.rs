@@ -21,6 +21,7 @@ use super::naming::InstanceId;
 use super::placement::Placed;
 use super::registry::{Phase, Removal};
 use super::slots::Slot;
+use super::vmid_claim::VmidClaim;
 use super::{InstanceState, address::Addresses};
 use crate::pve::{CloneRequest, ConfigUpdate, Error as PveError, ErrorKind, Upid, Vmid};
 use crate::telemetry::ProvisionPhase;
@@ -78,10 +79,13 @@ async fn request_clone_on_some_vmid(
 /// A VMID, the instance on it placed and tracked as creating on its node,
 /// and its static lease when the group hands out addresses.
 async fn reserve_instance(engine: &Arc<Engine>) -> Result<(InstanceId, Placed), ProvisionError> {
-    let vmid = allocate_vmid(engine).await?;
+    let claim = allocate_vmid(engine).await?;
+    let vmid = claim.vmid;
     let id = InstanceId::generate(vmid);
     let placed = engine.placement.place(vmid, &engine.copies.unready()).map_err(ProvisionError::NoRoom)?;
     engine.registry.track_creating(id.clone(), &placed.node);
+    // Tracked now, so the VMID reads as taken without the claim.
+    drop(claim);
     if let Some(network) = &engine.config.static_network
         && let Err(err) = super::lease::allocate(engine, network, &id).await
     {
@@ -318,27 +322,27 @@ fn record_failure(engine: &Engine, err: &ProvisionError, vmid: Option<Vmid>, pro
     }
 }
 
-/// A VMID that was free a moment ago and is not quarantined (PVE reserves
-/// nothing; the clone request settles any race).
-async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
-    // One lock at a time: each call takes and releases its own.
-    let unusable = |vmid: Vmid| engine.registry.tracks_vmid(vmid) || engine.is_quarantined(vmid);
+/// A VMID that was free a moment ago, is not quarantined and is claimed by
+/// no other request of this process (PVE reserves nothing; the clone request
+/// settles a race with another client).
+async fn allocate_vmid(engine: &Engine) -> Result<VmidClaim<'_>, ProvisionError> {
+    // Each lock is taken and released on its own (claims, then registry and quarantine).
+    let taken = |vmid: Vmid| engine.registry.tracks_vmid(vmid) || engine.is_quarantined(vmid);
     let pve_error = |error| ProvisionError::pve(Step::AllocateVmid, error);
     match engine.config.vmid_range {
         None => {
-            let mut candidate = engine.pve.next_vmid(None).await.map_err(pve_error)?;
+            // PVE's lowest free VMID; above it, requests under way at once
+            // claim one each, and PVE is asked about that one.
+            let lowest = engine.pve.next_vmid(None).await.map_err(pve_error)?;
+            let mut from = lowest;
             for _ in 0..64 {
-                if !unusable(candidate) {
-                    return Ok(candidate);
+                let claim = engine.vmid_claims.claim_from(from, taken);
+                if claim.vmid == lowest {
+                    return Ok(claim);
                 }
-                // Start the next question past what is known to be unusable.
-                candidate = Vmid(candidate.0 + 1);
-                while unusable(candidate) {
-                    candidate = Vmid(candidate.0 + 1);
-                }
-                match engine.pve.next_vmid(Some(candidate)).await {
-                    Ok(free) => candidate = free,
-                    Err(err) if err.is_already_exists() => continue,
+                match engine.pve.next_vmid(Some(claim.vmid)).await {
+                    Ok(_) => return Ok(claim),
+                    Err(err) if err.is_already_exists() => from = Vmid(claim.vmid.0 + 1),
                     Err(err) => return Err(pve_error(err)),
                 }
             }
@@ -348,11 +352,12 @@ async fn allocate_vmid(engine: &Engine) -> Result<Vmid, ProvisionError> {
             let size = last.0 - first.0 + 1;
             for _ in 0..size {
                 let candidate = engine.next_in_range(first, last);
-                if unusable(candidate) {
+                let Some(claim) = engine.vmid_claims.claim(candidate) else { continue };
+                if taken(candidate) {
                     continue;
                 }
                 match engine.pve.next_vmid(Some(candidate)).await {
-                    Ok(free) => return Ok(free),
+                    Ok(_) => return Ok(claim),
                     Err(err) if err.is_already_exists() => continue,
                     Err(err) => return Err(pve_error(err)),
                 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,16 @@ pub struct Counters {
     /// answers (not sending them), in nanoseconds.
     #[serde(default)]
     pub resources_server_nanos: u64,
+    /// Connections accepted (refused ones aside), and the most open at one
+    /// time: pveproxy keeps a process's worth of state per connection, so
+    /// a client that opens hundreds at once costs the node (and itself).
+    #[serde(default)]
+    pub connections_accepted: u64,
+    #[serde(default)]
+    pub connections_open_peak: u64,
+    /// The most API requests (`/_sim` ones aside) being answered at one time.
+    #[serde(default)]
+    pub requests_in_flight_peak: u64,
 }
 
 impl Counters {
@@ -98,13 +109,69 @@ fn without_ids(reason: &str) -> String {
 }
 
 #[derive(Debug, Default)]
-pub struct CounterSet(Mutex<Counters>);
+pub struct CounterSet {
+    counters: Mutex<Counters>,
+    /// What is under way now; the peaks live in `counters`, so that a reset
+    /// starts them again from the present, not from zero.
+    connections_open: AtomicU64,
+    requests_in_flight: AtomicU64,
+}
+
+/// What a [`Underway`] counts while it lives.
+#[derive(Debug, Clone, Copy)]
+enum Gauge {
+    Connection,
+    Request,
+}
+
+/// A connection or request counted as under way until this is dropped.
+#[derive(Debug)]
+#[must_use = "the connection or request counts as under way only while this lives"]
+pub struct Underway<'a> {
+    set: &'a CounterSet,
+    gauge: Gauge,
+}
+
+impl Drop for Underway<'_> {
+    fn drop(&mut self) {
+        self.set.gauge(self.gauge).fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl CounterSet {
     pub fn update(&self, change: impl FnOnce(&mut Counters)) {
-        if let Ok(mut counters) = self.0.lock() {
+        if let Ok(mut counters) = self.counters.lock() {
             change(&mut counters);
         }
+    }
+
+    fn gauge(&self, gauge: Gauge) -> &AtomicU64 {
+        match gauge {
+            Gauge::Connection => &self.connections_open,
+            Gauge::Request => &self.requests_in_flight,
+        }
+    }
+
+    fn start(&self, gauge: Gauge) -> Underway<'_> {
+        let now = self.gauge(gauge).fetch_add(1, Ordering::Relaxed) + 1;
+        self.update(|c| match gauge {
+            Gauge::Connection => {
+                c.connections_accepted += 1;
+                c.connections_open_peak = c.connections_open_peak.max(now);
+            }
+            Gauge::Request => c.requests_in_flight_peak = c.requests_in_flight_peak.max(now),
+        });
+        Underway { set: self, gauge }
+    }
+
+    /// A connection accepted; it counts as open while the result lives.
+    pub fn connection_opened(&self) -> Underway<'_> {
+        self.start(Gauge::Connection)
+    }
+
+    /// An API request begun; it counts as in flight while the result lives.
+    pub fn request_begun(&self) -> Underway<'_> {
+        self.start(Gauge::Request)
     }
 
     pub fn request(&self, method: &str, operation: &str) {
@@ -142,11 +209,15 @@ impl CounterSet {
     }
 
     pub fn snapshot(&self) -> Counters {
-        self.0.lock().map(|c| c.clone()).unwrap_or_default()
+        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     pub fn reset(&self) {
-        self.update(|c| *c = Counters::default());
+        let open = self.connections_open.load(Ordering::Relaxed);
+        let in_flight = self.requests_in_flight.load(Ordering::Relaxed);
+        self.update(|c| {
+            *c = Counters { connections_open_peak: open, requests_in_flight_peak: in_flight, ..Counters::default() }
+        });
     }
 }
 
@@ -176,6 +247,28 @@ mod tests {
             BTreeMap::from([("400 Parameter verification failed. (vmid: VM N already exists)".to_string(), 2)])
         );
         assert_eq!(snapshot.by_status, BTreeMap::from([(200, 1), (400, 2), (503, 1)]));
+    }
+
+    #[test]
+    fn peaks_count_what_was_under_way_at_once_and_a_reset_starts_from_now() {
+        let counters = CounterSet::default();
+        let first = counters.connection_opened();
+        let requests: Vec<_> = (0..3).map(|_| counters.request_begun()).collect();
+        drop(requests);
+        let _again = counters.request_begun();
+        let snapshot = counters.snapshot();
+        assert_eq!(
+            (snapshot.connections_accepted, snapshot.connections_open_peak, snapshot.requests_in_flight_peak),
+            (1, 1, 3)
+        );
+        counters.reset();
+        drop(first);
+        let snapshot = counters.snapshot();
+        assert_eq!(
+            (snapshot.connections_accepted, snapshot.connections_open_peak, snapshot.requests_in_flight_peak),
+            (0, 1, 1),
+            "the peaks start from what was under way at the reset"
+        );
     }
 
     #[test]

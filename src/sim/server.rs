@@ -92,6 +92,8 @@ async fn serve_connection<I>(shared: Arc<Shared>, io: I, mut closed: watch::Rece
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let counted = shared.clone();
+    let _open = counted.counters.connection_opened();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = shared.clone();
         async move { respond(shared, request).await }
@@ -121,5 +123,7 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Resp
     if request.uri().path().starts_with("/_sim/") || request.uri().path() == "/_sim" {
         return Ok(super::admin::respond(&shared, request).await);
     }
+    let counted = shared.clone();
+    let _in_flight = counted.counters.request_begun();
     super::api::respond(shared, request).await
 }
