@@ -105,10 +105,12 @@ async fn a_large_increase_keeps_few_requests_and_connections_under_way() {
     assert_eq!(accepted.succeeded, 48, "{:?}", accepted.failures);
     let counters = admin.counters();
     // One VMID query per instance, and one more for those above PVE's
-    // lowest free VMID: requests under way at once claim distinct ones
-    // instead of all being told the same and asking again.
+    // lowest free VMID (nearly all of them: the lowest is usually claimed
+    // by a request under way), and a few spare for a candidate PVE finds
+    // taken. Without claims, each would be told the same lowest VMID and
+    // ask again, one after another (611 queries, 14 s).
     let queries = counters.operation("get_cluster_nextid");
-    assert!((48..=96).contains(&queries), "{queries} VMID queries for 48 instances: {:?}", counters.by_operation);
+    assert!((48..=100).contains(&queries), "{queries} VMID queries for 48 instances: {:?}", counters.by_operation);
     // 16 clone requests at a time (VMID query, then the clone POST), plus
     // the status polls of the 4 clone tasks that max_parallel_clones lets run.
     let bound = 16 + 4 + 2;
