@@ -194,6 +194,36 @@ async fn a_changed_template_rolls_the_copies_without_touching_running_instances(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_made_under_an_earlier_template_name_prefix_serve_after_it_changed() {
+    let setup = three_local_nodes(serde_json::json!({})).await;
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    let made = wait_for_copies(&setup, &[]).await;
+    group.shutdown().await.unwrap();
+
+    // The admin renames the copies to come; the ones made stay current.
+    let mut config = setup.config.clone();
+    config["template_name_prefix"] = "ci-base".into();
+    let group = ProxmoxGroup::new();
+    group.init(config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    scale_to(&group, 6).await;
+    for node in ["pve2", "pve3"] {
+        let instances = &per_node(&setup)[node];
+        assert!(!instances.is_empty(), "spread puts instances on {node}");
+        for vm in instances {
+            let expected = format!("base-{}-disk-0", made[node]);
+            assert_eq!(base_of(&setup, vm), Some(expected), "{node} clones the copy made before the rename");
+        }
+    }
+    let vmids: Vec<u32> = copies(&setup).iter().map(|vm| vm.vmid).collect();
+    assert_eq!(vmids.len(), 2, "no second copy was made, none was hidden: {vmids:?}");
+    drain(&group).await;
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_node_gets_its_copy_when_it_is_back_and_the_others_serve_meanwhile() {
     let mut scenario = fast_scenario();
     add_node(&mut scenario, "pve3", 30);

@@ -104,7 +104,7 @@ pub struct PluginConfig {
     pub template_stage_mode: Option<String>,
     /// VMIDs of the template copies, as `first-last`, apart from `vmid_range`, e.g. `9900-9909`. Default: any free VMID.
     pub template_vmid_range: Option<String>,
-    /// VM name of the template copies, `<prefix>-<node>` (letters, digits and `-`). Default `<group>-template`, with `_` and `.` of the group written `-`.
+    /// VM name of the template copies, `<prefix>-<node>` (letters, digits and `-`); copies made under an earlier prefix are still found by their marker and serve while current. Default `<group>-template`, with `_` and `.` of the group written `-`.
     pub template_name_prefix: Option<String>,
     /// How often the template is read to notice that it changed, which makes new copies (old ones serve until the new ones are ready). A change is a new `template-version=<value>` line in the template's description (nE0sIghT's marker) when it has one, else any change of its configuration (its digest). Default `5m`.
     #[schemars(extend("x-format" = "duration"))]

@@ -462,7 +462,9 @@ pub fn copy_name(prefix: &str, node: &str) -> String {
 }
 
 /// The VMs of the pool that carry this group's copy marker. Only VMs named
-/// like copies are read (one config read each).
+/// like copies and the pool's templates are read (one config read each): a
+/// copy made under an earlier `template_name_prefix` is found by the latter,
+/// so changing the prefix leaves no copy behind.
 pub async fn discover(
     pve: &PveClient,
     naming: &Naming,
@@ -473,7 +475,7 @@ pub async fn discover(
     let mut found = Vec::new();
     let named = format!("{}-", name_prefix.trim_end_matches('-'));
     for vm in listing.vms.iter().filter(|vm| vm.pool.as_deref() == Some(pool)) {
-        if !vm.name.as_deref().is_some_and(|name| name.starts_with(&named)) {
+        if !vm.template && !vm.name.as_deref().is_some_and(|name| name.starts_with(&named)) {
             continue;
         }
         let config = match retry_locked(|| pve.vm_config(&vm.node, vm.vmid)).await {
