@@ -94,11 +94,27 @@ struct SimulateArgs {
 
 #[derive(Debug, Args)]
 struct CheckArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Print the status as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which configurations `check` and `status` read.
+#[derive(Debug, Args)]
+struct SelectionArgs {
     /// plugin_config as JSON, or Runner's config.toml (every runner whose
-    /// [runners.autoscaler] plugin is this one is checked).
+    /// [runners.autoscaler] plugin is this one is taken).
     #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
-    /// In a config.toml: check only the [[runners]] entry with this name.
+    /// In a config.toml: only the [[runners]] entry with this name.
     #[arg(long, value_name = "NAME")]
     runner: Option<String>,
     /// Whether Runner brings its own credentials ([runners.autoscaler.connector_config]
@@ -109,22 +125,10 @@ struct CheckArgs {
     use_static_credentials: Option<bool>,
 }
 
-#[derive(Debug, Args)]
-struct StatusArgs {
-    /// plugin_config as JSON, or Runner's config.toml (every runner whose
-    /// [runners.autoscaler] plugin is this one is shown).
-    #[arg(long, short, value_name = "FILE")]
-    config: PathBuf,
-    /// In a config.toml: only the [[runners]] entry with this name.
-    #[arg(long, value_name = "NAME")]
-    runner: Option<String>,
-    /// Whether Runner brings its own credentials, as for `check`; overrides
-    /// what config.toml says.
-    #[arg(long, value_name = "BOOL")]
-    use_static_credentials: Option<bool>,
-    /// Print the status as JSON on stdout instead of the table.
-    #[arg(long)]
-    json: bool,
+impl From<SelectionArgs> for check::Selection {
+    fn from(args: SelectionArgs) -> Self {
+        Self { config: args.config, runner: args.runner, use_static_credentials: args.use_static_credentials }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -191,23 +195,13 @@ fn run_command<F: std::future::Future>(future: F) -> Option<F::Output> {
 }
 
 fn check(args: CheckArgs) -> ExitCode {
-    let options = check::CheckOptions {
-        config: args.config,
-        runner: args.runner,
-        use_static_credentials: args.use_static_credentials,
-    };
-    let Some(outcome) = run_command(check::run(&options)) else { return ExitCode::FAILURE };
+    let Some(outcome) = run_command(check::run(&args.selection.into())) else { return ExitCode::FAILURE };
     emit(&outcome.render());
     ExitCode::from(outcome.exit_code())
 }
 
 fn show_status(args: StatusArgs) -> ExitCode {
-    let options = status::StatusOptions {
-        config: args.config,
-        runner: args.runner,
-        use_static_credentials: args.use_static_credentials,
-    };
-    let Some(report) = run_command(status::run(&options)) else { return ExitCode::FAILURE };
+    let Some(report) = run_command(status::run(&args.selection.into())) else { return ExitCode::FAILURE };
     emit(&if args.json { report.to_json() } else { report.render() });
     ExitCode::from(report.exit_code())
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleeting_plugin_proxmox::check::privileges::{self, AclPlace};
-use fleeting_plugin_proxmox::check::{self, CheckOptions, Outcome, Status};
+use fleeting_plugin_proxmox::check::{self, Outcome, Selection, Status};
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup, InstanceState};
 use fleeting_plugin_proxmox::pve::PveVersion;
@@ -52,7 +52,7 @@ impl Setup {
     async fn check(&self, config: &Value, use_static_credentials: Option<bool>) -> Outcome {
         let path = self.dir.path().join("plugin_config.json");
         std::fs::write(&path, config.to_string()).unwrap();
-        let outcome = check::run(&CheckOptions { config: path, runner: None, use_static_credentials }).await;
+        let outcome = check::run(&Selection { config: path, runner: None, use_static_credentials }).await;
         assert_no_secrets(&outcome.render());
         outcome
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use engine_setup::*;
-use fleeting_plugin_proxmox::check::{self, CheckOptions, Status};
+use fleeting_plugin_proxmox::check::{self, Selection, Status};
 use fleeting_plugin_proxmox::group::InstanceGroup;
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::simulate::{self, FaultMode, Options, Profile, Progress};
@@ -143,7 +143,7 @@ async fn status_and_check_say_why_scale_up_is_held_and_until_when() {
     // check, run beside the plugin with the same plugin_config, reads it.
     let config_path = setup.dir.path().join("plugin_config.json");
     std::fs::write(&config_path, setup.config.to_string()).unwrap();
-    let outcome = check::run(&CheckOptions { config: config_path, ..CheckOptions::default() }).await;
+    let outcome = check::run(&Selection { config: config_path, ..Selection::default() }).await;
     let report = &outcome.reports[0];
     let finding = report.findings.iter().find(|f| f.subject == "scale-up").expect("a scale-up line");
     assert_eq!(finding.status, Status::Fail, "{}", report.render());

@@ -10,11 +10,12 @@ mod engine_setup;
 use std::collections::BTreeMap;
 
 use engine_setup::*;
+use fleeting_plugin_proxmox::check::Selection;
 use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::group::naming::{InstanceId, Naming};
 use fleeting_plugin_proxmox::group::{ConnectorSettings, InstanceGroup};
 use fleeting_plugin_proxmox::sim::config::{AclSpec, PoolSpec, VmSpec, defaults};
-use fleeting_plugin_proxmox::status::{self, LeakKind, StatusOptions, StatusReport, Verdict};
+use fleeting_plugin_proxmox::status::{self, LeakKind, StatusReport, Verdict};
 use serde_json::Value;
 
 /// Our group's tags, no marker at all: someone tagged a VM by hand.
@@ -121,7 +122,7 @@ async fn status_tells_whose_each_vm_is_and_lists_leaks_without_writing() {
     let admin = setup.sim.admin();
     admin.reset_counters();
 
-    let report = status::run(&StatusOptions { config: path.clone(), runner: None, use_static_credentials: None }).await;
+    let report = status::run(&Selection { config: path.clone(), runner: None, use_static_credentials: None }).await;
     let rendered = report.render();
     let group = &report.groups[0];
     assert_eq!(group.error, None, "{rendered}");
@@ -252,7 +253,7 @@ async fn status_shows_static_leases_without_an_agent() {
     setup.config["ip_pool_gateway"] = "127.0.1.1".into();
     let ours = provision_two(&setup).await;
     let path = write_config(&setup);
-    let report = status::run(&StatusOptions { config: path, runner: None, use_static_credentials: None }).await;
+    let report = status::run(&Selection { config: path, runner: None, use_static_credentials: None }).await;
     let rows = &report.groups[0].instances;
     for vmid in ours {
         let row = rows.iter().find(|row| row.vmid == vmid).unwrap();

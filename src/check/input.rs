@@ -2,9 +2,29 @@
 //! Runner's `config.toml`, from which each `[runners.autoscaler]` section
 //! that uses this plugin is taken.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+/// Which configurations `check` and `status` read.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// plugin_config JSON, or Runner's config.toml.
+    pub config: PathBuf,
+    /// In a config.toml: only this `[[runners]]` entry.
+    pub runner: Option<String>,
+    /// Whether Runner brings its own credentials; overrides config.toml (a
+    /// JSON plugin_config does not say). Decides whether the template needs a
+    /// cloud-init drive and whether the seed's running VMs would be adopted.
+    pub use_static_credentials: Option<bool>,
+}
+
+impl Selection {
+    /// The configurations selected; see [`load`].
+    pub fn load(&self) -> Result<Vec<Target>, String> {
+        load(&self.config, self.runner.as_deref(), self.use_static_credentials)
+    }
+}
 
 /// One `plugin_config` to check, with the Runner settings that matter.
 #[derive(Debug, Clone, PartialEq)]

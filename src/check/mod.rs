@@ -17,8 +17,9 @@ pub mod privileges;
 pub mod probe;
 pub mod running;
 
+pub use input::Selection;
+
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 /// How one check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,17 +121,6 @@ impl Report {
     }
 }
 
-/// What the command was asked to check.
-#[derive(Debug, Clone, Default)]
-pub struct CheckOptions {
-    /// plugin_config JSON, or Runner's config.toml.
-    pub config: PathBuf,
-    /// In a config.toml: check only this `[[runners]]` entry.
-    pub runner: Option<String>,
-    /// Whether Runner brings its own credentials; overrides config.toml (a JSON plugin_config does not say).
-    pub use_static_credentials: Option<bool>,
-}
-
 /// Every report of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -153,8 +143,8 @@ impl Outcome {
 }
 
 /// Runs every check for every configuration the input holds.
-pub async fn run(options: &CheckOptions) -> Outcome {
-    let targets = match input::load(&options.config, options.runner.as_deref(), options.use_static_credentials) {
+pub async fn run(options: &Selection) -> Outcome {
+    let targets = match options.load() {
         Ok(targets) => targets,
         Err(message) => {
             let mut report = Report::new(options.config.display().to_string());

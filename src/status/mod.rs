@@ -13,25 +13,10 @@
 pub mod render;
 pub mod survey;
 
-use std::path::PathBuf;
-
 use serde::Serialize;
 
 use crate::check::cluster::inspect_target;
-use crate::check::{Finding, Status, input};
-
-/// What the command was asked to show.
-#[derive(Debug, Clone, Default)]
-pub struct StatusOptions {
-    /// plugin_config JSON, or Runner's config.toml.
-    pub config: PathBuf,
-    /// In a config.toml: only this `[[runners]]` entry.
-    pub runner: Option<String>,
-    /// Whether Runner brings its own credentials; overrides config.toml (a
-    /// JSON plugin_config does not say). Decides whether the template needs a
-    /// cloud-init drive and whether the seed's running VMs would be adopted.
-    pub use_static_credentials: Option<bool>,
-}
+use crate::check::{Finding, Selection, Status, input};
 
 /// Everything one run shows: one entry per configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -219,8 +204,8 @@ impl Problem {
 }
 
 /// Reads every configuration's group. Never changes anything in Proxmox.
-pub async fn run(options: &StatusOptions) -> StatusReport {
-    let targets = match input::load(&options.config, options.runner.as_deref(), options.use_static_credentials) {
+pub async fn run(options: &Selection) -> StatusReport {
+    let targets = match options.load() {
         Ok(targets) => targets,
         Err(message) => {
             return StatusReport {
