@@ -23,7 +23,7 @@ use fleeting_plugin_proxmox::pve::{RequestObserver, TicketEvent};
 use fleeting_plugin_proxmox::simulate::{self, FaultMode, Options, Profile, Progress};
 use fleeting_plugin_proxmox::telemetry::metrics::FleetSource;
 use fleeting_plugin_proxmox::telemetry::snapshot::InstanceCount;
-use fleeting_plugin_proxmox::telemetry::{FleetSnapshot, Metrics, ProvisionPhase};
+use fleeting_plugin_proxmox::telemetry::{FleetSnapshot, Metrics, ProvisionPhase, TemplateCopyState};
 
 /// Labels Prometheus attaches to every scraped series from the target.
 const TARGET_LABELS: [&str; 2] = ["job", "instance"];
@@ -178,6 +178,14 @@ fn one_of_each() -> String {
         max_instances: 3,
         instances: vec![InstanceCount { phase: "creating".into(), node: "pve1".into(), count: 1 }],
         oldest_in_phase_seconds: [("creating".to_string(), 12.0)].into_iter().collect(),
+        template_copies: vec![TemplateCopyState {
+            node: "pve2".into(),
+            state: "failed".into(),
+            vmid: None,
+            staging_seconds: None,
+            reason: Some("could not migrate the copy: node pve2 is offline".into()),
+        }],
+        retired_template_copies: 1,
         ..FleetSnapshot::default()
     }));
     metrics.set_source(Arc::downgrade(&fleet));

@@ -18,6 +18,7 @@ use fleeting_plugin_proxmox::group::engine::ProxmoxGroup;
 use fleeting_plugin_proxmox::sim::FaultRule;
 use fleeting_plugin_proxmox::sim::VmView;
 use fleeting_plugin_proxmox::sim::config::defaults;
+use fleeting_plugin_proxmox::telemetry::{StatusDocument, TemplateCopyState};
 
 const NODES: [&str; 3] = ["pve1", "pve2", "pve3"];
 
@@ -75,6 +76,12 @@ async fn wait_for_copies(setup: &Setup, not: &[u32]) -> BTreeMap<String, u32> {
         assert!(Instant::now() < deadline, "no copies on pve2 and pve3 within 60 s: {found:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Each node's template copy, as the running plugin's `/status` says.
+async fn copy_states(metrics: std::net::SocketAddr) -> BTreeMap<String, TemplateCopyState> {
+    let status: StatusDocument = reqwest::get(format!("http://{metrics}/status")).await.unwrap().json().await.unwrap();
+    status.fleet.template_copies.into_iter().map(|copy| (copy.node.clone(), copy)).collect()
 }
 
 /// Our instances per node.
@@ -231,6 +238,8 @@ async fn an_offline_node_gets_its_copy_when_it_is_back_and_the_others_serve_mean
     setup.config["target_nodes"] = serde_json::json!(NODES);
     setup.config["scheduler"] = "spread".into();
     setup.config["template_check_interval"] = "10s".into();
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    setup.config["metrics_listen"] = metrics.to_string().into();
     setup.sim.admin().set_node_online("pve3", false).unwrap();
     let group = ProxmoxGroup::new();
     group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
@@ -238,10 +247,25 @@ async fn an_offline_node_gets_its_copy_when_it_is_back_and_the_others_serve_mean
     let nodes = per_node(&setup);
     assert_eq!(nodes["pve3"].len(), 0, "the offline node takes nothing");
     assert_eq!(nodes["pve1"].len() + nodes["pve2"].len(), 4);
+    // The admin sees which node has no copy, and why.
+    let states = copy_states(metrics).await;
+    assert_eq!(states["pve2"].state, "current", "{states:?}");
+    assert_ne!(states["pve3"].state, "current", "{states:?}");
+    let exposition = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    let series: Vec<&str> =
+        exposition.lines().filter(|line| line.starts_with("fleeting_proxmox_template_copies{")).collect();
+    assert_eq!(series.len(), 2, "one state per node: {series:?}");
+    assert!(
+        series.iter().any(|line| line.contains(r#"node="pve2""#) && line.contains(r#"state="current""#)),
+        "{series:?}"
+    );
     drain(&group).await;
     setup.sim.admin().set_node_online("pve3", true).unwrap();
     // Its staging failed while it was offline; the keeper tries again.
-    wait_for_copies(&setup, &[]).await;
+    let made = wait_for_copies(&setup, &[]).await;
+    let states = copy_states(metrics).await;
+    assert_eq!(states["pve3"].state, "current", "{states:?}");
+    assert_eq!(states["pve3"].vmid, Some(made["pve3"]));
     setup.assert_no_leaks();
     setup.assert_untouched();
     group.shutdown().await.unwrap();

@@ -33,14 +33,14 @@ use super::registry::{Phase, PowerAction, Reconciled, Registry, Removal};
 use super::slots::SlotGate;
 use super::ssh_key::GeneratedKey;
 use super::template::{TemplateFacts, TemplateStorage};
-use super::template_copy::{CloneSource, TemplateCopies};
+use super::template_copy::{CloneSource, CopyStatus, TemplateCopies};
 use super::{
     CAPABILITY_SUSPEND_RESUME, ConnectInfo, ConnectorSettings, Error, InstanceGroup, InstanceState, Partial,
     ProviderInfo,
 };
 use crate::pve::{ClusterListing, ConfigUpdate, Credentials, PveClient, VmResource};
 use crate::telemetry::metrics::FleetSource;
-use crate::telemetry::snapshot::{InstanceCount, QuarantinedVmid, unix_seconds};
+use crate::telemetry::snapshot::{InstanceCount, QuarantinedVmid, TemplateCopyState, unix_seconds};
 use crate::telemetry::{FleetSnapshot, Metrics, MetricsListener};
 
 /// Everything `init` sets up.
@@ -498,8 +498,37 @@ impl FleetSource for Engine {
                 })
                 .collect(),
             breaker,
+            template_copies: self
+                .copies
+                .survey()
+                .into_iter()
+                .map(|(plan, status)| copy_state(plan.node, status))
+                .collect(),
+            retired_template_copies: self.copies.retired_count() as u64,
         }
     }
+}
+
+/// A node's copy as the snapshot reports it.
+fn copy_state(node: String, status: CopyStatus) -> TemplateCopyState {
+    let mut state = TemplateCopyState { node, state: String::new(), vmid: None, staging_seconds: None, reason: None };
+    state.state = match status {
+        CopyStatus::Current(copy) => {
+            state.vmid = Some(copy.vmid.0);
+            "current"
+        }
+        CopyStatus::Staging(running) => {
+            state.staging_seconds = Some(running.as_secs_f64());
+            "staging"
+        }
+        CopyStatus::Failed(reason) => {
+            state.reason = Some(reason);
+            "failed"
+        }
+        CopyStatus::Missing => "missing",
+    }
+    .into();
+    state
 }
 
 /// What is wrong with `target_nodes`: problems refuse the configuration,

@@ -296,6 +296,11 @@ impl TemplateCopies {
         self.lock().retired.iter().map(|(vmid, node)| (*vmid, node.clone())).collect()
     }
 
+    /// How many retired copies wait for deletion.
+    pub fn retired_count(&self) -> usize {
+        self.lock().retired.len()
+    }
+
     fn forget_retired(&self, vmid: Vmid) {
         self.lock().retired.remove(&vmid);
     }

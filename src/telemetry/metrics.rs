@@ -60,6 +60,12 @@ impl ProvisionPhase {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CopyLabels {
+    node: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PhaseNode {
     phase: &'static str,
     node: String,
@@ -144,6 +150,8 @@ pub struct Metrics {
     impostors: Gauge,
     foreign_vms: Gauge,
     quarantined_vmids: Gauge,
+    template_copies: Family<CopyLabels, Gauge>,
+    retired_template_copies: Gauge,
     scale_up_held: Gauge,
     scale_up_probing: Gauge,
     scale_up_next_attempt: FloatGauge,
@@ -190,6 +198,8 @@ impl Metrics {
             impostors: Gauge::default(),
             foreign_vms: Gauge::default(),
             quarantined_vmids: Gauge::default(),
+            template_copies: Family::default(),
+            retired_template_copies: Gauge::default(),
             scale_up_held: Gauge::default(),
             scale_up_probing: Gauge::default(),
             scale_up_next_attempt: FloatGauge::default(),
@@ -232,6 +242,16 @@ impl Metrics {
             "quarantined_vmids",
             "VMIDs skipped by allocation after a failure tied to them (orphaned volumes, held locks)",
             metrics.quarantined_vmids.clone(),
+        );
+        r.register(
+            "template_copies",
+            "1 for each target node's template copy state (current, staging, failed, missing) when nodes clone from copies",
+            metrics.template_copies.clone(),
+        );
+        r.register(
+            "retired_template_copies",
+            "Copies of an older template waiting for their last linked clone to go before they are deleted",
+            metrics.retired_template_copies.clone(),
         );
         r.register(
             "scale_up_held",
@@ -367,6 +387,12 @@ impl Metrics {
         self.impostors.set(snapshot.impostors as i64);
         self.foreign_vms.set(snapshot.foreign_vms as i64);
         self.quarantined_vmids.set(snapshot.quarantined_vmids.len() as i64);
+        self.template_copies.clear();
+        for copy in &snapshot.template_copies {
+            let labels = CopyLabels { node: copy.node.clone(), state: copy_state_name(&copy.state) };
+            self.template_copies.get_or_create(&labels).set(1);
+        }
+        self.retired_template_copies.set(snapshot.retired_template_copies as i64);
         let breaker = &snapshot.breaker;
         self.scale_up_held.set(i64::from(breaker.held));
         self.scale_up_probing.set(i64::from(breaker.probing));
@@ -487,6 +513,16 @@ fn phase_name(phase: &str) -> &'static str {
         "resuming" => "resuming",
         "deleting" => "deleting",
         "adopting" => "adopting",
+        _ => "other",
+    }
+}
+
+fn copy_state_name(state: &str) -> &'static str {
+    match state {
+        "current" => "current",
+        "staging" => "staging",
+        "failed" => "failed",
+        "missing" => "missing",
         _ => "other",
     }
 }

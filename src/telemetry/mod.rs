@@ -19,4 +19,4 @@ pub mod snapshot;
 
 pub use listener::MetricsListener;
 pub use metrics::{Metrics, ProvisionPhase};
-pub use snapshot::{BreakerSnapshot, FleetSnapshot, StatusDocument};
+pub use snapshot::{BreakerSnapshot, FleetSnapshot, StatusDocument, TemplateCopyState};

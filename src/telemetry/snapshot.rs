@@ -44,6 +44,22 @@ pub struct QuarantinedVmid {
     pub until_unix: f64,
 }
 
+/// One target node's template copy (see `group::template_copy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateCopyState {
+    pub node: String,
+    /// `current` (complete, of the template as it is now), `staging` (being
+    /// made), `failed` (the last staging failed; it is tried again) or
+    /// `missing` (none yet).
+    pub state: String,
+    /// The current copy's VMID.
+    pub vmid: Option<u32>,
+    /// How long the staging has been running, seconds.
+    pub staging_seconds: Option<f64>,
+    /// Why the last staging failed.
+    pub reason: Option<String>,
+}
+
 /// What the engine reports at a scrape or a `/status` request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetSnapshot {
@@ -59,6 +75,13 @@ pub struct FleetSnapshot {
     pub foreign_vms: u64,
     pub quarantined_vmids: Vec<QuarantinedVmid>,
     pub breaker: BreakerSnapshot,
+    /// Each node's template copy, when nodes clone from copies.
+    #[serde(default)]
+    pub template_copies: Vec<TemplateCopyState>,
+    /// Copies of an older template (or for a node no longer targeted)
+    /// waiting for their last linked clone to go before they are deleted.
+    #[serde(default)]
+    pub retired_template_copies: u64,
 }
 
 impl FleetSnapshot {
