@@ -157,3 +157,19 @@ func assertIncidents(t *testing.T, c *contender, kind, during, status, line stri
 		}
 	}
 }
+
+// A ticket lasts two hours of the wall clock at every time scale, so that a
+// plugin that logs in again every real hour never meets an expired one.
+func TestTicketsLastTwoRealHoursAtAnyTimeScale(t *testing.T) {
+	for _, scale := range []float64{1, 20} {
+		withTimings := scenario(realisticTimings, 10)
+		withRealTimeTickets(withTimings, scale)
+		without := map[string]any{}
+		withRealTimeTickets(without, scale)
+		for name, s := range map[string]map[string]any{"scenario": withTimings, "bare": without} {
+			if got := s["timings"].(map[string]any)["ticket_lifetime"]; got != 7200*scale {
+				t.Errorf("%s at time scale %v: ticket_lifetime %v simulated seconds, want %v", name, scale, got, 7200*scale)
+			}
+		}
+	}
+}

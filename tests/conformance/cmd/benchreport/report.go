@@ -101,7 +101,14 @@ func renderMarkdown(r *report, chartPath string) string {
 	w("(its only TLS option); the nE0sIghT lineage uses the API token `fleeting@pve!ci` in its config and verifies the simulator's CA; ")
 	w("ours uses the same token from a file and pins the certificate's SHA-256 fingerprint. One simulated cluster for all: template 9000 on pve1 ")
 	w("in pool `ci` with storage `local-lvm` as a pool member; the user and token hold PVEVMAdmin + PVEPoolUser on the pool, PVEDatastoreUser ")
-	w("on the storages, PVESDNAdmin on `vmbr0` and PVEAuditor on `/nodes` (the union of what the READMEs ask for).\n\n")
+	w("on the storages, PVESDNAdmin on `vmbr0` and PVEAuditor on `/nodes` (the union of what the READMEs ask for). ")
+	if r.RealTimeTickets {
+		w("A ticket lasts two hours of real time whatever the time scale, as on a real PVE: the scale speeds up Proxmox's tasks, ")
+		w("not the plugins' own timers (the LukasK32 lineage logs in again every real hour).\n\n")
+	} else {
+		w("In this run a ticket lasted two *simulated* hours, a few real minutes at the time scales used: a plugin that logs in again ")
+		w("every real hour (the LukasK32 lineage) lost its ticket in the longer scenarios and failed there with `401`.\n\n")
+	}
 	if incidents := allIncidents(r); incidents != "" {
 		w("### Crashes, hangs and kills\n\nEvery call to a plugin has a deadline; a plugin that exits, panics or hangs is killed (go-plugin's Kill, ")
 		w("then SIGKILL), the scenario it was in is marked failed and the run goes on with a fresh process.\n\n%s\n", incidents)

@@ -116,6 +116,23 @@ func scenario(t timings, capacity int) map[string]any {
 	}
 }
 
+// ticketLifetime is how long a PVE ticket is valid (AUTHKEY rotation aside).
+const ticketLifetime = 2 * time.Hour
+
+// withRealTimeTickets makes a ticket last two hours of the wall clock, as on
+// a real PVE, whatever the time scale: the scale speeds up Proxmox's tasks,
+// not the plugins' own timers. The LukasK32 lineage logs in again every
+// real hour; at time scale 20 a ticket of two simulated hours would expire
+// after six real minutes, long before that.
+func withRealTimeTickets(scenario map[string]any, timeScale float64) {
+	timings, ok := scenario["timings"].(map[string]any)
+	if !ok {
+		timings = map[string]any{}
+		scenario["timings"] = timings
+	}
+	timings["ticket_lifetime"] = ticketLifetime.Seconds() * timeScale
+}
+
 // simulator is one running pve-sim process and its admin API.
 type simulator struct {
 	cmd         *exec.Cmd
@@ -136,6 +153,7 @@ func startSimulatorWith(binary, work string, scenario map[string]any, timeScale 
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return nil, err
 	}
+	withRealTimeTickets(scenario, timeScale)
 	scenarioFile := filepath.Join(work, "scenario.json")
 	raw, _ := json.MarshalIndent(scenario, "", "  ")
 	if err := os.WriteFile(scenarioFile, raw, 0o644); err != nil {
