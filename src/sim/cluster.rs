@@ -180,6 +180,8 @@ pub struct Cluster {
     pub next_id: NextIdRange,
     pub staleness: f64,
     flocks: HashMap<u32, FileLock>,
+    /// Woken whenever a flock is released, so waiters need not poll.
+    flock_released: std::sync::Arc<tokio::sync::Notify>,
     leases: HashMap<(String, String), Ipv4Addr>,
     /// Every MAC handed out or configured (never reused in a run).
     macs: HashSet<String>,
@@ -314,6 +316,7 @@ impl Cluster {
             next_id: scenario.next_id,
             staleness: scenario.timings.resources_staleness,
             flocks: HashMap::new(),
+            flock_released: Default::default(),
             leases: HashMap::new(),
             macs: HashSet::new(),
             random: StdRng::seed_from_u64(0),
@@ -649,12 +652,21 @@ impl Cluster {
             } else {
                 lock.shared = lock.shared.saturating_sub(1);
             }
+            self.flock_released.notify_waiters();
         }
     }
 
     /// The admin's held lock: every flock on the VM times out until released.
     pub fn hold_flock(&mut self, vmid: u32, held: bool) {
         self.flocks.entry(vmid).or_default().held_by_admin = held;
+        if !held {
+            self.flock_released.notify_waiters();
+        }
+    }
+
+    /// What a flock waiter awaits: woken at every release.
+    pub fn flock_released(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.flock_released.clone()
     }
 
     /// Volume ids the VM's config references (disks, cloud-init, unusedN).
@@ -801,6 +813,7 @@ impl Cluster {
         }
         self.vms.remove(&vmid);
         self.flocks.remove(&vmid);
+        self.flock_released.notify_waiters();
         Ok(log)
     }
 
