@@ -511,24 +511,13 @@ impl FleetSource for Engine {
 
 /// A node's copy as the snapshot reports it.
 fn copy_state(node: String, status: CopyStatus) -> TemplateCopyState {
-    let mut state = TemplateCopyState { node, state: String::new(), vmid: None, staging_seconds: None, reason: None };
-    state.state = match status {
-        CopyStatus::Current(copy) => {
-            state.vmid = Some(copy.vmid.0);
-            "current"
-        }
-        CopyStatus::Staging(running) => {
-            state.staging_seconds = Some(running.as_secs_f64());
-            "staging"
-        }
-        CopyStatus::Failed(reason) => {
-            state.reason = Some(reason);
-            "failed"
-        }
-        CopyStatus::Missing => "missing",
-    }
-    .into();
-    state
+    let (state, vmid, staging_seconds, reason) = match status {
+        CopyStatus::Current(copy) => ("current", Some(copy.vmid.0), None, None),
+        CopyStatus::Staging(running) => ("staging", None, Some(running.as_secs_f64()), None),
+        CopyStatus::Failed(reason) => ("failed", None, None, Some(reason)),
+        CopyStatus::Missing => ("missing", None, None, None),
+    };
+    TemplateCopyState { node, state: state.into(), vmid, staging_seconds, reason }
 }
 
 /// What is wrong with `target_nodes`: problems refuse the configuration,
