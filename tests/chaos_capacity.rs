@@ -13,7 +13,10 @@
 //! It reports the time to full capacity, how often capacity was held, the
 //! Increase calls refused, the VMIDs quarantined and the orphans reclaimed.
 //! End state after a drain with the faults off: no VM of ours, no orphaned
-//! volume, the VMs the plugin does not own never written to.
+//! volume, the VMs the plugin does not own never written to. The one
+//! exception is the volumes of a failed clone whose answer was lost: the
+//! plugin never learnt that clone ran, so it cannot tell its leftovers from
+//! an earlier crash's; it quarantines the VMID and names the fix instead.
 //!
 //! Short profile by default (CI: 80 cycles, ~25 s); `RELIABILITY_PROFILE=long`
 //! runs 400 cycles paced like Runner's Update interval compressed;
@@ -172,9 +175,10 @@ async fn desired_capacity_is_reached_and_held_under_harsh_faults() {
             let answer = group.decrease(alive).await.unwrap();
             assert!(answer.failures.is_empty(), "drain: {:?}", answer.failures);
         }
+        let unseen = reliability::vmids_of_unseen_failed_clones(&admin);
         if states.is_empty()
             && reliability::instance_vms(&admin).is_empty()
-            && admin.inventory().orphaned_disks.is_empty()
+            && admin.inventory().orphaned_disks.iter().all(|volume| unseen.contains(&volume.vmid))
         {
             break;
         }
@@ -213,7 +217,7 @@ async fn desired_capacity_is_reached_and_held_under_harsh_faults() {
     std::fs::write(&log_path, capture.text()).unwrap();
     eprintln!("chaos_capacity: log in {}", log_path.display());
     let lines = capture.lines();
-    reliability::assert_clean_end(&admin, &protected_before, &lines);
+    let clean_end = reliability::assert_clean_end(&admin, &protected_before, &lines);
     let count = |message: &str| lines.iter().filter(|l| l.message.starts_with(message)).count();
     let quarantined = count("VMID ");
     let reclaimed = count("holding VMID");
@@ -226,7 +230,7 @@ async fn desired_capacity_is_reached_and_held_under_harsh_faults() {
          Increase calls {} ({} instances requested, {} accepted), refused or cut short {}; \
          VMIDs quarantined {quarantined}, failed clones' leftovers reclaimed {reclaimed}, breaker opened {breaker_opened}; \
          {tally:?}; PVE requests {}, injected errors {}, dropped connections {}, lost answers {}, failed tasks {}; \
-         VMs left besides protected: 0, orphaned volumes: 0",
+         VMs left besides protected: 0, orphaned volumes: 0 (besides {} of clones whose answer was lost)",
         tally.cycles,
         soak_time.as_secs_f64(),
         drain_time.as_secs_f64(),
@@ -241,6 +245,7 @@ async fn desired_capacity_is_reached_and_held_under_harsh_faults() {
         counters.dropped_connections,
         counters.lost_answers,
         counters.tasks_failed,
+        clean_end.unattributable_volumes,
     );
     assert!(time_to_capacity.is_some(), "the desired capacity of {DESIRED} was never reached");
     assert!(held_share >= 0.8, "capacity held in only {:.0}% of the cycles after reaching it", held_share * 100.0);

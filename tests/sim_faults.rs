@@ -101,6 +101,29 @@ async fn dropped_connections_reach_the_client_as_transport_errors() {
 }
 
 #[tokio::test]
+async fn a_lost_answer_still_runs_the_task_and_the_admin_view_says_so() {
+    let sim = start(fast_scenario()).await;
+    let admin = sim.admin();
+    admin.add_fault(FaultRule {
+        lost_answer_rate: 1.0,
+        remaining: Some(1),
+        ..FaultRule::for_operation("post_nodes_node_qemu_vmid_clone")
+    });
+    let pve = token_client(&sim);
+    let err = pve.clone_vm("pve1", Vmid(9000), &into_pool(201)).await.unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Transient { .. }), "{err}");
+    let answered = pve.clone_vm("pve1", Vmid(9000), &into_pool(202)).await.unwrap();
+    let clones: Vec<_> = admin.tasks().into_iter().filter(|task| task.task_type == "qmclone").collect();
+    let lost = clones.iter().find(|task| task.creates == Some(201)).expect("PVE ran the clone whose answer was lost");
+    assert!(lost.answer_lost);
+    assert_eq!(lost.id, "9000", "the UPID names the source, as PVE's does");
+    let seen = clones.iter().find(|task| task.creates == Some(202)).unwrap();
+    assert!(!seen.answer_lost);
+    assert_eq!(seen.upid, answered.to_string());
+    assert_eq!(admin.counters().lost_answers, 1);
+}
+
+#[tokio::test]
 async fn start_and_delete_tasks_fail_on_demand() {
     let sim = start(fast_scenario()).await;
     let admin = sim.admin();

@@ -116,6 +116,12 @@ pub struct TaskView {
     pub started: f64,
     #[serde(default)]
     pub ended: Option<f64>,
+    /// The VMID the task creates (a clone's new VM), which the UPID does not name.
+    #[serde(default)]
+    pub creates: Option<u32>,
+    /// The client never got the answer that named this task.
+    #[serde(default)]
+    pub answer_lost: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,6 +236,8 @@ impl Admin {
                 log: task.log.clone(),
                 started: task.started,
                 ended: task.ended,
+                creates: task.creates,
+                answer_lost: task.answer_lost,
             })
             .collect()
     }

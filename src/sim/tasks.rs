@@ -21,6 +21,12 @@ pub struct Task {
     pub ended: Option<SimTime>,
     pub exit_status: Option<String>,
     pub log: Vec<String>,
+    /// The VMID the task creates (a clone's new VM): bookkeeping for the
+    /// admin view, since PVE's UPID names only the source.
+    pub creates: Option<u32>,
+    /// The request that started it was carried out but its answer never
+    /// reached the client, which so never learnt the UPID.
+    pub answer_lost: bool,
     warnings: u32,
     /// `DELETE /nodes/{node}/tasks/{upid}` stops the worker through this.
     stop: watch::Sender<bool>,
@@ -84,6 +90,8 @@ impl Tasks {
                 ended: None,
                 exit_status: None,
                 log: Vec::new(),
+                creates: None,
+                answer_lost: false,
                 warnings: 0,
                 stop,
             },
@@ -94,6 +102,20 @@ impl Tasks {
 
     pub fn get(&self, upid: &str) -> Option<&Task> {
         self.by_upid.get(upid)
+    }
+
+    /// Records that the task creates VM `vmid`.
+    pub fn set_creates(&mut self, upid: &str, vmid: u32) {
+        if let Some(task) = self.by_upid.get_mut(upid) {
+            task.creates = Some(vmid);
+        }
+    }
+
+    /// Records that the client never got the answer naming this task.
+    pub fn set_answer_lost(&mut self, upid: &str) {
+        if let Some(task) = self.by_upid.get_mut(upid) {
+            task.answer_lost = true;
+        }
     }
 
     pub fn log(&mut self, upid: &str, line: impl Into<String>) {

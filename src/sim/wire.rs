@@ -72,6 +72,11 @@ impl Reply {
         Self { data, total: None }
     }
 
+    /// The UPID this reply names, when it is a worker's (`"UPID:…"`).
+    pub fn upid(&self) -> Option<String> {
+        serde_json::from_slice::<String>(&self.data).ok().filter(|text| text.starts_with("UPID:"))
+    }
+
     pub fn null() -> Self {
         Self { data: b"null".to_vec(), total: None }
     }

@@ -119,6 +119,9 @@ pub(crate) async fn respond(shared: Arc<Shared>, request: Request<Body>) -> Resu
     let result = handle(&shared, operation, request, path_params, caller, decision.task_failure);
     if decision.lose_answer {
         shared.counters.update(|c| c.lost_answers += 1);
+        if let Some(upid) = result.as_ref().ok().and_then(Reply::upid) {
+            shared.cluster().tasks.set_answer_lost(&upid);
+        }
         return Err(DropConnection);
     }
     match result {

@@ -613,9 +613,11 @@ pub fn clone(call: &Call<'_>) -> Result<Reply, ApiError> {
     let duration = if plan.full { shared.timings.clone_full } else { shared.timings.clone_linked };
     let lock_timeout = shared.timings.lock_timeout;
     let node = plan.node.clone();
+    let newid = plan.newid;
     let upid = shared.spawn_task(&mut cluster, &node, "qmclone", &plan.source.to_string(), caller.id(), move |task| {
         run_clone(task, plan, duration, lock_timeout, failure)
     });
+    cluster.tasks.set_creates(&upid, newid);
     Ok(Reply::data(&upid))
 }
 

@@ -10,7 +10,7 @@
 pub mod logs;
 pub mod process;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use fleeting_plugin_proxmox::group::naming::{InstanceId, Naming};
@@ -175,13 +175,38 @@ pub fn assert_clean_end(admin: &Admin, before: &BTreeMap<u32, VmView>, logs: &[L
         .map(|vm| format!("{} ({:?}, {}, lock {:?}, tags {:?})", vm.vmid, vm.name, vm.status, vm.lock, vm.tags))
         .collect();
     assert!(leaked.is_empty(), "leaked VMs: {leaked:?}");
-    assert!(inventory.orphaned_disks.is_empty(), "orphaned disks: {:?}", inventory.orphaned_disks);
+    let unseen = vmids_of_unseen_failed_clones(admin);
+    let (unattributable, orphaned): (Vec<_>, Vec<_>) =
+        inventory.orphaned_disks.into_iter().partition(|volume| unseen.contains(&volume.vmid));
+    assert!(orphaned.is_empty(), "orphaned disks: {orphaned:?}");
     assert_protected_untouched(admin, before, logs);
-    CleanEnd { vms: inventory.vms.len() }
+    CleanEnd { vms: inventory.vms.len(), unattributable_volumes: unattributable.len() }
 }
 
 pub struct CleanEnd {
     pub vms: usize,
+    /// Volumes left by a failed clone whose request's answer was lost (see
+    /// [`vmids_of_unseen_failed_clones`]); allowed, and reported.
+    pub unattributable_volumes: usize,
+}
+
+/// The VMIDs a failed clone left volumes on while the plugin never learnt
+/// that the clone ran: the request's answer was lost after PVE started the
+/// task. Volumes of such a VMID look, to the plugin, like volumes some
+/// earlier crash left, which it must not free (it quarantines the VMID and
+/// tells the admin instead); every other leftover is the plugin's to free.
+pub fn vmids_of_unseen_failed_clones(admin: &Admin) -> BTreeSet<u32> {
+    admin
+        .tasks()
+        .into_iter()
+        .filter(|task| {
+            task.task_type == "qmclone"
+                && task.answer_lost
+                && !task.running
+                && task.exit_status.as_deref() != Some("OK")
+        })
+        .filter_map(|task| task.creates)
+        .collect()
 }
 
 /// The protected VMs are as they were, and no write request or task ever
