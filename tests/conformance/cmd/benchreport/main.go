@@ -72,6 +72,11 @@ type report struct {
 	Scenarios  []string    `json:"scenarios"`
 	Switchover *switchover `json:"switchover,omitempty"`
 	Elapsed    float64     `json:"elapsed_seconds"`
+	// Parts are the finished parts of the run (checkpoint.go); Resumed
+	// counts the times an interrupted run went on from its checkpoint.
+	Parts       []runPart `json:"parts,omitempty"`
+	Resumed     int       `json:"resumed,omitempty"`
+	Fingerprint string    `json:"fingerprint,omitempty"`
 }
 
 type machine struct {
@@ -152,6 +157,7 @@ func main() {
 	only := flag.String("competitors", "all", "which of the given competitors to run: all, none, or comma-separated names")
 	fromJSON := flag.String("from-json", "", "only re-render the report and chart from the raw results of an earlier run (-json)")
 	work := flag.String("work", "", "scratch directory (default: a new temporary one, removed at the end)")
+	checkpointPath := flag.String("checkpoint", "", "save the results after every finished part here; run the same command again (same binaries and flags) to go on after the last finished part. Removed once the report is written")
 	flag.Parse()
 	if *fromJSON != "" {
 		data, err := os.ReadFile(*fromJSON)
@@ -224,6 +230,17 @@ func main() {
 			p.profiles = append(p.profiles, profile == "full")
 		}
 	}
+	var cp *checkpoint
+	if *checkpointPath != "" {
+		fingerprint, err := runFingerprint(*plugin, *simBinary, r.Contenders[1:])
+		if err != nil {
+			fatal(err)
+		}
+		cp = &checkpoint{path: *checkpointPath, fingerprint: fingerprint}
+		if cp.resume(r) {
+			r.Resumed++
+		}
+	}
 	var dirs sync.Mutex
 	run := 0
 	p.dir = func(what string) string {
@@ -239,43 +256,55 @@ func main() {
 		// clock, so running them side by side costs minutes, not hours).
 		r.SideBySide = true
 		for _, c := range r.Contenders {
-			runMeasured(r, c, p)
+			cp.part(r, "footprint and API cost of "+c.Key, func() { runMeasured(r, c, p) })
 		}
-		timed := make([]timedResults, len(r.Contenders))
-		var wg sync.WaitGroup
-		for i, c := range r.Contenders {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				timed[i] = runTimed(c, p)
-			}()
-		}
-		wg.Wait()
-		for _, t := range timed {
-			t.addTo(r)
-		}
+		cp.part(r, "scale and fault runs, side by side", func() {
+			timed := make([]timedResults, len(r.Contenders))
+			var wg sync.WaitGroup
+			for i, c := range r.Contenders {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					timed[i] = runTimed(c, p)
+				}()
+			}
+			wg.Wait()
+			for _, t := range timed {
+				t.addTo(r)
+			}
+		})
 	} else {
 		for _, c := range r.Contenders {
-			runContender(r, c, p)
+			cp.part(r, "every scenario of "+c.Key, func() { runContender(r, c, p) })
 		}
 	}
 	if p.runs("api") {
-		logf("== ours (Rust), metrics on")
-		m, err := oursWithMetrics(*plugin)
-		if err != nil {
-			logf("  metrics overhead: %v", err)
-		} else {
+		cp.part(r, "API cost of ours with metrics", func() {
+			logf("== ours (Rust), metrics on")
+			m, err := oursWithMetrics(*plugin)
+			if err != nil {
+				logf("  metrics overhead: %v", err)
+				return
+			}
 			r.MetricsOverhead = apiCost(m, p.simBinary, p.dir("api-metrics"), p.apiSizes, p.apiScale, layoutUsual)
 			for _, result := range r.MetricsOverhead {
 				logf("  API cost with metrics N=%d: %.2f requests/Update, %.2f ms CPU/Update %s",
 					result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.Error)
 			}
-		}
+		})
 	}
-	r.Switchover = runSwitchover(r, p, skipped)
-	r.Elapsed = time.Since(r.Started).Seconds()
+	cp.part(r, "switch-over", func() { r.Switchover = runSwitchover(r, p, skipped) })
+	r.Elapsed = 0
+	for _, part := range r.Parts {
+		r.Elapsed += part.Ended.Sub(part.Started).Seconds()
+	}
 
 	write(r, *out, *chart, *raw)
+	if cp != nil {
+		if err := os.Remove(cp.path); err != nil && !os.IsNotExist(err) {
+			logf("checkpoint %s: could not remove it: %v", cp.path, err)
+		}
+	}
 }
 
 // runContender runs every scenario of the plan for one plugin. A plugin
