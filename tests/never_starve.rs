@@ -179,6 +179,31 @@ async fn a_clone_request_whose_answer_was_lost_yields_exactly_one_vm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_whose_answer_was_lost_is_found_while_its_first_disk_still_copies() {
+    // Until the first disk is copied, PVE shows the new VM as qemu-server's
+    // temporary config: `lock: clone`, no name, none of our marker. A slow
+    // copy keeps it so well past the plugin's second look.
+    let mut scenario = fast_scenario();
+    scenario.timings.clone_linked = 300.0;
+    let setup = setup(scenario).await;
+    let admin = setup.sim.admin();
+    let group = ProxmoxGroup::new();
+    group.init(setup.config.to_string().as_bytes(), static_credentials()).await.unwrap();
+    admin.add_fault(FaultRule { lost_answer_rate: 1.0, remaining: Some(1), ..FaultRule::for_operation(CLONE) });
+    let increase = group.increase(1).await.unwrap();
+    assert_eq!((increase.succeeded, increase.failures.len()), (1, 0), "{:?}", increase.failures);
+    let running = wait_until(&group, "running", all_running(1)).await;
+    assert_eq!(admin.counters().lost_answers, 1, "the fault applied");
+    let clones: Vec<_> = admin.tasks().into_iter().filter(|t| t.task_type == "qmclone").collect();
+    assert_eq!(clones.len(), 1, "one clone, not two: {clones:#?}");
+    assert_eq!(setup.leftovers(), [vmid_of(&running[0].0)], "exactly one VM, and it is the instance");
+    remove_all(&group).await;
+    setup.assert_no_leaks();
+    setup.assert_untouched();
+    group.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_failed_clone_of_ours_left_behind_is_reclaimed() {
     let setup = setup(fast_scenario()).await;
     let admin = setup.sim.admin();

@@ -8,6 +8,9 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, Instant};
+
+use fleeting_plugin_proxmox::pve::{CloneRequest, Vmid};
 use fleeting_plugin_proxmox::sim::FaultRule;
 use serde_json::Value;
 
@@ -74,6 +77,57 @@ async fn a_real_pve_answers_the_config_of_a_clone_in_flight_with_403_until_it_jo
     wait(&token_client(&sim), &upid.parse().expect("the UPID parses")).await.expect("the clone ends well");
     let response = get(&sim, "/nodes/pve1/qemu/150/config").await;
     assert_eq!(response.status(), 200, "{}", reason(&response));
+}
+
+/// What a clone's config is while it runs, read by root: qemu-server's
+/// clone worker first writes `# qmclone temporary file` + `lock: clone`
+/// (read back, the comment is the description), and the name, the
+/// description asked for and the disks only after the first disk is copied
+/// (`write_config` after each disk; `lock` goes at the end).
+#[tokio::test]
+async fn a_real_pve_shows_a_clone_as_its_temporary_config_until_the_first_disk_is_copied() {
+    let mut scenario = fast_scenario();
+    scenario.timings.clone_linked = 200.0; // two disks, 2 s real each
+    let sim = start(scenario).await;
+    let pve = token_client(&sim);
+    let request = CloneRequest {
+        new_vmid: Some(Vmid(152)),
+        name: Some("fleeting-creating".into()),
+        description: Some("ours".into()),
+        pool: Some("ci".into()),
+        ..Default::default()
+    };
+    let upid = pve.clone_vm("pve1", Vmid(9000), &request).await.unwrap();
+    let root = root_client(&sim);
+    // The worker writes the temporary config right after it starts.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let config = loop {
+        match root.vm_config("pve1", Vmid(152)).await {
+            Ok(config) => break config,
+            Err(err) => assert!(Instant::now() < deadline, "no config: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let expected: Vec<(&str, &str)> = vec![("description", " qmclone temporary file\n"), ("lock", "clone")];
+    let shown: Vec<(&str, &str)> =
+        config.iter().filter(|(k, _)| k.as_str() != "digest").map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(shown, expected);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let config = loop {
+        let config = root.vm_config("pve1", Vmid(152)).await.unwrap();
+        if config.contains_key("name") {
+            break config;
+        }
+        assert!(Instant::now() < deadline, "the name never came: {config:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(config.get("description").map(String::as_str), Some("ours"));
+    assert_eq!(config.get("lock").map(String::as_str), Some("clone"), "the copy goes on");
+    assert!(config.contains_key("scsi0"), "{config:?}");
+    wait(&pve, &upid).await.expect("the clone ends well");
+    let config = root.vm_config("pve1", Vmid(152)).await.unwrap();
+    assert_eq!(config.get("lock"), None);
 }
 
 /// A second clone onto a VMID whose clone is still running: qemu-server's

@@ -234,7 +234,7 @@ async fn send_clone(
             Err(error) => error,
         };
         let lost_answer = maybe_sent && (error.is_already_exists() || error.is_retryable());
-        if lost_answer && let Ok(Some((node, _))) = retry_locked(|| find_own_clone(engine, id, node)).await {
+        if lost_answer && let Ok(CloneTarget::Ours { node, .. }) = settled_clone_target(engine, id, node).await {
             tracing::info!(instance = %id, vmid = %id.vmid, "the clone request's answer was lost, but the clone is under way");
             return Ok(Accepted::Found { node });
         }
@@ -250,13 +250,24 @@ async fn send_clone(
     unreachable!("the last attempt returns")
 }
 
-/// The node where a VM carrying `id`'s marker is, if one exists: the
-/// template's node while the clone runs, the target node after it.
-async fn find_own_clone(
-    engine: &Engine,
-    id: &InstanceId,
-    target: &str,
-) -> Result<Option<(String, BTreeMap<String, String>)>, PveError> {
+/// What the VMID of `id` holds, as far as `id`'s clone is concerned.
+enum CloneTarget {
+    /// A VM carrying `id`'s marker, on `node`.
+    Ours { node: String, config: BTreeMap<String, String> },
+    /// A clone under way whose owner does not show yet: qemu-server's
+    /// temporary config (`lock: clone`, no name, none of the description
+    /// asked for, written only once the first disk is copied), or a VMID
+    /// that is taken but unreadable to a pool-scoped token (a clone joins
+    /// the pool at its end). Waiting tells; a foreign VM outside the pool
+    /// looks the same, so every wait for it is bounded.
+    InFlight,
+    /// No VM with that VMID, or one that is not `id`'s.
+    NotOurs,
+}
+
+/// Where the VMID of `id` is looked for: the template's node while a clone
+/// runs, the target node after it.
+async fn find_own_clone(engine: &Engine, id: &InstanceId, target: &str) -> Result<CloneTarget, PveError> {
     let mut nodes = vec![engine.template_node.as_str()];
     if target != engine.template_node {
         nodes.push(target);
@@ -265,14 +276,39 @@ async fn find_own_clone(
         match engine.pve.vm_config(node, id.vmid).await {
             Ok(config) => {
                 let marker = config.get("description").map(String::as_str).unwrap_or_default();
-                let ours = engine.naming.owner_of_description(marker).as_ref() == Some(id);
-                return Ok(ours.then(|| (node.to_string(), config)));
+                if engine.naming.owner_of_description(marker).as_ref() == Some(id) {
+                    return Ok(CloneTarget::Ours { node: node.to_string(), config });
+                }
+                let temporary = config.get("lock").is_some_and(|lock| lock == "clone")
+                    && !config.contains_key("name")
+                    && marker.trim() == "qmclone temporary file";
+                return Ok(if temporary { CloneTarget::InFlight } else { CloneTarget::NotOurs });
             }
             Err(err) if absent_from_pool(&err, id.vmid) => continue,
             Err(err) => return Err(err),
         }
     }
-    Ok(None)
+    // Unreadable everywhere: nextid still tells whether the VMID is taken.
+    match engine.pve.next_vmid(Some(id.vmid)).await {
+        Ok(_) => Ok(CloneTarget::NotOurs),
+        Err(err) if err.is_already_exists() => Ok(CloneTarget::InFlight),
+        Err(err) => Err(err),
+    }
+}
+
+/// [`find_own_clone`] after a lost answer: a clone still copying its first
+/// disk is waited for (up to `clone_timeout`) until it shows whose it is.
+async fn settled_clone_target(engine: &Engine, id: &InstanceId, target: &str) -> Result<CloneTarget, PveError> {
+    let deadline = Instant::now() + engine.config.clone_timeout;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let sighting = retry_locked(|| find_own_clone(engine, id, target)).await?;
+        if !matches!(sighting, CloneTarget::InFlight) || Instant::now() + pause > deadline {
+            return Ok(sighting);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_secs(3));
+    }
 }
 
 /// Reading a VM that is not there: 404, or, with privileges granted on the
@@ -490,8 +526,8 @@ async fn hold_vmid_for_cleanup(engine: &Engine, id: &InstanceId) {
             match engine.pve.create_empty_vm(node, request).await {
                 Ok(upid) => engine.pve.wait_task(&upid, Duration::from_secs(60)).await.map(|_| ()),
                 Err(err) if was_sent && err.is_already_exists() => match find_own_clone(engine, id, node).await {
-                    Ok(Some(_)) => Ok(()),
-                    Ok(None) => Err(err),
+                    Ok(CloneTarget::Ours { .. }) => Ok(()),
+                    Ok(CloneTarget::InFlight | CloneTarget::NotOurs) => Err(err),
                     Err(check) => Err(check),
                 },
                 Err(err) => Err(err),
@@ -753,13 +789,16 @@ async fn wait_for_clone_without_task(engine: &Engine, id: &InstanceId, node: &st
     loop {
         match find_own_clone(engine, id, node).await {
             // The marker's read tells whether the clone still holds its lock.
-            Ok(Some((found, config))) => {
+            Ok(CloneTarget::Ours { node: found, config }) => {
                 if config.get("lock").map(String::as_str) != Some("clone") {
                     engine.registry.moved(id, found);
                     return Ok(());
                 }
             }
-            Ok(None) => {
+            // Still copying its first disk (this clone was seen with our
+            // marker before, or its lost answer was waited for already).
+            Ok(CloneTarget::InFlight) => {}
+            Ok(CloneTarget::NotOurs) => {
                 let message = format!(
                     "the clone of VM {} to {} ended without the new VM: it failed",
                     engine.config.template_id, id.vmid

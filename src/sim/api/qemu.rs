@@ -527,10 +527,27 @@ fn plan_clone(call: &Call<'_>, cluster: &Cluster, caller: &Caller) -> Result<Clo
     })
 }
 
-/// Creates the new VM (with `lock: clone`) and its volumes. The outer
-/// error ends the task as is (the VMID was taken meanwhile); the inner one
-/// is a failed disk copy, reported as `clone failed: …` after cleanup.
-fn materialize_clone(cluster: &mut Cluster, plan: &ClonePlan, now: f64) -> Result<Result<Vec<String>, String>, String> {
+/// What qemu-server writes as the new VM's config before it copies the
+/// first disk (`# qmclone temporary file` + `lock: clone`), as PVE reads it
+/// back: the comment becomes the description. The name, the description
+/// asked for and the disks appear only once the first disk is copied.
+const CLONE_TEMPORARY_DESCRIPTION: &str = " qmclone temporary file\n";
+
+/// A clone under way: its volumes and the config it gets after its first disk.
+struct Materialized {
+    volumes: Vec<String>,
+    config: BTreeMap<String, String>,
+}
+
+/// Creates the new VM with qemu-server's temporary config and its volumes.
+/// The outer error ends the task as is (the VMID was taken meanwhile); the
+/// inner one is a failed disk copy, reported as `clone failed: …` after
+/// cleanup.
+fn materialize_clone(
+    cluster: &mut Cluster,
+    plan: &ClonePlan,
+    now: f64,
+) -> Result<Result<Materialized, String>, String> {
     if cluster.vms.contains_key(&plan.newid) {
         return Err(format!("unable to create VM {}: config file already exists", plan.newid));
     }
@@ -598,10 +615,14 @@ fn materialize_clone(cluster: &mut Cluster, plan: &ClonePlan, now: f64) -> Resul
         config.insert("description".into(), description.clone());
     }
     config.insert("lock".into(), "clone".into());
-    let mut guest = Vm::new(plan.newid, plan.node.clone(), config, now);
+    let temporary = BTreeMap::from([
+        ("lock".to_string(), "clone".to_string()),
+        ("description".to_string(), CLONE_TEMPORARY_DESCRIPTION.to_string()),
+    ]);
+    let mut guest = Vm::new(plan.newid, plan.node.clone(), temporary, now);
     guest.agent = agent_spec;
     cluster.vms.insert(plan.newid, guest);
-    Ok(Ok(created))
+    Ok(Ok(Materialized { volumes: created, config }))
 }
 
 pub fn clone(call: &Call<'_>) -> Result<Reply, ApiError> {
@@ -660,22 +681,13 @@ async fn clone_body(
         }
         created?
     };
-    // (message, leave the disks behind, the new config exists)
-    let outcome = match created {
-        Err(message) => Err((message, false, false)),
-        Ok(_) => match task.sleep(duration).await {
-            Err(message) => Err((message, false, true)),
-            Ok(()) => match failure {
-                Some(failure) => Err((
-                    failure.message.unwrap_or_else(|| "command 'qemu-img convert' failed: exit code 1".into()),
-                    failure.leave_orphans,
-                    true,
-                )),
-                None => Ok(()),
-            },
-        },
+    let (created, outcome) = match created {
+        Err(message) => (Vec::new(), Err((message, false, false))),
+        Ok(materialized) => {
+            let outcome = copy_disks(task, plan, materialized.config, duration, failure).await;
+            (materialized.volumes, outcome)
+        }
     };
-    let created = created_volumes(&shared, plan.newid);
     let mut cluster = shared.cluster();
     match outcome {
         Ok(()) => {
@@ -705,9 +717,32 @@ async fn clone_body(
     }
 }
 
-/// The volumes the new VM's config references (what a failed clone removes).
-fn created_volumes(shared: &Shared, vmid: u32) -> Vec<String> {
-    shared.cluster().vms.get(&vmid).map(Cluster::referenced_volumes).unwrap_or_default()
+/// The copy itself, disk by disk in key order as qemu-server does, each
+/// taking an equal share of `duration`. After the first disk, the config
+/// qemu-server writes carries the name, the description and the disks (still
+/// with `lock: clone`). The error: (message, leave the disks behind, the
+/// new config exists).
+async fn copy_disks(
+    task: &mut TaskContext,
+    plan: &ClonePlan,
+    config: BTreeMap<String, String>,
+    duration: f64,
+    failure: Option<TaskFailure>,
+) -> Result<(), (String, bool, bool)> {
+    let disks = plan.disks.len().max(1) as f64;
+    task.sleep(duration / disks).await.map_err(|message| (message, false, true))?;
+    if let Some(guest) = task.shared.cluster().vms.get_mut(&plan.newid) {
+        guest.config = config;
+    }
+    task.sleep(duration - duration / disks).await.map_err(|message| (message, false, true))?;
+    match failure {
+        Some(failure) => Err((
+            failure.message.unwrap_or_else(|| "command 'qemu-img convert' failed: exit code 1".into()),
+            failure.leave_orphans,
+            true,
+        )),
+        None => Ok(()),
+    }
 }
 
 pub fn status(call: &Call<'_>) -> Result<Reply, ApiError> {
