@@ -168,6 +168,11 @@ func (cp *checkpoint) save(r *report) error {
 		return fmt.Errorf("could not write the checkpoint: %w", err)
 	}
 	defer os.Remove(tmp.Name())
+	// Readable like the -json results (CreateTemp makes it private).
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return fmt.Errorf("could not write the checkpoint: %w", err)
+	}
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return fmt.Errorf("could not write the checkpoint: %w", err)
