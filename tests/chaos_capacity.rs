@@ -175,10 +175,9 @@ async fn desired_capacity_is_reached_and_held_under_harsh_faults() {
             let answer = group.decrease(alive).await.unwrap();
             assert!(answer.failures.is_empty(), "drain: {:?}", answer.failures);
         }
-        let unseen = reliability::vmids_of_unseen_failed_clones(&admin);
         if states.is_empty()
             && reliability::instance_vms(&admin).is_empty()
-            && admin.inventory().orphaned_disks.iter().all(|volume| unseen.contains(&volume.vmid))
+            && reliability::orphaned_disks_split(&admin).0.is_empty()
         {
             break;
         }

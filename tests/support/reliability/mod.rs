@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use fleeting_plugin_proxmox::group::naming::{InstanceId, Naming};
 use fleeting_plugin_proxmox::pve::Vmid;
 use fleeting_plugin_proxmox::sim::config::{VmSpec, defaults};
-use fleeting_plugin_proxmox::sim::{Admin, Scenario, SimConfig, SimHandle, Simulator, VmView};
+use fleeting_plugin_proxmox::sim::{Admin, Scenario, SimConfig, SimHandle, Simulator, VmView, VolumeView};
 
 use logs::LogLine;
 
@@ -175,9 +175,7 @@ pub fn assert_clean_end(admin: &Admin, before: &BTreeMap<u32, VmView>, logs: &[L
         .map(|vm| format!("{} ({:?}, {}, lock {:?}, tags {:?})", vm.vmid, vm.name, vm.status, vm.lock, vm.tags))
         .collect();
     assert!(leaked.is_empty(), "leaked VMs: {leaked:?}");
-    let unseen = vmids_of_unseen_failed_clones(admin);
-    let (unattributable, orphaned): (Vec<_>, Vec<_>) =
-        inventory.orphaned_disks.into_iter().partition(|volume| unseen.contains(&volume.vmid));
+    let (orphaned, unattributable) = orphaned_disks_split(admin);
     assert!(orphaned.is_empty(), "orphaned disks: {orphaned:?}");
     assert_protected_untouched(admin, before, logs);
     CleanEnd { vms: inventory.vms.len(), unattributable_volumes: unattributable.len() }
@@ -188,6 +186,13 @@ pub struct CleanEnd {
     /// Volumes left by a failed clone whose request's answer was lost (see
     /// [`vmids_of_unseen_failed_clones`]); allowed, and reported.
     pub unattributable_volumes: usize,
+}
+
+/// The orphaned volumes: first those the plugin must free, then those of
+/// [`vmids_of_unseen_failed_clones`], which it must leave alone.
+pub fn orphaned_disks_split(admin: &Admin) -> (Vec<VolumeView>, Vec<VolumeView>) {
+    let unseen = vmids_of_unseen_failed_clones(admin);
+    admin.inventory().orphaned_disks.into_iter().partition(|volume| !unseen.contains(&volume.vmid))
 }
 
 /// The VMIDs a failed clone left volumes on while the plugin never learnt
