@@ -86,7 +86,12 @@ async fn an_offline_node_is_unknown_and_unreachable() {
 #[tokio::test]
 async fn pools_answer_with_the_api_of_the_release() {
     let mut scenario = fast_scenario();
-    scenario.pools.push(PoolSpec { id: "other".into(), ..Default::default() });
+    scenario.pools.push(PoolSpec {
+        id: "other".into(),
+        comment: Some("runners \"A\"".into()),
+        storages: vec!["local-lvm".into()],
+    });
+    scenario.pools.push(PoolSpec { id: "bare".into(), ..Default::default() });
     let sim = start(scenario.clone()).await;
     let root = root_client(&sim);
     let members = root.pool_members("ci").await.unwrap();
@@ -108,6 +113,32 @@ async fn pools_answer_with_the_api_of_the_release() {
     assert_eq!(put(&[("poolid", "other"), ("vms", "9000"), ("allow-move", "1")]).await.unwrap().status(), 200);
     assert_eq!(sim.admin().vm(9000).unwrap().pool.as_deref(), Some("other"));
     assert!(root.pool_members("ci").await.unwrap().is_empty());
+
+    // The pool object around its members: `comment` (absent when unset),
+    // `members` (guests, then each storage per node), and `poolid` in the
+    // 8.1+ query form; `type` filters the members.
+    let get = |query: &'static str| {
+        let url = format!("{}/{query}", sim.api_url());
+        let request = raw_client().get(url).header("Cookie", &cookie);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap()["data"].clone() }
+    };
+    let queried = get("pools?poolid=other").await;
+    let pool = &queried[0];
+    assert_eq!(pool["poolid"], "other");
+    assert_eq!(pool["comment"], "runners \"A\"");
+    let ids: Vec<&str> = pool["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["qemu/9000", "storage/pve1/local-lvm", "storage/pve2/local-lvm"]);
+    assert_eq!(pool["members"][0]["pool"], "other");
+    assert_eq!(pool["members"][1]["shared"], 0);
+    let by_path = get("pools/other").await;
+    assert_eq!(by_path["comment"], pool["comment"]);
+    assert_eq!(by_path["members"].as_array().unwrap().len(), 3);
+    assert!(by_path.get("poolid").is_none(), "the per-id form names no pool: {by_path}");
+    let storages = get("pools/other?type=storage").await;
+    assert_eq!(storages["members"].as_array().unwrap().len(), 2);
+    let empty = get("pools?poolid=bare&type=qemu").await;
+    assert!(empty[0].get("comment").is_none(), "an unset comment is left out: {empty}");
+    assert_eq!(empty[0]["members"], serde_json::json!([]));
 
     // 8.0: only the per-id forms exist.
     scenario.pve_version = "8.0.4".into();

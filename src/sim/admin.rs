@@ -3,7 +3,7 @@
 //!
 //! | Method and path | Body | Effect |
 //! |---|---|---|
-//! | `GET /_sim/counters` | | requests per operationId, statuses (per operation too), refusal reasons, faults, tasks, the most connections and requests at once |
+//! | `GET /_sim/counters` | | requests per operationId, statuses (per operation too), refusal reasons, faults, tasks, the most connections and requests at once, and the simulator's own lag (longest cluster lock hold, late task waits) |
 //! | `POST /_sim/counters/reset` | | zeroes the counters; the peaks start again from what is under way |
 //! | `GET /_sim/inventory` | | VMs (config, status, lock, pool, agent), orphaned disks, pools, nodes |
 //! | `GET /_sim/vms/{vmid}` | | one VM |

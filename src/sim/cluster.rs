@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::{Deref, DerefMut};
 use std::sync::MutexGuard;
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -26,6 +27,7 @@ use super::SimError;
 use super::access::{Access, Caller};
 use super::clock::SimTime;
 use super::config::{NextIdRange, Scenario};
+use super::counters::CounterSet;
 use super::privileges::PrivilegeSet;
 use super::release::PveRelease;
 use super::schema::parse_cidr_v4;
@@ -870,12 +872,31 @@ fn eui64(mac: &str) -> Option<[u16; 4]> {
 
 /// The locked cluster as handlers hold it. Every mutable access counts as
 /// a change (`Cluster::generation`): no handler can change the state
-/// without invalidating what was derived from it.
-pub struct ClusterGuard<'a>(MutexGuard<'a, Cluster>);
+/// without invalidating what was derived from it. A guard made by
+/// [`ClusterGuard::timed`] reports how long it held the lock: every task and
+/// request waits while one does, so a long hold stalls the whole simulator.
+pub struct ClusterGuard<'a> {
+    guard: MutexGuard<'a, Cluster>,
+    held_since: Option<(&'a CounterSet, Instant)>,
+}
 
 impl<'a> ClusterGuard<'a> {
+    #[cfg(test)]
     pub fn new(guard: MutexGuard<'a, Cluster>) -> Self {
-        Self(guard)
+        Self { guard, held_since: None }
+    }
+
+    /// A guard that reports its hold time to `counters` when dropped.
+    pub fn timed(guard: MutexGuard<'a, Cluster>, counters: &'a CounterSet) -> Self {
+        Self { guard, held_since: Some((counters, Instant::now())) }
+    }
+}
+
+impl Drop for ClusterGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((counters, since)) = self.held_since {
+            counters.cluster_held(since.elapsed());
+        }
     }
 }
 
@@ -883,14 +904,14 @@ impl Deref for ClusterGuard<'_> {
     type Target = Cluster;
 
     fn deref(&self) -> &Cluster {
-        &self.0
+        &self.guard
     }
 }
 
 impl DerefMut for ClusterGuard<'_> {
     fn deref_mut(&mut self) -> &mut Cluster {
-        self.0.generation = self.0.generation.wrapping_add(1);
-        &mut self.0
+        self.guard.generation = self.guard.generation.wrapping_add(1);
+        &mut self.guard
     }
 }
 

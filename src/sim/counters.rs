@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +66,24 @@ pub struct Counters {
     /// The most API requests (`/_sim` ones aside) being answered at one time.
     #[serde(default)]
     pub requests_in_flight_peak: u64,
+    /// The simulator's own lag, which a real PVE (separate worker processes)
+    /// does not have. The longest the cluster state was held locked at once,
+    /// in real microseconds: every request and task waits meanwhile.
+    #[serde(default)]
+    pub cluster_held_max_micros: u64,
+    /// Task waits (clone copying, boot, …) that ended more than
+    /// [`LATE_WAKE_SECS`] simulated seconds after they were due, and the
+    /// latest one's delay in simulated milliseconds. At a time scale of 20,
+    /// one real second of a busy simulator is 20 simulated seconds in which
+    /// no task moves and lock timeouts run out.
+    #[serde(default)]
+    pub task_waits_late: u64,
+    #[serde(default)]
+    pub task_wait_overrun_max_millis: u64,
 }
+
+/// A task wait ending later than this past its due time counts as late.
+pub const LATE_WAKE_SECS: f64 = 1.0;
 
 impl Counters {
     /// Requests to one operation.
@@ -115,6 +133,8 @@ pub struct CounterSet {
     /// starts them again from the present, not from zero.
     connections_open: AtomicU64,
     requests_in_flight: AtomicU64,
+    /// Kept outside `counters`: taken on every release of the cluster lock.
+    cluster_held_max_nanos: AtomicU64,
 }
 
 /// What a [`Underway`] counts while it lives.
@@ -209,7 +229,26 @@ impl CounterSet {
     }
 
     pub fn snapshot(&self) -> Counters {
-        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
+        let mut snapshot = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        snapshot.cluster_held_max_micros = self.cluster_held_max_nanos.load(Ordering::Relaxed) / 1_000;
+        snapshot
+    }
+
+    /// The cluster lock was held for `held`.
+    pub fn cluster_held(&self, held: Duration) {
+        let nanos = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
+        self.cluster_held_max_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// A task wait ended `overrun` simulated seconds after it was due.
+    pub fn task_woke(&self, overrun: f64) {
+        if overrun > LATE_WAKE_SECS {
+            let millis = (overrun * 1000.0) as u64;
+            self.update(|c| {
+                c.task_waits_late += 1;
+                c.task_wait_overrun_max_millis = c.task_wait_overrun_max_millis.max(millis);
+            });
+        }
     }
 
     pub fn reset(&self) {
@@ -218,6 +257,7 @@ impl CounterSet {
         self.update(|c| {
             *c = Counters { connections_open_peak: open, requests_in_flight_peak: in_flight, ..Counters::default() }
         });
+        self.cluster_held_max_nanos.store(0, Ordering::Relaxed);
     }
 }
 

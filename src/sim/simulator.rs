@@ -52,7 +52,7 @@ impl Shared {
     /// The cluster state. A handler that panicked cannot leave it half
     /// changed in a way later requests trip over, so poisoning is ignored.
     pub fn cluster(&self) -> ClusterGuard<'_> {
-        ClusterGuard::new(self.cluster.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        ClusterGuard::timed(self.cluster.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), &self.counters)
     }
 
     pub fn faults(&self) -> MutexGuard<'_, Faults> {
@@ -129,8 +129,12 @@ impl TaskContext {
         if *self.stop.borrow() {
             return Err("interrupted by signal".into());
         }
+        let due = self.shared.clock.now() + sim_secs.max(0.0);
         tokio::select! {
-            _ = self.shared.clock.sleep(sim_secs) => Ok(()),
+            _ = self.shared.clock.sleep(sim_secs) => {
+                self.shared.counters.task_woke(self.shared.clock.now() - due);
+                Ok(())
+            }
             _ = self.stop.changed() => Err("interrupted by signal".into()),
         }
     }
@@ -369,4 +373,50 @@ pub async fn run(
     let simulator = Simulator::new(config)?;
     simulator.write_certificate()?;
     simulator.serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sim::config::{Scenario, TlsMode};
+
+    /// A real PVE runs each task in its own process; the simulator runs them
+    /// beside the API handlers, so a handler that keeps the runtime busy
+    /// delays every task. That lag must show in the counters, or a stalled
+    /// benchmark run passes for a slow plugin.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_simulator_shows_its_own_lag_in_the_counters() {
+        let scenario = Scenario { seed: Some(5), time_scale: 100.0, ..Scenario::default() };
+        let simulator = Simulator::new(SimConfig { scenario, tls: TlsMode::Plain, cert_dir: None }).unwrap();
+        let shared = simulator.shared.clone();
+        {
+            let mut cluster = shared.cluster();
+            shared.spawn_task(&mut cluster, "pve1", "qmstart", "100", "root@pam", |mut task| async move {
+                task.sleep(1.0).await
+            });
+        }
+        // Let the task begin its 1 s wait (10 ms real), then hold the cluster
+        // and the only runtime thread for 200 ms: 20 simulated seconds.
+        tokio::task::yield_now().await;
+        {
+            let _held = shared.cluster();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        let counters = shared.counters.snapshot();
+        assert!(counters.cluster_held_max_micros >= 200_000, "the hold is measured: {counters:?}");
+        assert_eq!(counters.task_waits_late, 1, "the task woke late: {counters:?}");
+        assert!(
+            counters.task_wait_overrun_max_millis >= 15_000,
+            "by most of the 20 simulated seconds: {}",
+            counters.task_wait_overrun_max_millis
+        );
+
+        shared.counters.reset();
+        let counters = shared.counters.snapshot();
+        assert_eq!((counters.cluster_held_max_micros, counters.task_waits_late), (0, 0), "a reset starts again");
+    }
 }

@@ -2,48 +2,43 @@
 //! forms (`GET /pools?poolid=`, `PUT /pools`, `DELETE /pools`). Which
 //! exist depends on the configured release (see `schema.rs`).
 
-use serde_json::{Value, json};
-
 use super::Call;
-use super::resources::guest_item;
 use crate::pve::api::types;
 use crate::sim::access::Caller;
 use crate::sim::cluster::{Cluster, Pool};
-use crate::sim::wire::{ApiError, Reply};
+use crate::sim::wire::{ApiError, Reply, write_perl_json};
 
 fn missing(pool: &str) -> ApiError {
     ApiError::internal(format!("pool '{pool}' does not exist"))
 }
 
-/// Members as `extract_vm_stats` reports them: the same fields as
-/// `/cluster/resources`, plus the pool's storages per node.
-fn members(cluster: &Cluster, pool: &Pool, kind: Option<&str>, now: f64) -> Vec<Value> {
-    let mut members = Vec::new();
-    if kind.is_none_or(|k| k == "qemu") {
-        for vmid in &pool.vms {
-            if let Some(guest) = cluster.vms.get(vmid) {
-                members.push(guest_item(cluster, guest, now, true));
-            }
-        }
+/// The pool as `GET /pools/{poolid}` shows it: `comment` (when set),
+/// `members`, and with `with_id` (the 8.1+ `GET /pools?poolid=`) `poolid`.
+/// Written around the members' kept bytes, keys in the order of the other
+/// answers (sorted).
+fn pool_object(call: &Call<'_>, cluster: &Cluster, pool: &Pool, with_id: bool) -> Vec<u8> {
+    let members = call.shared.resources_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pool_members(
+        cluster,
+        pool,
+        call.params.get("type"),
+        call.shared.clock.now(),
+    );
+    let mut out = Vec::with_capacity(members.len() + 128);
+    out.push(b'{');
+    // Writing strings into a Vec cannot fail.
+    if let Some(comment) = &pool.comment {
+        out.extend_from_slice(b"\"comment\":");
+        let _ = write_perl_json(&mut out, comment);
+        out.push(b',');
     }
-    if kind.is_none_or(|k| k == "storage") {
-        for storage in pool.storages.iter().filter_map(|id| cluster.storages.get(id)) {
-            for node in cluster.nodes.values().filter(|n| storage.available_on(&n.name)) {
-                members.push(json!({
-                    "id": format!("storage/{}/{}", node.name, storage.id),
-                    "type": "storage",
-                    "node": node.name,
-                    "storage": storage.id,
-                    "plugintype": storage.kind,
-                    "content": storage.content,
-                    "shared": u8::from(storage.shared),
-                    "status": "available",
-                    "maxdisk": storage.total,
-                }));
-            }
-        }
+    out.extend_from_slice(b"\"members\":");
+    out.extend_from_slice(&members);
+    if with_id {
+        out.extend_from_slice(b",\"poolid\":");
+        let _ = write_perl_json(&mut out, &pool.id);
     }
-    members
+    out.push(b'}');
+    out
 }
 
 /// `GET /pools`: pools with `Pool.Audit`; since 8.1 `poolid` selects one,
@@ -51,17 +46,14 @@ fn members(cluster: &Cluster, pool: &Pool, kind: Option<&str>, now: f64) -> Vec<
 pub fn index(call: &Call<'_>) -> Result<Reply, ApiError> {
     let caller = call.caller()?;
     let cluster = call.shared.cluster();
-    let now = call.shared.clock.now();
     let audit = |id: &str| cluster.privileges(caller, &format!("/pool/{id}")).contains("Pool.Audit");
     if let Some(poolid) = call.params.get("poolid") {
         let pool = cluster.pools.get(poolid).ok_or_else(|| missing(poolid))?;
         cluster.require(caller, &format!("/pool/{poolid}"), &["Pool.Audit"], false)?;
-        let item = json!({
-            "poolid": pool.id,
-            "comment": pool.comment,
-            "members": members(&cluster, pool, call.params.get("type"), now),
-        });
-        return Ok(Reply::data(&[strip_nulls(item)]));
+        let mut answer = vec![b'['];
+        answer.extend_from_slice(&pool_object(call, &cluster, pool, true));
+        answer.push(b']');
+        return Ok(Reply::serialized(answer));
     }
     let items: Vec<types::GetPoolsResponseDataItem> = cluster
         .pools
@@ -81,11 +73,7 @@ pub fn read(call: &Call<'_>) -> Result<Reply, ApiError> {
     let cluster = call.shared.cluster();
     let poolid = call.params.text("poolid").unwrap_or_default();
     let pool = cluster.pools.get(&poolid).ok_or_else(|| missing(&poolid))?;
-    let item = json!({
-        "comment": pool.comment,
-        "members": members(&cluster, pool, call.params.get("type"), call.shared.clock.now()),
-    });
-    Ok(Reply::data(&strip_nulls(item)))
+    Ok(Reply::serialized(pool_object(call, &cluster, pool, false)))
 }
 
 pub fn create(call: &Call<'_>) -> Result<Reply, ApiError> {
@@ -195,11 +183,4 @@ pub fn delete(call: &Call<'_>, path_pool: Option<String>) -> Result<Reply, ApiEr
 
 fn list(value: Option<&str>) -> Vec<String> {
     value.unwrap_or_default().split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect()
-}
-
-fn strip_nulls(mut value: Value) -> Value {
-    if let Value::Object(map) = &mut value {
-        map.retain(|_, v| !v.is_null());
-    }
-    value
 }

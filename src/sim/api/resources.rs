@@ -23,7 +23,7 @@ use super::Call;
 use crate::pve::lenient::PveBool;
 use crate::sim::access::Caller;
 use crate::sim::clock::SimTime;
-use crate::sim::cluster::Cluster;
+use crate::sim::cluster::{Cluster, Pool};
 use crate::sim::vm::{Power, Vm};
 use crate::sim::wire::{ApiError, Reply, write_perl_json};
 
@@ -128,6 +128,45 @@ impl ResourcesCache {
             template,
         });
         (answer, false)
+    }
+
+    /// `members` of `GET /pools/{poolid}` (`extract_vm_stats`): the pool's
+    /// guests as their `/cluster/resources` items with `pool` shown, then its
+    /// storages once per node that has them. `kind` is the `type` filter.
+    ///
+    /// Guest items come from the kept ones: a plugin that reads a pool of a
+    /// thousand VMs on every Update would otherwise have the simulator write
+    /// (and hold the cluster for) half a megabyte of JSON each time.
+    pub fn pool_members(&mut self, cluster: &Cluster, pool: &Pool, kind: Option<&str>, now: SimTime) -> Vec<u8> {
+        let mut template = Template { bytes: Vec::with_capacity(64 + pool.vms.len() * 330), gaps: Vec::new() };
+        template.bytes.push(b'[');
+        if kind.is_none_or(|k| k == "qemu") {
+            for guest in pool.vms.iter().filter_map(|vmid| cluster.vms.get(vmid)) {
+                template
+                    .append(&kept_item(&mut self.guests, &mut self.items_serialised, cluster, guest, now, true).item);
+            }
+        }
+        if kind.is_none_or(|k| k == "storage") {
+            for storage in pool.storages.iter().filter_map(|id| cluster.storages.get(id)) {
+                for node in cluster.nodes.values().filter(|n| storage.available_on(&n.name)) {
+                    let entry = Entry {
+                        id: Some(ResourceId::Storage { node: &node.name, storage: &storage.id }),
+                        kind: Some("storage"),
+                        node: Some(&node.name),
+                        storage: Some(&storage.id),
+                        plugintype: Some(&storage.kind),
+                        content: Some(&storage.content),
+                        shared: Some(PveBool(storage.shared)),
+                        status: Some("available"),
+                        maxdisk: Some(storage.total as i64),
+                        ..Entry::default()
+                    };
+                    template.push(&entry, None, None);
+                }
+            }
+        }
+        template.bytes.push(b']');
+        template.render(now)
     }
 
     /// Forgets every kept answer and item (the next answers are written from scratch).
@@ -382,16 +421,7 @@ fn build(
             if !audit {
                 continue;
             }
-            let view = GuestView::of(cluster, guest, now, pool_audit);
-            let slot = &mut guests.entry(guest.vmid).or_default()[usize::from(pool_audit)];
-            let kept = match slot {
-                Some(kept) if kept.view.as_view() == view => kept,
-                _ => {
-                    *serialised += 1;
-                    slot.insert(KeptGuest::write(view))
-                }
-            };
-            template.append(&kept.item);
+            template.append(&kept_item(guests, serialised, cluster, guest, now, pool_audit).item);
         }
         // Forget removed guests (only when some are gone: a lookup per guest).
         if guests.len() > cluster.vms.len() {
@@ -469,14 +499,25 @@ fn build(
     template
 }
 
-/// One guest's item as a JSON value (pool members carry the same fields).
-pub fn guest_item(cluster: &Cluster, guest: &Vm, now: SimTime, show_pool: bool) -> serde_json::Value {
-    let mut template = Template { bytes: vec![b'['], gaps: Vec::new() };
-    template.append(&KeptGuest::write(GuestView::of(cluster, guest, now, show_pool)).item);
-    template.bytes.push(b']');
-    let item =
-        serde_json::from_slice::<Vec<serde_json::Value>>(&template.render(now)).ok().and_then(|mut items| items.pop());
-    item.unwrap_or_default()
+/// A guest's item, kept in `guests` and written afresh only when its
+/// inputs changed (`serialised` counts those writes).
+fn kept_item<'g>(
+    guests: &'g mut HashMap<u32, [Option<KeptGuest>; 2]>,
+    serialised: &mut u64,
+    cluster: &Cluster,
+    guest: &Vm,
+    now: SimTime,
+    show_pool: bool,
+) -> &'g KeptGuest {
+    let view = GuestView::of(cluster, guest, now, show_pool);
+    let slot = &mut guests.entry(guest.vmid).or_default()[usize::from(show_pool)];
+    if slot.as_ref().is_some_and(|kept| kept.view.as_view() != view) {
+        *slot = None;
+    }
+    if slot.is_none() {
+        *serialised += 1;
+    }
+    slot.get_or_insert_with(|| KeptGuest::write(view))
 }
 
 /// Everything a guest's item is written from: the stale view pvestatd
@@ -979,14 +1020,86 @@ mod tests {
         assert_ne!(cluster.generation(), before, "a mutable access is a change");
     }
 
-    #[test]
-    fn pool_members_carry_the_resources_item() {
-        let cluster = Cluster::from_scenario(&scenario(), PveRelease::parse("9.1.3").unwrap(), START).unwrap();
+    /// `members` of `GET /pools/{poolid}` built the plain way: each guest's
+    /// reference item, then a `serde_json` object per storage and node.
+    fn reference_members(cluster: &Cluster, pool: &str, kind: Option<&str>, now: SimTime) -> Vec<u8> {
         let root = Caller::User { userid: "root@pam".into() };
-        let all: Vec<serde_json::Value> =
-            serde_json::from_slice(&reference(&cluster, &root, Some("vm"), START + 5.0)).unwrap();
-        let item = guest_item(&cluster, &cluster.vms[&101], START + 5.0, true);
-        assert_eq!(all.iter().find(|i| i["vmid"] == 101), Some(&item));
-        assert!(item["uptime"].as_i64().unwrap() > 0, "a running guest's uptime is filled in: {item}");
+        let items: Vec<serde_json::Value> =
+            serde_json::from_slice(&reference(cluster, &root, Some("vm"), now)).unwrap();
+        let pool = &cluster.pools[pool];
+        let mut members = Vec::new();
+        if kind.is_none_or(|k| k == "qemu") {
+            for vmid in &pool.vms {
+                members.extend(items.iter().find(|item| item["vmid"] == *vmid).cloned());
+            }
+        }
+        if kind.is_none_or(|k| k == "storage") {
+            for storage in pool.storages.iter().map(|id| &cluster.storages[id]) {
+                for node in cluster.nodes.values().filter(|n| storage.available_on(&n.name)) {
+                    members.push(serde_json::json!({
+                        "id": format!("storage/{}/{}", node.name, storage.id),
+                        "type": "storage",
+                        "node": node.name,
+                        "storage": storage.id,
+                        "plugintype": storage.kind,
+                        "content": storage.content,
+                        "shared": u8::from(storage.shared),
+                        "status": "available",
+                        "maxdisk": storage.total,
+                    }));
+                }
+            }
+        }
+        perl_json(&members)
+    }
+
+    #[test]
+    fn pool_members_are_the_kept_resources_items() {
+        let state =
+            Mutex::new(Cluster::from_scenario(&scenario(), PveRelease::parse("9.1.3").unwrap(), START).unwrap());
+        let cluster = || ClusterGuard::new(state.lock().unwrap());
+        {
+            let mut cluster = cluster();
+            let storages: Vec<String> = cluster.storages.keys().cloned().collect();
+            cluster.pools.get_mut(defaults::POOL).unwrap().storages.extend(storages);
+        }
+        let mut cache = ResourcesCache::default();
+        let check = |cache: &mut ResourcesCache, now: SimTime, step: &str| {
+            let cluster = cluster();
+            for kind in [None, Some("qemu"), Some("storage")] {
+                let answer = cache.pool_members(&cluster, &cluster.pools[defaults::POOL], kind, now);
+                let expected = reference_members(&cluster, defaults::POOL, kind, now);
+                assert!(
+                    answer == expected,
+                    "{step}: type={kind:?}\n  got: {}\n want: {}",
+                    String::from_utf8_lossy(&answer),
+                    String::from_utf8_lossy(&expected)
+                );
+            }
+        };
+        let vms: Vec<u32> = cluster().pools[defaults::POOL].vms.iter().copied().collect();
+        let members = vms.len() as u64;
+        assert!(members >= 3, "the pool has guests to list: {vms:?}");
+        let (locked, leaving) = (vms[1], vms[2]);
+
+        check(&mut cache, START + 5.0, "first answer");
+        assert_eq!(cache.items_serialised, members, "each member is written once, for both filters that list it");
+        check(&mut cache, START + 9.0, "uptimes grow, nothing else changed");
+        check(&mut cache, START + 9.5, "again");
+        assert_eq!(cache.items_serialised, members, "an unchanged pool is answered from kept items");
+
+        cluster().vms.get_mut(&locked).unwrap().config.insert("lock".into(), "clone".into());
+        check(&mut cache, START + 10.0, "a lock on a member");
+        assert_eq!(cache.items_serialised, members + 1, "only the changed member is written again");
+
+        let (answer, _) = cache.answer(&cluster(), &Caller::User { userid: "root@pam".into() }, None, START + 10.0);
+        assert!(!answer.is_empty());
+        assert_eq!(
+            cache.items_serialised,
+            members + 1 + (cluster().vms.len() as u64 - members),
+            "/cluster/resources reuses the members' items and writes only the guests outside the pool"
+        );
+        cluster().leave_pool(leaving);
+        check(&mut cache, START + 11.0, "a member left the pool");
     }
 }

@@ -32,6 +32,8 @@ type runPart struct {
 	// StealPercent is the share of this machine's CPU time the hypervisor
 	// gave to other guests while the part ran (/proc/stat); -1 when unknown.
 	StealPercent float64 `json:"steal_percent"`
+	// SimLag is the simulators' own lag while the part ran (simlag.go).
+	SimLag *simLag `json:"sim_lag,omitempty"`
 }
 
 // checkpoint saves a run's progress to a file and resumes from it.
@@ -141,8 +143,10 @@ func (cp *checkpoint) part(r *report, unit string, run func()) {
 	}
 	before, beforeErr := readCPUTimes()
 	started := time.Now().UTC()
+	partLag.take()
 	run()
-	part := runPart{Unit: unit, Started: started, Ended: time.Now().UTC(), StealPercent: -1}
+	lag := partLag.take()
+	part := runPart{Unit: unit, Started: started, Ended: time.Now().UTC(), StealPercent: -1, SimLag: &lag}
 	if after, err := readCPUTimes(); err == nil && beforeErr == nil {
 		part.StealPercent = after.stealPercentSince(before)
 	}

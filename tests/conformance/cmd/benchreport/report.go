@@ -764,16 +764,27 @@ func renderParts(w func(string, ...any), r *report) {
 	if len(r.Parts) == 0 {
 		return
 	}
-	w("- Parts of the run, with the CPU steal while each ran (the share of this machine's CPU the hypervisor gave to other guests):\n\n")
-	w("  | Part | Started (UTC) | Minutes | CPU steal |\n  |---|---|---|---|\n")
+	w("- Parts of the run, with the CPU steal while each ran (the share of this machine's CPU the hypervisor gave to other guests) and the simulator's own lag (task waits that ended more than a simulated second late because the simulator was busy; a real PVE runs each task in its own process and has no such lag):\n\n")
+	w("  | Part | Started (UTC) | Minutes | CPU steal | Simulator lag |\n  |---|---|---|---|---|\n")
+	lagged := 0
 	for _, part := range r.Parts {
 		steal := "unknown"
 		if part.StealPercent >= 0 {
 			steal = fmt.Sprintf("%.0f%%", part.StealPercent)
 		}
-		w("  | %s | %s | %.1f | %s |\n", part.Unit, part.Started.Format("2006-01-02 15:04"), part.Ended.Sub(part.Started).Minutes(), steal)
+		lag := "not measured"
+		if part.SimLag != nil {
+			lag = part.SimLag.String()
+			if part.SimLag.LateWaits > 0 {
+				lagged++
+			}
+		}
+		w("  | %s | %s | %.1f | %s | %s |\n", part.Unit, part.Started.Format("2006-01-02 15:04"), part.Ended.Sub(part.Started).Minutes(), steal, lag)
 	}
 	w("\n")
+	if lagged > 0 {
+		w("  **%d of %d parts ran with a lagging simulator.** Their times include the simulator's delays, and lock timeouts may have fired that a real PVE would not have. The simulator lags when it is busy, or when the plugin under test takes the cores it needs (this machine has %d); the first is a limit of the setup, the second is that plugin's own CPU appetite showing as time.\n\n", lagged, len(r.Parts), r.Machine.CPUs)
+	}
 }
 
 func times(n int) string {

@@ -142,6 +142,9 @@ type simulator struct {
 	CAFile      string `json:"ca_file"`
 	timeScale   float64
 	http        *http.Client
+	// lateSeen is how many late task waits this simulator had reported
+	// since its last counter reset (see simlag.go).
+	lateSeen int64
 }
 
 func startSimulator(binary, work string, t timings, capacity int, timeScale float64, seed int) (*simulator, error) {
@@ -196,6 +199,7 @@ func startSimulatorWith(binary, work string, scenario map[string]any, timeScale 
 }
 
 func (s *simulator) stop() {
+	s.observeLag()
 	s.cmd.Process.Kill()
 	err := <-s.exited
 	s.exited <- err
@@ -225,6 +229,7 @@ func (s *simulator) admin(method, path string, body any, out any) error {
 }
 
 type counters struct {
+	lagCounters
 	RequestsTotal int64            `json:"requests_total"`
 	ByOperation   map[string]int64 `json:"by_operation"`
 	ByStatus      map[string]int64 `json:"by_status"`
@@ -239,10 +244,26 @@ type counters struct {
 func (s *simulator) counters() (counters, error) {
 	var c counters
 	err := s.admin(http.MethodGet, "counters", nil, &c)
+	if err == nil {
+		partLag.observe(c.lagCounters, &s.lateSeen)
+	}
 	return c, err
 }
 
+// observeLag adds the simulator's lag so far to the part's (an exited
+// simulator has nothing more to tell).
+func (s *simulator) observeLag() {
+	select {
+	case err := <-s.exited:
+		s.exited <- err
+	default:
+		_, _ = s.counters()
+	}
+}
+
 func (s *simulator) resetCounters() error {
+	s.observeLag()
+	s.lateSeen = 0
 	return s.admin(http.MethodPost, "counters/reset", nil, nil)
 }
 
