@@ -16,7 +16,7 @@ type simLag struct {
 	// locked at once (real milliseconds).
 	HoldMaxMillis float64 `json:"hold_max_ms"`
 	// LateWaits counts task waits that ended more than a simulated second
-	// after they were due; OverrunMaxSeconds is the latest one's delay.
+	// after they were due; OverrunMaxSeconds is the worst one's delay.
 	LateWaits         int64   `json:"late_task_waits"`
 	OverrunMaxSeconds float64 `json:"overrun_max_s"`
 }
