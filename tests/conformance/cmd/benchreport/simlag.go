@@ -60,6 +60,13 @@ func (t *lagTracker) observe(c lagCounters, seenLate *int64) {
 	*seenLate = c.LateWaits
 }
 
+// restart forgets what a simulator reported, before its counters are reset.
+func (t *lagTracker) restart(seenLate *int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	*seenLate = 0
+}
+
 // take returns the lag so far and starts again from none.
 func (t *lagTracker) take() simLag {
 	t.mu.Lock()

@@ -14,7 +14,7 @@ func TestSimulatorLagCountsEachLateWaitOnce(t *testing.T) {
 	tracker.observe(lagCounters{HoldMaxMicros: 3_000, LateWaits: 2, OverrunMaxMilli: 4_000}, &first)
 	tracker.observe(lagCounters{HoldMaxMicros: 2_000, LateWaits: 2, OverrunMaxMilli: 4_000}, &first) // read again
 	tracker.observe(lagCounters{HoldMaxMicros: 9_000, LateWaits: 1, OverrunMaxMilli: 1_500}, &second)
-	first = 0 // the first simulator's counters were reset
+	tracker.restart(&first) // the first simulator's counters were reset
 	tracker.observe(lagCounters{HoldMaxMicros: 500, LateWaits: 3, OverrunMaxMilli: 12_000}, &first)
 	got := tracker.take()
 	want := simLag{HoldMaxMillis: 9, LateWaits: 6, OverrunMaxSeconds: 12}

@@ -263,7 +263,7 @@ func (s *simulator) observeLag() {
 
 func (s *simulator) resetCounters() error {
 	s.observeLag()
-	s.lateSeen = 0
+	partLag.restart(&s.lateSeen)
 	return s.admin(http.MethodPost, "counters/reset", nil, nil)
 }
 
