@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 )
@@ -17,20 +16,14 @@ func TestOperationsSayWhatRanCleanlyAndWhyPVERefusedTheRest(t *testing.T) {
 			Refusals: map[string]int64{"400 Parameter verification failed. (x: bad)": 1}},
 	}}
 	idle := &contender{Key: "ours", Name: "ours (Rust)"}
-	var out strings.Builder
-	renderOperations(func(format string, args ...any) { fmt.Fprintf(&out, format, args...) }, &report{Contenders: []*contender{idle, seed}})
-	text := out.String()
-	for _, want := range []string{
+	text := rendered(func(w func(string, ...any)) { renderOperations(w, &report{Contenders: []*contender{idle, seed}}) })
+	requireAll(t, "operations section", text,
 		"| seed (LukasK32) | 4 | 1 | `get_cluster_status`, `get_nodes_node_storage`, `get_pools_poolid` |",
 		"| `post_nodes_node_qemu_vmid_clone` | 3 | 200 × 2 | yes |  |",
 		"1 × `401 No ticket`: go-proxmox logs in lazily",
 		"2 × `403 Permission check failed (/, Sys.Audit)`: `GET /cluster/status` needs Sys.Audit on `/`",
 		"1 × `400 Parameter verification failed. (x: bad)`: not explained: to check against PVE",
-	} {
-		if !strings.Contains(text, want) {
-			t.Errorf("the operations section lacks %q:\n%s", want, text)
-		}
-	}
+	)
 	if strings.Contains(text, "ours (Rust)") {
 		t.Errorf("a contender with no operations recorded has a row:\n%s", text)
 	}

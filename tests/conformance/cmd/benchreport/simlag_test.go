@@ -1,10 +1,6 @@
 package main
 
-import (
-	"fmt"
-	"strings"
-	"testing"
-)
+import "testing"
 
 // Each simulator's counters are cumulative between resets and read more
 // than once: a late wait counts once, and the worst hold and delay win.
@@ -28,23 +24,16 @@ func TestSimulatorLagCountsEachLateWaitOnce(t *testing.T) {
 
 // A part whose simulator lagged says so next to its figures.
 func TestTheReportNamesThePartsWithALaggingSimulator(t *testing.T) {
-	var out strings.Builder
-	w := func(format string, args ...any) { fmt.Fprintf(&out, format, args...) }
 	r := &report{Parts: []runPart{
 		{Unit: "footprint and API cost of ours", StealPercent: 1, SimLag: &simLag{HoldMaxMillis: 4}},
 		{Unit: "footprint and API cost of phenix66", StealPercent: 2, SimLag: &simLag{HoldMaxMillis: 900, LateWaits: 31, OverrunMaxSeconds: 175}},
 		{Unit: "switch-over", StealPercent: -1},
 	}}
-	renderParts(w, r)
-	text := out.String()
-	for _, want := range []string{
+	text := rendered(func(w func(string, ...any)) { renderParts(w, r) })
+	requireAll(t, "parts table", text,
 		"| none (longest hold 4 ms) |",
 		"| 31 late task waits, up to 175 s (longest hold 900 ms) |",
 		"| not measured |",
 		"**1 of 3 parts ran with a lagging simulator.**",
-	} {
-		if !strings.Contains(text, want) {
-			t.Errorf("the parts table lacks %q:\n%s", want, text)
-		}
-	}
+	)
 }
