@@ -43,7 +43,7 @@ type contender struct {
 	// person running the benchmark stated them (-competitor ...,repo=,commit=).
 	Repository string `json:"repository,omitempty"`
 	Commit     string `json:"commit,omitempty"`
-	// Version is ours only: git describe of this checkout.
+	// Version is ours only: the commit our binary was built from.
 	Version string `json:"version,omitempty"`
 	Binary  string `json:"binary,omitempty"`
 	// Style names the configuration format the contender is given.
@@ -198,7 +198,7 @@ func notGiven(given []*contender) []string {
 }
 
 func ours(binary string) *contender {
-	return &contender{Key: "ours", Name: "ours (Rust)", Binary: binary, Version: gitDescribe(), Style: styleOurs, configure: configureOurs}
+	return &contender{Key: "ours", Name: "ours (Rust)", Binary: binary, Version: builtFrom(binary), Style: styleOurs, configure: configureOurs}
 }
 
 // multiNode reports whether the contender can be given several nodes: ours

@@ -12,6 +12,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -362,8 +363,10 @@ func runMeasured(r *report, c *contender, p plan) {
 			fp.HandshakeMillis, fp.HandshakeKilled, fp.HandshakeRuns, fp.IdleRSSKB, fp.IdleAnonKB, fp.BinaryBytes, fp.Error)
 	}
 
+	var oneNode []apiCostResult
 	if !p.skipAPICost && p.runs("api") {
-		for _, result := range apiCost(c, p.simBinary, p.dir("api"), p.apiSizes, p.apiScale, layoutUsual) {
+		oneNode = apiCost(c, p.simBinary, p.dir("api"), p.apiSizes, p.apiScale, layoutUsual)
+		for _, result := range oneNode {
 			logf("  API cost N=%d: %.2f requests/Update, %.2f ms CPU/Update, %.1f ms/Update, RSS %d KB %s",
 				result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.UpdateMillis, result.RSSKB, result.Error)
 			if result.N == 1000 && result.Error == "" {
@@ -373,7 +376,11 @@ func runMeasured(r *report, c *contender, p plan) {
 		}
 	}
 	if !p.skipAPICost && p.runs("api-multinode") {
-		for _, result := range apiCost(c, p.simBinary, p.dir("api-nodes"), p.nodeAPISizes, p.apiScale, layoutLocal5) {
+		results, skipped := multinodeNotWorthRunning(c.Name, oneNode, p.nodeAPISizes, layoutLocal5)
+		if !skipped {
+			results = apiCost(c, p.simBinary, p.dir("api-nodes"), p.nodeAPISizes, p.apiScale, layoutLocal5)
+		}
+		for _, result := range results {
 			logf("  API cost over five nodes N=%d: %.2f requests/Update, %.2f ms CPU/Update, %.1f ms/Update, RSS %d KB, per node %s %s",
 				result.N, result.RequestsPerUpdate, result.CPUMillisPerUpdate, result.UpdateMillis, result.RSSKB, perNodeText(result.PerNode), result.Error)
 			r.APICostNodes = append(r.APICostNodes, result)
@@ -382,6 +389,24 @@ func runMeasured(r *report, c *contender, p plan) {
 	if p.runs("footprint") {
 		r.Footprints = append(r.Footprints, fp)
 	}
+}
+
+// multinodeNotWorthRunning says whether the five-node API cost can be
+// skipped: when the plugin already failed on one node at a size no larger
+// than the five-node step's first, growing further over five nodes would
+// only wait out the same deadline (LeCyreaxYT's cost a run 32 minutes).
+// The skip is recorded as that step's failure, with the one-node reason.
+func multinodeNotWorthRunning(contender string, oneNode []apiCostResult, sizes []int, l layout) ([]apiCostResult, bool) {
+	if len(sizes) == 0 {
+		return nil, false
+	}
+	for _, result := range oneNode {
+		if result.Error != "" && result.N <= sizes[0] {
+			return []apiCostResult{{Contender: contender, N: sizes[0], Layout: l.Key,
+				Error: fmt.Sprintf("not run: the plugin already failed at N = %d on one node (%s)", result.N, result.Error)}}, true
+		}
+	}
+	return nil, false
 }
 
 // runTimed runs the scale-up/down and fault scenarios of one plugin, whose
@@ -594,6 +619,30 @@ func moduleVersion(module string) string {
 		}
 	}
 	return "unknown"
+}
+
+// builtFrom is the commit our plugin binary reports (`--version`), which
+// need not be the checkout's: BENCH_PLUGIN may be a release binary built
+// from an earlier commit. The checkout's describe is the fallback.
+func builtFrom(binary string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if text, err := exec.CommandContext(ctx, binary, "--version").Output(); err == nil {
+		if revision := revisionOf(string(text)); revision != "" {
+			return revision
+		}
+	}
+	return gitDescribe()
+}
+
+// revisionOf reads the `Git revision:` line of our `--version` output.
+func revisionOf(version string) string {
+	for _, line := range strings.Split(version, "\n") {
+		if revision, ok := strings.CutPrefix(line, "Git revision:"); ok {
+			return strings.TrimSpace(revision)
+		}
+	}
+	return ""
 }
 
 func gitDescribe() string {

@@ -394,3 +394,30 @@ func vmidRange(t *testing.T, text string) (int, int) {
 	}
 	return low, high
 }
+
+// A plugin that could not grow on one node is not grown again over five
+// nodes; one that failed only at a larger size than the five-node step's
+// still gets its five-node run.
+func TestFiveNodesAreSkippedOnlyAfterAFailureAtNoLargerSize(t *testing.T) {
+	stuck := []apiCostResult{
+		{Contender: "slow", N: 10, RequestsPerUpdate: 1},
+		{Contender: "slow", N: 100, Error: "grow: 0 of 100 after 16m"},
+	}
+	got, skipped := multinodeNotWorthRunning("slow", stuck, []int{2000}, layoutLocal5)
+	if !skipped || len(got) != 1 {
+		t.Fatalf("after a failure at N = 100 the five-node step at 2,000 ran (skipped %v, %v)", skipped, got)
+	}
+	if got[0].N != 2000 || got[0].Layout != "local5" || !strings.Contains(got[0].Error, "N = 100") || !strings.Contains(got[0].Error, "0 of 100 after 16m") {
+		t.Errorf("the skip does not name the size and the reason: %+v", got[0])
+	}
+
+	for name, oneNode := range map[string][]apiCostResult{
+		"all sizes passed":          {{N: 1000}, {N: 2000}},
+		"failed above the step":     {{N: 1000}, {N: 4000, Error: "grow: timeout"}},
+		"the one-node step not run": nil,
+	} {
+		if got, skipped := multinodeNotWorthRunning("ok", oneNode, []int{2000}, layoutLocal5); skipped || got != nil {
+			t.Errorf("%s: the five-node step was skipped: %v", name, got)
+		}
+	}
+}
