@@ -73,7 +73,7 @@ pub struct Counters {
     pub cluster_held_max_micros: u64,
     /// Task waits (clone copying, boot, …) that ended more than a simulated
     /// second (`LATE_WAKE_SECS`) after they were due, and the
-    /// latest one's delay in simulated milliseconds. At a time scale of 20,
+    /// worst one's delay in simulated milliseconds. At a time scale of 20,
     /// one real second of a busy simulator is 20 simulated seconds in which
     /// no task moves and lock timeouts run out.
     #[serde(default)]
