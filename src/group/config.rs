@@ -63,7 +63,7 @@ pub struct PluginConfig {
     pub instance_autoresize_disk: Option<String>,
     /// Size for `instance_autoresize_disk` in Proxmox's syntax (Phenix66): absolute like `20G`, or an increment like `+5.5G`; units `K`, `M`, `G`, `T`. Default: none.
     pub instance_autoresize_size: Option<String>,
-    /// Seconds between two status reads of a Proxmox task (clone, resize, start, delete), as in Phenix66. Default: adaptive, from 0.2 s up to 2 s.
+    /// Seconds between two status reads of a Proxmox task (clone, resize, start, delete), as in Phenix66. Default: adaptive, every 0.25 s for a task's first 2 s, then rising to 2 s.
     pub proxmox_task_wait_interval: Option<i64>,
 
     /// PEM file with the CA that signed the PVE certificate (e.g. the cluster's `/etc/pve/pve-root-ca.pem`).
@@ -2285,7 +2285,7 @@ mod tests {
         let table = reference_markdown();
         assert!(table.contains("| `instance_tags_running` | text | none |"), "{table}");
         assert!(
-            table.contains("| `proxmox_task_wait_interval` | whole number | adaptive, from 0.2 s up to 2 s |"),
+            table.contains("| `proxmox_task_wait_interval` | whole number | adaptive, every 0.25 s for a task's first 2 s, then rising to 2 s |"),
             "{table}"
         );
         assert!(

@@ -307,13 +307,33 @@ pub struct PoolMember {
     pub node: Option<String>,
 }
 
+/// How often a young task's status is read, and for how long it counts as
+/// young: a linked clone, a config change or a start ends within a few
+/// seconds, and provisioning waits for each in turn, so a poll that has
+/// already backed off would see it done up to half a second late every time.
+const YOUNG_TASK_POLL: Duration = Duration::from_millis(250);
+const YOUNG_TASK_FOR: Duration = Duration::from_secs(2);
+/// The longest pause between two reads of a long task's status.
+const OLD_TASK_POLL: Duration = Duration::from_secs(2);
+
+/// The pause before the next read of a task's status, `age` after it was
+/// first read: the admin's fixed interval if set, else every 250 ms while
+/// the task is young, then growing by half up to 2 s.
+fn next_task_poll(fixed: Option<Duration>, interval: Duration, age: Duration) -> Duration {
+    match fixed {
+        Some(fixed) => fixed,
+        None if age < YOUNG_TASK_FOR => YOUNG_TASK_POLL,
+        None => (interval * 3 / 2).min(OLD_TASK_POLL),
+    }
+}
+
 /// The Proxmox VE client.
 #[derive(Clone, Debug)]
 pub struct PveClient {
     api: api::Client,
     version: Arc<OnceCell<PveVersion>>,
     /// A fixed pause between two reads of a task's status; `None` polls
-    /// adaptively (0.2 s growing to 2 s).
+    /// adaptively ([`next_task_poll`]).
     task_poll_interval: Option<Duration>,
 }
 
@@ -721,11 +741,8 @@ impl PveClient {
     /// `WARNINGS: n` are success; errors carry the last lines of the log.
     pub async fn wait_task(&self, upid: &Upid, timeout: Duration) -> Result<TaskSuccess, Error> {
         let started = Instant::now();
-        let mut interval = self.task_poll_interval.unwrap_or(Duration::from_millis(200));
-        let grow = |interval: Duration| match self.task_poll_interval {
-            Some(fixed) => fixed,
-            None => (interval * 3 / 2).min(Duration::from_secs(2)),
-        };
+        let mut interval = self.task_poll_interval.unwrap_or(YOUNG_TASK_POLL);
+        let grow = |interval: Duration| next_task_poll(self.task_poll_interval, interval, started.elapsed());
         loop {
             // A task runs on regardless of the API: ride out an outage or a
             // restarting pveproxy until the deadline instead of giving up.
@@ -1081,6 +1098,20 @@ pub fn parse_guest_interfaces(data: &Value) -> Result<Vec<GuestInterface>, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_young_task_is_polled_often_and_an_old_one_ever_less_up_to_two_seconds() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_task_poll(None, ms(250), ms(0)), ms(250));
+        assert_eq!(next_task_poll(None, ms(250), ms(1_900)), ms(250), "still young");
+        assert_eq!(next_task_poll(None, ms(250), ms(2_000)), ms(375), "then it backs off");
+        let mut interval = ms(250);
+        for _ in 0..20 {
+            interval = next_task_poll(None, interval, ms(10_000));
+        }
+        assert_eq!(interval, ms(2_000));
+        assert_eq!(next_task_poll(Some(ms(10_000)), ms(250), ms(0)), ms(10_000), "the admin's interval wins");
+    }
 
     #[test]
     fn base_url_accepts_seed_forms() {
