@@ -1,9 +1,7 @@
 package main
 
 import (
-	"fmt"
 	"slices"
-	"sort"
 	"strings"
 )
 
@@ -122,26 +120,12 @@ func renderCauses(w func(string, ...any), r *report) {
 		w("%s\n\n| Where it surfaces | Crashes and failed scenarios |\n|---|---|\n", root)
 		for n := range knownCauses {
 			if k := &knownCauses[n]; k.root == root && counts[k] != nil {
-				w("| %s | %s |\n", k.where, perPlugin(counts[k]))
+				w("| %s | %s |\n", k.where, countsText(counts[k]))
 			}
 		}
 		w("\n")
 	}
 	if len(unexplained) > 0 {
-		w("No known cause, read their log lines above: %s.\n\n", perPlugin(unexplained))
+		w("No known cause, read their log lines above: %s.\n\n", countsText(unexplained))
 	}
-}
-
-// perPlugin writes "name n, name n" sorted by name.
-func perPlugin(counts map[string]int) string {
-	names := make([]string, 0, len(counts))
-	for name := range counts {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	parts := make([]string, 0, len(names))
-	for _, name := range names {
-		parts = append(parts, fmt.Sprintf("%s %d", name, counts[name]))
-	}
-	return strings.Join(parts, ", ")
 }

@@ -216,14 +216,19 @@ func perNodeText(perNode map[string]int) string {
 	if len(perNode) == 0 {
 		return "—"
 	}
-	nodes := make([]string, 0, len(perNode))
-	for node := range perNode {
-		nodes = append(nodes, node)
+	return countsText(perNode)
+}
+
+// countsText writes "name n, name n" sorted by name.
+func countsText(counts map[string]int) string {
+	names := make([]string, 0, len(counts))
+	for name := range counts {
+		names = append(names, name)
 	}
-	sort.Strings(nodes)
-	parts := make([]string, 0, len(nodes))
-	for _, node := range nodes {
-		parts = append(parts, fmt.Sprintf("%s %d", node, perNode[node]))
+	sort.Strings(names)
+	parts := make([]string, 0, len(names))
+	for _, name := range names {
+		parts = append(parts, fmt.Sprintf("%s %d", name, counts[name]))
 	}
 	return strings.Join(parts, ", ")
 }
