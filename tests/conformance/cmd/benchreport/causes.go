@@ -27,7 +27,7 @@ const goProxmoxReadsA503AsData = "go-proxmox, the API client of the seed's linea
 
 var knownCauses = []knownCause{
 	{frame: "go-proxmox.(*Client).Pool(", root: goProxmoxReadsA503AsData,
-		where: "`Client.Pool` gets a nil pool and sets its id (go-proxmox before v0.8)"},
+		where: "`Client.Pool` gets a nil pool and sets its id (go-proxmox v0.2 and earlier)"},
 	{frame: "go-proxmox.(*Task).Ping(", root: goProxmoxReadsA503AsData,
 		where: "a clone or start answered so carries no task id; `NewTask` returns nil for the empty UPID, and `Task.Wait` pings the nil task"},
 	{frame: "go-proxmox.(*Node).VirtualMachine(", root: goProxmoxReadsA503AsData,
@@ -35,7 +35,7 @@ var knownCauses = []knownCause{
 	{frame: "go-proxmox.(*Client).Node(", root: goProxmoxReadsA503AsData,
 		where: "the node's `status` decodes as a nil node, whose name `Client.Node` then sets"},
 	{text: "pool not found", root: goProxmoxReadsA503AsData,
-		where: "go-proxmox v0.8 asks `GET /pools?poolid=`, decodes the 503 as an empty list and reports the existing pool as `pool not found`; the plugin's Init fails on it"},
+		where: "go-proxmox from v0.3 on asks `GET /pools?poolid=`, decodes the 503 as an empty list and reports the existing pool as `pool not found`; the plugin's Init fails on it"},
 }
 
 // panicFrame is the first frame of the panicking goroutine in a plugin's

@@ -31,7 +31,7 @@ func TestCrashesAndFailuresAreExplainedByTheirKnownCause(t *testing.T) {
 
 	text := rendered(func(w func(string, ...any)) { renderCauses(w, r) })
 	requireAll(t, "causes", text,
-		"`Client.Pool` gets a nil pool and sets its id (go-proxmox before v0.8) | seed (LukasK32) 1 |",
+		"`Client.Pool` gets a nil pool and sets its id (go-proxmox v0.2 and earlier) | seed (LukasK32) 1 |",
 		"`Task.Wait` pings the nil task | seed (LukasK32) 1 |",
 		"the plugin's Init fails on it | dxas90 1 |",
 		"No known cause, read their log lines above: seed (LukasK32) 2.")
