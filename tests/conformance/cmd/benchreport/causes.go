@@ -49,16 +49,17 @@ func panicFrame(lines []string) string {
 	return ""
 }
 
-// causeOf is the known cause of an incident, or nil.
+// causeOf is the known cause of an incident: a panic by its first frame,
+// anything else by its detail; nil when none is known.
 func causeOf(i incident) *knownCause {
-	frame := panicFrame(i.LastLines)
-	for n, k := range knownCauses {
-		if (k.frame != "" && frame != "" && strings.Contains(frame, k.frame)) ||
-			(k.text != "" && strings.Contains(i.Detail, k.text)) {
-			return &knownCauses[n]
+	if frame := panicFrame(i.LastLines); frame != "" {
+		for n := range knownCauses {
+			if k := &knownCauses[n]; k.frame != "" && strings.Contains(frame, k.frame) {
+				return k
+			}
 		}
 	}
-	return nil
+	return causeOfError(i.Detail)
 }
 
 // causeOfError is the known cause of a failed scenario's error text, or nil.
